@@ -1,0 +1,116 @@
+"""The one verb: ``compress(model, eps)`` -> :class:`Compression`.
+
+torch model -> :func:`~afde_nb.adapters.to_network` -> :func:`~afde_nb.lump.lump` (partition)
+-> :func:`~afde_nb.reduce.reduce` -> :func:`~afde_nb.adapters.to_torch` (plain nn.Sequential).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .adapters import to_network, to_torch
+from .errors import InvalidWeightsError, ShapeMismatchError
+from .lump import Partition, lump
+from .network import Network
+from .reduce import reduce
+from .serialize import save_model
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    name: str
+    activation: str
+    neurons_before: int
+    neurons_after: int
+    largest_block: int
+    eps: float
+
+
+@dataclass
+class Compression:
+    """What ``compress`` did: the reduced model, the partition and per-layer figures."""
+
+    model: nn.Sequential
+    partition: list[np.ndarray]
+    params_before: int
+    params_after: int
+    layers: list[LayerSummary]
+    mode: str
+    eps: float
+    relative: bool
+    calibration_error: dict | None = None
+    network: Network | None = field(default=None, repr=False)
+
+    @property
+    def kept(self) -> float:
+        """Fraction of parameters kept (dense parameters of the reduced model)."""
+        return self.params_after / self.params_before if self.params_before else 1.0
+
+    def table(self) -> str:
+        """The per-layer table the CLI prints."""
+        rows = [f"{'layer':<14}{'act':<11}{'before':>8}{'after':>8}{'largest':>9}{'eps':>12}"]
+        for s in self.layers:
+            rows.append(f"{s.name:<14}{s.activation:<11}{s.neurons_before:>8}{s.neurons_after:>8}"
+                        f"{s.largest_block:>9}{s.eps:>12.4g}")
+        rows.append(f"parameters {self.params_before} -> {self.params_after} "
+                    f"({100 * self.kept:.1f}% kept), mode={self.mode}, eps={self.eps:g}"
+                    f"{' (relative)' if self.relative else ''}")
+        if self.calibration_error:
+            e = self.calibration_error
+            rows.append(f"calibration: max |diff| {e['max_abs']:.3g}, rms {e['rms']:.3g} over {e['n']} inputs")
+        return "\n".join(rows)
+
+    def save(self, path: str | Path) -> list[Path]:
+        """Write the reduced model's state_dict (.pt/.pth or .safetensors) and its JSON architecture."""
+        return save_model(self.model, path, mode=self.mode, eps=self.eps, relative=self.relative,
+                          params_before=self.params_before, params_after=self.params_after)
+
+    def __repr__(self) -> str:
+        return (f"Compression(mode={self.mode!r}, eps={self.eps:g}, relative={self.relative}, "
+                f"params {self.params_before} -> {self.params_after} ({100 * self.kept:.1f}% kept), "
+                f"widths {[s.neurons_before for s in self.layers]} -> {[s.neurons_after for s in self.layers]})")
+
+
+def _calibration_array(calibration, n_in: int) -> np.ndarray:
+    x = calibration
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    x = np.array(x, dtype=np.float64)  # a copy: the caller's data is not touched
+    if x.ndim != 2 or x.shape[1] != n_in:
+        raise ShapeMismatchError(f"calibration must have shape (n, {n_in}), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise InvalidWeightsError("calibration data contain NaN or infinite values")
+    return x
+
+
+def compress(model: nn.Module, eps: float = 0.0, mode: str = "forward", relative: bool = False,
+             calibration=None, threads: int = 0) -> Compression:
+    """Lump the hidden neurons of ``model`` by eps-FDE (``mode="forward"``) or eps-BDE (``"backward"``).
+
+    ``eps = 0`` keeps the function exactly. ``relative=True`` reads eps relative to each layer's mean
+    absolute weight. With ``calibration`` (inputs, shape (n, in_features)) the result reports the
+    reduced model's deviation from the original on them. ``model`` is never modified.
+    """
+    net = to_network(model)
+    calib = _calibration_array(calibration, net.widths[0]) if calibration is not None else None
+    part: Partition = lump(net, eps, mode, relative, threads)
+    small = reduce(net, part.labels)
+    device = next((p.device for p in model.parameters()), None)
+    reduced = to_torch(small, device=device)
+    layers = []
+    for h, lab in enumerate(part.labels):
+        sizes = np.bincount(lab) if lab.size else np.zeros(1, dtype=int)
+        layers.append(LayerSummary(net.layers[h].path or str(h), net.layers[h].activation,
+                                   int(lab.size), int(part.num_blocks[h]), int(sizes.max()),
+                                   float(part.eps_per_layer[h])))
+    err = None
+    if calib is not None:
+        diff = small.forward(calib) - net.forward(calib)
+        err = {"max_abs": float(np.abs(diff).max(initial=0.0)), "rms": float(np.sqrt(np.mean(diff ** 2)))
+               if diff.size else 0.0, "n": int(calib.shape[0])}
+    return Compression(reduced, [np.array(l) for l in part.labels], net.num_params, small.num_params,
+                       layers, part.mode, part.eps, part.relative, err, small)

@@ -1,0 +1,30 @@
+"""Typed errors: each says what was wrong and what is accepted.
+
+Every error derives from :class:`AfdeError` and from the matching builtin (``TypeError`` or
+``ValueError``) so callers can catch either.
+"""
+from __future__ import annotations
+
+
+class AfdeError(Exception):
+    """Base class of all afde-nb errors."""
+
+
+class UnsupportedLayerError(AfdeError, TypeError):
+    """The model contains a module or operation the encoding does not cover."""
+
+
+class InvalidWeightsError(AfdeError, ValueError):
+    """A weight or bias is NaN or infinite."""
+
+
+class InvalidEpsError(AfdeError, ValueError):
+    """eps is negative, not finite, or not a number."""
+
+
+class ShapeMismatchError(AfdeError, ValueError):
+    """Arrays whose shapes do not fit together (layers, calibration data, labels)."""
+
+
+class UnsafeFileError(AfdeError, ValueError):
+    """A file that is not a plain tensor state_dict (afde-nb never unpickles objects)."""

@@ -1,0 +1,89 @@
+"""The plain-array view of a feed-forward network that the engine works on.
+
+A :class:`Network` is a list of :class:`Layer` (Linear + element-wise activation). Layers
+``0..L-1`` produce hidden neurons; the last layer produces the outputs. Arrays are float64 copies:
+the user's model is never touched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: activation name -> engine code (cpp/polyode.hpp, enum Act)
+ACTIVATION_CODES = {"identity": 0, "tanh": 1, "sigmoid": 2, "relu": 3, "leaky_relu": 4}
+POLYNOMIAL = ("identity", "tanh", "sigmoid")
+HOMOGENEOUS = ("relu", "leaky_relu")
+
+
+@dataclass
+class Layer:
+    """``activation(weight @ x + bias)``; ``path`` names the Linear module in the source model."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    activation: str = "identity"
+    negative_slope: float = 0.01
+    has_bias: bool = True
+    path: str = ""
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def num_params(self) -> int:
+        return int(self.weight.size + (self.bias.size if self.has_bias else 0))
+
+
+@dataclass
+class Network:
+    layers: list[Layer]
+    dtype: str = "float32"
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def hidden(self) -> list[Layer]:
+        return self.layers[:-1]
+
+    @property
+    def widths(self) -> list[int]:
+        """Neurons per variable layer: inputs, each hidden layer, outputs."""
+        return [self.layers[0].in_features] + [l.out_features for l in self.layers]
+
+    @property
+    def num_params(self) -> int:
+        return sum(l.num_params for l in self.layers)
+
+    def engine_args(self) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+        """(weights, biases, activation codes) as the C++ engine takes them."""
+        return (
+            [np.ascontiguousarray(l.weight, dtype=np.float64) for l in self.layers],
+            [np.ascontiguousarray(l.bias, dtype=np.float64) for l in self.layers],
+            [ACTIVATION_CODES[l.activation] for l in self.layers],
+        )
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Reference forward pass in float64 (used by the encoding checks)."""
+        h = np.asarray(x, dtype=np.float64)
+        for l in self.layers:
+            h = apply_activation(h @ l.weight.T + l.bias, l.activation, l.negative_slope)
+        return h
+
+
+def apply_activation(z: np.ndarray, activation: str, negative_slope: float = 0.01) -> np.ndarray:
+    if activation == "identity":
+        return z
+    if activation == "tanh":
+        return np.tanh(z)
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-z))
+    if activation == "relu":
+        return np.maximum(z, 0.0)
+    if activation == "leaky_relu":
+        return np.where(z >= 0, z, negative_slope * z)
+    raise ValueError(f"unknown activation {activation!r}")

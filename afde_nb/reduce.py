@@ -1,0 +1,64 @@
+"""The quotient network of a partition (method.md §4, §5).
+
+Each block B of a hidden layer becomes one neuron. With ``c_k`` the scale of source neuron k
+(1 for polynomial activations), let ``R_iB' = sum_{k in B'} W_ik c_k`` be neuron i's incoming
+row against the (already reduced) source layer. Then
+
+* polynomial activation: the merged row is the mean of ``R_i`` (and of ``b_i``) over B, ``c_i = 1``;
+  the merged neuron is the block mean, so its outgoing column is the block's column sum;
+* ReLU family: ``c_i = ||(R_i, b_i)||_2`` and the merged row is ``sum_{i in B} (R_i, b_i) / sum c_i``,
+  so ``h_i = c_i v_B`` exactly when the rows are proportional, and the outgoing column is
+  ``sum_i c_i W'_{:,i}``.
+
+Both are exact for an exact equivalence; for eps > 0 they are the lumped approximation.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ShapeMismatchError
+from .network import HOMOGENEOUS, Layer, Network
+
+
+def _merge_matrix(labels: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """S (n x k) with S[i, labels[i]] = scale[i]: ``W @ S`` sums scaled columns per block."""
+    k = int(labels.max()) + 1 if labels.size else 0
+    S = np.zeros((labels.size, k))
+    S[np.arange(labels.size), labels] = scale
+    return S
+
+
+def reduce(net: Network, labels: list[np.ndarray] | tuple[np.ndarray, ...]) -> Network:
+    """The network whose hidden neurons are the blocks of ``labels`` (one array per hidden layer)."""
+    if len(labels) != len(net.hidden):
+        raise ShapeMismatchError(f"need one label array per hidden layer ({len(net.hidden)}), got {len(labels)}")
+    n0 = net.widths[0]
+    src_labels, src_scale = np.arange(n0), np.ones(n0)
+    out: list[Layer] = []
+    for h, layer in enumerate(net.layers):
+        R = layer.weight @ _merge_matrix(src_labels, src_scale)
+        b = layer.bias.copy()
+        if h == len(net.hidden):  # outputs are never merged
+            out.append(Layer(R, b, layer.activation, layer.negative_slope, layer.has_bias, layer.path))
+            break
+        lab = np.asarray(labels[h], dtype=np.int64)
+        if lab.shape != (layer.out_features,):
+            raise ShapeMismatchError(
+                f"labels for hidden layer {h} have shape {lab.shape}, expected ({layer.out_features},)")
+        k = int(lab.max()) + 1 if lab.size else 0
+        if lab.size and (lab.min() < 0 or np.bincount(lab, minlength=k).min() == 0):
+            raise ShapeMismatchError(f"labels for hidden layer {h} must number blocks 0..k-1 with none empty")
+        ext = np.concatenate([R, b[:, None]], axis=1)
+        if layer.activation in HOMOGENEOUS:
+            scale = np.linalg.norm(ext, axis=1)
+            total = np.bincount(lab, weights=scale, minlength=k)
+            merged = _merge_matrix(lab, np.ones(lab.size)).T @ ext
+            merged /= np.where(total > 0, total, 1.0)[:, None]
+        else:
+            scale = np.ones(lab.size)
+            sizes = np.bincount(lab, minlength=k).astype(float)
+            merged = (_merge_matrix(lab, np.ones(lab.size)).T @ ext) / sizes[:, None]
+        out.append(Layer(merged[:, :-1], merged[:, -1], layer.activation, layer.negative_slope,
+                         layer.has_bias, layer.path))
+        src_labels, src_scale = lab, scale
+    return Network(out, dtype=net.dtype, meta=dict(net.meta))

@@ -1,0 +1,23 @@
+// eps-FDE / eps-BDE partition refinement of the cascade ODE of a feed-forward network.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "polyode.hpp"
+
+namespace afde {
+
+enum class Mode : int { Forward = 0, Backward = 1 };
+
+// Coarsest eps-FDE (Forward) or eps-BDE (Backward) partition refining the layer prepartition
+// (inputs and outputs alone, one block per hidden layer). eps[h] is the tolerance of hidden
+// layer h. Returns one canonical label array per hidden layer.
+std::vector<std::vector<std::int64_t>> lump(const Net& net, Mode mode, const std::vector<double>& eps,
+                                            int threads);
+
+// Incoming rows of a layer against the partition of its source layer, with the source scales c:
+//   R(i, B) = sum_{k in B} W_ik c_k, and R(i, nblocks) = b_i.
+RowMat block_rows(const MapMat& W, const MapVec& b, const std::vector<std::int64_t>& src_labels,
+                  const std::vector<double>& src_scale, int threads);
+
+}  // namespace afde
