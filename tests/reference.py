@@ -1,0 +1,153 @@
+"""Slow, obviously-correct eps-FDE / eps-BDE on a generic polynomial ODE (method.md §3).
+
+Nothing here knows about layers, weights or closed forms: it reads the drifts of a
+:class:`~afde_nb.PolyODE` as polynomials and applies the definitions literally.
+Used only by the tests, on small systems.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+Poly = dict  # {sorted tuple of variable indices: coefficient}
+
+
+def drifts(ode) -> list[Poly]:
+    out: list[Poly] = [defaultdict(float) for _ in range(ode.num_vars)]
+    for v, c, m in zip(ode.var, ode.coef, ode.monomials()):
+        out[int(v)][m] += float(c)
+    return [dict(p) for p in out]
+
+
+def prepartition(ode) -> np.ndarray:
+    """Inputs and outputs alone, one block per hidden layer."""
+    last = int(ode.layer.max())
+    lab = np.empty(ode.num_vars, dtype=np.int64)
+    for v in range(ode.num_vars):
+        l = int(ode.layer[v])
+        lab[v] = v if l in (0, last) else ode.num_vars + l
+    return lab
+
+
+def _add(p: Poly, q: Poly, scale: float = 1.0) -> Poly:
+    out = defaultdict(float, p)
+    for m, c in q.items():
+        out[m] += scale * c
+    return dict(out)
+
+
+def _mul(p: Poly, q: Poly) -> Poly:
+    out: Poly = defaultdict(float)
+    for m1, c1 in p.items():
+        for m2, c2 in q.items():
+            out[tuple(sorted(m1 + m2))] += c1 * c2
+    return dict(out)
+
+
+def _l1(p: Poly) -> float:
+    return sum(abs(c) for c in p.values())
+
+
+def substitute(p: Poly, a: int, b: int, s: int) -> Poly:
+    """x_a -> s (x_a + x_b), x_b -> (1 - s)(x_a + x_b)."""
+    xa = {(min(s, a), max(s, a)): 1.0, tuple(sorted((s, b))): 1.0}
+    xb = {(a,): 1.0, (b,): 1.0, tuple(sorted((s, a))): -1.0, tuple(sorted((s, b))): -1.0}
+    out: Poly = {}
+    for m, c in p.items():
+        term: Poly = {(): c}
+        for v in m:
+            term = _mul(term, xa if v == a else xb if v == b else {(v,): 1.0})
+        out = _add(out, term)
+    return out
+
+
+def fde_distance(f: list[Poly], labels: np.ndarray, i: int, j: int) -> float:
+    """Sum over blocks of the coefficient L1 of (block drift after substitution - before),
+    the larger of the two orientations of the substitution."""
+    s = len(f)
+    blocks = defaultdict(list)
+    for v, l in enumerate(labels):
+        blocks[int(l)].append(v)
+    best = 0.0
+    for a, b in ((i, j), (j, i)):
+        total = 0.0
+        for members in blocks.values():
+            P: Poly = {}
+            for v in members:
+                P = _add(P, f[v])
+            if not any(a in m or b in m for m in P):
+                continue
+            total += _l1(_add(substitute(P, a, b, s), P, -1.0))
+        best = max(best, total)
+    return best
+
+
+def bde_distance(f: list[Poly], labels: np.ndarray, i: int, j: int) -> float:
+    """Coefficient L1 of f_i - f_j after mapping every variable to its block representative."""
+    rep = {}
+    for v, l in enumerate(labels):
+        rep.setdefault(int(l), v)
+
+    def mapped(p: Poly) -> Poly:
+        out = defaultdict(float)
+        for m, c in p.items():
+            out[tuple(sorted(rep[int(labels[v])] for v in m))] += c
+        return dict(out)
+
+    return _l1(_add(mapped(f[i]), mapped(f[j]), -1.0))
+
+
+def _components(members: list[int], linked) -> list[list[int]]:
+    parent = {v: v for v in members}
+
+    def find(v):
+        while parent[v] != v:
+            v = parent[v]
+        return v
+
+    for x in range(len(members)):
+        for y in range(x + 1, len(members)):
+            if linked(members[x], members[y]):
+                parent[find(members[x])] = find(members[y])
+    comps = defaultdict(list)
+    for v in members:
+        comps[find(v)].append(v)
+    return list(comps.values())
+
+
+def refine(ode, eps: float, mode: str) -> np.ndarray:
+    """Coarsest eps-partition from the prepartition: split every block into the connected
+    components of its eps-links against the current partition, until nothing splits."""
+    f = drifts(ode)
+    dist = fde_distance if mode == "forward" else bde_distance
+    labels = prepartition(ode)
+    while True:
+        blocks = defaultdict(list)
+        for v, l in enumerate(labels):
+            blocks[int(l)].append(v)
+        new = labels.copy()
+        nxt = int(labels.max()) + 1
+        split = False
+        for members in blocks.values():
+            if len(members) < 2:
+                continue
+            comps = _components(members, lambda a, b: dist(f, labels, a, b) <= eps)
+            if len(comps) > 1:
+                split = True
+                for comp in comps[1:]:
+                    new[comp] = nxt
+                    nxt += 1
+        labels = new
+        if not split:
+            return labels
+
+
+def hidden_labels(ode, labels: np.ndarray) -> list[np.ndarray]:
+    """Per hidden layer canonical labels (blocks numbered by first member)."""
+    out = []
+    for l in range(1, int(ode.layer.max())):
+        raw = labels[ode.layer == l]
+        seen: dict[int, int] = {}
+        out.append(np.array([seen.setdefault(int(x), len(seen)) for x in raw], dtype=np.int64))
+    return out
