@@ -151,7 +151,7 @@ def to_torch(net: Network, device: torch.device | str | None = None) -> nn.Seque
     dtype = getattr(torch, net.dtype)
     mods: list[nn.Module] = []
     for l in net.layers:
-        lin = nn.Linear(l.in_features, l.out_features, bias=l.has_bias)
+        lin = nn.Linear(l.in_features, l.out_features, bias=l.has_bias, dtype=dtype)  # no float32 detour
         with torch.no_grad():
             lin.weight.copy_(torch.from_numpy(l.weight))
             if l.has_bias:
@@ -161,7 +161,7 @@ def to_torch(net: Network, device: torch.device | str | None = None) -> nn.Seque
             mods.append(nn.LeakyReLU(l.negative_slope))
         elif l.activation != "identity":
             mods.append(_ACT_CLASS[l.activation]())
-    model = nn.Sequential(*mods).to(dtype=dtype)
+    model = nn.Sequential(*mods)
     if device is not None:
         model = model.to(device)
     return model.eval()

@@ -1,0 +1,297 @@
+"""compress(): known partitions on hand-built networks, exactness at eps = 0, export, errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import afde_nb
+
+from conftest import assert_unchanged, mlp, set_weights, snapshot
+
+
+def _max_diff(a: nn.Module, b: nn.Module, n_in: int, seed: int = 0) -> float:
+    x = torch.randn(512, n_in, generator=torch.Generator().manual_seed(seed)) * 2
+    with torch.no_grad():
+        return float((a(x) - b(x)).abs().max())
+
+
+def planted_backward_model(rng) -> nn.Sequential:
+    """Layer 1: rows r0 r0 r1 r2 r0 r1 r3 r4 -> 5 blocks. Layer 2: w, w with entries of block
+    {0,1,4} swapped, w with entries of block {2,5} swapped, d, e, d -> 3 blocks (BDE compares
+    rows summed over source blocks)."""
+    r = rng.normal(size=(5, 6))
+    l1 = r[[0, 0, 1, 2, 0, 1, 3, 4]]
+    w, d, e = rng.normal(size=(3, 9))
+    wb, wc = w.copy(), w.copy()
+    wb[[0, 1]] = wb[[1, 0]]
+    wc[[2, 5]] = wc[[5, 2]]
+    l2 = np.stack([w, wb, wc, d, e, d])
+    out = rng.normal(size=(2, 7))
+    model = mlp([5, 8, 6, 2], ["tanh", "tanh"])
+    return set_weights(model, [l1[:, :5], l2[:, :8], out[:, :6]], [l1[:, 5], l2[:, 8], out[:, 6]])
+
+
+def test_planted_duplicates_backward_exact(rng):
+    model = planted_backward_model(rng)
+    snap = snapshot(model)
+    c = afde_nb.compress(model, eps=0, mode="backward")
+    assert [s.neurons_after for s in c.layers] == [5, 3]
+    assert [s.largest_block for s in c.layers] == [3, 3]
+    np.testing.assert_array_equal(c.partition[0], [0, 0, 1, 2, 0, 1, 3, 4])
+    np.testing.assert_array_equal(c.partition[1], [0, 0, 0, 1, 2, 1])
+    assert c.params_before == 8 * 6 + 6 * 9 + 2 * 7
+    assert c.params_after == 5 * 6 + 3 * 6 + 2 * 4
+    assert _max_diff(c.model, model, 5) <= 1e-5
+    assert_unchanged(model, snap)
+
+
+def test_planted_dead_neurons_forward_exact(rng):
+    """Exact FDE lumps tanh neurons only when their incoming rows are zero (they stay at 0), and
+    then only those with equal outgoing columns (entrywise: the next layer is tanh)."""
+    w1, b1 = rng.normal(size=(6, 3)), rng.normal(size=6)
+    w1[[1, 3, 4]] = 0
+    b1[[1, 3, 4]] = 0
+    w2 = rng.normal(size=(4, 6))
+    w2[:, 3] = w2[:, 1]  # dead neurons 1 and 3 have equal columns; 4 differs
+    model = set_weights(mlp([3, 6, 4, 1], ["tanh", "tanh"]), [w1, w2, rng.normal(size=(1, 4))],
+                        [b1, rng.normal(size=4), rng.normal(size=1)])
+    c = afde_nb.compress(model, eps=0, mode="forward")
+    np.testing.assert_array_equal(c.partition[0], [0, 1, 2, 1, 3, 4])
+    assert [s.neurons_after for s in c.layers] == [5, 4]
+    assert _max_diff(c.model, model, 3) <= 1e-5
+
+
+def test_planted_proportional_relu_rows(rng):
+    """ReLU rows that are positive multiples of each other merge exactly (method.md §5); a
+    negative multiple does not. Factors are powers of two so that float32 rows stay exactly
+    proportional; other factors need eps of the order of float32 rounding (next test)."""
+    base = rng.normal(size=(3, 5))
+    rows = np.stack([base[0], 2.0 * base[0], base[1], 0.25 * base[1], -1.0 * base[0], base[2]])
+    model = set_weights(mlp([4, 6, 3], ["relu"]), [rows[:, :4], rng.normal(size=(3, 6))],
+                        [rows[:, 4], rng.normal(size=3)])
+    c = afde_nb.compress(model, eps=0, mode="backward")
+    np.testing.assert_array_equal(c.partition[0], [0, 0, 1, 1, 2, 3])
+    assert _max_diff(c.model, model, 4) <= 1e-5
+    with torch.no_grad():
+        model[0].weight[1] *= 1.3  # 2.6 x row 0 in float32: proportional up to rounding only
+        model[0].bias[1] *= 1.3
+    assert afde_nb.compress(model, eps=0, mode="backward").layers[0].neurons_after == 5
+    c = afde_nb.compress(model, eps=1e-5, mode="backward")
+    np.testing.assert_array_equal(c.partition[0], [0, 0, 1, 1, 2, 3])
+    assert _max_diff(c.model, model, 4) <= 1e-5
+
+
+ACTS = ["tanh", "sigmoid", "identity", "relu", "leaky_relu"]
+
+
+@pytest.mark.parametrize("mode", ["forward", "backward"])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("planted", [False, True])
+def test_eps_zero_never_changes_the_function(rng, mode, act, planted):
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    model = mlp([6, 12, 10, 8, 3], [act] * 3, out_act=rng.choice(["identity", "tanh"]))
+    if planted:  # duplicates, zero rows, proportional rows and equal columns
+        lins = [m for m in model if isinstance(m, nn.Linear)]
+        with torch.no_grad():
+            for lin in lins[:-1]:
+                lin.weight[1] = lin.weight[0]
+                lin.bias[1] = lin.bias[0]
+                lin.weight[2] = 3.0 * lin.weight[3]
+                lin.bias[2] = 3.0 * lin.bias[3]
+                lin.weight[4:6] = 0
+                lin.bias[4:6] = 0
+            for nxt in lins[1:]:
+                nxt.weight[:, 5] = nxt.weight[:, 4]
+                nxt.weight[:, 1] = nxt.weight[:, 0]
+    c = afde_nb.compress(model, eps=0.0, mode=mode)
+    assert _max_diff(c.model, model, 6) <= 1e-5
+    if planted and mode == "backward":
+        assert c.params_after < c.params_before
+    if planted and mode == "forward" and act in ("tanh", "sigmoid"):
+        assert c.layers[0].neurons_after < c.layers[0].neurons_before  # the dead pair 4, 5
+
+
+@pytest.mark.parametrize("mode", ["forward", "backward"])
+def test_eps_trades_size_for_error(rng, mode):
+    torch.manual_seed(0)
+    model = mlp([8, 64, 64, 2], ["tanh", "tanh"])
+    sizes, errors = [], []
+    for eps in [0.0, 0.5, 2.0, 8.0, 1e6]:
+        c = afde_nb.compress(model, eps, mode=mode, relative=True)
+        sizes.append(c.params_after)
+        errors.append(_max_diff(c.model, model, 8))
+    assert sizes == sorted(sizes, reverse=True)
+    assert errors[0] <= 1e-5
+    assert sizes[-1] < sizes[0]
+    assert c.layers[0].neurons_after == 1 and c.layers[1].neurons_after == 1  # huge eps: one block each
+
+
+def test_compression_report_and_calibration(rng):
+    model = planted_backward_model(rng)
+    x = rng.normal(size=(64, 5))
+    c = afde_nb.compress(model, eps=0, mode="backward", calibration=x)
+    assert c.calibration_error["n"] == 64 and c.calibration_error["max_abs"] <= 1e-9
+    text = c.table()
+    assert "before" in text and "5" in text and "% kept" in text
+    assert "backward" in repr(c)
+    assert isinstance(c.model, nn.Sequential)
+    assert all(type(m).__module__.startswith("torch.nn") for m in c.model.modules())
+    with pytest.raises(afde_nb.ShapeMismatchError, match=r"\(n, 5\)"):
+        afde_nb.compress(model, eps=0, calibration=rng.normal(size=(10, 4)))
+    with pytest.raises(afde_nb.InvalidWeightsError):
+        afde_nb.compress(model, eps=0, calibration=np.full((3, 5), np.nan))
+
+
+STOCK_LOADER = r"""
+import json, sys, torch
+path, arch_path = sys.argv[1], sys.argv[2]
+arch = json.load(open(arch_path))
+mods = []
+for spec in arch["layers"]:
+    kw = {k: v for k, v in spec.items() if k != "type"}
+    mods.append(getattr(torch.nn, spec["type"])(**kw))
+model = torch.nn.Sequential(*mods)
+if path.endswith(".safetensors"):
+    from safetensors.torch import load_file
+    state = load_file(path)
+else:
+    state = torch.load(path, weights_only=True)
+model.load_state_dict(state)
+x = torch.load(sys.argv[3], weights_only=True)
+torch.save(model(x).detach(), sys.argv[4])
+assert "afde_nb" not in sys.modules
+"""
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_save_reloads_in_stock_torch(tmp_path, rng, suffix):
+    model = planted_backward_model(rng)
+    c = afde_nb.compress(model, eps=0.3, mode="backward", relative=True)
+    written = c.save(tmp_path / f"reduced{suffix}")
+    assert [p.name for p in written] == [f"reduced{suffix}", "reduced.json"]
+    x = torch.randn(32, 5)
+    torch.save(x, tmp_path / "x.pt")
+    script = tmp_path / "load.py"
+    script.write_text(STOCK_LOADER)
+    subprocess.run([sys.executable, str(script), str(written[0]), str(written[1]), str(tmp_path / "x.pt"),
+                    str(tmp_path / "y.pt")], check=True, cwd=tmp_path)
+    y = torch.load(tmp_path / "y.pt", weights_only=True)
+    with torch.no_grad():
+        assert torch.equal(y, c.model(x))
+        assert torch.equal(afde_nb.load_model(written[0])(x), c.model(x))
+    arch = json.loads(written[1].read_text())
+    assert arch["afde_nb"]["mode"] == "backward"
+
+
+class TracedMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        x = torch.tanh(self.fc1(x))
+        x = self.drop(nn.functional.leaky_relu(self.fc2(x), negative_slope=0.2))
+        return self.head(x)
+
+
+def test_module_whose_forward_is_a_stack():
+    torch.manual_seed(0)
+    model = TracedMLP().eval()
+    with torch.no_grad():
+        model.fc1.weight[1] = model.fc1.weight[0]
+        model.fc1.bias[1] = model.fc1.bias[0]
+    net = afde_nb.to_network(model)
+    assert [l.activation for l in net.layers] == ["tanh", "leaky_relu", "identity"]
+    assert net.layers[1].negative_slope == 0.2 and net.layers[0].path == "fc1"
+    c = afde_nb.compress(model, eps=0, mode="backward")
+    assert c.layers[0].neurons_after == 5
+    assert _max_diff(c.model, model, 4) <= 1e-5
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return x + torch.tanh(self.fc(x))
+
+
+@pytest.mark.parametrize("model,pattern", [
+    (nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Conv1d(1, 1, 1)), r"'2'.*Conv1d"),
+    (nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=1), nn.Linear(4, 1)), r"'1'.*Softmax"),
+    (nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.Tanh(), nn.GELU()), nn.Linear(4, 1)), r"'1\.1'.*GELU"),
+    (nn.Sequential(nn.Tanh(), nn.Linear(3, 1)), "on the inputs"),
+    (nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Tanh()), "after another activation"),
+    (nn.Sequential(nn.Linear(3, 3), nn.Linear(4, 1)), "takes 4 inputs"),
+    (Residual(), "single feed-forward chain"),
+    (nn.Sequential(), "no Linear"),
+])
+def test_unsupported_models_are_named(model, pattern):
+    snap = snapshot(model)
+    with pytest.raises(afde_nb.UnsupportedLayerError, match=pattern):
+        afde_nb.compress(model, 0.1)
+    assert_unchanged(model, snap)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(bad):
+    model = mlp([3, 4, 1], ["tanh"])
+    with torch.no_grad():
+        model[2].weight[0, 1] = bad
+    snap = snapshot(model)
+    with pytest.raises(afde_nb.InvalidWeightsError, match=r"2\.weight"):
+        afde_nb.compress(model, 0.0)
+    for k, v in model.state_dict().items():  # NaN != NaN: compare bit patterns
+        assert torch.equal(v.view(torch.int32), snap[k].view(torch.int32))
+
+
+@pytest.mark.parametrize("eps", [-0.1, float("nan"), "0.1", None, [0.1]])
+def test_bad_eps_is_refused_without_side_effects(eps):
+    model = mlp([3, 4, 1], ["tanh"])
+    snap = snapshot(model)
+    with pytest.raises(afde_nb.InvalidEpsError):
+        afde_nb.compress(model, eps)
+    assert_unchanged(model, snap)
+
+
+@pytest.mark.parametrize("mode", ["forward", "backward"])
+def test_empty_and_single_neuron_layers(mode):
+    torch.manual_seed(0)
+    for widths in ([3, 0, 2], [3, 1, 2], [3, 1, 0, 2], [3, 2]):
+        model = mlp(widths, ["tanh"] * (len(widths) - 2))
+        c = afde_nb.compress(model, 0.5, mode=mode)
+        assert [s.neurons_before for s in c.layers] == widths[1:-1]
+        if all(w > 0 for w in widths[1:-1]):
+            assert all(s.neurons_after == s.neurons_before for s in c.layers)
+        c0 = afde_nb.compress(model, 0.0, mode=mode)
+        assert _max_diff(c0.model, model, 3) <= 1e-5
+
+
+def test_model_is_never_modified_and_calls_repeat(rng):
+    model = planted_backward_model(rng)
+    model.train()
+    snap = snapshot(model)
+    a = afde_nb.compress(model, 0.2, mode="forward", relative=True)
+    b = afde_nb.compress(model, 0.2, mode="forward", relative=True)
+    afde_nb.encode(model)
+    assert_unchanged(model, snap)
+    assert model.training
+    for x, y in zip(a.partition, b.partition):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_float64_models_stay_float64(rng):
+    model = planted_backward_model(rng).double()
+    c = afde_nb.compress(model, 0.0, mode="backward")
+    assert next(c.model.parameters()).dtype == torch.float64
+    x = torch.randn(64, 5, dtype=torch.float64)
+    with torch.no_grad():
+        assert float((c.model(x) - model(x)).abs().max()) <= 1e-12
