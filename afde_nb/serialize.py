@@ -99,6 +99,34 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def load_tensor(path: str | Path) -> torch.Tensor:
+    """One tensor from ``.npy`` (no pickles), or ``.pt``/``.safetensors`` holding a tensor or a
+    one-entry dict (calibration inputs)."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        import numpy as np
+
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        except ValueError as exc:
+            raise UnsafeFileError(f"{path} is not a plain numeric .npy array: {exc}") from exc
+    if path.suffix == ".safetensors":
+        obj = load_state_dict(path)
+    else:
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            raise UnsafeFileError(f"{path} is not a plain tensor file (weights_only=True): "
+                                  f"{str(exc).splitlines()[0]}") from exc
+    if isinstance(obj, dict) and len(obj) == 1:
+        obj = next(iter(obj.values()))
+    if not isinstance(obj, torch.Tensor):
+        raise UnsafeFileError(f"{path} does not hold a single tensor")
+    return obj
+
+
 def load_model(path: str | Path) -> nn.Sequential:
     """Rebuild a model written by :func:`save_model` (architecture JSON beside it, or in safetensors)."""
     path = Path(path)

@@ -80,7 +80,7 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "lump",
       [](const std::vector<Arr>& Ws, const std::vector<Arr>& bs, const std::vector<int>& acts,
-         const std::string& mode, const std::vector<double>& eps, int threads) {
+         const std::string& mode, const std::vector<double>& eps, bool relative, int threads) {
         std::vector<Arr> keep;
         auto net = make_net(Ws, bs, acts, keep);
         if (eps.size() != net.num_hidden())
@@ -92,17 +92,18 @@ PYBIND11_MODULE(_core, m) {
         else if (mode == "backward") md = afde::Mode::Backward;
         else throw std::invalid_argument("mode must be 'forward' or 'backward'");
         std::vector<std::vector<std::int64_t>> labels;
+        std::vector<double> used;
         {
           py::gil_scoped_release nogil;
-          labels = afde::lump(net, md, eps, threads);
+          labels = afde::lump(net, md, eps, relative, threads, &used);
         }
         py::list out;
         for (auto& l : labels) out.append(to_numpy(std::move(l)));
-        return out;
+        return py::make_tuple(out, used);
       },
       py::arg("weights"), py::arg("biases"), py::arg("activations"), py::arg("mode"), py::arg("eps"),
-      py::arg("threads") = 0,
-      "Coarsest eps-FDE/eps-BDE partition: one canonical label array per hidden layer.");
+      py::arg("relative") = false, py::arg("threads") = 0,
+      "Coarsest eps-FDE/eps-BDE partition: (one canonical label array per hidden layer, absolute eps per layer).");
 
   m.def(
       "cluster_l1",

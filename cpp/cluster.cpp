@@ -186,6 +186,19 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
   return uf.labels();
 }
 
+double mean_norm(const RefMat& F, const SelfTerm* self) {
+  if (F.rows() == 0) return 0.0;
+  double total = 0.0;
+  for (Eigen::Index i = 0; i < F.rows(); ++i) {
+    total += l1norm(F.row(i).data(), F.cols());
+    if (self) {  // x_j = 0: |x_i + 0| = |x_i - 0| = max(|x_i|, 0) = |x_i|
+      const double n = l1norm(self->X->row(i).data(), self->X->cols());
+      total += (self->w_plus + self->w_minus + self->w_max) * n;
+    }
+  }
+  return total / static_cast<double>(F.rows());
+}
+
 std::vector<std::int64_t> cluster_allpairs(const RefMat& F, const SelfTerm* self, double eps) {
   const Eigen::Index n = F.rows();
   UnionFind uf(n);

@@ -26,6 +26,9 @@ struct SelfTerm {
 // identical to cluster_allpairs for every input; threads never change it.
 std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double eps, int threads);
 
+// Mean distance of a row from the zero row (a neuron with no weights): the scale of a relative eps.
+double mean_norm(const RefMat& F, const SelfTerm* self);
+
 // The definition, all n(n-1)/2 pairs, for tests and benchmarks.
 std::vector<std::int64_t> cluster_allpairs(const RefMat& F, const SelfTerm* self, double eps);
 

@@ -62,8 +62,17 @@ void normalise_rows(RowMat& R, std::vector<double>* norms) {
   }
 }
 
-std::vector<std::vector<std::int64_t>> lump_backward(const Net& net, const std::vector<double>& eps,
-                                                     int threads) {
+struct Tolerance {
+  const std::vector<double>& eps;
+  bool relative;
+  std::vector<double>& used;
+  double at(std::size_t h, const RefMat& F, const SelfTerm* self) {
+    used[h] = relative ? eps[h] * mean_norm(F, self) : eps[h];
+    return used[h];
+  }
+};
+
+std::vector<std::vector<std::int64_t>> lump_backward(const Net& net, Tolerance tol, int threads) {
   std::vector<std::vector<std::int64_t>> out;
   std::vector<std::int64_t> src = singletons(net.width(0));
   std::vector<double> scale(src.size(), 1.0);
@@ -75,14 +84,13 @@ std::vector<std::vector<std::int64_t>> lump_backward(const Net& net, const std::
       if (net.act[k] != Act::Identity) R *= 2.0;
       scale.assign(R.rows(), 1.0);
     }
-    src = cluster(R, nullptr, eps[k], threads);
+    src = cluster(R, nullptr, tol.at(k, R, nullptr), threads);
     out.push_back(src);
   }
   return out;
 }
 
-std::vector<std::vector<std::int64_t>> lump_forward(const Net& net, const std::vector<double>& eps,
-                                                    int threads) {
+std::vector<std::vector<std::int64_t>> lump_forward(const Net& net, Tolerance tol, int threads) {
   const std::size_t L = net.num_hidden();
   std::vector<std::vector<std::int64_t>> out(L);
   std::vector<std::int64_t> tgt = singletons(net.width(L + 1));
@@ -125,7 +133,7 @@ std::vector<std::vector<std::int64_t>> lump_forward(const Net& net, const std::v
       self.w_max = 10.0;
       selfp = &self;
     }
-    out[h - 1] = cluster(F, selfp, eps[h - 1], threads);
+    out[h - 1] = cluster(F, selfp, tol.at(h - 1, F, selfp), threads);
     tgt = out[h - 1];
   }
   return out;
@@ -149,9 +157,12 @@ RowMat block_rows(const MapMat& W, const MapVec& b, const std::vector<std::int64
 }
 
 std::vector<std::vector<std::int64_t>> lump(const Net& net, Mode mode, const std::vector<double>& eps,
-                                            int threads) {
-  if (mode == Mode::Backward) return lump_backward(net, eps, threads);
-  return lump_forward(net, eps, threads);
+                                            bool relative, int threads, std::vector<double>* eps_used) {
+  std::vector<double> used(eps.size(), 0.0);
+  Tolerance tol{eps, relative, used};
+  auto out = (mode == Mode::Backward) ? lump_backward(net, tol, threads) : lump_forward(net, tol, threads);
+  if (eps_used) *eps_used = used;
+  return out;
 }
 
 }  // namespace afde

@@ -11,9 +11,11 @@ enum class Mode : int { Forward = 0, Backward = 1 };
 
 // Coarsest eps-FDE (Forward) or eps-BDE (Backward) partition refining the layer prepartition
 // (inputs and outputs alone, one block per hidden layer). eps[h] is the tolerance of hidden
-// layer h. Returns one canonical label array per hidden layer.
+// layer h; with `relative`, eps[h] is a fraction of the layer's mean distance from the zero
+// neuron (mean_norm of its features at the time it is split). Returns one canonical label array
+// per hidden layer, and writes the absolute eps used per layer to `eps_used`.
 std::vector<std::vector<std::int64_t>> lump(const Net& net, Mode mode, const std::vector<double>& eps,
-                                            int threads);
+                                            bool relative, int threads, std::vector<double>* eps_used);
 
 // Incoming rows of a layer against the partition of its source layer, with the source scales c:
 //   R(i, B) = sum_{k in B} W_ik c_k, and R(i, nblocks) = b_i.

@@ -95,12 +95,20 @@ def test_threads_and_repeats_give_identical_partitions(rng, mode, eps):
             np.testing.assert_array_equal(a, b)
 
 
-def test_relative_eps_scales_by_mean_abs_weight(rng):
+def test_relative_eps_is_a_fraction_of_the_mean_neuron_norm(rng):
+    """Relative eps scales by the mean distance of a layer's neurons from the zero neuron."""
     net = _random_net(rng, [4, 6, 3], "tanh")
-    p = afde_nb.lump(net, 0.5, "backward", relative=True)
-    assert p.eps_per_layer[0] == pytest.approx(0.5 * np.abs(net.layers[0].weight).mean())
-    p = afde_nb.lump(net, 0.5, "forward", relative=True)
-    assert p.eps_per_layer[0] == pytest.approx(0.5 * np.abs(net.layers[1].weight).mean())
+    hidden = np.flatnonzero(afde_nb.encode(net).layer == 1)  # same indices in ode0: the zero neuron is last
+    zero_row = Network([Layer(np.vstack([net.layers[0].weight, np.zeros((1, 4))]),
+                              np.append(net.layers[0].bias, 0.0), "tanh"),
+                        Layer(np.hstack([net.layers[1].weight, np.zeros((3, 1))]), net.layers[1].bias)])
+    ode0 = afde_nb.encode(zero_row)
+    f0, lab0 = reference.drifts(ode0), reference.prepartition(ode0)
+    z = int(np.flatnonzero(ode0.layer == 1)[-1])
+    for mode, dist in (("backward", reference.bde_distance), ("forward", reference.fde_distance)):
+        # the zero neuron has a zero outgoing column too, so d(i, zero) is the neuron's norm
+        want = np.mean([dist(f0, lab0, int(i), z) for i in hidden])
+        assert afde_nb.lump(net, 0.5, mode, relative=True).eps_per_layer[0] == pytest.approx(0.5 * want)
 
 
 def _proportional_relu_reference(net: Network, eps: float) -> list[np.ndarray]:
