@@ -74,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--activation", default="tanh", choices=["tanh", "sigmoid", "relu"],
                    help="hidden activation when the architecture is inferred (default tanh)")
     c.add_argument("--eps", type=float, default=0.0, help="tolerance (default 0: exact)")
-    c.add_argument("--mode", default="forward", choices=["forward", "backward"])
+    c.add_argument("--mode", default="backward", choices=["forward", "backward"])
     c.add_argument("--relative", action="store_true", help="eps as a fraction of each layer's mean neuron norm")
     c.add_argument("--calibration", help="tensor file of calibration inputs (n, in_features)")
     c.add_argument("--threads", type=int, default=0)

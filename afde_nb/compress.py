@@ -87,7 +87,7 @@ def _calibration_array(calibration, n_in: int) -> np.ndarray:
     return x
 
 
-def compress(model: nn.Module, eps: float = 0.0, mode: str = "forward", relative: bool = False,
+def compress(model: nn.Module, eps: float = 0.0, mode: str = "backward", relative: bool = False,
              calibration=None, threads: int = 0) -> Compression:
     """Lump the hidden neurons of ``model`` by eps-FDE (``mode="forward"``) or eps-BDE (``"backward"``).
 

@@ -55,7 +55,7 @@ def check_mode(mode: object) -> str:
     return str(mode)
 
 
-def lump(net: Network, eps: float = 0.0, mode: str = "forward", relative: bool = False,
+def lump(net: Network, eps: float = 0.0, mode: str = "backward", relative: bool = False,
          threads: int = 0) -> Partition:
     """Coarsest eps-FDE (``mode="forward"``) or eps-BDE (``"backward"``) partition of ``net``.
 
