@@ -84,8 +84,10 @@ def test_refuses_pickled_objects_and_bad_input(saved_model, tmp_path, capsys):
     assert "cannot infer an MLP" in capsys.readouterr().err
 
 
-def test_console_script_runs():
-    out = subprocess.run([sys.executable, "-m", "afde_nb", "--version"], capture_output=True, text=True, check=True)
+def test_console_script_runs(tmp_path):
+    # outside the source tree, so the installed package (with its compiled engine) is the one run
+    out = subprocess.run([sys.executable, "-m", "afde_nb", "--version"], capture_output=True, text=True,
+                         check=True, cwd=tmp_path)
     assert "afde-nb" in out.stdout
 
 
