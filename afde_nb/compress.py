@@ -14,10 +14,11 @@ from torch import nn
 
 from .adapters import to_network, to_torch
 from .errors import InvalidWeightsError, ShapeMismatchError
-from .lump import Partition, lump
+from .lump import Partition, check_eps, check_mode, lump
 from .network import Network
 from .reduce import reduce
 from .serialize import save_model
+from .target import eps_for_error, eps_for_params
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Compression:
     relative: bool
     calibration_error: dict | None = None
     network: Network | None = field(default=None, repr=False)
+    target: dict | None = None
 
     @property
     def kept(self) -> float:
@@ -87,17 +89,24 @@ def _calibration_array(calibration, n_in: int) -> np.ndarray:
     return x
 
 
-def compress(model: nn.Module, eps: float = 0.0, mode: str = "backward", relative: bool = False,
-             calibration=None, threads: int = 0) -> Compression:
-    """Lump the hidden neurons of ``model`` by eps-FDE (``mode="forward"``) or eps-BDE (``"backward"``).
+def compress(model: nn.Module, eps: float | None = None, mode: str = "backward", relative: bool = False,
+             calibration=None, threads: int = 0, *, target_params: int | None = None,
+             target_error: float | None = None, calibration_targets=None) -> Compression:
+    """Lump the hidden neurons of ``model`` by eps-BDE (``mode="backward"``) or eps-FDE (``"forward"``).
 
-    ``eps = 0`` keeps the function exactly. ``relative=True`` reads eps relative to each layer's mean
-    absolute weight. With ``calibration`` (inputs, shape (n, in_features)) the result reports the
-    reduced model's deviation from the original on them. ``model`` is never modified.
+    ``eps = 0`` (the default) keeps the function exactly. ``relative=True`` reads eps as a fraction
+    of each layer's mean neuron norm. With ``calibration`` (inputs, shape (n, in_features)) the
+    result reports the reduced model's deviation from the original on them.
+
+    Target mode, instead of eps: ``target_params=N`` finds the smallest eps whose reduced model has
+    at most N parameters; ``target_error=0.01`` the largest eps whose MSE on ``calibration`` against
+    ``calibration_targets`` is at most 1% above the original's. The eps found is ``.eps``.
+    ``model`` is never modified.
     """
     net = to_network(model)
     calib = _calibration_array(calibration, net.widths[0]) if calibration is not None else None
-    part: Partition = lump(net, eps, mode, relative, threads)
+    mode = check_mode(mode)
+    part = _partition(net, eps, mode, relative, threads, target_params, target_error, calib, calibration_targets)
     small = reduce(net, part.labels)
     device = next((p.device for p in model.parameters()), None)
     reduced = to_torch(small, device=device)
@@ -112,5 +121,29 @@ def compress(model: nn.Module, eps: float = 0.0, mode: str = "backward", relativ
         diff = small.forward(calib) - net.forward(calib)
         err = {"max_abs": float(np.abs(diff).max(initial=0.0)), "rms": float(np.sqrt(np.mean(diff ** 2)))
                if diff.size else 0.0, "n": int(calib.shape[0])}
+    target = None
+    if target_params is not None or target_error is not None:
+        target = {"params": target_params} if target_params is not None else {"error_increase": target_error}
     return Compression(reduced, [np.array(l) for l in part.labels], net.num_params, small.num_params,
-                       layers, part.mode, part.eps, part.relative, err, small)
+                       layers, part.mode, part.eps, part.relative, err, small, target)
+
+
+def _partition(net: Network, eps, mode, relative, threads, target_params, target_error, calib, calib_y) -> Partition:
+    given = [name for name, v in (("eps", eps), ("target_params", target_params), ("target_error", target_error))
+             if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"give one of eps, target_params, target_error (got {', '.join(given)})")
+    if target_params is not None:
+        if isinstance(target_params, bool) or not isinstance(target_params, (int, np.integer)) or target_params < 0:
+            raise ValueError(f"target_params must be a non-negative integer, got {target_params!r}")
+        return eps_for_params(net, int(target_params), mode, relative, threads)
+    if target_error is not None:
+        check_eps(target_error)  # a finite number >= 0
+        if calib is None or calib_y is None:
+            raise ValueError("target_error needs calibration inputs and calibration_targets to measure the error on")
+        y = _calibration_array(calib_y, net.widths[-1]) if np.ndim(calib_y) == 2 else \
+            _calibration_array(np.reshape(calib_y, (-1, 1)), net.widths[-1])
+        if len(y) != len(calib):
+            raise ShapeMismatchError(f"calibration has {len(calib)} rows but calibration_targets {len(y)}")
+        return eps_for_error(net, calib, y, float(target_error), mode, relative, threads)
+    return lump(net, 0.0 if eps is None else eps, mode, relative, threads)

@@ -253,7 +253,7 @@ def test_non_finite_weights_are_refused(bad):
         assert torch.equal(v.view(torch.int32), snap[k].view(torch.int32))
 
 
-@pytest.mark.parametrize("eps", [-0.1, float("nan"), "0.1", None, [0.1]])
+@pytest.mark.parametrize("eps", [-0.1, float("nan"), "0.1", [0.1], True])
 def test_bad_eps_is_refused_without_side_effects(eps):
     model = mlp([3, 4, 1], ["tanh"])
     snap = snapshot(model)
@@ -295,3 +295,39 @@ def test_float64_models_stay_float64(rng):
     x = torch.randn(64, 5, dtype=torch.float64)
     with torch.no_grad():
         assert float((c.model(x) - model(x)).abs().max()) <= 1e-12
+
+
+@pytest.mark.parametrize("mode", ["backward", "forward"])
+def test_target_params_finds_the_smallest_eps_within_budget(mode):
+    torch.manual_seed(0)
+    model = mlp([6, 40, 30, 2], ["tanh", "tanh"])
+    full = afde_nb.compress(model).params_before
+    for budget in (full, int(0.6 * full), int(0.2 * full)):
+        c = afde_nb.compress(model, mode=mode, relative=True, target_params=budget)
+        assert c.params_after <= budget
+        assert c.target == {"params": budget}
+        if c.eps > 0:  # a slightly smaller eps would break the budget: eps is the smallest
+            below = afde_nb.compress(model, c.eps * (1 - 1e-9), mode=mode, relative=True)
+            assert below.params_after > budget
+    with pytest.raises(ValueError, match="one neuron per hidden layer"):
+        afde_nb.compress(model, target_params=10)
+    with pytest.raises(ValueError, match="one of"):
+        afde_nb.compress(model, eps=0.1, target_params=100)
+
+
+def test_target_error_keeps_error_within_bound(rng):
+    torch.manual_seed(0)
+    model = mlp([4, 32, 32, 1], ["tanh", "tanh"])
+    X = rng.normal(size=(256, 4)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(X)).numpy() + 0.1 * rng.normal(size=(256, 1))
+    base = float(np.mean((model(torch.from_numpy(X)).detach().numpy() - y) ** 2))
+    for bound in (0.01, 0.5):
+        c = afde_nb.compress(model, relative=True, calibration=X, calibration_targets=y, target_error=bound)
+        got = float(np.mean((c.model(torch.from_numpy(X)).detach().numpy() - y) ** 2))
+        assert got <= base * (1 + bound) * (1 + 1e-5)
+    loose = afde_nb.compress(model, relative=True, calibration=X, calibration_targets=y, target_error=0.5)
+    tight = afde_nb.compress(model, relative=True, calibration=X, calibration_targets=y, target_error=0.01)
+    assert loose.params_after <= tight.params_after
+    with pytest.raises(ValueError, match="calibration_targets"):
+        afde_nb.compress(model, target_error=0.01, calibration=X)
