@@ -13,6 +13,8 @@
 namespace afde {
 namespace {
 
+constexpr Eigen::Index kPool = 64;  // stripes of the pooled lower bound, checked 16 at a time
+
 double l1norm(const double* x, Eigen::Index d) {
   double s = 0.0;
   for (Eigen::Index q = 0; q < d; ++q) s += std::abs(x[q]);
@@ -33,7 +35,7 @@ double distance(const RefMat& F, const SelfTerm* self, Eigen::Index i, Eigen::In
   }
   for (; k < d; ++k) s += std::abs(a[k] - b[k]);
   if (s > eps || self == nullptr) return s;
-  const RowMat& X = *self->X;
+  const RefMat& X = self->X;
   const double* x = X.row(i).data();
   const double* y = X.row(j).data();
   double plus = 0, minus = 0;
@@ -70,12 +72,34 @@ struct UnionFind {
   }
 };
 
+// Component ids kept current for every row by small-to-large merging (O(n log n) relabels in
+// all), so the parallel scans can read them without a refresh pass.
+struct Components {
+  std::vector<std::int64_t> comp;
+  std::vector<std::vector<std::int64_t>> members;
+  explicit Components(std::int64_t n) : comp(n), members(n) {
+    for (std::int64_t i = 0; i < n; ++i) {
+      comp[i] = i;
+      members[i] = {i};
+    }
+  }
+  bool unite(std::int64_t i, std::int64_t j) {
+    std::int64_t a = comp[i], b = comp[j];
+    if (a == b) return false;
+    if (members[a].size() < members[b].size()) std::swap(a, b);
+    for (auto v : members[b]) comp[v] = a;
+    members[a].insert(members[a].end(), members[b].begin(), members[b].end());
+    std::vector<std::int64_t>().swap(members[b]);
+    return true;
+  }
+};
+
 // Rows whose self term alone exceeds eps can join nothing (self >= w_max * |x_i|_1).
 std::vector<char> candidates(const RefMat& F, const SelfTerm* self, double eps) {
   std::vector<char> ok(F.rows(), 1);
   if (self == nullptr) return ok;
   for (Eigen::Index i = 0; i < F.rows(); ++i) {
-    const double n = l1norm(self->X->row(i).data(), self->X->cols());
+    const double n = l1norm(self->X.row(i).data(), self->X.cols());
     ok[i] = (self->w_max * n <= eps) ? 1 : 0;
   }
   return ok;
@@ -114,7 +138,9 @@ std::vector<std::int64_t> cluster_exact(const RefMat& F, const SelfTerm* self) {
 }  // namespace
 
 std::vector<std::int64_t> canonical(const std::vector<std::int64_t>& labels) {
-  std::vector<std::int64_t> map(labels.size() + 1, -1), out(labels.size());
+  std::int64_t top = 0;
+  for (auto v : labels) top = std::max(top, v);
+  std::vector<std::int64_t> map(static_cast<std::size_t>(top) + 1, -1), out(labels.size());
   std::int64_t next = 0;
   for (std::size_t i = 0; i < labels.size(); ++i) {
     auto& m = map[labels[i]];
@@ -125,42 +151,74 @@ std::vector<std::int64_t> canonical(const std::vector<std::int64_t>& labels) {
 }
 
 std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double eps, int threads) {
-  const Eigen::Index n = F.rows();
+  const Eigen::Index n = F.rows(), d = F.cols();
   if (n == 0) return {};
   if (eps == 0.0) return cluster_exact(F, self);
 
+  // Candidates, sorted by row sum. Two lower bounds of the L1 distance prune the pairs:
+  //   |sum(F_i) - sum(F_j)|                      (the window of the sorted order)
+  //   sum_p |pool_p(F_i) - pool_p(F_j)|          (pool_p = sum over the p-th stripe of columns)
+  // Both are exact bounds; `slack` covers rounding in the sums, so no pair within eps is lost.
   const auto ok = candidates(F, self, eps);
   std::vector<std::int64_t> order;
-  std::vector<double> key(n, 0.0);
-  double keyabs = 0.0;
-  for (Eigen::Index i = 0; i < n; ++i) {
-    if (!ok[i]) continue;
-    order.push_back(i);
-    key[i] = F.row(i).sum();
-    keyabs = std::max(keyabs, F.row(i).cwiseAbs().sum());
-  }
-  std::sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
-    return key[a] < key[b] || (key[a] == key[b] && a < b);
-  });
-  // |key_i - key_j| <= ||F_i - F_j||_1 exactly; the slack covers rounding in the row sums.
-  const double window = eps + 1e-12 * static_cast<double>(F.cols() + 1) * keyabs;
-
-  UnionFind uf(n);
-  std::vector<std::int64_t> snap(n);
-  std::iota(snap.begin(), snap.end(), 0);
+  for (Eigen::Index i = 0; i < n; ++i)
+    if (ok[i]) order.push_back(i);
   const std::int64_t m = static_cast<std::int64_t>(order.size());
-  constexpr std::int64_t kChunk = 256;
-  int nt = threads > 0 ? threads : 1;
+  const Eigen::Index P = std::min<Eigen::Index>(kPool, std::max<Eigen::Index>(d, 1));
+  std::vector<double> pool(static_cast<std::size_t>(m) * P, 0.0), key(m), absrow(m);
+  for (std::int64_t p = 0; p < m; ++p) {
+    const double* a = F.row(order[p]).data();
+    double* out = &pool[static_cast<std::size_t>(p) * P];
+    double ab = 0.0;
+    for (Eigen::Index c = 0; c < d; ++c) {
+      out[c * P / d] += a[c];
+      ab += std::abs(a[c]);
+    }
+    double k = 0.0;
+    for (Eigen::Index q = 0; q < P; ++q) k += out[q];
+    key[p] = k;
+    absrow[p] = ab;
+  }
+  std::vector<std::int64_t> perm(m);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::sort(perm.begin(), perm.end(), [&](std::int64_t a, std::int64_t b) {
+    return key[a] < key[b] || (key[a] == key[b] && order[a] < order[b]);
+  });
+  {  // apply the permutation so the scan walks memory in order
+    std::vector<std::int64_t> o2(m);
+    std::vector<double> p2(pool.size()), k2(m), a2(m);
+    for (std::int64_t r = 0; r < m; ++r) {
+      o2[r] = order[perm[r]];
+      k2[r] = key[perm[r]];
+      a2[r] = absrow[perm[r]];
+      std::copy_n(&pool[static_cast<std::size_t>(perm[r]) * P], P, &p2[static_cast<std::size_t>(r) * P]);
+    }
+    order.swap(o2);
+    pool.swap(p2);
+    key.swap(k2);
+    absrow.swap(a2);
+  }
+  const double amax = m ? *std::max_element(absrow.begin(), absrow.end()) : 0.0;
+  const double ulp_d = 4.0 * static_cast<double>(d + 1) * std::numeric_limits<double>::epsilon();
+  const double window = eps + ulp_d * 2.0 * amax;
+
+  Components cc(n);
+  const std::vector<std::int64_t>& snap = cc.comp;  // read-only during the parallel scans
+  int nt = 1;
 #ifdef AFDE_HAVE_OPENMP
-  if (threads <= 0) nt = omp_get_max_threads();
+  nt = threads > 0 ? threads : omp_get_max_threads();
 #else
-  nt = 1;
+  (void)threads;
 #endif
   std::vector<std::vector<std::pair<std::int64_t, std::int64_t>>> edges(nt);
-  for (std::int64_t c0 = 0; c0 < m; c0 += kChunk) {
-    const std::int64_t c1 = std::min(m, c0 + kChunk);
+  // Chunks of rows scan in parallel against a snapshot of the components. Small chunks after a
+  // join (dense data: most pairs become "already joined" and are skipped), growing while
+  // nothing joins (sparse data: little to skip, less synchronisation).
+  std::int64_t chunk = nt;
+  for (std::int64_t c0 = 0; c0 < m;) {
+    const std::int64_t c1 = std::min(m, c0 + chunk);
 #ifdef AFDE_HAVE_OPENMP
-#pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (c1 - c0 > 1 && m > 256)
 #endif
     for (std::int64_t p = c0; p < c1; ++p) {
       int tid = 0;
@@ -168,22 +226,32 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
       tid = omp_get_thread_num();
 #endif
       const std::int64_t i = order[p];
+      const double* pi = &pool[static_cast<std::size_t>(p) * P];
       for (std::int64_t q = p + 1; q < m; ++q) {
+        if (key[q] - key[p] > window) break;
         const std::int64_t j = order[q];
-        if (key[j] - key[i] > window) break;
         if (snap[i] == snap[j]) continue;
+        const double* pj = &pool[static_cast<std::size_t>(q) * P];
+        const double lim = eps + ulp_d * (absrow[p] + absrow[q]);
+        double lb = 0.0;
+        Eigen::Index r = 0;
+        while (r < P && lb <= lim) {
+          const Eigen::Index r1 = std::min<Eigen::Index>(P, r + 16);
+          for (; r < r1; ++r) lb += std::abs(pi[r] - pj[r]);
+        }
+        if (lb > lim) continue;
         if (distance(F, self, i, j, eps) <= eps) edges[tid].emplace_back(i, j);
       }
     }
     bool joined = false;
     for (auto& e : edges) {
-      for (auto [i, j] : e) joined |= uf.unite(i, j);
+      for (auto [i, j] : e) joined |= cc.unite(i, j);
       e.clear();
     }
-    if (joined)
-      for (Eigen::Index i = 0; i < n; ++i) snap[i] = uf.find(i);
+    chunk = joined ? nt : std::min<std::int64_t>(chunk * 2, 4096);
+    c0 = c1;
   }
-  return uf.labels();
+  return canonical(cc.comp);
 }
 
 double mean_norm(const RefMat& F, const SelfTerm* self) {
@@ -192,7 +260,7 @@ double mean_norm(const RefMat& F, const SelfTerm* self) {
   for (Eigen::Index i = 0; i < F.rows(); ++i) {
     total += l1norm(F.row(i).data(), F.cols());
     if (self) {  // x_j = 0: |x_i + 0| = |x_i - 0| = max(|x_i|, 0) = |x_i|
-      const double n = l1norm(self->X->row(i).data(), self->X->cols());
+      const double n = l1norm(self->X.row(i).data(), self->X.cols());
       total += (self->w_plus + self->w_minus + self->w_max) * n;
     }
   }

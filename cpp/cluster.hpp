@@ -13,7 +13,7 @@ using RefMat = Eigen::Ref<const RowMat>;
 // (weights and bias), symmetrised over the two orientations of the substitution (lumping.cpp):
 //   w_plus * sum|x_i + x_j| + w_minus * sum|x_i - x_j| + w_max * max(|x_i|_1, |x_j|_1).
 struct SelfTerm {
-  const RowMat* X = nullptr;
+  Eigen::Ref<const RowMat> X;
   double w_plus = 0, w_minus = 0, w_max = 0;
 };
 

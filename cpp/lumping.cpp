@@ -29,6 +29,7 @@
 //   Exact FDE therefore lumps tanh/sigmoid neurons only when their incoming rows are all zero.
 #include "lumping.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 
@@ -53,7 +54,53 @@ std::int64_t num_blocks(const std::vector<std::int64_t>& labels) {
   return k;
 }
 
-void normalise_rows(RowMat& R, std::vector<double>* norms) {
+int nthreads(int threads) {
+#ifdef AFDE_HAVE_OPENMP
+  return threads > 0 ? threads : omp_get_max_threads();
+#else
+  (void)threads;
+  return 1;
+#endif
+}
+
+// Rows are written into one buffer reused across layers: fresh 100 MB matrices per layer cost
+// more in page faults than the arithmetic does.
+struct Workspace {
+  std::vector<double> buf;
+  Eigen::Map<RowMat> take(Eigen::Index rows, Eigen::Index cols) {
+    const std::size_t need = static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols);
+    if (buf.size() < need) buf.resize(need);
+    return Eigen::Map<RowMat>(buf.data(), rows, cols);
+  }
+};
+
+// R(i, B) = coef * sum_{k in B} W_ik c_k, R(i, k) = coef * b_i.
+void fill_block_rows(const MapMat& W, const MapVec& b, const std::vector<std::int64_t>& src,
+                     const std::vector<double>& scale, double coef, Eigen::Map<RowMat>& R, int threads) {
+  const std::int64_t k = R.cols() - 1;
+  const bool plain = (k == W.cols()) &&
+                     std::all_of(scale.begin(), scale.end(), [](double c) { return c == 1.0; }) &&
+                     [&] { for (std::int64_t j = 0; j < k; ++j) if (src[j] != j) return false; return true; }();
+#ifdef AFDE_HAVE_OPENMP
+#pragma omp parallel for schedule(static) num_threads(nthreads(threads)) if (W.size() > (1 << 16))
+#endif
+  for (Eigen::Index i = 0; i < W.rows(); ++i) {
+    double* r = R.row(i).data();
+    const double* w = W.row(i).data();
+    if (plain) {
+      for (Eigen::Index j = 0; j < k; ++j) r[j] = coef * w[j];
+    } else {
+      std::fill(r, r + k, 0.0);
+      for (Eigen::Index j = 0; j < W.cols(); ++j) r[src[j]] += w[j] * scale[j];
+      if (coef != 1.0)
+        for (Eigen::Index j = 0; j < k; ++j) r[j] *= coef;
+    }
+    r[k] = coef * b(i);
+  }
+  (void)threads;
+}
+
+void normalise_rows(Eigen::Map<RowMat>& R, std::vector<double>* norms) {
   if (norms) norms->assign(R.rows(), 0.0);
   for (Eigen::Index i = 0; i < R.rows(); ++i) {
     const double n = R.row(i).norm();
@@ -62,78 +109,117 @@ void normalise_rows(RowMat& R, std::vector<double>* norms) {
   }
 }
 
-struct Tolerance {
-  const std::vector<double>& eps;
-  bool relative;
-  std::vector<double>& used;
-  double at(std::size_t h, const RefMat& F, const SelfTerm* self) {
-    used[h] = relative ? eps[h] * mean_norm(F, self) : eps[h];
-    return used[h];
-  }
-};
-
-std::vector<std::vector<std::int64_t>> lump_backward(const Net& net, Tolerance tol, int threads) {
+std::vector<std::vector<std::int64_t>> lump_backward(const Net& net, const std::vector<double>& eps,
+                                                     bool relative, std::vector<double>& used, int threads) {
   std::vector<std::vector<std::int64_t>> out;
   std::vector<std::int64_t> src = singletons(net.width(0));
   std::vector<double> scale(src.size(), 1.0);
+  Workspace ws;
   for (std::size_t k = 0; k < net.num_hidden(); ++k) {
-    RowMat R = block_rows(net.W[k], net.b[k], src, scale, threads);
-    if (is_homogeneous(net.act[k])) {
-      normalise_rows(R, &scale);
-    } else {
-      if (net.act[k] != Act::Identity) R *= 2.0;
-      scale.assign(R.rows(), 1.0);
-    }
-    src = cluster(R, nullptr, tol.at(k, R, nullptr), threads);
+    const std::int64_t kb = num_blocks(src);
+    auto R = ws.take(net.W[k].rows(), kb + 1);
+    const bool hom = is_homogeneous(net.act[k]);
+    fill_block_rows(net.W[k], net.b[k], src, scale, (hom || net.act[k] == Act::Identity) ? 1.0 : 2.0, R, threads);
+    if (hom) normalise_rows(R, &scale);
+    else scale.assign(R.rows(), 1.0);
+    used[k] = relative ? eps[k] * mean_norm(R, nullptr) : eps[k];
+    src = cluster(R, nullptr, used[k], threads);
     out.push_back(src);
   }
   return out;
 }
 
-std::vector<std::vector<std::int64_t>> lump_forward(const Net& net, Tolerance tol, int threads) {
+// dst(p, off + r) = coef * src(r, cols[p]) for all rows r of src: a gathering transpose in tiles.
+void gather_transposed(const Eigen::Ref<const RowMat>& src, const std::vector<std::int64_t>& cols, double coef,
+                       Eigen::Map<RowMat>& dst, Eigen::Index off, int threads) {
+  constexpr std::int64_t T = 64;
+  const std::int64_t m = static_cast<std::int64_t>(cols.size()), rows = src.rows();
+#ifdef AFDE_HAVE_OPENMP
+#pragma omp parallel for schedule(static) num_threads(nthreads(threads)) if (m * rows > (1 << 16))
+#endif
+  for (std::int64_t p0 = 0; p0 < m; p0 += T)
+    for (std::int64_t r0 = 0; r0 < rows; r0 += T)
+      for (std::int64_t p = p0; p < std::min(m, p0 + T); ++p) {
+        double* out = dst.row(p).data() + off;
+        const std::int64_t c = cols[p];
+        for (std::int64_t r = r0; r < std::min(rows, r0 + T); ++r) out[r] = coef * src(r, c);
+      }
+  (void)threads;
+}
+
+std::vector<std::vector<std::int64_t>> lump_forward(const Net& net, const std::vector<double>& eps,
+                                                    bool relative, std::vector<double>& used, int threads) {
   const std::size_t L = net.num_hidden();
   std::vector<std::vector<std::int64_t>> out(L);
   std::vector<std::int64_t> tgt = singletons(net.width(L + 1));
+  Workspace wsF, wsQ, wsX;
   for (std::size_t h = L; h >= 1; --h) {
-    const MapMat& Wout = net.W[h];      // n_{h+1} x n_h
-    const MapMat& Win = net.W[h - 1];   // n_h x n_{h-1}
+    const MapMat& Wout = net.W[h];  // n_{h+1} x n_h
+    const MapMat& Win = net.W[h - 1];
+    const MapVec& bin = net.b[h - 1];
     const Act t = net.act[h], a = net.act[h - 1];
-    const Eigen::Index n = Wout.cols(), nt = Wout.rows();
-    (void)threads;
+    const Eigen::Index n = Wout.cols(), nt = Wout.rows(), ni = Win.cols();
     const std::int64_t kt = num_blocks(tgt);
-
-    const bool sums = (t == Act::Identity || t == Act::Tanh);
+    const bool singles = (kt == nt) && [&] { for (Eigen::Index c = 0; c < nt; ++c) if (tgt[c] != c) return false; return true; }();
+    // tanh target over singleton blocks: 3|sum_C D| + 3 sum|D_c| = 6 sum|D_c|, one block of columns
+    const bool sums = (t == Act::Identity || (t == Act::Tanh && !singles));
     const bool cols = (t != Act::Identity);
-    const double wcol = (t == Act::Sigmoid) ? 6.0 : 3.0;
-    const Eigen::Index dsum = sums ? kt : 0, dcol = cols ? nt : 0;
-    const Eigen::Index drow = is_homogeneous(a) ? Win.cols() + 1 : 0;
-    RowMat F = RowMat::Zero(n, dsum + dcol + drow);
-#ifdef AFDE_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : omp_get_max_threads())
-#endif
+    const bool hom = is_homogeneous(a), self_term = (a == Act::Tanh || a == Act::Sigmoid);
+    const double wcol = (t == Act::Sigmoid || (t == Act::Tanh && singles)) ? 6.0 : 3.0;
+    const double w_plus = 4.0, w_minus = (a == Act::Tanh) ? 1.0 : 4.0, w_max = 10.0;
+
+    // Column sums over target blocks, kept as rows (Qt: kt x n) so every pass reads rows.
+    Eigen::Map<RowMat> Qbuf = wsQ.take(sums && !singles ? kt : 0, n);
+    if (sums && !singles) {
+      Qbuf.setZero();
+      for (Eigen::Index c = 0; c < nt; ++c) Qbuf.row(tgt[c]) += Wout.row(c);
+    }
+    const Eigen::Ref<const RowMat> Qt = (sums && !singles) ? Eigen::Ref<const RowMat>(Qbuf) : Eigen::Ref<const RowMat>(Wout);
+
+    // Per-neuron norms (distance from the zero neuron), without building the features.
+    std::vector<double> norm(n, 0.0), xl1(n, 0.0), xl2(n, 0.0);
+    if (sums) for (Eigen::Index C = 0; C < Qt.rows(); ++C) for (Eigen::Index i = 0; i < n; ++i) norm[i] += 3.0 * std::abs(Qt(C, i));
+    if (cols) for (Eigen::Index c = 0; c < nt; ++c) for (Eigen::Index i = 0; i < n; ++i) norm[i] += wcol * std::abs(Wout(c, i));
     for (Eigen::Index i = 0; i < n; ++i) {
-      for (Eigen::Index c = 0; c < nt; ++c) {
-        const double w = Wout(c, i);
-        if (sums) F(i, tgt[c]) += 3.0 * w;
-        if (cols) F(i, dsum + c) = wcol * w;
+      double s1 = 0.0, s2 = 0.0;
+      const double* w = Win.row(i).data();
+      for (Eigen::Index j = 0; j < ni; ++j) { s1 += std::abs(w[j]); s2 += w[j] * w[j]; }
+      s1 += std::abs(bin(i));
+      s2 += bin(i) * bin(i);
+      xl1[i] = s1;
+      xl2[i] = std::sqrt(s2);
+      if (self_term) norm[i] += (w_plus + w_minus + w_max) * s1;
+      if (hom && xl2[i] > 0) norm[i] += s1 / xl2[i];
+    }
+    double mean = 0.0;
+    for (double v : norm) mean += v;
+    mean = n ? mean / static_cast<double>(n) : 0.0;
+    const double e = used[h - 1] = relative ? eps[h - 1] * mean : eps[h - 1];
+
+    // Only neurons whose self term alone stays within eps can join anything: build their rows.
+    std::vector<std::int64_t> cand;
+    for (Eigen::Index i = 0; i < n; ++i)
+      if (!self_term || w_max * xl1[i] <= e) cand.push_back(i);
+    const std::int64_t m = static_cast<std::int64_t>(cand.size());
+    const Eigen::Index dsum = sums ? Qt.rows() : 0, dcol = cols ? nt : 0, drow = hom ? ni + 1 : 0;
+    Eigen::Map<RowMat> F = wsF.take(m, dsum + dcol + drow);
+    if (sums) gather_transposed(Qt, cand, 3.0, F, 0, threads);
+    if (cols) gather_transposed(Wout, cand, wcol, F, dsum, threads);
+    Eigen::Map<RowMat> X = wsX.take((hom || self_term) ? m : 0, ni + 1);
+    if (hom || self_term) {
+      for (std::int64_t p = 0; p < m; ++p) {
+        X.row(p).head(ni) = Win.row(cand[p]);
+        X(p, ni) = bin(cand[p]);
+        if (hom && xl2[cand[p]] > 0) X.row(p) /= xl2[cand[p]];
       }
+      if (hom) F.rightCols(drow) = X;
     }
-    RowMat X(n, Win.cols() + 1);
-    X.leftCols(Win.cols()) = Win;
-    X.col(Win.cols()) = net.b[h - 1];
-    SelfTerm self;
-    const SelfTerm* selfp = nullptr;
-    if (is_homogeneous(a)) {
-      normalise_rows(X, nullptr);
-      F.rightCols(drow) = X;
-    } else if (a == Act::Tanh || a == Act::Sigmoid) {
-      self.X = &X;
-      self.w_plus = 4.0;
-      self.w_minus = (a == Act::Tanh) ? 1.0 : 4.0;
-      self.w_max = 10.0;
-      selfp = &self;
-    }
-    out[h - 1] = cluster(F, selfp, tol.at(h - 1, F, selfp), threads);
+    SelfTerm self{X, w_plus, w_minus, w_max};
+    const auto lc = cluster(F, self_term ? &self : nullptr, e, threads);
+    std::vector<std::int64_t> lab(n);
+    for (Eigen::Index i = 0; i < n; ++i) lab[i] = m + i;  // non-candidates stay alone
+    for (std::int64_t p = 0; p < m; ++p) lab[cand[p]] = lc[p];
+    out[h - 1] = canonical(lab);
     tgt = out[h - 1];
   }
   return out;
@@ -141,26 +227,11 @@ std::vector<std::vector<std::int64_t>> lump_forward(const Net& net, Tolerance to
 
 }  // namespace
 
-RowMat block_rows(const MapMat& W, const MapVec& b, const std::vector<std::int64_t>& src_labels,
-                  const std::vector<double>& src_scale, int threads) {
-  const std::int64_t k = num_blocks(src_labels);
-  RowMat R = RowMat::Zero(W.rows(), k + 1);
-  (void)threads;
-#ifdef AFDE_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : omp_get_max_threads())
-#endif
-  for (Eigen::Index i = 0; i < W.rows(); ++i) {
-    for (Eigen::Index j = 0; j < W.cols(); ++j) R(i, src_labels[j]) += W(i, j) * src_scale[j];
-    R(i, k) = b(i);
-  }
-  return R;
-}
-
 std::vector<std::vector<std::int64_t>> lump(const Net& net, Mode mode, const std::vector<double>& eps,
                                             bool relative, int threads, std::vector<double>* eps_used) {
   std::vector<double> used(eps.size(), 0.0);
-  Tolerance tol{eps, relative, used};
-  auto out = (mode == Mode::Backward) ? lump_backward(net, tol, threads) : lump_forward(net, tol, threads);
+  auto out = (mode == Mode::Backward) ? lump_backward(net, eps, relative, used, threads)
+                                      : lump_forward(net, eps, relative, used, threads);
   if (eps_used) *eps_used = used;
   return out;
 }

@@ -17,9 +17,4 @@ enum class Mode : int { Forward = 0, Backward = 1 };
 std::vector<std::vector<std::int64_t>> lump(const Net& net, Mode mode, const std::vector<double>& eps,
                                             bool relative, int threads, std::vector<double>* eps_used);
 
-// Incoming rows of a layer against the partition of its source layer, with the source scales c:
-//   R(i, B) = sum_{k in B} W_ik c_k, and R(i, nblocks) = b_i.
-RowMat block_rows(const MapMat& W, const MapVec& b, const std::vector<std::int64_t>& src_labels,
-                  const std::vector<double>& src_scale, int threads);
-
 }  // namespace afde

@@ -1,0 +1,23 @@
+"""Baselines afde-nb is compared with: one-shot (no fine-tuning) pruning and folding of
+feed-forward stacks of ``nn.Linear`` + element-wise activations.
+
+Every method takes the model and an ``amount`` in [0, 1], never modifies the model, and returns a
+:class:`Pruned` holding a new plain ``nn.Sequential``:
+
+* :func:`magnitude_prune` -- unstructured |W| pruning, per layer or global (masked);
+* :func:`wanda_prune` -- unstructured Wanda, |W| * input norm per output row (masked);
+* :func:`structured_prune` -- whole hidden neurons removed by a norm or Wanda score (dense, smaller);
+* :func:`fold_prune` -- k-means model folding of hidden neurons (dense, smaller);
+* :func:`match_params` -- any of these at the amount giving the most parameters <= a target.
+"""
+from __future__ import annotations
+
+from ._common import Pruned, count_params
+from .folding import fold_prune, kmeans
+from .magnitude import magnitude_prune
+from .match import match_params
+from .structured import structured_prune
+from .wanda import wanda_prune, wanda_scores
+
+__all__ = ["Pruned", "count_params", "fold_prune", "kmeans", "magnitude_prune", "match_params",
+           "structured_prune", "wanda_prune", "wanda_scores"]

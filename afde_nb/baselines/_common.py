@@ -1,0 +1,121 @@
+"""Shared pieces of the baselines: a fresh copy of the model, calibration handling, counts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..adapters import to_network, to_torch
+from ..errors import ShapeMismatchError
+from ..network import Network, apply_activation
+
+
+@dataclass
+class Pruned:
+    """A compressed copy of a model.
+
+    ``params`` is the count used for comparisons: non-zero weights plus all biases when
+    ``dense`` is False (masked, same shapes as the input), the dense count (weights + biases)
+    when ``dense`` is True (hidden layers got smaller).
+    """
+
+    model: nn.Sequential
+    params: int
+    method: str
+    amount: float
+    dense: bool
+
+
+def count_params(model: nn.Module, nonzero: bool = False) -> int:
+    """Parameters of ``model``; with ``nonzero`` only the non-zero entries of weights count
+    (biases, i.e. parameters whose name ends in ``bias``, always count in full)."""
+    total = 0
+    for name, p in model.named_parameters():
+        if nonzero and not name.split(".")[-1] == "bias":
+            total += int(torch.count_nonzero(p.detach()))
+        else:
+            total += p.numel()
+    return total
+
+
+def check_amount(amount) -> float:
+    """``amount`` as a float fraction in [0, 1] (an int is a fraction too, never a count)."""
+    if isinstance(amount, bool) or not isinstance(amount, (int, float, np.integer, np.floating)):
+        raise TypeError(f"amount must be a number in [0, 1], got {type(amount).__name__}")
+    a = float(amount)
+    if not (0.0 <= a <= 1.0):
+        raise ValueError(f"amount must be a fraction in [0, 1], got {amount!r}")
+    return a
+
+
+def n_pruned(n: int, amount: float) -> int:
+    """How many of ``n`` entries a fraction ``amount`` prunes (as torch.nn.utils.prune counts)."""
+    return round(amount * n)
+
+
+def n_kept(n: int, amount: float) -> int:
+    """Neurons a hidden layer of ``n`` keeps: ``max(1, round((1 - amount) * n))``."""
+    return max(1, round((1.0 - amount) * n))
+
+
+def read(model: nn.Module) -> tuple[Network, torch.device]:
+    """Float64 copy of ``model`` (never touched afterwards) and the device to return it on."""
+    net = to_network(model)
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - to_network needs a Linear
+        device = torch.device("cpu")
+    return net, device
+
+
+def build(net: Network, device: torch.device) -> nn.Sequential:
+    return to_torch(net, device=device)
+
+
+def as_calibration(calibration, in_features: int) -> np.ndarray:
+    """Calibration inputs as a float64 (n, in_features) array."""
+    if calibration is None:
+        raise ValueError("this method needs calibration inputs: an (n, in_features) array or tensor")
+    if isinstance(calibration, torch.Tensor):
+        x = calibration.detach().to("cpu", torch.float64).numpy()
+    else:
+        x = np.asarray(calibration, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != in_features or x.shape[0] < 1:
+        raise ShapeMismatchError(
+            f"calibration inputs must have shape (n >= 1, {in_features}), got {tuple(x.shape)}")
+    if not np.isfinite(x).all():
+        raise ValueError("calibration inputs contain NaN or infinite values")
+    return x
+
+
+def layer_inputs(net: Network, x: np.ndarray) -> list[np.ndarray]:
+    """Input of every layer of ``net`` on ``x`` (float64 forward of the original model): the
+    calibration inputs for layer 0, the activations of hidden layer l-1 for layer l."""
+    ins = [x]
+    h = x
+    for layer in net.layers[:-1]:
+        h = apply_activation(h @ layer.weight.T + layer.bias, layer.activation, layer.negative_slope)
+        ins.append(h)
+    return ins
+
+
+def dense_count(net: Network, hidden_widths: list[int]) -> int:
+    """Dense parameter count of ``net`` with its hidden layers resized to ``hidden_widths``."""
+    widths = [net.layers[0].in_features] + list(hidden_widths) + [net.layers[-1].out_features]
+    total = 0
+    for layer, n_in, n_out in zip(net.layers, widths[:-1], widths[1:]):
+        total += n_in * n_out + (n_out if layer.has_bias else 0)
+    return total
+
+
+def bias_count(net: Network) -> int:
+    return sum(l.out_features for l in net.layers if l.has_bias)
+
+
+def dense_counter(model: nn.Module):
+    """params(amount) of a method that keeps ``n_kept(n, amount)`` neurons per hidden layer."""
+    net, _ = read(model)
+    sizes = [l.out_features for l in net.hidden]
+    return lambda amount: dense_count(net, [n_kept(n, amount) for n in sizes])
