@@ -63,6 +63,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .bench.run import PROFILES, run
+
+    profile = PROFILES["full" if args.full else "quick"]
+    if args.datasets:
+        profile = replace(profile, datasets=tuple(args.datasets))
+    if args.seeds:
+        profile = replace(profile, seeds=tuple(args.seeds))
+    run(profile, Path(args.out))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="afde", description="Compress neural networks by eps-lumping of neurons.")
     p.add_argument("--version", action="version", version=f"afde-nb {__version__}")
@@ -85,6 +99,14 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=200)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
+    b = sub.add_parser("bench", help="size/error trade-off against pruning and folding: CSV, Markdown, plots")
+    b.add_argument("--out", default="afde-out", help="output folder (default afde-out)")
+    g = b.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="one data set, one seed (default; a few minutes)")
+    g.add_argument("--full", action="store_true", help="every data set, three seeds, wider networks")
+    b.add_argument("--datasets", nargs="+", help="override the profile's data sets")
+    b.add_argument("--seeds", nargs="+", type=int, help="override the profile's seeds")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

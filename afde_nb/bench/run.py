@@ -1,0 +1,156 @@
+"""``afde bench``: data sets x seeds -> trained (cached) MLPs -> trade-off rows -> CSV, Markdown, plots."""
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data import NAMES, load
+from ..serialize import load_model, save_model
+from ..train import train_mlp
+from .tradeoff import BASELINES, tradeoff
+
+
+@dataclass(frozen=True)
+class Profile:
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    hidden: tuple[int, ...]
+    epochs: int
+    kept: tuple[float, ...]
+    baselines: tuple[str, ...] = tuple(BASELINES)
+    modes: tuple[str, ...] = ("backward", "forward")
+    activation: str = "tanh"
+
+
+PROFILES = {
+    "quick": Profile(("glycolysis",), (0,), (64, 64), 120, (0.97, 0.9, 0.8, 0.6, 0.4, 0.2)),
+    "full": Profile(tuple(NAMES), (0, 1, 2), (128, 128), 400,
+                    (0.99, 0.97, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05)),
+}
+TOLERANCES = (0.01, 0.05)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AFDE_NB_CACHE", Path.home() / ".cache" / "afde-nb")) / "models"
+
+
+def trained_model(dataset: str, seed: int, hidden: tuple[int, ...], epochs: int, activation: str):
+    """Train once per (data set, seed, shape); later runs load the cached state_dict."""
+    data = load(dataset, seed=seed)
+    path = cache_dir() / f"{dataset}-{activation}-{'x'.join(map(str, hidden))}-e{epochs}-s{seed}.pt"
+    if path.is_file():
+        return data, load_model(path)
+    model = train_mlp(data, hidden=hidden, activation=activation, epochs=epochs, seed=seed)
+    save_model(model, path, dataset=dataset, seed=seed)
+    return data, model
+
+
+def run(profile: Profile, out: Path, log=print) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    per_model = (len(profile.kept) + 1) * (len(profile.modes) + len(profile.baselines))
+    bar = tqdm(total=len(profile.datasets) * len(profile.seeds) * per_model, desc="afde bench", unit="pt")
+    t0 = time.perf_counter()
+    for name in profile.datasets:
+        for seed in profile.seeds:
+            data, model = trained_model(name, seed, profile.hidden, profile.epochs, profile.activation)
+            pts = tradeoff(model, data.X_test, data.y_test, calibration=data.X_train[:512],
+                           mode=profile.modes, baselines=profile.baselines, kept=profile.kept,
+                           progress=lambda: bar.update(1))
+            rows += [dict(r, dataset=name, seed=seed) for r in pts]
+    bar.close()
+    write_csv(rows, out / "points.csv")
+    (out / "results.md").write_text(markdown(rows, profile, time.perf_counter() - t0))
+    plot(rows, out / "tradeoff.png")
+    log(f"wrote {out / 'points.csv'}, {out / 'results.md'}, {out / 'tradeoff.png'}")
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    keys = ["dataset", "seed", "method", "setting", "params", "kept", "mse", "r2", "seconds", "budget"]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def kept_at_tolerance(rows: list[dict], tol: float) -> dict[tuple[str, str], float]:
+    """(dataset, method) -> mean over seeds of the smallest % kept whose test MSE is within
+    (1 + tol) x the original's."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for (ds, seed) in {(r["dataset"], r["seed"]) for r in rows}:
+        sub = [r for r in rows if r["dataset"] == ds and r["seed"] == seed]
+        base = next(r["mse"] for r in sub if r["method"] == "original")
+        for m in {r["method"] for r in sub if r["method"] != "original"}:
+            ok = [r["kept"] for r in sub if r["method"] == m and r["mse"] <= base * (1 + tol)]
+            out.setdefault((ds, m), []).append(min(ok) if ok else 1.0)
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def markdown(rows: list[dict], profile: Profile, seconds: float) -> str:
+    methods = sorted({r["method"] for r in rows if r["method"] != "original"})
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    lines = [f"Profile: data sets {', '.join(profile.datasets)}; seeds {profile.seeds}; "
+             f"{profile.activation} MLP hidden {profile.hidden}, {profile.epochs} epochs max; "
+             f"wall time {seconds:.0f} s.", ""]
+    for tol in TOLERANCES:
+        k = kept_at_tolerance(rows, tol)
+        lines += [f"### % of parameters kept at test MSE <= {1 + tol:g} x original (lower is better)", "",
+                  "| data set | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+        for ds in datasets:
+            best = min(k.get((ds, m), 1.0) for m in methods)
+            cells = [f"**{100 * k[(ds, m)]:.0f}**" if k.get((ds, m)) == best else
+                     (f"{100 * k[(ds, m)]:.0f}" if (ds, m) in k else "-") for m in methods]
+            lines.append(f"| {ds} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["### Test MSE (standardised targets) at each parameter budget, mean over seeds", ""]
+    for ds in datasets:
+        sub = [r for r in rows if r["dataset"] == ds]
+        base = np.mean([r["mse"] for r in sub if r["method"] == "original"])
+        budgets = sorted({r["budget"] for r in sub if r["method"] != "original"}, reverse=True)
+        lines += [f"**{ds}** (original MSE {base:.4g})", "",
+                  "| method | " + " | ".join(f"{100 * b / sub[0]['params']:.0f}%" for b in budgets) + " |",
+                  "|---" * (len(budgets) + 1) + "|"]
+        for m in methods:
+            cells = []
+            for b in budgets:
+                v = [r["mse"] for r in sub if r["method"] == m and r.get("budget") == b]
+                cells.append(f"{np.mean(v):.3g}" if v else "-")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        sub = [r for r in rows if r["dataset"] == ds and r["seed"] == min(x["seed"] for x in rows)]
+        for m in sorted({r["method"] for r in sub}):
+            pts = sorted((r["kept"], r["mse"]) for r in sub if r["method"] == m)
+            style = dict(marker="o", lw=2) if m.startswith("afde") else dict(marker=".", lw=1, alpha=0.8)
+            if m == "original":
+                ax.axhline(pts[0][1], color="k", ls=":", lw=1, label="original")
+                continue
+            ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], label=m, **style)
+        ax.set_yscale("log")
+        ax.set_xlabel("% parameters kept")
+        ax.set_ylabel("test MSE (standardised)")
+        ax.set_title(ds)
+        ax.invert_xaxis()
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

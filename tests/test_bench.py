@@ -1,0 +1,79 @@
+"""The evaluation: trade-off rows at matched sizes, and the quick profile end to end."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from afde_nb.bench import tradeoff
+from afde_nb.bench.run import PROFILES, kept_at_tolerance, run
+from afde_nb.cli import main
+
+from conftest import mlp
+
+
+@pytest.fixture
+def small_problem(rng):
+    torch.manual_seed(0)
+    model = mlp([5, 24, 16, 2], ["tanh", "tanh"])
+    X = rng.normal(size=(200, 5)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(X)).numpy() + 0.05 * rng.normal(size=(200, 2))
+    return model, X, y
+
+
+def test_every_method_stays_within_each_budget(small_problem):
+    model, X, y = small_problem
+    rows = tradeoff(model, X, y, mode=("backward", "forward"), kept=(0.8, 0.5),
+                    baselines=("magnitude", "wanda", "structured-norm", "kmeans-fold"))
+    full = rows[0]["params"]
+    assert rows[0]["method"] == "original"
+    methods = {r["method"] for r in rows}
+    assert methods == {"original", "afde-backward", "afde-forward", "magnitude", "wanda", "structured-norm",
+                       "kmeans-fold"}
+    for r in rows:
+        assert r["params"] <= r["budget"], r
+        assert r["budget"] in (full, int(0.8 * full), int(0.5 * full))
+    # at the full budget afde-nb is eps = 0, which is lossless
+    exact = [r for r in rows if r["method"] == "afde-backward" and r["budget"] == full][0]
+    assert exact["setting"] == 0.0 and exact["mse"] == pytest.approx(rows[0]["mse"], rel=1e-5)
+
+
+def test_eps_values_match_baselines_to_afde_sizes(small_problem):
+    model, X, y = small_problem
+    rows = tradeoff(model, X, y, eps_values=[0.0, 0.4], baselines=("magnitude",))
+    afde = sorted({r["params"] for r in rows if r["method"] == "afde-backward"})
+    mag = sorted(r["budget"] for r in rows if r["method"] == "magnitude")
+    assert afde == mag
+
+
+def test_kept_at_tolerance_picks_the_smallest_passing_point():
+    rows = [{"dataset": "d", "seed": 0, "method": "original", "kept": 1.0, "mse": 1.0},
+            {"dataset": "d", "seed": 0, "method": "m", "kept": 0.9, "mse": 1.005},
+            {"dataset": "d", "seed": 0, "method": "m", "kept": 0.5, "mse": 1.04},
+            {"dataset": "d", "seed": 0, "method": "m", "kept": 0.3, "mse": 2.0}]
+    assert kept_at_tolerance(rows, 0.01) == {("d", "m"): 0.9}
+    assert kept_at_tolerance(rows, 0.05) == {("d", "m"): 0.5}
+
+
+@pytest.mark.slow
+def test_quick_profile_end_to_end(tmp_path, monkeypatch):
+    """`afde bench --quick` writes the CSV, the Markdown table and the plot."""
+    monkeypatch.setenv("AFDE_NB_CACHE", str(tmp_path / "cache"))
+    assert main(["bench", "--quick", "--out", str(tmp_path / "out")]) == 0
+    with (tmp_path / "out" / "points.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    profile = PROFILES["quick"]
+    assert {r["method"] for r in rows} >= {"original", "afde-backward", "afde-forward", "magnitude", "wanda"}
+    assert len(rows) == 1 + (len(profile.kept) + 1) * (len(profile.modes) + len(profile.baselines))
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "MSE <= 1.05 x original" in text and "afde-backward" in text
+    assert (tmp_path / "out" / "tradeoff.png").stat().st_size > 10_000
+    # the second run loads the cached model instead of training again
+    assert any((tmp_path / "cache" / "models").glob("*.pt"))
+    run(profile, tmp_path / "out2", log=lambda *_: None)
+    with (tmp_path / "out2" / "points.csv").open() as f:
+        again = list(csv.DictReader(f))
+    assert [r["mse"] for r in again] == [r["mse"] for r in rows]
