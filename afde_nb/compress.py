@@ -14,7 +14,7 @@ from torch import nn
 
 from .adapters import to_network, to_torch
 from .errors import InvalidWeightsError, ShapeMismatchError
-from .lump import Partition, check_eps, check_mode, lump
+from .lump import Partition, activation_rms, check_eps, check_mode, lump
 from .network import Network
 from .reduce import reduce
 from .serialize import save_model
@@ -91,7 +91,7 @@ def _calibration_array(calibration, n_in: int) -> np.ndarray:
 
 def compress(model: nn.Module, eps: float | None = None, mode: str = "backward", relative: bool = False,
              calibration=None, threads: int = 0, *, target_params: int | None = None,
-             target_error: float | None = None, calibration_targets=None) -> Compression:
+             target_error: float | None = None, calibration_targets=None, data_aware: bool = False) -> Compression:
     """Lump the hidden neurons of ``model`` by eps-BDE (``mode="backward"``) or eps-FDE (``"forward"``).
 
     ``eps = 0`` (the default) keeps the function exactly. ``relative=True`` reads eps as a fraction
@@ -101,12 +101,19 @@ def compress(model: nn.Module, eps: float | None = None, mode: str = "backward",
     Target mode, instead of eps: ``target_params=N`` finds the smallest eps whose reduced model has
     at most N parameters; ``target_error=0.01`` the largest eps whose MSE on ``calibration`` against
     ``calibration_targets`` is at most 1% above the original's. The eps found is ``.eps``.
+
+    ``data_aware=True`` (needs ``calibration``) weights each incoming coefficient by the calibration
+    RMS of its source neuron (method.md §5). eps = 0 then stays exact wherever no source neuron is
+    identically zero on the calibration data.
     ``model`` is never modified.
     """
     net = to_network(model)
     calib = _calibration_array(calibration, net.widths[0]) if calibration is not None else None
     mode = check_mode(mode)
-    part = _partition(net, eps, mode, relative, threads, target_params, target_error, calib, calibration_targets)
+    if data_aware and calib is None:
+        raise ValueError("data_aware=True needs calibration inputs")
+    rms = activation_rms(net, calib) if data_aware else None
+    part = _partition(net, eps, mode, relative, threads, target_params, target_error, calib, calibration_targets, rms)
     small = reduce(net, part.labels)
     device = next((p.device for p in model.parameters()), None)
     reduced = to_torch(small, device=device)
@@ -128,7 +135,8 @@ def compress(model: nn.Module, eps: float | None = None, mode: str = "backward",
                        layers, part.mode, part.eps, part.relative, err, small, target)
 
 
-def _partition(net: Network, eps, mode, relative, threads, target_params, target_error, calib, calib_y) -> Partition:
+def _partition(net: Network, eps, mode, relative, threads, target_params, target_error, calib, calib_y,
+               rms) -> Partition:
     given = [name for name, v in (("eps", eps), ("target_params", target_params), ("target_error", target_error))
              if v is not None]
     if len(given) > 1:
@@ -136,7 +144,7 @@ def _partition(net: Network, eps, mode, relative, threads, target_params, target
     if target_params is not None:
         if isinstance(target_params, bool) or not isinstance(target_params, (int, np.integer)) or target_params < 0:
             raise ValueError(f"target_params must be a non-negative integer, got {target_params!r}")
-        return eps_for_params(net, int(target_params), mode, relative, threads)
+        return eps_for_params(net, int(target_params), mode, relative, threads, rms)
     if target_error is not None:
         check_eps(target_error)  # a finite number >= 0
         if calib is None or calib_y is None:
@@ -145,5 +153,5 @@ def _partition(net: Network, eps, mode, relative, threads, target_params, target
             _calibration_array(np.reshape(calib_y, (-1, 1)), net.widths[-1])
         if len(y) != len(calib):
             raise ShapeMismatchError(f"calibration has {len(calib)} rows but calibration_targets {len(y)}")
-        return eps_for_error(net, calib, y, float(target_error), mode, relative, threads)
-    return lump(net, 0.0 if eps is None else eps, mode, relative, threads)
+        return eps_for_error(net, calib, y, float(target_error), mode, relative, threads, rms)
+    return lump(net, 0.0 if eps is None else eps, mode, relative, threads, rms)

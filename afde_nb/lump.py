@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _core
 from .errors import InvalidEpsError
-from .network import Network
+from .network import Network, apply_activation
 
 MODES = ("forward", "backward")
 
@@ -55,8 +55,18 @@ def check_mode(mode: object) -> str:
     return str(mode)
 
 
+def activation_rms(net: Network, X: np.ndarray) -> list[np.ndarray]:
+    """Calibration RMS of every neuron of the source layers (inputs and each hidden layer but the
+    last): the weights of the data-aware distances."""
+    out, h = [], np.asarray(X, dtype=np.float64)
+    for layer in net.layers[:-1]:
+        out.append(np.sqrt(np.mean(h ** 2, axis=0)) if len(h) else np.ones(h.shape[1]))
+        h = apply_activation(h @ layer.weight.T + layer.bias, layer.activation, layer.negative_slope)
+    return out
+
+
 def lump(net: Network, eps: float = 0.0, mode: str = "backward", relative: bool = False,
-         threads: int = 0) -> Partition:
+         threads: int = 0, rms: list[np.ndarray] | None = None) -> Partition:
     """Coarsest eps-FDE (``mode="forward"``) or eps-BDE (``"backward"``) partition of ``net``.
 
     ``relative=True`` reads eps as a fraction of each layer's *mean neuron norm*: the mean distance
@@ -64,9 +74,12 @@ def lump(net: Network, eps: float = 0.0, mode: str = "backward", relative: bool 
     "relative to the layer's mean absolute weight"; that ignores fan-in and the per-activation
     constants of the distance, so one relative eps meant very different things in different
     layers and modes. The mean neuron norm is the mean |weight| times exactly those factors.)
-    ``threads`` (0 = OpenMP default) never changes the result.
+    ``threads`` (0 = OpenMP default) never changes the result. With ``rms`` (from
+    :func:`activation_rms`) the distances are data-aware: each incoming coefficient is weighted by
+    the calibration RMS of its source neuron, as Wanda weights |W_ij| by ||X_j||.
     """
     e = check_eps(eps)
     mode = check_mode(mode)
-    labels, per_layer = _core.lump(*net.engine_args(), mode, [e] * len(net.hidden), bool(relative), int(threads))
+    labels, per_layer = _core.lump(*net.engine_args(), mode, [e] * len(net.hidden), bool(relative), int(threads),
+                                   None if rms is None else [np.asarray(r, dtype=np.float64) for r in rms])
     return Partition(tuple(np.asarray(l) for l in labels), mode, e, bool(relative), tuple(per_layer))

@@ -46,35 +46,36 @@ def _bisect(ok: Callable[[float], bool], lo: float, hi: float) -> tuple[float, f
     return lo, hi
 
 
-def eps_for_params(net: Network, target_params: int, mode: str, relative: bool, threads: int = 0) -> Partition:
+def eps_for_params(net: Network, target_params: int, mode: str, relative: bool, threads: int = 0,
+                   rms=None) -> Partition:
     """The partition at the smallest eps whose reduced network has at most ``target_params``."""
     floor = reduced_params(net, [np.zeros(l.out_features, dtype=np.int64) for l in net.hidden])
     if target_params < floor:
         raise ValueError(f"target_params={target_params} is below {floor}, the size with one neuron per hidden layer")
 
     def ok(e: float) -> bool:
-        return reduced_params(net, lump(net, e, mode, relative, threads).labels) <= target_params
+        return reduced_params(net, lump(net, e, mode, relative, threads, rms).labels) <= target_params
 
     if ok(0.0):
-        return lump(net, 0.0, mode, relative, threads)
+        return lump(net, 0.0, mode, relative, threads, rms)
     _, hi = _bisect(ok, 0.0, _grow(ok, True))
-    return lump(net, hi, mode, relative, threads)
+    return lump(net, hi, mode, relative, threads, rms)
 
 
 def eps_for_error(net: Network, X: np.ndarray, y: np.ndarray, max_increase: float, mode: str, relative: bool,
-                  threads: int = 0) -> Partition:
+                  threads: int = 0, rms=None) -> Partition:
     """The partition at the largest eps (found by bisection) whose reduced network's MSE on (X, y)
     is at most ``(1 + max_increase)`` times the original's."""
     base = float(np.mean((net.forward(X) - y) ** 2))
     bound = base * (1.0 + max_increase)
 
     def ok(e: float) -> bool:
-        small = reduce(net, lump(net, e, mode, relative, threads).labels)
+        small = reduce(net, lump(net, e, mode, relative, threads, rms).labels)
         return float(np.mean((small.forward(X) - y) ** 2)) <= bound
 
     collapsed = [np.zeros(l.out_features, dtype=np.int64) for l in net.hidden]
     if float(np.mean((reduce(net, collapsed).forward(X) - y) ** 2)) <= bound:
-        return lump(net, _grow(lambda e: lump(net, e, mode, relative, threads).size == len(collapsed), True),
-                    mode, relative, threads)
+        return lump(net, _grow(lambda e: lump(net, e, mode, relative, threads, rms).size == len(collapsed), True),
+                    mode, relative, threads, rms)
     lo, _ = _bisect(ok, 0.0, _grow(ok, False))
-    return lump(net, lo, mode, relative, threads)
+    return lump(net, lo, mode, relative, threads, rms)

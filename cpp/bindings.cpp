@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -80,13 +81,21 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "lump",
       [](const std::vector<Arr>& Ws, const std::vector<Arr>& bs, const std::vector<int>& acts,
-         const std::string& mode, const std::vector<double>& eps, bool relative, int threads) {
+         const std::string& mode, const std::vector<double>& eps, bool relative, int threads,
+         const std::optional<afde::Norms>& rms) {
         std::vector<Arr> keep;
         auto net = make_net(Ws, bs, acts, keep);
         if (eps.size() != net.num_hidden())
           throw std::invalid_argument("need one eps per hidden layer");
         for (double e : eps)
           if (!(e >= 0.0)) throw std::invalid_argument("eps must be >= 0");
+        if (rms) {
+          if (rms->size() != net.num_hidden())
+            throw std::invalid_argument("need one rms array per source layer (inputs and each hidden layer but the last)");
+          for (std::size_t v = 0; v < rms->size(); ++v)
+            if (static_cast<Eigen::Index>((*rms)[v].size()) != net.width(v))
+              throw std::invalid_argument("rms array " + std::to_string(v) + " does not match its layer width");
+        }
         afde::Mode md;
         if (mode == "forward") md = afde::Mode::Forward;
         else if (mode == "backward") md = afde::Mode::Backward;
@@ -95,14 +104,14 @@ PYBIND11_MODULE(_core, m) {
         std::vector<double> used;
         {
           py::gil_scoped_release nogil;
-          labels = afde::lump(net, md, eps, relative, threads, &used);
+          labels = afde::lump(net, md, eps, relative, threads, &used, rms ? &*rms : nullptr);
         }
         py::list out;
         for (auto& l : labels) out.append(to_numpy(std::move(l)));
         return py::make_tuple(out, used);
       },
       py::arg("weights"), py::arg("biases"), py::arg("activations"), py::arg("mode"), py::arg("eps"),
-      py::arg("relative") = false, py::arg("threads") = 0,
+      py::arg("relative") = false, py::arg("threads") = 0, py::arg("rms") = std::nullopt,
       "Coarsest eps-FDE/eps-BDE partition: (one canonical label array per hidden layer, absolute eps per layer).");
 
   m.def(

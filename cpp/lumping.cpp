@@ -109,8 +109,24 @@ void normalise_rows(Eigen::Map<RowMat>& R, std::vector<double>* norms) {
   }
 }
 
+// Data-aware weights of the columns of R: the calibration RMS of each source block's value,
+// a_B = mean over members k of rms_k / c_k (a member equals c_k times the block value).
+void weight_block_columns(Eigen::Map<RowMat>& R, const std::vector<std::int64_t>& src,
+                          const std::vector<double>& scale, const std::vector<double>& rms) {
+  const std::int64_t k = R.cols() - 1;
+  std::vector<double> a(k, 0.0), cnt(k, 0.0);
+  for (std::size_t j = 0; j < src.size(); ++j) {
+    a[src[j]] += scale[j] > 0 ? rms[j] / scale[j] : 0.0;
+    cnt[src[j]] += 1.0;
+  }
+  for (std::int64_t B = 0; B < k; ++B) a[B] = cnt[B] > 0 ? a[B] / cnt[B] : 0.0;
+  for (Eigen::Index i = 0; i < R.rows(); ++i)
+    for (std::int64_t B = 0; B < k; ++B) R(i, B) *= a[B];
+}
+
 std::vector<std::vector<std::int64_t>> lump_backward(const Net& net, const std::vector<double>& eps,
-                                                     bool relative, std::vector<double>& used, int threads) {
+                                                     bool relative, const Norms* rms, std::vector<double>& used,
+                                                     int threads) {
   std::vector<std::vector<std::int64_t>> out;
   std::vector<std::int64_t> src = singletons(net.width(0));
   std::vector<double> scale(src.size(), 1.0);
@@ -120,8 +136,13 @@ std::vector<std::vector<std::int64_t>> lump_backward(const Net& net, const std::
     auto R = ws.take(net.W[k].rows(), kb + 1);
     const bool hom = is_homogeneous(net.act[k]);
     fill_block_rows(net.W[k], net.b[k], src, scale, (hom || net.act[k] == Act::Identity) ? 1.0 : 2.0, R, threads);
-    if (hom) normalise_rows(R, &scale);
-    else scale.assign(R.rows(), 1.0);
+    std::vector<double> next_scale(R.rows(), 1.0);
+    if (hom) normalise_rows(R, &next_scale);  // the scales come from the unweighted rows
+    if (rms) {
+      weight_block_columns(R, src, scale, (*rms)[k]);
+      if (hom) normalise_rows(R, nullptr);
+    }
+    scale.swap(next_scale);
     used[k] = relative ? eps[k] * mean_norm(R, nullptr) : eps[k];
     src = cluster(R, nullptr, used[k], threads);
     out.push_back(src);
@@ -148,7 +169,8 @@ void gather_transposed(const Eigen::Ref<const RowMat>& src, const std::vector<st
 }
 
 std::vector<std::vector<std::int64_t>> lump_forward(const Net& net, const std::vector<double>& eps,
-                                                    bool relative, std::vector<double>& used, int threads) {
+                                                    bool relative, const Norms* rms, std::vector<double>& used,
+                                                    int threads) {
   const std::size_t L = net.num_hidden();
   std::vector<std::vector<std::int64_t>> out(L);
   std::vector<std::int64_t> tgt = singletons(net.width(L + 1));
@@ -177,13 +199,19 @@ std::vector<std::vector<std::int64_t>> lump_forward(const Net& net, const std::v
     const Eigen::Ref<const RowMat> Qt = (sums && !singles) ? Eigen::Ref<const RowMat>(Qbuf) : Eigen::Ref<const RowMat>(Wout);
 
     // Per-neuron norms (distance from the zero neuron), without building the features.
+    // data-aware: incoming coefficients weighted by the calibration RMS of their source neuron
+    const std::vector<double> aw = rms ? (*rms)[h - 1] : std::vector<double>(ni, 1.0);
     std::vector<double> norm(n, 0.0), xl1(n, 0.0), xl2(n, 0.0);
     if (sums) for (Eigen::Index C = 0; C < Qt.rows(); ++C) for (Eigen::Index i = 0; i < n; ++i) norm[i] += 3.0 * std::abs(Qt(C, i));
     if (cols) for (Eigen::Index c = 0; c < nt; ++c) for (Eigen::Index i = 0; i < n; ++i) norm[i] += wcol * std::abs(Wout(c, i));
     for (Eigen::Index i = 0; i < n; ++i) {
       double s1 = 0.0, s2 = 0.0;
       const double* w = Win.row(i).data();
-      for (Eigen::Index j = 0; j < ni; ++j) { s1 += std::abs(w[j]); s2 += w[j] * w[j]; }
+      for (Eigen::Index j = 0; j < ni; ++j) {
+        const double x = w[j] * aw[j];
+        s1 += std::abs(x);
+        s2 += x * x;
+      }
       s1 += std::abs(bin(i));
       s2 += bin(i) * bin(i);
       xl1[i] = s1;
@@ -208,7 +236,7 @@ std::vector<std::vector<std::int64_t>> lump_forward(const Net& net, const std::v
     Eigen::Map<RowMat> X = wsX.take((hom || self_term) ? m : 0, ni + 1);
     if (hom || self_term) {
       for (std::int64_t p = 0; p < m; ++p) {
-        X.row(p).head(ni) = Win.row(cand[p]);
+        for (Eigen::Index j = 0; j < ni; ++j) X(p, j) = Win(cand[p], j) * aw[j];
         X(p, ni) = bin(cand[p]);
         if (hom && xl2[cand[p]] > 0) X.row(p) /= xl2[cand[p]];
       }
@@ -228,10 +256,11 @@ std::vector<std::vector<std::int64_t>> lump_forward(const Net& net, const std::v
 }  // namespace
 
 std::vector<std::vector<std::int64_t>> lump(const Net& net, Mode mode, const std::vector<double>& eps,
-                                            bool relative, int threads, std::vector<double>* eps_used) {
+                                            bool relative, int threads, std::vector<double>* eps_used,
+                                            const Norms* rms) {
   std::vector<double> used(eps.size(), 0.0);
-  auto out = (mode == Mode::Backward) ? lump_backward(net, eps, relative, used, threads)
-                                      : lump_forward(net, eps, relative, used, threads);
+  auto out = (mode == Mode::Backward) ? lump_backward(net, eps, relative, rms, used, threads)
+                                      : lump_forward(net, eps, relative, rms, used, threads);
   if (eps_used) *eps_used = used;
   return out;
 }

@@ -331,3 +331,14 @@ def test_target_error_keeps_error_within_bound(rng):
     assert loose.params_after <= tight.params_after
     with pytest.raises(ValueError, match="calibration_targets"):
         afde_nb.compress(model, target_error=0.01, calibration=X)
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_data_aware_eps_zero_is_exact_on_positive_data(rng, act):
+    torch.manual_seed(1)
+    model = mlp([4, 16, 12, 2], [act, act])
+    X = rng.normal(size=(128, 4)).astype(np.float32)
+    c = afde_nb.compress(model, 0.0, calibration=X, data_aware=True)
+    assert _max_diff(c.model, model, 4) <= 1e-5
+    with pytest.raises(ValueError, match="calibration"):
+        afde_nb.compress(model, 0.1, data_aware=True)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 import afde_nb
 from afde_nb import _core
+from afde_nb.lump import activation_rms
 from afde_nb.network import Layer, Network
 
 import reference
@@ -213,3 +214,34 @@ def test_pair_merges_exactly_at_its_reference_distance(net, mode):
     assert afde_nb.lump(net, d, mode).num_blocks[0] == 1
     if d >= 0.5:
         assert afde_nb.lump(net, d - 0.5, mode).num_blocks[0] == 2
+
+
+@settings(max_examples=150, deadline=None)
+@given(net=integer_networks(), mode=st.sampled_from(["forward", "backward"]), eps=HALF_INTEGER_EPS,
+       seed=st.integers(0, 2**16))
+def test_data_aware_equals_plain_lumping_of_the_column_scaled_network(net, mode, eps, seed):
+    """Data-aware distances weight each incoming coefficient by its source neuron's calibration
+    RMS: on the first hidden layer that is plain lumping of the network with W_1 diag(rms)."""
+    net = Network(net.layers[:1] + [Layer(net.layers[1].weight, net.layers[1].bias, "identity")], dtype="float64")
+    rms = np.random.default_rng(seed).uniform(0.1, 3.0, size=net.widths[0])
+    scaled = Network([Layer(net.layers[0].weight * rms, net.layers[0].bias, net.layers[0].activation),
+                      net.layers[1]], dtype="float64")
+    got = afde_nb.lump(net, eps, mode, rms=[rms]).labels
+    want = afde_nb.lump(scaled, eps, mode).labels
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_data_aware_ignores_inputs_that_are_silent_on_the_data(rng):
+    """Two neurons differing only in the weight from an input that is always 0 on the calibration
+    data merge data-aware at eps = 0, and the reduced model is exact on that data."""
+    w = rng.normal(size=(3, 4))
+    w[1] = w[0]
+    w[1, 3] += 1.0  # differs only on input 3
+    net = Network([Layer(w, np.zeros(3), "tanh"), Layer(rng.normal(size=(2, 3)), np.zeros(2))])
+    X = rng.normal(size=(50, 4))
+    X[:, 3] = 0.0
+    rms = activation_rms(net, X)
+    assert afde_nb.lump(net, 0.0, "backward").num_blocks == [3]
+    assert afde_nb.lump(net, 0.0, "backward", rms=rms).num_blocks == [2]
+    small = afde_nb.reduce(net, afde_nb.lump(net, 0.0, "backward", rms=rms).labels)
+    np.testing.assert_allclose(small.forward(X), net.forward(X), atol=1e-12)
