@@ -72,9 +72,10 @@ def tradeoff(model: nn.Module, X: np.ndarray, y: np.ndarray, calibration: np.nda
         runs = [(m, "eps", float(e)) for m in modes for e in eps_values]
     for m, kind, value in runs:
         t = time.perf_counter()
+        base, data_aware = m.removesuffix("-data"), m.endswith("-data")
+        opts = dict(mode=base, relative=relative, data_aware=data_aware, calibration=calib if data_aware else None)
         try:
-            c = compress(model, value, mode=m, relative=relative) if kind == "eps" else \
-                compress(model, mode=m, relative=relative, target_params=value)
+            c = compress(model, value, **opts) if kind == "eps" else compress(model, target_params=value, **opts)
         except ValueError:  # budget below one neuron per layer
             continue
         rows.append(_row(f"afde-{m}", c.eps, c.params_after, full, c.model, X, y, time.perf_counter() - t,
