@@ -54,14 +54,9 @@ std::int64_t num_blocks(const std::vector<std::int64_t>& labels) {
   return k;
 }
 
-int nthreads(int threads) {
 #ifdef AFDE_HAVE_OPENMP
-  return threads > 0 ? threads : omp_get_max_threads();
-#else
-  (void)threads;
-  return 1;
+int nthreads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 #endif
-}
 
 // Rows are written into one buffer reused across layers: fresh 100 MB matrices per layer cost
 // more in page faults than the arithmetic does.
