@@ -1,6 +1,7 @@
 #include "cluster.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -72,25 +73,36 @@ struct UnionFind {
   }
 };
 
-// Component ids kept current for every row by small-to-large merging (O(n log n) relabels in
-// all), so the parallel scans can read them without a refresh pass.
-struct Components {
-  std::vector<std::int64_t> comp;
-  std::vector<std::vector<std::int64_t>> members;
-  explicit Components(std::int64_t n) : comp(n), members(n) {
-    for (std::int64_t i = 0; i < n; ++i) {
-      comp[i] = i;
-      members[i] = {i};
+// Union-find safe under concurrent find/unite: path halving and linking by compare-and-swap,
+// a root always linked under a smaller index.
+struct ConcurrentUnionFind {
+  std::vector<std::atomic<std::int64_t>> parent;
+  explicit ConcurrentUnionFind(std::int64_t n) : parent(n) {
+    for (std::int64_t i = 0; i < n; ++i) parent[i].store(i, std::memory_order_relaxed);
+  }
+  std::int64_t find(std::int64_t x) {
+    while (true) {
+      std::int64_t p = parent[x].load(std::memory_order_acquire);
+      if (p == x) return x;
+      const std::int64_t g = parent[p].load(std::memory_order_acquire);
+      if (g != p) parent[x].compare_exchange_weak(p, g, std::memory_order_acq_rel);
+      x = g;
     }
   }
-  bool unite(std::int64_t i, std::int64_t j) {
-    std::int64_t a = comp[i], b = comp[j];
-    if (a == b) return false;
-    if (members[a].size() < members[b].size()) std::swap(a, b);
-    for (auto v : members[b]) comp[v] = a;
-    members[a].insert(members[a].end(), members[b].begin(), members[b].end());
-    std::vector<std::int64_t>().swap(members[b]);
-    return true;
+  bool unite(std::int64_t a, std::int64_t b) {
+    while (true) {
+      a = find(a);
+      b = find(b);
+      if (a == b) return false;
+      if (a < b) std::swap(a, b);
+      std::int64_t expected = a;
+      if (parent[a].compare_exchange_strong(expected, b, std::memory_order_acq_rel)) return true;
+    }
+  }
+  std::vector<std::int64_t> labels() {
+    std::vector<std::int64_t> out(parent.size());
+    for (std::size_t i = 0; i < parent.size(); ++i) out[i] = find(static_cast<std::int64_t>(i));
+    return canonical(out);
   }
 };
 
@@ -202,56 +214,43 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
   const double ulp_d = 4.0 * static_cast<double>(d + 1) * std::numeric_limits<double>::epsilon();
   const double window = eps + ulp_d * 2.0 * amax;
 
-  Components cc(n);
-  const std::vector<std::int64_t>& snap = cc.comp;  // read-only during the parallel scans
+  // One parallel scan over the sorted rows; joins go into a lock-free union-find (roots link
+  // to the smaller index by compare-and-swap, so no cycles and the same components in any
+  // interleaving). A pair already joined is skipped; a stale root only costs a distance.
+  ConcurrentUnionFind uf(n);
   int nt = 1;
 #ifdef AFDE_HAVE_OPENMP
   nt = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 8) num_threads(nt) if (nt > 1 && static_cast<double>(m) * static_cast<double>(d) > 4e6)
 #else
   (void)threads;
+  (void)nt;
 #endif
-  std::vector<std::vector<std::pair<std::int64_t, std::int64_t>>> edges(nt);
-  // Chunks of rows scan in parallel against a snapshot of the components. Small chunks after a
-  // join (dense data: most pairs become "already joined" and are skipped), growing while
-  // nothing joins (sparse data: little to skip, less synchronisation).
-  std::int64_t chunk = nt;
-  for (std::int64_t c0 = 0; c0 < m;) {
-    const std::int64_t c1 = std::min(m, c0 + chunk);
-#ifdef AFDE_HAVE_OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (c1 - c0 > 1 && m > 256)
-#endif
-    for (std::int64_t p = c0; p < c1; ++p) {
-      int tid = 0;
-#ifdef AFDE_HAVE_OPENMP
-      tid = omp_get_thread_num();
-#endif
-      const std::int64_t i = order[p];
-      const double* pi = &pool[static_cast<std::size_t>(p) * P];
-      for (std::int64_t q = p + 1; q < m; ++q) {
-        if (key[q] - key[p] > window) break;
-        const std::int64_t j = order[q];
-        if (snap[i] == snap[j]) continue;
-        const double* pj = &pool[static_cast<std::size_t>(q) * P];
-        const double lim = eps + ulp_d * (absrow[p] + absrow[q]);
-        double lb = 0.0;
-        Eigen::Index r = 0;
-        while (r < P && lb <= lim) {
-          const Eigen::Index r1 = std::min<Eigen::Index>(P, r + 16);
-          for (; r < r1; ++r) lb += std::abs(pi[r] - pj[r]);
-        }
-        if (lb > lim) continue;
-        if (distance(F, self, i, j, eps) <= eps) edges[tid].emplace_back(i, j);
+  for (std::int64_t p = 0; p < m; ++p) {
+    const std::int64_t i = order[p];
+    const double* pi = &pool[static_cast<std::size_t>(p) * P];
+    std::int64_t ri = uf.find(i);
+    for (std::int64_t q = p + 1; q < m; ++q) {
+      if (key[q] - key[p] > window) break;
+      if (((q - p) & 63) == 0) ri = uf.find(i);
+      const std::int64_t j = order[q];
+      if (uf.find(j) == ri) continue;
+      const double* pj = &pool[static_cast<std::size_t>(q) * P];
+      const double lim = eps + ulp_d * (absrow[p] + absrow[q]);
+      double lb = 0.0;
+      Eigen::Index r = 0;
+      while (r < P && lb <= lim) {
+        const Eigen::Index r1 = std::min<Eigen::Index>(P, r + 16);
+        for (; r < r1; ++r) lb += std::abs(pi[r] - pj[r]);
+      }
+      if (lb > lim) continue;
+      if (distance(F, self, i, j, eps) <= eps) {
+        uf.unite(i, j);
+        ri = uf.find(i);
       }
     }
-    bool joined = false;
-    for (auto& e : edges) {
-      for (auto [i, j] : e) joined |= cc.unite(i, j);
-      e.clear();
-    }
-    chunk = joined ? nt : std::min<std::int64_t>(chunk * 2, 4096);
-    c0 = c1;
   }
-  return canonical(cc.comp);
+  return uf.labels();
 }
 
 double mean_norm(const RefMat& F, const SelfTerm* self) {
