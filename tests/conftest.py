@@ -43,3 +43,4 @@ def assert_unchanged(model: nn.Module, snap: dict[str, torch.Tensor]) -> None:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+

@@ -1,0 +1,77 @@
+"""Execute notebooks/quickstart.ipynb and notebooks/study.ipynb top to bottom and check what they print."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+pytest.importorskip("ipywidgets", minversion="8")
+pytest.importorskip("matplotlib")
+
+import afde_nb  # noqa: E402
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+BUDGET_S = 120  # each notebook is meant to run in well under a minute
+
+
+def _execute(name: str, tmp_path: Path, monkeypatch) -> tuple[nbformat.NotebookNode, str]:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    # the kernel imports the same afde_nb as this test process (the in-tree build or the installed one)
+    pkg_parent = str(Path(afde_nb.__file__).resolve().parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (pkg_parent, os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    t0 = time.perf_counter()
+    nbclient.NotebookClient(nb, timeout=BUDGET_S, kernel_name="python3", startup_timeout=60,
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    elapsed = time.perf_counter() - t0
+    assert elapsed < BUDGET_S, f"{name} took {elapsed:.0f} s"
+    text = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            assert out["output_type"] != "error", f"{name}: {out.get('ename')}: {out.get('evalue')}"
+            if out["output_type"] == "stream":
+                text.append(out["text"])
+            elif "text/plain" in out.get("data", {}):
+                text.append(out["data"]["text/plain"])
+    return nb, "\n".join(text)
+
+
+def _mimes(nb) -> list[str]:
+    return [m for c in nb.cells for o in c.get("outputs", []) for m in o.get("data", {})]
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "study.ipynb"])
+def test_committed_without_outputs(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{name}: clear the outputs before committing"
+
+
+@pytest.mark.slow
+def test_quickstart(tmp_path, monkeypatch):
+    nb, text = _execute("quickstart.ipynb", tmp_path, monkeypatch)
+    assert "Dataset('glycolysis'" in text
+    assert "original: test MSE" in text and "reduced:  test MSE" in text
+    assert "parameters 4610 -> " in text and "mode=backward, eps=0.5 (relative)" in text
+    assert "panel errors: []" in text
+    assert "outputs match exactly: True" in text
+    assert "wrote reduced.pt" in text and "wrote reduced.json" in text
+    assert "%afde:" not in text  # the magic found its names
+    assert _mimes(nb).count("application/vnd.jupyter.widget-view+json") == 2  # Panel(...) and %afde
+    assert "quickstart finished in" in text
+
+
+@pytest.mark.slow
+def test_study(tmp_path, monkeypatch):
+    nb, text = _execute("study.ipynb", tmp_path, monkeypatch)
+    assert "glycolysis (tanh" in text
+    assert text.count("methods afde-backward, magnitude, original, wanda") == 2
+    assert "image/png" in _mimes(nb)
+    assert "study finished in" in text
