@@ -41,8 +41,8 @@ def data():
     return X, y
 
 
-def _check_matches(p: Panel, model, X, y, eps, mode, relative=True):
-    c = afde_nb.compress(model, eps, mode=mode, relative=relative, calibration=X)
+def _check_matches(p: Panel, model, X, y, eps, mode, relative=True, data_aware=False):
+    c = afde_nb.compress(model, eps, mode=mode, relative=relative, calibration=X, data_aware=data_aware)
     pc = p.compression
     assert pc is not None, p.errors
     assert (pc.eps, pc.mode, pc.relative) == (c.eps, c.mode, c.relative)
@@ -50,7 +50,7 @@ def _check_matches(p: Panel, model, X, y, eps, mode, relative=True):
     for a, b in zip(pc.partition, c.partition):
         np.testing.assert_array_equal(a, b)
     f = p.figures
-    assert (f["eps"], f["mode"], f["relative"]) == (eps, mode, relative)
+    assert (f["eps"], f["mode"], f["relative"], f["data_aware"]) == (eps, mode, relative, data_aware)
     assert f["params_before"] == c.params_before and f["params_after"] == c.params_after
     assert f["kept"] == c.kept
     assert f["widths_before"] == [s.neurons_before for s in c.layers]
@@ -119,7 +119,20 @@ def test_widgets_drive_the_compression(model, data):
     p.set_eps(50.0)  # off the slider: the range widens
     assert p.eps_slider.max >= np.log10(50)
     _check_matches(p, model, X, y, 50.0, "forward", relative=False)
+    p.relative_box.value = True
+    p.mode_toggle.value = "backward"
+    p.set_eps(0.8)
+    assert not p.data_box.disabled  # calibration data (here X) are there
+    p.data_box.value = True
+    _check_matches(p, model, X, y, 0.8, "backward", data_aware=True)
     assert p.errors == []
+
+
+def test_data_aware_needs_calibration(model):
+    p = Panel(model, None, eps=0.5, tradeoff=False)
+    assert p.data_box.disabled
+    p.set_data_aware(True)
+    assert p.figures["data_aware"] is False and p.errors == []
 
 
 def _plain_torch(arch_path, weights):

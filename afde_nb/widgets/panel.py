@@ -205,6 +205,9 @@ class Panel(W.VBox):
                                            style={"button_width": "90px"})
         self.relative_box = W.Checkbox(value=bool(relative), description="relative eps", indent=False,
                                        layout=W.Layout(width="120px"))
+        self.data_box = W.Checkbox(value=False, description="data-aware", indent=False, disabled=True,
+                                   tooltip="weight incoming coefficients by the calibration RMS of their source "
+                                           "neuron (needs calibration data)", layout=W.Layout(width="110px"))
         self.status = W.HTML("")
         self.progress = W.IntProgress(value=0, min=0, max=1, bar_style="info",
                                       layout=W.Layout(width="180px", visibility="hidden"))
@@ -219,7 +222,8 @@ class Panel(W.VBox):
         self.export_button = W.Button(description="Export", icon="download", button_style="primary")
         self.export_result = W.HTML("")
         for w, cls in ((self.eps_slider, "afde-eps"), (self.zero_box, "afde-zero"), (self.mode_toggle, "afde-mode"),
-                       (self.relative_box, "afde-relative"), (self.status, "afde-status"),
+                       (self.relative_box, "afde-relative"), (self.data_box, "afde-data-aware"),
+                       (self.status, "afde-status"),
                        (self.progress, "afde-progress"), (self.error_area, "afde-error"),
                        (self.figures_html, "afde-figures"), (self.merges_html, "afde-merges"),
                        (self.tradeoff_out, "afde-tradeoff"), (self.tradeoff_button, "afde-tradeoff-button"),
@@ -229,7 +233,7 @@ class Panel(W.VBox):
 
         head = W.HTML(f"<b>afde-nb</b> &mdash; {html.escape(title or _model_name(model))}: "
                       "lump neurons that behave alike (eps = 0 keeps the function exactly)")
-        controls = W.HBox([self.eps_slider, self.zero_box, self.relative_box])
+        controls = W.HBox([self.eps_slider, self.zero_box, self.relative_box, self.data_box])
         status_row = W.HBox([self.mode_toggle, self.progress, self.status])
         merges_box = W.VBox([W.HTML("<b>merges per layer</b>"), self.merges_html])
         curve_box = W.VBox([self.tradeoff_out, self.tradeoff_button], layout=W.Layout(margin="0 0 0 16px"))
@@ -243,6 +247,7 @@ class Panel(W.VBox):
         self.zero_box.observe(self._on_control, names="value")
         self.mode_toggle.observe(self._on_control, names="value")
         self.relative_box.observe(self._on_control, names="value")
+        self.data_box.observe(self._on_control, names="value")
         self.format_dd.observe(self._on_format, names="value")
         self.export_button.on_click(lambda _b: self.export())
         self.tradeoff_button.on_click(lambda _b: self.draw_tradeoff())
@@ -272,6 +277,18 @@ class Panel(W.VBox):
     @property
     def relative(self) -> bool:
         return bool(self.relative_box.value)
+
+    @property
+    def data_aware(self) -> bool:
+        return bool(self.data_box.value) and self.X_cal is not None
+
+    def set_data_aware(self, on: bool) -> Compression | None:
+        """Data-aware distances on the calibration data (ignored without calibration data)."""
+        with self._lock:
+            if bool(on) == bool(self.data_box.value):
+                return self.update()
+            self.data_box.value = bool(on)
+            return self.compression
 
     def set_eps(self, eps: float) -> Compression | None:
         """Move the panel to ``eps`` (0 ticks the exact box; values off the slider widen its range)."""
@@ -399,6 +416,7 @@ class Panel(W.VBox):
             self._base = {"mse": mse(self.model, Xe, ye), "r2": r2(self.model, Xe, ye)}
         if self.X_cal is not None:
             self.X_cal = self._cast(self.X_cal)
+            self.data_box.disabled = False
 
     def _cast(self, a):
         return np.ascontiguousarray(a, dtype=self._dtype) if a is not None else None
@@ -408,9 +426,11 @@ class Panel(W.VBox):
             return self.compression
         with self._busy(f"compress {self.mode} eps={self.eps:.3g}", slow=self._last_compress_s > SLOW_S):
             t0 = time.perf_counter()
-            c = compress(self.model, self.eps, mode=self.mode, relative=self.relative, calibration=self.X_cal)
+            c = compress(self.model, self.eps, mode=self.mode, relative=self.relative, calibration=self.X_cal,
+                         data_aware=self.data_aware)
             self._last_compress_s = time.perf_counter() - t0
-            figs = {"eps": c.eps, "mode": c.mode, "relative": c.relative, "params_before": c.params_before,
+            figs = {"eps": c.eps, "mode": c.mode, "relative": c.relative, "data_aware": self.data_aware,
+                    "params_before": c.params_before,
                     "params_after": c.params_after, "kept": c.kept,
                     "widths_before": [s.neurons_before for s in c.layers],
                     "widths_after": [s.neurons_after for s in c.layers],
@@ -510,7 +530,7 @@ class Panel(W.VBox):
             if not self._hold:
                 self.update()
                 if change["owner"] is not self.zero_box and self.curve is not None and self._tradeoff_opt == "auto" \
-                        and self._curve_key != (self.mode, self.relative):
+                        and self._curve_key != self._curve_mode():
                     self.draw_tradeoff()
 
     # ------------------------------------------------------------ trade-off
@@ -531,13 +551,17 @@ class Panel(W.VBox):
         with self._busy(f"trade-off curve ({self.mode}) vs {', '.join(self._baselines) or 'nothing'}",
                         slow=True, steps=steps if kwargs else 0):
             rows = tradeoff(self.model, self._cast(self.X), self._cast(self.y), calibration=self.X_cal,
-                            eps_values=self._eps_values, mode=self.mode, relative=self.relative,
+                            eps_values=self._eps_values, mode=self._curve_mode()[0], relative=self.relative,
                             baselines=self._baselines, **kwargs)
             self.progress.value = self.progress.max
         self.curve = [dict(r) for r in rows]
-        self._curve_key = (self.mode, self.relative)
+        self._curve_key = self._curve_mode()
         self._show_curve()
         return self.curve
+
+    def _curve_mode(self) -> tuple[str, bool]:
+        """(tradeoff mode, relative): ``"backward-data"`` is the data-aware backward curve."""
+        return (self.mode + ("-data" if self.data_aware else ""), self.relative)
 
     def _show_curve(self):
         """Redraw the trade-off plot (curve, if any, and the current setting's point)."""
