@@ -73,6 +73,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         profile = replace(profile, datasets=tuple(args.datasets))
     if args.seeds:
         profile = replace(profile, seeds=tuple(args.seeds))
+    if args.from_points:  # re-render the tables and the plot from an earlier run's points.csv
+        from .bench.run import read_csv, render
+
+        out = Path(args.out)
+        render(read_csv(out / "points.csv"), profile, out, float("nan"))
+        print(f"wrote {out / 'results.md'}, {out / 'tradeoff.png'}")
+        return 0
     run(profile, Path(args.out))
     return 0
 
@@ -106,6 +113,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--full", action="store_true", help="every data set, three seeds, wider networks")
     b.add_argument("--datasets", nargs="+", help="override the profile's data sets")
     b.add_argument("--seeds", nargs="+", type=int, help="override the profile's seeds")
+    b.add_argument("--from-points", action="store_true", help="only re-render OUT/results.md and the plot "
+                   "from OUT/points.csv")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -73,14 +73,32 @@ def run(profile: Profile, out: Path, log=print) -> list[dict]:
             rows += [dict(r, dataset=name, seed=seed) for r in pts]
     bar.close()
     write_csv(rows, out / "points.csv")
-    (out / "results.md").write_text(markdown(rows, profile, time.perf_counter() - t0))
-    plot(rows, out / "tradeoff.png")
+    render(rows, profile, out, time.perf_counter() - t0)
     log(f"wrote {out / 'points.csv'}, {out / 'results.md'}, {out / 'tradeoff.png'}")
     return rows
 
 
+def read_csv(path: Path) -> list[dict]:
+    """Rows as ``write_csv`` wrote them, with their types back."""
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["seed"], r["params"] = int(r["seed"]), int(r["params"])
+        r["budget"] = int(r["budget"]) if r["budget"] not in ("", "None") else None
+        for k in ("setting", "kept", "mse", "r2", "seconds"):
+            r[k] = float(r[k])
+    return rows
+
+
+def render(rows: list[dict], profile: Profile, out: Path, seconds: float) -> None:
+    """results.md and tradeoff.png from the rows."""
+    (out / "results.md").write_text(markdown(rows, profile, seconds))
+    plot(rows, out / "tradeoff.png")
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     keys = ["dataset", "seed", "method", "setting", "params", "kept", "mse", "r2", "seconds", "budget"]
+    rows = [dict(r, seconds=round(r["seconds"], 4)) for r in rows]
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
@@ -105,16 +123,17 @@ def markdown(rows: list[dict], profile: Profile, seconds: float) -> str:
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     lines = [f"Profile: data sets {', '.join(profile.datasets)}; seeds {profile.seeds}; "
              f"{profile.activation} MLP hidden {profile.hidden}, {profile.epochs} epochs max, at most "
-             f"{profile.max_samples} samples per data set; "
-             f"wall time {seconds:.0f} s.", ""]
+             f"{profile.max_samples} samples per data set"
+             + (f"; wall time {seconds:.0f} s." if seconds == seconds else "."), ""]
     for tol in TOLERANCES:
         k = kept_at_tolerance(rows, tol)
         lines += [f"### % of parameters kept at test MSE <= {1 + tol:g} x original (lower is better)", "",
                   "| data set | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
         for ds in datasets:
-            best = min(k.get((ds, m), 1.0) for m in methods)
-            cells = [f"**{100 * k[(ds, m)]:.0f}**" if k.get((ds, m)) == best else
-                     (f"{100 * k[(ds, m)]:.0f}" if (ds, m) in k else "-") for m in methods]
+            shown = {m: round(100 * k[(ds, m)]) for m in methods if (ds, m) in k}
+            best = min(shown.values())
+            cells = [("-" if m not in shown else f"**{shown[m]}**" if shown[m] == best else str(shown[m]))
+                     for m in methods]
             lines.append(f"| {ds} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["### Test MSE (standardised targets) at each parameter budget, mean over seeds", ""]
@@ -142,8 +161,12 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
+    ncols = min(4, len(datasets))
+    nrows = -(-len(datasets) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(datasets):]:
+        ax.set_visible(False)
+    for ax, ds in zip(axes.flat, datasets):
         sub = [r for r in rows if r["dataset"] == ds and r["seed"] == min(x["seed"] for x in rows)]
         for m in sorted({r["method"] for r in sub}):
             pts = sorted((r["kept"], r["mse"]) for r in sub if r["method"] == m)
@@ -157,7 +180,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("test MSE (standardised)")
         ax.set_title(ds)
         ax.invert_xaxis()
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
