@@ -138,7 +138,7 @@ std::vector<std::vector<std::int64_t>> lump_backward(const Net& net, const std::
       if (hom) normalise_rows(R, nullptr);
     }
     scale.swap(next_scale);
-    used[k] = relative ? eps[k] * mean_norm(R, nullptr) : eps[k];
+    used[k] = (relative && eps[k] > 0) ? eps[k] * mean_norm(R, nullptr) : eps[k];
     src = cluster(R, nullptr, used[k], threads);
     out.push_back(src);
   }
@@ -197,8 +197,13 @@ std::vector<std::vector<std::int64_t>> lump_forward(const Net& net, const std::v
     // data-aware: incoming coefficients weighted by the calibration RMS of their source neuron
     const std::vector<double> aw = rms ? (*rms)[h - 1] : std::vector<double>(ni, 1.0);
     std::vector<double> norm(n, 0.0), xl1(n, 0.0), xl2(n, 0.0);
-    if (sums) for (Eigen::Index C = 0; C < Qt.rows(); ++C) for (Eigen::Index i = 0; i < n; ++i) norm[i] += 3.0 * std::abs(Qt(C, i));
-    if (cols) for (Eigen::Index c = 0; c < nt; ++c) for (Eigen::Index i = 0; i < n; ++i) norm[i] += wcol * std::abs(Wout(c, i));
+    const bool need_norm = relative && eps[h - 1] > 0;  // the scale of a relative eps
+    if (sums && need_norm)
+      for (Eigen::Index C = 0; C < Qt.rows(); ++C)
+        for (Eigen::Index i = 0; i < n; ++i) norm[i] += 3.0 * std::abs(Qt(C, i));
+    if (cols && need_norm)
+      for (Eigen::Index c = 0; c < nt; ++c)
+        for (Eigen::Index i = 0; i < n; ++i) norm[i] += wcol * std::abs(Wout(c, i));
     for (Eigen::Index i = 0; i < n; ++i) {
       double s1 = 0.0, s2 = 0.0;
       const double* w = Win.row(i).data();
@@ -217,7 +222,7 @@ std::vector<std::vector<std::int64_t>> lump_forward(const Net& net, const std::v
     double mean = 0.0;
     for (double v : norm) mean += v;
     mean = n ? mean / static_cast<double>(n) : 0.0;
-    const double e = used[h - 1] = relative ? eps[h - 1] * mean : eps[h - 1];
+    const double e = used[h - 1] = need_norm ? eps[h - 1] * mean : eps[h - 1];
 
     // Only neurons whose self term alone stays within eps can join anything: build their rows.
     std::vector<std::int64_t> cand;
