@@ -2,8 +2,8 @@
 
     python benchmarks/scaling.py
 
-Each configuration runs in a fresh subprocess so that its peak resident memory (VmHWM) is its
-own. Small eps on unstructured (random) layers and large eps on clustered layers, both modes.
+Each configuration runs in a fresh subprocess; its peak resident memory during the lumping is
+VmHWM after resetting it (``/proc/self/clear_refs``) minus the resident memory just before. Small eps on unstructured (random) layers and large eps on clustered layers, both modes.
 The fitted log-log slope of time against width is printed per series (2 = quadratic in width,
 i.e. linear in the number of parameters of a width x width layer).
 """
@@ -25,15 +25,20 @@ def one(width: int, depth: int, mode: str, eps: float, clustered: bool, threads:
 
     net = random_mlp(width, depth, seed=3, clusters=32 if clustered else None)
 
-    def hwm() -> int:
+    def status(key: str) -> int:
         with open("/proc/self/status") as f:
-            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM"))
+            return next(int(l.split()[1]) for l in f if l.startswith(key))
 
-    before = hwm()
+    import gc
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
+        f.write("5")
+    before = status("VmRSS")
     t = time.perf_counter()
     p = afde_nb.lump(net, eps, mode, relative=True, threads=threads)
     dt = time.perf_counter() - t
-    return {"seconds": dt, "peak_extra_mb": (hwm() - before) / 1024, "blocks": p.size,
+    return {"seconds": dt, "peak_extra_mb": (status("VmHWM") - before) / 1024, "blocks": p.size,
             "weights_mb": sum(l.weight.nbytes for l in net.layers) / 2**20}
 
 

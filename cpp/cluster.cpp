@@ -178,18 +178,24 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
   const std::int64_t m = static_cast<std::int64_t>(order.size());
   const Eigen::Index P = std::min<Eigen::Index>(kPool, std::max<Eigen::Index>(d, 1));
   std::vector<double> pool(static_cast<std::size_t>(m) * P, 0.0), key(m), absrow(m);
+  std::vector<Eigen::Index> lo(P + 1);  // stripe q holds the columns c with floor(c P / d) == q
+  for (Eigen::Index q = 0; q <= P; ++q) lo[q] = (q * d + P - 1) / P;
+#ifdef AFDE_HAVE_OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : omp_get_max_threads()) \
+    if (static_cast<double>(m) * static_cast<double>(d) > 4e6)
+#endif
   for (std::int64_t p = 0; p < m; ++p) {
     const double* a = F.row(order[p]).data();
     double* out = &pool[static_cast<std::size_t>(p) * P];
-    double ab = 0.0;
-    for (Eigen::Index c = 0; c < d; ++c) {
-      out[c * P / d] += a[c];
-      ab += std::abs(a[c]);
+    for (Eigen::Index q = 0; q < P; ++q) {
+      double sq = 0.0;
+      for (Eigen::Index c = lo[q]; c < lo[q + 1]; ++c) sq += a[c];
+      out[q] = sq;
     }
+    absrow[p] = l1norm(a, d);
     double k = 0.0;
     for (Eigen::Index q = 0; q < P; ++q) k += out[q];
     key[p] = k;
-    absrow[p] = ab;
   }
   std::vector<std::int64_t> perm(m);
   std::iota(perm.begin(), perm.end(), 0);
