@@ -57,7 +57,7 @@ def main() -> None:
             with torch.no_grad():
                 for _ in range(20):  # warm-up: first calls pay for allocation and dispatch caches
                     m(x)
-                t = best_time(lambda: [m(x) for _ in range(200 if batch == 1 else 20)], repeat=5)
+                t = best_time(lambda: [m(x) for _ in range(200 if batch == 1 else 20)], repeat=15)
             cells.append(f"{t / (200 if batch == 1 else 20) * 1e6:.1f}")
         rows.append(cells)
     print(f"{args.dataset}, tanh MLP {data.n_features}-{'-'.join(map(str, args.hidden))}-{data.n_targets}, "
