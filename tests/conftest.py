@@ -29,6 +29,14 @@ def set_weights(model: nn.Sequential, weights: list[np.ndarray], biases: list[np
     return model
 
 
+def teacher_data(model: nn.Module, rng: np.random.Generator, n: int, noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """Regression data labelled by ``model`` itself plus Gaussian noise."""
+    X = rng.normal(size=(n, model[0].in_features)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(X)).numpy()
+    return X, y + noise * rng.normal(size=y.shape)
+
+
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -11,17 +11,14 @@ from afde_nb.bench import tradeoff
 from afde_nb.bench.run import PROFILES, kept_at_tolerance, run
 from afde_nb.cli import main
 
-from conftest import mlp
+from conftest import mlp, teacher_data
 
 
 @pytest.fixture
 def small_problem(rng):
     torch.manual_seed(0)
     model = mlp([5, 24, 16, 2], ["tanh", "tanh"])
-    X = rng.normal(size=(200, 5)).astype(np.float32)
-    with torch.no_grad():
-        y = model(torch.from_numpy(X)).numpy() + 0.05 * rng.normal(size=(200, 2))
-    return model, X, y
+    return (model, *teacher_data(model, rng, 200, 0.05))
 
 
 def test_every_method_stays_within_each_budget(small_problem):

@@ -12,7 +12,7 @@ from torch import nn
 
 import afde_nb
 
-from conftest import assert_unchanged, mlp, set_weights, snapshot
+from conftest import assert_unchanged, mlp, set_weights, snapshot, teacher_data
 
 
 def _max_diff(a: nn.Module, b: nn.Module, n_in: int, seed: int = 0) -> float:
@@ -318,9 +318,7 @@ def test_target_params_finds_the_smallest_eps_within_budget(mode):
 def test_target_error_keeps_error_within_bound(rng):
     torch.manual_seed(0)
     model = mlp([4, 32, 32, 1], ["tanh", "tanh"])
-    X = rng.normal(size=(256, 4)).astype(np.float32)
-    with torch.no_grad():
-        y = model(torch.from_numpy(X)).numpy() + 0.1 * rng.normal(size=(256, 1))
+    X, y = teacher_data(model, rng, 256, 0.1)
     base = float(np.mean((model(torch.from_numpy(X)).detach().numpy() - y) ** 2))
     for bound in (0.01, 0.5):
         c = afde_nb.compress(model, relative=True, calibration=X, calibration_targets=y, target_error=bound)
