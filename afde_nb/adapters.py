@@ -31,7 +31,7 @@ _ACT_FUNCTIONS = {
 _ACT_METHODS = {"tanh": "tanh", "sigmoid": "sigmoid", "relu": "relu"}
 #: no-ops at inference time
 _PASS_MODULES = (nn.Identity, nn.Dropout)
-SUPPORTED = "Linear, Tanh, Sigmoid, ReLU, LeakyReLU, Identity, Dropout"
+SUPPORTED = "Linear, Tanh, Sigmoid, ReLU, LeakyReLU, Identity, Dropout, and Flatten before the first Linear"
 
 
 def _ops_sequential(model: nn.Sequential) -> list[tuple[str, object]]:
@@ -109,8 +109,14 @@ def to_network(model: nn.Module) -> Network:
         ops = _ops_sequential(model)
     layers: list[Layer] = []
     dtype = None
+    flatten = None  # (start_dim, end_dim) of a Flatten on the inputs
     open_linear = False  # the last layer has no activation yet
     for path, op in ops:
+        if isinstance(op, nn.Flatten):
+            if layers or flatten is not None:
+                raise UnsupportedLayerError(f"Flatten {path!r} must stand once, before the first Linear")
+            flatten = (int(op.start_dim), int(op.end_dim))
+            continue
         if isinstance(op, nn.Linear):
             w = _finite(f"{path}.weight", op.weight)
             b = _finite(f"{path}.bias", op.bias) if op.bias is not None else np.zeros(w.shape[0])
@@ -140,7 +146,7 @@ def to_network(model: nn.Module) -> Network:
         open_linear = False
     if not layers:
         raise UnsupportedLayerError(f"{type(model).__name__} has no Linear layer")
-    return Network(layers, dtype=dtype or "float32")
+    return Network(layers, dtype=dtype or "float32", meta={"flatten": flatten} if flatten else {})
 
 
 _ACT_CLASS = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU}
@@ -161,6 +167,8 @@ def to_torch(net: Network, device: torch.device | str | None = None) -> nn.Seque
             mods.append(nn.LeakyReLU(l.negative_slope))
         elif l.activation != "identity":
             mods.append(_ACT_CLASS[l.activation]())
+    if net.meta.get("flatten"):
+        mods.insert(0, nn.Flatten(*net.meta["flatten"]))
     model = nn.Sequential(*mods)
     if device is not None:
         model = model.to(device)

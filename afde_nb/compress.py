@@ -77,11 +77,13 @@ class Compression:
                 f"widths {[s.neurons_before for s in self.layers]} -> {[s.neurons_after for s in self.layers]})")
 
 
-def _calibration_array(calibration, n_in: int) -> np.ndarray:
+def _calibration_array(calibration, n_in: int, flatten: tuple[int, int] | None = None) -> np.ndarray:
     x = calibration
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", torch.float64).numpy()
     x = np.array(x, dtype=np.float64)  # a copy: the caller's data is not touched
+    if flatten is not None and x.ndim > 2:  # the model's own Flatten, applied to the inputs
+        x = torch.flatten(torch.from_numpy(x), *flatten).numpy()
     if x.ndim != 2 or x.shape[1] != n_in:
         raise ShapeMismatchError(f"calibration must have shape (n, {n_in}), got {x.shape}")
     if not np.isfinite(x).all():
@@ -108,7 +110,8 @@ def compress(model: nn.Module, eps: float | None = None, mode: str = "backward",
     ``model`` is never modified.
     """
     net = to_network(model)
-    calib = _calibration_array(calibration, net.widths[0]) if calibration is not None else None
+    calib = _calibration_array(calibration, net.widths[0], net.meta.get("flatten")) if calibration is not None \
+        else None
     mode = check_mode(mode)
     if data_aware and calib is None:
         raise ValueError("data_aware=True needs calibration inputs")

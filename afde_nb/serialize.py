@@ -16,7 +16,7 @@ from torch import nn
 from .errors import UnsafeFileError, UnsupportedLayerError
 
 FORMAT = "afde-nb.sequential/1"
-_ARCH_MODULES = {"Linear", "Tanh", "Sigmoid", "ReLU", "LeakyReLU", "Identity"}
+_ARCH_MODULES = {"Linear", "Tanh", "Sigmoid", "ReLU", "LeakyReLU", "Identity", "Flatten"}
 
 
 def architecture(model: nn.Sequential, **info) -> dict:
@@ -28,6 +28,8 @@ def architecture(model: nn.Sequential, **info) -> dict:
                            "bias": m.bias is not None})
         elif isinstance(m, nn.LeakyReLU):
             layers.append({"type": "LeakyReLU", "negative_slope": m.negative_slope})
+        elif isinstance(m, nn.Flatten):
+            layers.append({"type": "Flatten", "start_dim": m.start_dim, "end_dim": m.end_dim})
         elif type(m).__name__ in _ARCH_MODULES:
             layers.append({"type": type(m).__name__})
         else:

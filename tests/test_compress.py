@@ -340,3 +340,24 @@ def test_data_aware_eps_zero_is_exact_on_positive_data(rng, act):
     assert _max_diff(c.model, model, 4) <= 1e-5
     with pytest.raises(ValueError, match="calibration"):
         afde_nb.compress(model, 0.1, data_aware=True)
+
+
+def test_flatten_on_the_inputs_is_kept(tmp_path, rng):
+    """MNIST-style MLPs start with nn.Flatten: the reduced model keeps it, takes the same inputs,
+    and stock torch rebuilds it from the architecture JSON."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[1].weight[3] = model[1].weight[2]
+        model[1].bias[3] = model[1].bias[2]
+    x = torch.randn(64, 3, 4)
+    c = afde_nb.compress(model, 0.0, calibration=x.numpy())
+    assert isinstance(c.model[0], nn.Flatten) and c.layers[0].neurons_after == 7
+    with torch.no_grad():
+        assert float((c.model(x) - model(x)).abs().max()) <= 1e-5
+    assert c.calibration_error["max_abs"] <= 1e-6
+    path = c.save(tmp_path / "r.pt")[0]
+    with torch.no_grad():
+        assert torch.equal(afde_nb.load_model(path)(x), c.model(x))
+    with pytest.raises(afde_nb.UnsupportedLayerError, match="before the first Linear"):
+        afde_nb.compress(nn.Sequential(nn.Linear(4, 4), nn.Flatten(), nn.Linear(4, 1)))
