@@ -48,7 +48,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
     arch = Path(args.arch) if args.arch else arch_path(path)
     model = _model_from_state(state, arch if arch.is_file() or args.arch else None, args.activation)
     calib = load_tensor(Path(args.calibration)) if args.calibration else None
-    c = compress(model, args.eps, mode=args.mode, relative=args.relative, calibration=calib, threads=args.threads)
+    target = None
+    if args.keep is not None:
+        if not 0 < args.keep <= 1:
+            raise ValueError(f"--keep must be a fraction in (0, 1], got {args.keep}")
+        target = int(args.keep * sum(p.numel() for p in model.parameters()))
+    if args.target_params is not None:
+        target = args.target_params
+    eps = None if target is not None else args.eps
+    c = compress(model, eps, mode=args.mode, relative=args.relative, calibration=calib, threads=args.threads,
+                 target_params=target, data_aware=args.data_aware)
     print(c.table())
     if args.output:
         for p in c.save(args.output):
@@ -95,6 +104,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--activation", default="tanh", choices=["tanh", "sigmoid", "relu"],
                    help="hidden activation when the architecture is inferred (default tanh)")
     c.add_argument("--eps", type=float, default=0.0, help="tolerance (default 0: exact)")
+    t = c.add_mutually_exclusive_group()
+    t.add_argument("--keep", type=float, help="instead of --eps: keep at most this fraction of the parameters "
+                   "(finds the smallest eps)")
+    t.add_argument("--target-params", type=int, help="instead of --eps: keep at most this many parameters")
+    c.add_argument("--data-aware", action="store_true", help="weight coefficients by calibration RMS "
+                   "(needs --calibration)")
     c.add_argument("--mode", default="backward", choices=["forward", "backward"])
     c.add_argument("--relative", action="store_true", help="eps as a fraction of each layer's mean neuron norm")
     c.add_argument("--calibration", help="tensor file of calibration inputs (n, in_features)")

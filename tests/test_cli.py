@@ -98,3 +98,16 @@ def test_demo_prints_the_trade_off(capsys):
     assert len(lines) == 2 * 7
     first = lines[0].split()
     assert first[1] == "0" and first[3] == "100.0%"
+
+
+def test_compress_to_a_parameter_budget(saved_model, tmp_path, capsys):
+    model, path = saved_model
+    full = sum(p.numel() for p in model.parameters())
+    assert main(["compress", str(path), "--keep", "0.5", "--relative", "-o", str(tmp_path / "half.pt")]) == 0
+    reduced = afde_nb.load_model(tmp_path / "half.pt")
+    assert sum(p.numel() for p in reduced.parameters()) <= 0.5 * full
+    capsys.readouterr()
+    assert main(["compress", str(path), "--keep", "1.5"]) == 2
+    assert "--keep" in capsys.readouterr().err
+    assert main(["compress", str(path), "--data-aware"]) == 2
+    assert "calibration" in capsys.readouterr().err
