@@ -319,3 +319,19 @@ def test_extension_entry_points():
     if hasattr(pkg, "load_ipython_extension"):  # re-exported so that %load_ext afde_nb works
         assert pkg.load_ipython_extension is magics.load_ipython_extension
         assert pkg.unload_ipython_extension is magics.unload_ipython_extension
+
+
+def test_target_kept_finds_the_eps_compress_finds(model, data):
+    X, y = data
+    p = Panel(model, (X, y), eps=0.1, tradeoff=False)
+    full = p.compression.params_before
+    p.set_target_kept(0.6)
+    want = afde_nb.compress(model, mode="backward", relative=True, calibration=X, target_params=int(0.6 * full))
+    assert p.compression.params_after == want.params_after <= 0.6 * full
+    assert p.figures["eps"] == want.eps
+    _check_matches(p, model, X, y, want.eps, "backward")
+    p.keep_text.value = 30.0
+    p.keep_button.click()  # what the browser does
+    assert p.compression.params_after <= 0.3 * full
+    p.set_target_kept(1.5)
+    assert p.errors and "fraction" in p.errors[-1]

@@ -220,6 +220,10 @@ class Panel(W.VBox):
         self.path_text = W.Text(value=export_path, description="export to", layout=W.Layout(width="340px"))
         self.format_dd = W.Dropdown(options=list(FORMATS), value=_suffix(export_path), layout=W.Layout(width="120px"))
         self.export_button = W.Button(description="Export", icon="download", button_style="primary")
+        self.keep_text = W.BoundedFloatText(value=50.0, min=0.1, max=100.0, step=5.0, description="keep %",
+                                            layout=W.Layout(width="170px"))
+        self.keep_button = W.Button(description="Find eps", icon="search",
+                                    tooltip="the smallest eps whose reduced model keeps at most this % of parameters")
         self.export_result = W.HTML("")
         for w, cls in ((self.eps_slider, "afde-eps"), (self.zero_box, "afde-zero"), (self.mode_toggle, "afde-mode"),
                        (self.relative_box, "afde-relative"), (self.data_box, "afde-data-aware"),
@@ -228,13 +232,14 @@ class Panel(W.VBox):
                        (self.figures_html, "afde-figures"), (self.merges_html, "afde-merges"),
                        (self.tradeoff_out, "afde-tradeoff"), (self.tradeoff_button, "afde-tradeoff-button"),
                        (self.path_text, "afde-path"), (self.format_dd, "afde-format"),
-                       (self.export_button, "afde-export"), (self.export_result, "afde-export-result")):
+                       (self.export_button, "afde-export"), (self.export_result, "afde-export-result"),
+                       (self.keep_text, "afde-keep"), (self.keep_button, "afde-keep-button")):
             w.add_class(cls)
 
         head = W.HTML(f"<b>afde-nb</b> &mdash; {html.escape(title or _model_name(model))}: "
                       "lump neurons that behave alike (eps = 0 keeps the function exactly)")
         controls = W.HBox([self.eps_slider, self.zero_box, self.relative_box, self.data_box])
-        status_row = W.HBox([self.mode_toggle, self.progress, self.status])
+        status_row = W.HBox([self.mode_toggle, self.keep_text, self.keep_button, self.progress, self.status])
         merges_box = W.VBox([W.HTML("<b>merges per layer</b>"), self.merges_html])
         curve_box = W.VBox([self.tradeoff_out, self.tradeoff_button], layout=W.Layout(margin="0 0 0 16px"))
         export_row = W.HBox([self.path_text, self.format_dd, self.export_button])
@@ -250,6 +255,7 @@ class Panel(W.VBox):
         self.data_box.observe(self._on_control, names="value")
         self.format_dd.observe(self._on_format, names="value")
         self.export_button.on_click(lambda _b: self.export())
+        self.keep_button.on_click(lambda _b: self.set_target_kept(self.keep_text.value / 100.0))
         self.tradeoff_button.on_click(lambda _b: self.draw_tradeoff())
 
         ok = self._guard(self._prepare, data, calibration)
@@ -315,6 +321,22 @@ class Panel(W.VBox):
             finally:
                 self._hold = False
             return self.update()
+
+    def set_target_kept(self, fraction: float) -> Compression | None:
+        """Target mode: move eps to the smallest value whose reduced model keeps at most ``fraction``
+        of the parameters (``compress(target_params=...)``), with the current mode and switches."""
+        with self._lock:
+            def find():
+                if not 0 < fraction <= 1:
+                    raise ValueError(f"keep must be a fraction in (0, 1], got {fraction!r}")
+                full = self.compression.params_before if self.compression else compress(self.model).params_before
+                with self._busy(f"searching eps for {100 * fraction:.3g}% of the parameters", slow=True):
+                    return compress(self.model, mode=self.mode, relative=self.relative, calibration=self.X_cal,
+                                    data_aware=self.data_aware, target_params=int(fraction * full))
+            found = self._guard(find)
+            if found is False:
+                return None
+            return self.set_eps(found.eps)
 
     def set_mode(self, mode: str) -> Compression | None:
         with self._lock:
