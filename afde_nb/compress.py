@@ -15,7 +15,7 @@ from torch import nn
 from .adapters import to_network, to_torch
 from .errors import InvalidWeightsError, ShapeMismatchError
 from .lump import Partition, activation_rms, check_eps, check_mode, lump
-from .network import Network
+from .network import Network, as_inputs
 from .reduce import reduce
 from .serialize import save_model
 from .target import eps_for_error, eps_for_params
@@ -77,20 +77,6 @@ class Compression:
                 f"widths {[s.neurons_before for s in self.layers]} -> {[s.neurons_after for s in self.layers]})")
 
 
-def _calibration_array(calibration, n_in: int, flatten: tuple[int, int] | None = None) -> np.ndarray:
-    x = calibration
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to("cpu", torch.float64).numpy()
-    x = np.array(x, dtype=np.float64)  # a copy: the caller's data is not touched
-    if flatten is not None and x.ndim > 2:  # the model's own Flatten, applied to the inputs
-        x = torch.flatten(torch.from_numpy(x), *flatten).numpy()
-    if x.ndim != 2 or x.shape[1] != n_in:
-        raise ShapeMismatchError(f"calibration must have shape (n, {n_in}), got {x.shape}")
-    if not np.isfinite(x).all():
-        raise InvalidWeightsError("calibration data contain NaN or infinite values")
-    return x
-
-
 def compress(model: nn.Module, eps: float | None = None, mode: str = "backward", relative: bool = False,
              calibration=None, threads: int = 0, *, target_params: int | None = None,
              target_error: float | None = None, calibration_targets=None, data_aware: bool = False) -> Compression:
@@ -110,8 +96,8 @@ def compress(model: nn.Module, eps: float | None = None, mode: str = "backward",
     ``model`` is never modified.
     """
     net = to_network(model)
-    calib = _calibration_array(calibration, net.widths[0], net.meta.get("flatten")) if calibration is not None \
-        else None
+    calib = as_inputs(calibration, net.widths[0], "calibration", net.meta.get("flatten")) \
+        if calibration is not None else None
     mode = check_mode(mode)
     if data_aware and calib is None:
         raise ValueError("data_aware=True needs calibration inputs")
@@ -152,8 +138,8 @@ def _partition(net: Network, eps, mode, relative, threads, target_params, target
         check_eps(target_error)  # a finite number >= 0
         if calib is None or calib_y is None:
             raise ValueError("target_error needs calibration inputs and calibration_targets to measure the error on")
-        y = _calibration_array(calib_y, net.widths[-1]) if np.ndim(calib_y) == 2 else \
-            _calibration_array(np.reshape(calib_y, (-1, 1)), net.widths[-1])
+        y = as_inputs(calib_y if np.ndim(calib_y) == 2 else np.reshape(calib_y, (-1, 1)), net.widths[-1],
+                      "calibration_targets")
         if len(y) != len(calib):
             raise ShapeMismatchError(f"calibration has {len(calib)} rows but calibration_targets {len(y)}")
         return eps_for_error(net, calib, y, float(target_error), mode, relative, threads, rms)

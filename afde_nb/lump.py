@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _core
 from .errors import InvalidEpsError
-from .network import Network, apply_activation
+from .network import Network
 
 MODES = ("forward", "backward")
 
@@ -58,11 +58,7 @@ def check_mode(mode: object) -> str:
 def activation_rms(net: Network, X: np.ndarray) -> list[np.ndarray]:
     """Calibration RMS of every neuron of the source layers (inputs and each hidden layer but the
     last): the weights of the data-aware distances."""
-    out, h = [], np.asarray(X, dtype=np.float64)
-    for layer in net.layers[:-1]:
-        out.append(np.sqrt(np.mean(h ** 2, axis=0)) if len(h) else np.ones(h.shape[1]))
-        h = apply_activation(h @ layer.weight.T + layer.bias, layer.activation, layer.negative_slope)
-    return out
+    return [np.sqrt(np.mean(h ** 2, axis=0)) if len(h) else np.ones(h.shape[1]) for h in net.layer_inputs(X)[:-1]]
 
 
 def lump(net: Network, eps: float = 0.0, mode: str = "backward", relative: bool = False,

@@ -67,12 +67,37 @@ class Network:
             [ACTIVATION_CODES[l.activation] for l in self.layers],
         )
 
+    def layer_inputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """The input of every layer on ``x`` (float64): ``x`` itself, then each hidden layer's output."""
+        ins = [np.asarray(x, dtype=np.float64)]
+        for l in self.layers[:-1]:
+            ins.append(apply_activation(ins[-1] @ l.weight.T + l.bias, l.activation, l.negative_slope))
+        return ins
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Reference forward pass in float64 (used by the encoding checks)."""
         h = np.asarray(x, dtype=np.float64)
         for l in self.layers:
             h = apply_activation(h @ l.weight.T + l.bias, l.activation, l.negative_slope)
         return h
+
+
+def as_inputs(data, width: int, what: str = "calibration", flatten: tuple[int, int] | None = None) -> np.ndarray:
+    """A float64 (n, width) copy of ``data`` (array or torch tensor); the caller's data is not touched.
+    ``flatten`` applies the model's own input Flatten (start_dim, end_dim) to image-shaped data."""
+    from .errors import InvalidWeightsError, ShapeMismatchError
+
+    if hasattr(data, "detach"):  # a torch tensor
+        data = data.detach().cpu().double().numpy()
+    x = np.array(data, dtype=np.float64)
+    if flatten is not None and x.ndim > 2:
+        start, end = (d % x.ndim for d in flatten)
+        x = x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
+    if x.ndim != 2 or x.shape[1] != width:
+        raise ShapeMismatchError(f"{what} must have shape (n, {width}), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise InvalidWeightsError(f"{what} data contain NaN or infinite values")
+    return x
 
 
 def apply_activation(z: np.ndarray, activation: str, negative_slope: float = 0.01) -> np.ndarray:

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..adapters import to_network, to_torch
 from ..errors import ShapeMismatchError
-from ..network import Network, apply_activation
+from ..network import Network, as_inputs
 
 
 @dataclass
@@ -74,31 +74,19 @@ def build(net: Network, device: torch.device) -> nn.Sequential:
     return to_torch(net, device=device)
 
 
-def as_calibration(calibration, in_features: int) -> np.ndarray:
-    """Calibration inputs as a float64 (n, in_features) array."""
+def as_calibration(calibration, net: Network) -> np.ndarray:
+    """Calibration inputs as a float64 (n, in_features) array (the model's input Flatten applied)."""
     if calibration is None:
         raise ValueError("this method needs calibration inputs: an (n, in_features) array or tensor")
-    if isinstance(calibration, torch.Tensor):
-        x = calibration.detach().to("cpu", torch.float64).numpy()
-    else:
-        x = np.asarray(calibration, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != in_features or x.shape[0] < 1:
-        raise ShapeMismatchError(
-            f"calibration inputs must have shape (n >= 1, {in_features}), got {tuple(x.shape)}")
-    if not np.isfinite(x).all():
-        raise ValueError("calibration inputs contain NaN or infinite values")
+    x = as_inputs(calibration, net.layers[0].in_features, "calibration", net.meta.get("flatten"))
+    if len(x) < 1:
+        raise ShapeMismatchError("calibration inputs must have at least one row")
     return x
 
 
 def layer_inputs(net: Network, x: np.ndarray) -> list[np.ndarray]:
-    """Input of every layer of ``net`` on ``x`` (float64 forward of the original model): the
-    calibration inputs for layer 0, the activations of hidden layer l-1 for layer l."""
-    ins = [x]
-    h = x
-    for layer in net.layers[:-1]:
-        h = apply_activation(h @ layer.weight.T + layer.bias, layer.activation, layer.negative_slope)
-        ins.append(h)
-    return ins
+    """Input of every layer of ``net`` on ``x`` (float64 forward of the original model)."""
+    return net.layer_inputs(x)
 
 
 def dense_count(net: Network, hidden_widths: list[int]) -> int:

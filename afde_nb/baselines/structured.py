@@ -31,7 +31,7 @@ def neuron_scores(net: Network, score: str = "norm", calibration=None) -> list[n
         incoming = [np.linalg.norm(np.column_stack([l.weight, l.bias if l.has_bias else np.zeros(l.out_features)]),
                                    axis=1) for l in net.hidden]
         return [i * o for i, o in zip(incoming, outgoing)]
-    x = as_calibration(calibration, net.layers[0].in_features)
+    x = as_calibration(calibration, net)
     acts = layer_inputs(net, x)[1:]  # activations of hidden layers 0..L-2
     return [np.linalg.norm(h, axis=0) * o for h, o in zip(acts, outgoing)]
 
@@ -72,5 +72,5 @@ def _counter(model: nn.Module, score: str = "norm", calibration=None):
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     if score == "wanda":
-        as_calibration(calibration, read(model)[0].layers[0].in_features)  # fail early, not after the search
+        as_calibration(calibration, read(model)[0])  # fail early, not after the search
     return dense_counter(model)

@@ -26,7 +26,7 @@ def wanda_scores(model: nn.Module, calibration) -> list[np.ndarray]:
 
 
 def _scores(net, calibration) -> list[np.ndarray]:
-    x = as_calibration(calibration, net.layers[0].in_features)
+    x = as_calibration(calibration, net)
     ins = layer_inputs(net, x)
     return [np.abs(l.weight) * np.linalg.norm(h, axis=0)[None, :] for l, h in zip(net.layers, ins)]
 
