@@ -197,33 +197,112 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
     for (Eigen::Index q = 0; q < P; ++q) k += out[q];
     key[p] = k;
   }
+  const double amax = m ? *std::max_element(absrow.begin(), absrow.end()) : 0.0;
+  const double ulp_d = 4.0 * static_cast<double>(d + 1) * std::numeric_limits<double>::epsilon();
+  const double window = eps + ulp_d * 2.0 * amax;
+
+  // Grid on three coordinates, the sums over the first, second and last third of the stripes: a
+  // linked pair differs by at most `window` in each (a partial sum of differences is at most their
+  // L1 norm), so it lies in the same or an adjacent cell of width > window in each of them. Used
+  // when the coordinates spread over many cells (many clusters: close to n log n); otherwise the
+  // rows are scanned in row-sum order within the window.
+  const double cellw = window * (1.0 + 1e-9);  // floor() of a division never jumps two cells
+  std::size_t K = P >= 3 ? 3 : 0;
+  std::vector<double> coord(static_cast<std::size_t>(m) * K, 0.0);
+  for (std::int64_t p = 0; p < m; ++p)
+    for (std::size_t t = 0; t < K; ++t)
+      for (Eigen::Index q = static_cast<Eigen::Index>(t) * P / 3; q < static_cast<Eigen::Index>(t + 1) * P / 3; ++q)
+        coord[static_cast<std::size_t>(p) * K + t] += pool[static_cast<std::size_t>(p) * P + q];
+  {  // the grid pays when its neighbourhood (3 cells per coordinate) holds fewer rows than the window
+    auto range_of = [&](const std::vector<double>& v, std::size_t stride, std::size_t t) {
+      double lo_v = std::numeric_limits<double>::infinity(), hi_v = -lo_v;
+      for (std::int64_t p = 0; p < m; ++p) {
+        lo_v = std::min(lo_v, v[static_cast<std::size_t>(p) * stride + t]);
+        hi_v = std::max(hi_v, v[static_cast<std::size_t>(p) * stride + t]);
+      }
+      return hi_v - lo_v;
+    };
+    double grid_share = 1.0;
+    for (std::size_t t = 0; t < K; ++t) {
+      const double cells = range_of(coord, 3, t) / cellw;
+      if (!(cells < 1e15)) grid_share = 2.0;  // too many cells to index
+      grid_share *= std::min(1.0, 3.0 / std::max(cells, 1.0));
+    }
+    const double key_range = m ? range_of(key, 1, 0) : 0.0;
+    const double window_share = key_range > 0 ? std::min(1.0, 2.0 * window / key_range) : 1.0;
+    if (K > 0 && !(grid_share < 0.5 * window_share)) K = 0;
+  }
+  std::vector<std::int64_t> cell(static_cast<std::size_t>(m) * K);
+  for (std::int64_t p = 0; p < m; ++p)
+    for (std::size_t t = 0; t < K; ++t)
+      cell[static_cast<std::size_t>(p) * K + t] =
+          static_cast<std::int64_t>(std::floor(coord[static_cast<std::size_t>(p) * 3 + t] / cellw));
+
   std::vector<std::int64_t> perm(m);
   std::iota(perm.begin(), perm.end(), 0);
+  auto cell_less = [&](std::int64_t a, std::int64_t b) {
+    for (std::size_t t = 0; t < K; ++t) {
+      const auto ca = cell[static_cast<std::size_t>(a) * K + t], cb = cell[static_cast<std::size_t>(b) * K + t];
+      if (ca != cb) return ca < cb;
+    }
+    return false;
+  };
   std::sort(perm.begin(), perm.end(), [&](std::int64_t a, std::int64_t b) {
+    if (cell_less(a, b)) return true;
+    if (cell_less(b, a)) return false;
     return key[a] < key[b] || (key[a] == key[b] && order[a] < order[b]);
   });
   {  // apply the permutation so the scan walks memory in order
-    std::vector<std::int64_t> o2(m);
+    std::vector<std::int64_t> o2(m), c2(cell.size());
     std::vector<double> p2(pool.size()), k2(m), a2(m);
     for (std::int64_t r = 0; r < m; ++r) {
       o2[r] = order[perm[r]];
       k2[r] = key[perm[r]];
       a2[r] = absrow[perm[r]];
       std::copy_n(&pool[static_cast<std::size_t>(perm[r]) * P], P, &p2[static_cast<std::size_t>(r) * P]);
+      std::copy_n(&cell[static_cast<std::size_t>(perm[r]) * K], K, &c2[static_cast<std::size_t>(r) * K]);
     }
     order.swap(o2);
     pool.swap(p2);
     key.swap(k2);
     absrow.swap(a2);
+    cell.swap(c2);
   }
-  const double amax = m ? *std::max_element(absrow.begin(), absrow.end()) : 0.0;
-  const double ulp_d = 4.0 * static_cast<double>(d + 1) * std::numeric_limits<double>::epsilon();
-  const double window = eps + ulp_d * 2.0 * amax;
 
-  // One parallel scan over the sorted rows; joins go into a lock-free union-find (roots link
-  // to the smaller index by compare-and-swap, so no cycles and the same components in any
-  // interleaving). A pair already joined is skipped; a stale root only costs a distance.
+  // One parallel scan; joins go into a lock-free union-find (roots link to the smaller index by
+  // compare-and-swap, so no cycles and the same components in any interleaving). A pair already
+  // joined is skipped; a stale root only costs a distance.
   ConcurrentUnionFind uf(n);
+  auto consider = [&](std::int64_t p, std::int64_t q, std::int64_t& ri) {
+    const std::int64_t i = order[p], j = order[q];
+    if (std::abs(key[q] - key[p]) > window) return;
+    if (uf.find(j) == ri) return;
+    const double* pi = &pool[static_cast<std::size_t>(p) * P];
+    const double* pj = &pool[static_cast<std::size_t>(q) * P];
+    const double lim = eps + ulp_d * (absrow[p] + absrow[q]);
+    double lb = 0.0;
+    Eigen::Index r = 0;
+    while (r < P && lb <= lim) {
+      const Eigen::Index r1 = std::min<Eigen::Index>(P, r + 16);
+      for (; r < r1; ++r) lb += std::abs(pi[r] - pj[r]);
+    }
+    if (lb > lim) return;
+    if (distance(F, self, i, j, eps) <= eps) {
+      uf.unite(i, j);
+      ri = uf.find(i);
+    }
+  };
+  // neighbour cells: all offsets in {-1, 0, 1}^K
+  std::vector<std::vector<std::int64_t>> offsets(1);
+  for (std::size_t t = 0; t < K; ++t) {
+    std::vector<std::vector<std::int64_t>> next;
+    for (const auto& o : offsets)
+      for (std::int64_t delta = -1; delta <= 1; ++delta) {
+        next.push_back(o);
+        next.back().push_back(delta);
+      }
+    offsets.swap(next);
+  }
   int nt = 1;
 #ifdef AFDE_HAVE_OPENMP
   nt = threads > 0 ? threads : omp_get_max_threads();
@@ -233,26 +312,53 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
   (void)nt;
 #endif
   for (std::int64_t p = 0; p < m; ++p) {
-    const std::int64_t i = order[p];
-    const double* pi = &pool[static_cast<std::size_t>(p) * P];
-    std::int64_t ri = uf.find(i);
-    for (std::int64_t q = p + 1; q < m; ++q) {
-      if (key[q] - key[p] > window) break;
-      if (((q - p) & 63) == 0) ri = uf.find(i);
-      const std::int64_t j = order[q];
-      if (uf.find(j) == ri) continue;
-      const double* pj = &pool[static_cast<std::size_t>(q) * P];
-      const double lim = eps + ulp_d * (absrow[p] + absrow[q]);
-      double lb = 0.0;
-      Eigen::Index r = 0;
-      while (r < P && lb <= lim) {
-        const Eigen::Index r1 = std::min<Eigen::Index>(P, r + 16);
-        for (; r < r1; ++r) lb += std::abs(pi[r] - pj[r]);
+    std::int64_t ri = uf.find(order[p]);
+    if (K == 0) {  // one cell: the row-sum window (written out: this loop is the hot one)
+      const std::int64_t i = order[p];
+      const double* pi = &pool[static_cast<std::size_t>(p) * P];
+      for (std::int64_t q = p + 1; q < m; ++q) {
+        if (key[q] - key[p] > window) break;
+        if (((q - p) & 63) == 0) ri = uf.find(i);
+        const std::int64_t j = order[q];
+        if (uf.find(j) == ri) continue;
+        const double* pj = &pool[static_cast<std::size_t>(q) * P];
+        const double lim = eps + ulp_d * (absrow[p] + absrow[q]);
+        double lb = 0.0;
+        Eigen::Index r = 0;
+        while (r < P && lb <= lim) {
+          const Eigen::Index r1 = std::min<Eigen::Index>(P, r + 16);
+          for (; r < r1; ++r) lb += std::abs(pi[r] - pj[r]);
+        }
+        if (lb > lim) continue;
+        if (distance(F, self, i, j, eps) <= eps) {
+          uf.unite(i, j);
+          ri = uf.find(i);
+        }
       }
-      if (lb > lim) continue;
-      if (distance(F, self, i, j, eps) <= eps) {
-        uf.unite(i, j);
-        ri = uf.find(i);
+      continue;
+    }
+    std::vector<std::int64_t> target(K);
+    for (const auto& o : offsets) {
+      for (std::size_t t = 0; t < K; ++t) target[t] = cell[static_cast<std::size_t>(p) * K + t] + o[t];
+      // rows of cell `target`: a contiguous range of the cell-sorted order
+      auto cmp_row_cell = [&](std::int64_t row, const std::vector<std::int64_t>& c) {
+        for (std::size_t t = 0; t < K; ++t) {
+          const auto v = cell[static_cast<std::size_t>(row) * K + t];
+          if (v != c[t]) return v < c[t];
+        }
+        return false;
+      };
+      std::int64_t lo = 0, hi = m;
+      while (lo < hi) {  // first row not below the target cell
+        const std::int64_t mid = (lo + hi) / 2;
+        if (cmp_row_cell(mid, target)) lo = mid + 1; else hi = mid;
+      }
+      for (std::int64_t q = std::max(lo, p + 1); q < m; ++q) {
+        bool same = true;
+        for (std::size_t t = 0; t < K && same; ++t) same = cell[static_cast<std::size_t>(q) * K + t] == target[t];
+        if (!same) break;
+        if (((q - p) & 63) == 0) ri = uf.find(order[p]);
+        consider(p, q, ri);
       }
     }
   }
