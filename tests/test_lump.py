@@ -245,3 +245,16 @@ def test_data_aware_ignores_inputs_that_are_silent_on_the_data(rng):
     assert afde_nb.lump(net, 0.0, "backward", rms=rms).num_blocks == [2]
     small = afde_nb.reduce(net, afde_nb.lump(net, 0.0, "backward", rms=rms).labels)
     np.testing.assert_allclose(small.forward(X), net.forward(X), atol=1e-12)
+
+
+@pytest.mark.parametrize("d,eps", [(8, 0.3), (48, 1.5), (200, 6.0)])
+def test_cluster_many_clusters_equals_allpairs(rng, d, eps):
+    """Many small clusters spread widely: the engine indexes rows on a grid of partial stripe
+    sums; the partition must still be the all-pairs one, for any thread count."""
+    centres = rng.normal(size=(600, d)) * 3
+    F = centres[rng.integers(0, 600, 3000)] + rng.normal(size=(3000, d)) * (eps / d)
+    F[::7] += rng.normal(size=(len(F[::7]), d)) * (eps / 2)  # some rows near the threshold
+    want = _core.cluster_l1(F, eps, allpairs=True)
+    for threads in (1, 2):
+        np.testing.assert_array_equal(_core.cluster_l1(F, eps, threads=threads), want)
+    assert 300 < want.max() + 1 < 3000
