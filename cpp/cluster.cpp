@@ -313,7 +313,8 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
 #endif
   for (std::int64_t p = 0; p < m; ++p) {
     std::int64_t ri = uf.find(order[p]);
-    if (K == 0) {  // one cell: the row-sum window (written out: this loop is the hot one)
+    if (K == 0) {  // one cell: the row-sum window. Written out rather than calling `consider`:
+                   // through the closure this loop ran 15 % slower at n = 16384, d = 1024.
       const std::int64_t i = order[p];
       const double* pi = &pool[static_cast<std::size_t>(p) * P];
       for (std::int64_t q = p + 1; q < m; ++q) {
