@@ -20,12 +20,22 @@ from .errors import ShapeMismatchError
 from .network import HOMOGENEOUS, Layer, Network
 
 
-def _merge_matrix(labels: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """S (n x k) with S[i, labels[i]] = scale[i]: ``W @ S`` sums scaled columns per block."""
+def _block_sums(A: np.ndarray, labels: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
+    """Sums of ``scale``-weighted slices of ``A`` along ``axis``, one per block (blocks 0..k-1,
+    none empty): O(A.size), where a dense one-hot product would cost O(A.size * k)."""
     k = int(labels.max()) + 1 if labels.size else 0
-    S = np.zeros((labels.size, k))
-    S[np.arange(labels.size), labels] = scale
-    return S
+    if k == labels.size and np.array_equal(labels, np.arange(k)) and np.all(scale == 1.0):
+        return np.array(A, dtype=np.float64)  # singletons: nothing to sum
+    shape = [1, 1]
+    shape[axis] = -1
+    W = A * scale.reshape(shape)
+    if k == 0:
+        out_shape = list(A.shape)
+        out_shape[axis] = 0
+        return np.zeros(out_shape)
+    order = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[order], np.arange(k))
+    return np.add.reduceat(np.take(W, order, axis=axis), starts, axis=axis)
 
 
 def reduce(net: Network, labels: list[np.ndarray] | tuple[np.ndarray, ...]) -> Network:
@@ -36,7 +46,7 @@ def reduce(net: Network, labels: list[np.ndarray] | tuple[np.ndarray, ...]) -> N
     src_labels, src_scale = np.arange(n0), np.ones(n0)
     out: list[Layer] = []
     for h, layer in enumerate(net.layers):
-        R = layer.weight @ _merge_matrix(src_labels, src_scale)
+        R = _block_sums(layer.weight, src_labels, src_scale, axis=1)
         b = layer.bias.copy()
         if h == len(net.hidden):  # outputs are never merged
             out.append(Layer(R, b, layer.activation, layer.negative_slope, layer.has_bias, layer.path))
@@ -52,12 +62,12 @@ def reduce(net: Network, labels: list[np.ndarray] | tuple[np.ndarray, ...]) -> N
         if layer.activation in HOMOGENEOUS:
             scale = np.linalg.norm(ext, axis=1)
             total = np.bincount(lab, weights=scale, minlength=k)
-            merged = _merge_matrix(lab, np.ones(lab.size)).T @ ext
+            merged = _block_sums(ext, lab, np.ones(lab.size), axis=0)
             merged /= np.where(total > 0, total, 1.0)[:, None]
         else:
             scale = np.ones(lab.size)
             sizes = np.bincount(lab, minlength=k).astype(float)
-            merged = (_merge_matrix(lab, np.ones(lab.size)).T @ ext) / sizes[:, None]
+            merged = _block_sums(ext, lab, np.ones(lab.size), axis=0) / sizes[:, None]
         out.append(Layer(merged[:, :-1], merged[:, -1], layer.activation, layer.negative_slope,
                          layer.has_bias, layer.path))
         src_labels, src_scale = lab, scale
