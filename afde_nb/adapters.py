@@ -157,7 +157,8 @@ def to_torch(net: Network, device: torch.device | str | None = None) -> nn.Seque
     dtype = getattr(torch, net.dtype)
     mods: list[nn.Module] = []
     for l in net.layers:
-        lin = nn.Linear(l.in_features, l.out_features, bias=l.has_bias, dtype=dtype)  # no float32 detour
+        # skip_init: no random initialisation of weights that are overwritten next (seconds at 100M)
+        lin = torch.nn.utils.skip_init(nn.Linear, l.in_features, l.out_features, bias=l.has_bias, dtype=dtype)
         with torch.no_grad():
             lin.weight.copy_(torch.from_numpy(l.weight))
             if l.has_bias:

@@ -20,12 +20,16 @@ from .errors import ShapeMismatchError
 from .network import HOMOGENEOUS, Layer, Network
 
 
+def _singletons(labels: np.ndarray) -> bool:
+    return bool(np.array_equal(labels, np.arange(labels.size)))
+
+
 def _block_sums(A: np.ndarray, labels: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
     """Sums of ``scale``-weighted slices of ``A`` along ``axis``, one per block (blocks 0..k-1,
     none empty): O(A.size), where a dense one-hot product would cost O(A.size * k)."""
     k = int(labels.max()) + 1 if labels.size else 0
-    if k == labels.size and np.array_equal(labels, np.arange(k)) and np.all(scale == 1.0):
-        return np.array(A, dtype=np.float64)  # singletons: nothing to sum
+    if _singletons(labels) and np.all(scale == 1.0):
+        return np.asarray(A, dtype=np.float64)  # nothing to sum: A itself (callers never write to it)
     shape = [1, 1]
     shape[axis] = -1
     W = A * scale.reshape(shape)
@@ -47,7 +51,7 @@ def reduce(net: Network, labels: list[np.ndarray] | tuple[np.ndarray, ...]) -> N
     out: list[Layer] = []
     for h, layer in enumerate(net.layers):
         R = _block_sums(layer.weight, src_labels, src_scale, axis=1)
-        b = layer.bias.copy()
+        b = layer.bias
         if h == len(net.hidden):  # outputs are never merged
             out.append(Layer(R, b, layer.activation, layer.negative_slope, layer.has_bias, layer.path))
             break
@@ -58,17 +62,19 @@ def reduce(net: Network, labels: list[np.ndarray] | tuple[np.ndarray, ...]) -> N
         k = int(lab.max()) + 1 if lab.size else 0
         if lab.size and (lab.min() < 0 or np.bincount(lab, minlength=k).min() == 0):
             raise ShapeMismatchError(f"labels for hidden layer {h} must number blocks 0..k-1 with none empty")
-        ext = np.concatenate([R, b[:, None]], axis=1)
+        ones = np.ones(lab.size)
         if layer.activation in HOMOGENEOUS:
-            scale = np.linalg.norm(ext, axis=1)
+            scale = np.sqrt(np.einsum("ij,ij->i", R, R) + b * b)  # norm of the row (R_i, b_i)
             total = np.bincount(lab, weights=scale, minlength=k)
-            merged = _block_sums(ext, lab, np.ones(lab.size), axis=0)
-            merged /= np.where(total > 0, total, 1.0)[:, None]
+            denom = np.where(total > 0, total, 1.0)
         else:
-            scale = np.ones(lab.size)
-            sizes = np.bincount(lab, minlength=k).astype(float)
-            merged = _block_sums(ext, lab, np.ones(lab.size), axis=0) / sizes[:, None]
-        out.append(Layer(merged[:, :-1], merged[:, -1], layer.activation, layer.negative_slope,
-                         layer.has_bias, layer.path))
+            scale = ones
+            denom = np.bincount(lab, minlength=k).astype(float)
+        if layer.activation not in HOMOGENEOUS and _singletons(lab):  # nothing merged, nothing to do
+            W_new, b_new = R, b
+        else:
+            W_new = _block_sums(R, lab, ones, axis=0) / denom[:, None]
+            b_new = np.bincount(lab, weights=b, minlength=k) / denom
+        out.append(Layer(W_new, b_new, layer.activation, layer.negative_slope, layer.has_bias, layer.path))
         src_labels, src_scale = lab, scale
     return Network(out, dtype=net.dtype, meta=dict(net.meta))
