@@ -33,4 +33,11 @@ def run_demo(dataset: str = "glycolysis", hidden: tuple[int, ...] = (64, 64), ep
             rows.append(row)
             print_fn(f"{mode:<9}{eps:>6g}{'-'.join(map(str, row['widths'])):>14}{100 * c.kept:>9.1f}%"
                      f"{row['mse']:>11.4g}{row['r2']:>8.4f}{ms:>9.1f}")
+    print_fn("\ntarget mode (backward): the smallest eps that keeps at most a share of the parameters")
+    full = compress(model).params_before
+    for share in (0.9, 0.75, 0.5):
+        c = compress(model, mode="backward", relative=True, target_params=int(share * full))
+        print_fn(f"keep {100 * share:>3.0f}%  eps {c.eps:<8.4g}{'-'.join(str(s.neurons_after) for s in c.layers):>10}"
+                 f"{100 * c.kept:>9.1f}%{mse(c.model, data.X_test, data.y_test):>11.4g}"
+                 f"{r2(c.model, data.X_test, data.y_test):>8.4f}")
     return rows

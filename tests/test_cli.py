@@ -98,6 +98,9 @@ def test_demo_prints_the_trade_off(capsys):
     assert len(lines) == 2 * 7
     first = lines[0].split()
     assert first[1] == "0" and first[3] == "100.0%"
+    targets = [l.split() for l in out.splitlines() if l.startswith("keep")]
+    assert [t[1] for t in targets] == ["90%", "75%", "50%"]
+    assert all(float(t[5].rstrip("%")) <= float(t[1].rstrip("%")) for t in targets)  # within each budget
 
 
 def test_compress_to_a_parameter_budget(saved_model, tmp_path, capsys):
