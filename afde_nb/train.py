@@ -29,13 +29,19 @@ def mse(model: nn.Module, X: np.ndarray, y: np.ndarray) -> float:
         return float(((model(torch.as_tensor(X)) - torch.as_tensor(y)) ** 2).mean())
 
 
-def r2(model: nn.Module, X: np.ndarray, y: np.ndarray) -> float:
-    """Coefficient of determination, averaged over targets."""
-    with torch.no_grad():
-        pred = model(torch.as_tensor(X)).numpy()
+def r2_score(pred: np.ndarray, y: np.ndarray) -> float:
+    """Coefficient of determination of predictions ``pred``, averaged over targets (a constant
+    target counts its residual sum of squares against 1)."""
     ss_res = ((pred - y) ** 2).sum(0)
     ss_tot = ((y - y.mean(0)) ** 2).sum(0)
     return float(np.mean(1 - ss_res / np.where(ss_tot > 0, ss_tot, 1)))
+
+
+def r2(model: nn.Module, X: np.ndarray, y: np.ndarray) -> float:
+    """Coefficient of determination of ``model`` on (X, y), averaged over targets."""
+    with torch.no_grad():
+        pred = model(torch.as_tensor(X)).numpy()
+    return r2_score(pred, y)
 
 
 def train_mlp(data: Dataset, hidden: tuple[int, ...] = (64, 64), activation: str = "tanh", epochs: int = 300,

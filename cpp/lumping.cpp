@@ -48,6 +48,14 @@ std::vector<std::int64_t> singletons(Eigen::Index n) {
   return l;
 }
 
+// labels == 0, 1, ..., n-1: every neuron its own block
+bool all_singletons(const std::vector<std::int64_t>& labels, Eigen::Index n) {
+  if (static_cast<Eigen::Index>(labels.size()) != n) return false;
+  for (Eigen::Index j = 0; j < n; ++j)
+    if (labels[j] != j) return false;
+  return true;
+}
+
 std::int64_t num_blocks(const std::vector<std::int64_t>& labels) {
   std::int64_t k = 0;
   for (auto v : labels) k = std::max(k, v + 1);
@@ -73,9 +81,8 @@ struct Workspace {
 void fill_block_rows(const MapMat& W, const MapVec& b, const std::vector<std::int64_t>& src,
                      const std::vector<double>& scale, double coef, Eigen::Map<RowMat>& R, int threads) {
   const std::int64_t k = R.cols() - 1;
-  const bool plain = (k == W.cols()) &&
-                     std::all_of(scale.begin(), scale.end(), [](double c) { return c == 1.0; }) &&
-                     [&] { for (std::int64_t j = 0; j < k; ++j) if (src[j] != j) return false; return true; }();
+  const bool plain = (k == W.cols()) && all_singletons(src, k) &&
+                     std::all_of(scale.begin(), scale.end(), [](double c) { return c == 1.0; });
 #ifdef AFDE_HAVE_OPENMP
 #pragma omp parallel for schedule(static) num_threads(nthreads(threads)) if (W.size() > (1 << 16))
 #endif
@@ -177,7 +184,7 @@ std::vector<std::vector<std::int64_t>> lump_forward(const Net& net, const std::v
     const Act t = net.act[h], a = net.act[h - 1];
     const Eigen::Index n = Wout.cols(), nt = Wout.rows(), ni = Win.cols();
     const std::int64_t kt = num_blocks(tgt);
-    const bool singles = (kt == nt) && [&] { for (Eigen::Index c = 0; c < nt; ++c) if (tgt[c] != c) return false; return true; }();
+    const bool singles = all_singletons(tgt, nt);
     // tanh target over singleton blocks: 3|sum_C D| + 3 sum|D_c| = 6 sum|D_c|, one block of columns
     const bool sums = (t == Act::Identity || (t == Act::Tanh && !singles));
     const bool cols = (t != Act::Identity);

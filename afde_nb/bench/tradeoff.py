@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..compress import compress
+from ..train import r2_score
 
 #: name -> (function name in afde_nb.baselines, keyword arguments, needs calibration)
 BASELINES = {
@@ -31,10 +32,7 @@ DEFAULT_KEPT = (0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 def _metrics(model: nn.Module, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     with torch.no_grad():
         pred = model(torch.as_tensor(X, dtype=next(model.parameters()).dtype)).double().numpy()
-    mse = float(np.mean((pred - y) ** 2))
-    ss_tot = ((y - y.mean(0)) ** 2).sum(0)
-    r2 = float(np.mean(1 - ((pred - y) ** 2).sum(0) / np.where(ss_tot > 0, ss_tot, 1)))
-    return mse, r2
+    return float(np.mean((pred - y) ** 2)), r2_score(pred, y)
 
 
 def _row(method: str, setting: float, params: int, full: int, model: nn.Module, X, y, seconds: float, **extra) -> dict:
