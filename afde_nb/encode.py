@@ -100,7 +100,7 @@ def _names(net: Network) -> tuple[list[str], np.ndarray]:
 
 
 def _as_network(model: nn.Module | Network) -> Network:
-    return model if isinstance(model, Network) else to_network(model)
+    return (model if isinstance(model, Network) else to_network(model)).check_finite()
 
 
 def encode(model: nn.Module | Network, kind: str = "cascade", max_terms: int = 200_000) -> PolyODE:

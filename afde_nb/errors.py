@@ -28,3 +28,15 @@ class ShapeMismatchError(AfdeError, ValueError):
 
 class UnsafeFileError(AfdeError, ValueError):
     """A file that is not a plain tensor state_dict (afde-nb never unpickles objects)."""
+
+
+class InvalidArgumentError(AfdeError, ValueError):
+    """An option outside the accepted values (mode, method, budget, target, file format)."""
+
+
+class BudgetUnreachableError(AfdeError, ValueError):
+    """A size or error budget that no partition (or pruning amount) can meet."""
+
+
+class MissingDependencyError(AfdeError, ImportError):
+    """An optional dependency (an extra) is needed for this call and is not installed."""

@@ -76,6 +76,7 @@ def lump(net: Network, eps: float = 0.0, mode: str = "backward", relative: bool 
     """
     e = check_eps(eps)
     mode = check_mode(mode)
+    net.check_finite()
     labels, per_layer = _core.lump(*net.engine_args(), mode, [e] * len(net.hidden), bool(relative), int(threads),
                                    None if rms is None else [np.asarray(r, dtype=np.float64) for r in rms])
     return Partition(tuple(np.asarray(l) for l in labels), mode, e, bool(relative), tuple(per_layer))

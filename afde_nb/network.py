@@ -59,6 +59,20 @@ class Network:
     def num_params(self) -> int:
         return sum(l.num_params for l in self.layers)
 
+    def check_finite(self, what: str = "network") -> "Network":
+        """Raise :class:`~afde_nb.errors.InvalidWeightsError` naming the first layer with a NaN or
+        infinite weight or bias: NaN would otherwise reach the engine's sort comparators and turn
+        every distance into "no merge" silently."""
+        from .errors import InvalidWeightsError
+
+        for k, l in enumerate(self.layers):
+            for name, a in (("weight", l.weight), ("bias", l.bias)):
+                if not np.all(np.isfinite(a)):
+                    raise InvalidWeightsError(
+                        f"{what}: layer {k} ({l.path or 'Linear'}) has a NaN or infinite {name}; "
+                        "afde-nb needs finite weights")
+        return self
+
     def engine_args(self) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
         """(weights, biases, activation codes) as the C++ engine takes them."""
         return (

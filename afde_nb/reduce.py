@@ -46,6 +46,7 @@ def reduce(net: Network, labels: list[np.ndarray] | tuple[np.ndarray, ...]) -> N
     """The network whose hidden neurons are the blocks of ``labels`` (one array per hidden layer)."""
     if len(labels) != len(net.hidden):
         raise ShapeMismatchError(f"need one label array per hidden layer ({len(net.hidden)}), got {len(labels)}")
+    net.check_finite()
     n0 = net.widths[0]
     src_labels, src_scale = np.arange(n0), np.ones(n0)
     out: list[Layer] = []
