@@ -1,7 +1,8 @@
 """The one verb: ``compress(model, eps)`` -> :class:`Compression`.
 
-torch model -> :func:`~afde_nb.adapters.to_network` -> :func:`~afde_nb.lump.lump` (partition)
--> :func:`~afde_nb.reduce.reduce` -> :func:`~afde_nb.adapters.to_torch` (plain nn.Sequential).
+torch model -> :func:`~afde_nb.adapters.to_network` -> :func:`~afde_nb.path.merge_path` (or the
+paper's components) -> partition -> :func:`~afde_nb.reduce.quotient` (+ :func:`~afde_nb.repair.repair`)
+-> :func:`~afde_nb.adapters.to_torch` (plain nn.Sequential).
 """
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import torch
 from torch import nn
 
 from .adapters import to_network, to_torch
-from .errors import InvalidWeightsError, ShapeMismatchError
-from .lump import Partition, activation_rms, check_eps, check_mode, lump
+from .errors import InvalidArgumentError, ShapeMismatchError
+from .lump import Partition, activation_rms, check_eps, check_method, check_mode, lump
 from .network import Network, as_inputs
-from .reduce import reduce
+from .path import MergePath, merge_path, probe_inputs
+from .reduce import quotient
+from .repair import probe_error, repair as refit
 from .serialize import save_model
-from .target import eps_for_error, eps_for_params
+from .target import eps_for_error, eps_for_params, pick, scale_candidates
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,13 @@ class Compression:
     eps: float
     relative: bool
     calibration_error: dict | None = None
-    network: Network | None = field(default=None, repr=False)
+    reduced_network: Network | None = field(default=None, repr=False)
     target: dict | None = None
+    method: str = "ward"
+    symmetry: bool = True
+    repaired: str | None = None
+    calibration_error_before_repair: dict | None = None
+    path: MergePath | None = field(default=None, repr=False)
 
     @property
     def kept(self) -> float:
@@ -59,51 +67,97 @@ class Compression:
             rows.append(f"{s.name:<14}{s.activation:<11}{s.neurons_before:>8}{s.neurons_after:>8}"
                         f"{s.largest_block:>9}{s.eps:>12.4g}")
         rows.append(f"parameters {self.params_before} -> {self.params_after} "
-                    f"({100 * self.kept:.1f}% kept), mode={self.mode}, eps={self.eps:g}"
+                    f"({100 * self.kept:.1f}% kept), method={self.method}, mode={self.mode}, eps={self.eps:g}"
                     f"{' (relative)' if self.relative else ''}")
+        if self.calibration_error_before_repair and self.repaired:
+            e = self.calibration_error_before_repair
+            rows.append(f"calibration before repair: max |diff| {e['max_abs']:.3g}, rms {e['rms']:.3g}")
         if self.calibration_error:
             e = self.calibration_error
-            rows.append(f"calibration: max |diff| {e['max_abs']:.3g}, rms {e['rms']:.3g} over {e['n']} inputs")
+            rows.append(f"calibration{' after repair (' + self.repaired + ')' if self.repaired else ''}: "
+                        f"max |diff| {e['max_abs']:.3g}, rms {e['rms']:.3g} over {e['n']} inputs")
         return "\n".join(rows)
 
     def save(self, path: str | Path) -> list[Path]:
         """Write the reduced model's state_dict (.pt/.pth or .safetensors) and its JSON architecture."""
-        return save_model(self.model, path, mode=self.mode, eps=self.eps, relative=self.relative,
+        return save_model(self.model, path, method=self.method, mode=self.mode, eps=self.eps, relative=self.relative,
                           params_before=self.params_before, params_after=self.params_after)
 
     def __repr__(self) -> str:
-        return (f"Compression(mode={self.mode!r}, eps={self.eps:g}, relative={self.relative}, "
+        return (f"Compression(method={self.method!r}, mode={self.mode!r}, eps={self.eps:g}, relative={self.relative}, "
                 f"params {self.params_before} -> {self.params_after} ({100 * self.kept:.1f}% kept), "
                 f"widths {[s.neurons_before for s in self.layers]} -> {[s.neurons_after for s in self.layers]})")
 
 
-def compress(model: nn.Module, eps: float | None = None, mode: str = "backward", relative: bool = False,
-             calibration=None, threads: int = 0, *, target_params: int | None = None,
-             target_error: float | None = None, calibration_targets=None, data_aware: bool = False) -> Compression:
-    """Lump the hidden neurons of ``model`` by eps-BDE (``mode="backward"``) or eps-FDE (``"forward"``).
+def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward", mode: str = "backward",
+             relative: bool = True, symmetry: bool = True, calibration=None, repair: bool | str | None = None,
+             target_params: int | None = None, target_error: float | None = None, calibration_targets=None,
+             data_aware: bool = False, threads: int = 0) -> Compression:
+    """Lump the hidden neurons of ``model`` that behave alike; return the smaller dense model.
 
-    ``eps = 0`` (the default) keeps the function exactly. ``relative=True`` reads eps as a fraction
-    of each layer's mean neuron norm. With ``calibration`` (inputs, shape (n, in_features)) the
-    result reports the reduced model's deviation from the original on them.
+    ``method="ward"`` (default) cuts a Ward merge path of aligned neurons, symmetries included
+    (``symmetry``); ``"complete"`` uses complete linkage; ``"components"`` is the paper's eps-graph
+    components (eps-BDE for ``mode="backward"``, eps-FDE for ``"forward"``), as in the first release.
+    For the merge paths eps is an error bound on the next layer's pre-activations, with
+    ``relative=True`` a fraction of their RMS (see :mod:`afde_nb.path`). ``eps = 0`` (the default)
+    keeps the function exactly.
 
-    Target mode, instead of eps: ``target_params=N`` finds the smallest eps whose reduced model has
-    at most N parameters; ``target_error=0.01`` the largest eps whose MSE on ``calibration`` against
-    ``calibration_targets`` is at most 1% above the original's. The eps found is ``.eps``.
+    ``calibration`` (inputs, shape (n, in_features), or image-shaped for a model with an input
+    Flatten): the bounds are measured on it, the reduced model's deviation is reported, and
+    ``repair`` (default: on when calibration is given) refits the layers after each lossy merge by
+    least squares so their pre-activations match the original's (:mod:`afde_nb.repair`);
+    ``repair="pseudo"`` does so data-free on standard-normal pseudo-inputs; ``repair=False`` never.
 
-    ``data_aware=True`` (needs ``calibration``) weights each incoming coefficient by the calibration
-    RMS of its source neuron (method.md §5). eps = 0 then stays exact wherever no source neuron is
-    identically zero on the calibration data.
-    ``model`` is never modified.
+    Target mode, instead of eps: ``target_params=N`` keeps at most N parameters (with calibration,
+    the split between layers is chosen by measured error); ``target_error=0.01`` the smallest model
+    whose MSE on ``calibration`` against ``calibration_targets`` is at most 1 % above the original's.
+
+    ``data_aware=True`` (components only) weights each incoming coefficient by the calibration RMS
+    of its source neuron. ``model`` is never modified.
     """
     net = to_network(model)
     calib = as_inputs(calibration, net.widths[0], "calibration", net.meta.get("flatten")) \
         if calibration is not None else None
     mode = check_mode(mode)
+    method = check_method(method)
+    how = _repair_how(repair, calib)
     if data_aware and calib is None:
-        raise ValueError("data_aware=True needs calibration inputs")
-    rms = activation_rms(net, calib) if data_aware else None
-    part = _partition(net, eps, mode, relative, threads, target_params, target_error, calib, calibration_targets, rms)
-    small = reduce(net, part.labels)
+        raise InvalidArgumentError("data_aware=True needs calibration inputs")
+    if data_aware and method != "components":
+        raise InvalidArgumentError("data_aware=True applies to method='components'; the merge paths "
+                                   "measure their bounds on the calibration inputs already")
+    given = [name for name, v in (("eps", eps), ("target_params", target_params), ("target_error", target_error))
+             if v is not None]
+    if len(given) > 1:
+        raise InvalidArgumentError(f"give one of eps, target_params, target_error (got {', '.join(given)})")
+    if eps is not None:
+        check_eps(eps)
+    probes = None if how is None else (calib if how == "calibration" else probe_inputs(net, None))
+    path = None
+    if method != "components":
+        path = merge_path(net, method=method, mode=mode, relative=relative, symmetry=symmetry,
+                          calibration=calib, threads=threads)
+    if target_params is not None:
+        if isinstance(target_params, bool) or not isinstance(target_params, (int, np.integer)) or target_params < 0:
+            raise InvalidArgumentError(f"target_params must be a non-negative integer, got {target_params!r}")
+        part = _for_params(net, path, int(target_params), calib, probes, mode, relative, threads)
+    elif target_error is not None:
+        check_eps(target_error)  # a finite number >= 0
+        if calib is None or calibration_targets is None:
+            raise InvalidArgumentError("target_error needs calibration inputs and calibration_targets")
+        y = as_inputs(calibration_targets if np.ndim(calibration_targets) == 2
+                      else np.reshape(np.asarray(calibration_targets, dtype=np.float64), (-1, 1)),
+                      net.widths[-1], "calibration_targets")
+        if len(y) != len(calib):
+            raise ShapeMismatchError(f"calibration has {len(calib)} rows but calibration_targets {len(y)}")
+        part = _for_error(net, path, calib, y, float(target_error), probes, mode, relative, threads)
+    elif path is not None:
+        part = path.partition(0.0 if eps is None else eps)
+    else:
+        rms = activation_rms(net, calib) if data_aware else None
+        part = lump(net, 0.0 if eps is None else eps, mode, relative, threads, rms, method="components")
+
+    small, before, after = _reduce_and_repair(net, part, probes, calib)
     device = next((p.device for p in model.parameters()), None)
     reduced = to_torch(small, device=device)
     layers = []
@@ -112,35 +166,88 @@ def compress(model: nn.Module, eps: float | None = None, mode: str = "backward",
         layers.append(LayerSummary(net.layers[h].path or str(h), net.layers[h].activation,
                                    int(lab.size), int(part.num_blocks[h]), int(sizes.max()),
                                    float(part.eps_per_layer[h])))
-    err = None
-    if calib is not None:
-        diff = small.forward(calib) - net.forward(calib)
-        err = {"max_abs": float(np.abs(diff).max(initial=0.0)), "rms": float(np.sqrt(np.mean(diff ** 2)))
-               if diff.size else 0.0, "n": int(calib.shape[0])}
     target = None
     if target_params is not None or target_error is not None:
         target = {"params": target_params} if target_params is not None else {"error_increase": target_error}
     return Compression(reduced, [np.array(l) for l in part.labels], net.num_params, small.num_params,
-                       layers, part.mode, part.eps, part.relative, err, small, target)
+                       layers, part.mode, part.eps, part.relative, after, small, target, method, bool(symmetry),
+                       how if before is not None else None, before, path)
 
 
-def _partition(net: Network, eps, mode, relative, threads, target_params, target_error, calib, calib_y,
-               rms) -> Partition:
-    given = [name for name, v in (("eps", eps), ("target_params", target_params), ("target_error", target_error))
-             if v is not None]
-    if len(given) > 1:
-        raise ValueError(f"give one of eps, target_params, target_error (got {', '.join(given)})")
-    if target_params is not None:
-        if isinstance(target_params, bool) or not isinstance(target_params, (int, np.integer)) or target_params < 0:
-            raise ValueError(f"target_params must be a non-negative integer, got {target_params!r}")
-        return eps_for_params(net, int(target_params), mode, relative, threads, rms)
-    if target_error is not None:
-        check_eps(target_error)  # a finite number >= 0
-        if calib is None or calib_y is None:
-            raise ValueError("target_error needs calibration inputs and calibration_targets to measure the error on")
-        y = as_inputs(calib_y if np.ndim(calib_y) == 2 else np.reshape(calib_y, (-1, 1)), net.widths[-1],
-                      "calibration_targets")
-        if len(y) != len(calib):
-            raise ShapeMismatchError(f"calibration has {len(calib)} rows but calibration_targets {len(y)}")
-        return eps_for_error(net, calib, y, float(target_error), mode, relative, threads, rms)
-    return lump(net, 0.0 if eps is None else eps, mode, relative, threads, rms)
+def _repair_how(repair, calib) -> str | None:
+    """None (no repair), "calibration" or "pseudo"."""
+    if repair is None:
+        return "calibration" if calib is not None else None
+    if repair is False:
+        return None
+    if repair is True:
+        if calib is None:
+            raise InvalidArgumentError("repair=True needs calibration inputs; use repair='pseudo' to repair "
+                                       "data-free on standard-normal pseudo-inputs")
+        return "calibration"
+    if repair == "pseudo":
+        return "pseudo"
+    raise InvalidArgumentError(f"repair must be True, False, None or 'pseudo', got {repair!r}")
+
+
+#: an aligned row farther than this (relative) from its merged row makes the layer lossy
+LOSSY = 1e-9
+
+
+def _reduce_and_repair(net: Network, part: Partition, probes, calib) -> tuple[Network, dict | None, dict | None]:
+    """The reduced network, and the calibration error before repair (None: no repair ran) and after."""
+    small, blocks = quotient(net, part)
+    err = probe_error(net, small, calib) if calib is not None else None
+    lossy = [h for h, b in enumerate(blocks) if b.spread > LOSSY]
+    if probes is None or not lossy:
+        return small, None, err
+    fixed = refit(net, small, probes, [b.target_map() for b in blocks], start=lossy[0] + 1)
+    return fixed, err, probe_error(net, fixed, calib) if calib is not None else probe_error(net, fixed, probes)
+
+
+def _split(n: int) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.random.default_rng(0).permutation(n)
+    cut = (3 * n) // 4
+    return idx[:cut], idx[cut:]
+
+
+def _for_params(net, path, target, calib, probes, mode, relative, threads) -> Partition:
+    if path is None:
+        return eps_for_params(net, target, mode, relative, threads)
+    cands = scale_candidates(len(path.layers))
+    if calib is None or len(calib) < 8 or len(cands) == 1:
+        ms = path.for_params(target)
+        return path.partition_at(ms, path.eps_of(ms))
+    fit, held = _split(len(calib))
+    fit_probes = None if probes is None else (calib[fit] if probes is calib else probes)
+
+    def score(scale) -> float:
+        ms = path.for_params(target, scale)
+        small, _, _ = _reduce_and_repair(net, path.partition_at(ms), fit_probes, None)
+        return probe_error(net, small, calib[held])["relative_mse"]
+
+    best = pick(cands, score)
+    ms = path.for_params(target, best)
+    return path.partition_at(ms, path.eps_of(ms, best))
+
+
+def _for_error(net, path, X, y, max_increase, probes, mode, relative, threads) -> Partition:
+    if path is None:
+        return eps_for_error(net, X, y, max_increase, mode, relative, threads)
+    bound = float(np.mean((net.forward(X) - y) ** 2)) * (1.0 + max_increase)
+    seq = path.sequence()
+
+    def ok(i: int) -> bool:
+        small, _, _ = _reduce_and_repair(net, path.partition_at(seq[i]), probes, None)
+        return float(np.mean((small.forward(X) - y) ** 2)) <= bound
+
+    step = max(1, len(seq) // 50)
+    grid = list(range(0, len(seq), step))
+    best = 0
+    for i in grid:
+        if ok(i):
+            best = i
+    for i in range(best + 1, min(best + step, len(seq))):  # refine one neuron at a time
+        if ok(i):
+            best = i
+    return path.partition_at(seq[best], path.eps_of(seq[best]))

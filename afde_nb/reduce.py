@@ -1,81 +1,112 @@
-"""The quotient network of a partition (method.md §4, §5).
+"""The quotient network of a partition (method.md §4, §5, §8.1, §8.4).
 
-Each block B of a hidden layer becomes one neuron. With ``c_k`` the scale of source neuron k
-(1 for polynomial activations), let ``R_iB' = sum_{k in B'} W_ik c_k`` be neuron i's incoming
-row against the (already reduced) source layer. Then
+Each block B of a hidden layer becomes one neuron u_B. Neuron i of B has orientation s_i (+1, or
+-1 under the activation's symmetry) and scale c_i (its row norm for ReLU-like activations, else
+1); its aligned row is a_i = s_i (R_i, b_i) / c_i, where R_i is its incoming row against the
+already reduced source layer (:func:`afde_nb.path.incoming`). Then
 
-* polynomial activation: the merged row is the mean of ``R_i`` (and of ``b_i``) over B, ``c_i = 1``;
-  the merged neuron is the block mean, so its outgoing column is the block's column sum;
-* ReLU family: ``c_i = ||(R_i, b_i)||_2`` and the merged row is ``sum_{i in B} (R_i, b_i) / sum c_i``,
-  so ``h_i = c_i v_B`` exactly when the rows are proportional, and the outgoing column is
-  ``sum_i c_i W'_{:,i}``.
+* the merged row is ``sum_B m_i a_i / sum_B m_i`` with masses m_i (``Partition.weights``; by
+  default c_i, i.e. the plain mean for polynomial activations, the first release's rule);
+* neuron i is read back as ``h_i = s_i c_i u_B`` (tanh, identity, ReLU family) or, for a sigmoid
+  with s_i = -1, ``h_i = 1 - u_B``; so the next layer's column of u_B is ``sum s_i c_i v_i`` and a
+  flipped sigmoid moves ``v_i`` into the next layer's bias.
 
-Both are exact for an exact equivalence; for eps > 0 they are the lumped approximation.
+Exact for an exact equivalence (symmetries included); for eps > 0 it is the lumped approximation.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import ShapeMismatchError
-from .network import HOMOGENEOUS, Layer, Network
+from .network import Layer, Network
+from .path import Source, aligned, incoming
 
 
-def _singletons(labels: np.ndarray) -> bool:
-    return bool(np.array_equal(labels, np.arange(labels.size)))
+def _check_labels(lab: np.ndarray, h: int, n: int) -> int:
+    if lab.shape != (n,):
+        raise ShapeMismatchError(f"labels for hidden layer {h} have shape {lab.shape}, expected ({n},)")
+    k = int(lab.max()) + 1 if lab.size else 0
+    if lab.size and (lab.min() < 0 or np.bincount(lab, minlength=k).min() == 0):
+        raise ShapeMismatchError(f"labels for hidden layer {h} must number blocks 0..k-1 with none empty")
+    return k
 
 
-def _block_sums(A: np.ndarray, labels: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
-    """Sums of ``scale``-weighted slices of ``A`` along ``axis``, one per block (blocks 0..k-1,
-    none empty): O(A.size), where a dense one-hot product would cost O(A.size * k)."""
-    k = int(labels.max()) + 1 if labels.size else 0
-    if _singletons(labels) and np.all(scale == 1.0):
-        return np.asarray(A, dtype=np.float64)  # nothing to sum: A itself (callers never write to it)
-    shape = [1, 1]
-    shape[axis] = -1
-    W = A * scale.reshape(shape)
-    if k == 0:
-        out_shape = list(A.shape)
-        out_shape[axis] = 0
-        return np.zeros(out_shape)
-    order = np.argsort(labels, kind="stable")
-    starts = np.searchsorted(labels[order], np.arange(k))
-    return np.add.reduceat(np.take(W, order, axis=axis), starts, axis=axis)
+@dataclass
+class Block:
+    """How one reduced hidden layer stands for the original one: neuron i is in block
+    ``labels[i]`` with orientation ``signs[i]``, scale ``scales[i]`` and mass ``weights[i]``;
+    ``spread`` is the largest distance of an aligned row from its merged row (0: exact)."""
+
+    labels: np.ndarray
+    signs: np.ndarray
+    scales: np.ndarray
+    weights: np.ndarray
+    spread: float
+
+    def target_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, coef): the merged neuron's pre-activation stands for sum_i coef_i z_i, the
+        mass-weighted mean of its members' aligned pre-activations s_i z_i / c_i (repair's target)."""
+        k = int(self.labels.max()) + 1 if self.labels.size else 0
+        m = self.weights
+        tot = np.bincount(self.labels, weights=m, minlength=k)
+        cnt = np.bincount(self.labels, minlength=k)
+        m = np.where(tot[self.labels] > 0, m, 1.0)
+        tot = np.where(tot > 0, tot, cnt)
+        return self.labels, m * self.signs / np.where(self.scales > 0, self.scales, 1.0) / tot[self.labels]
 
 
-def reduce(net: Network, labels: list[np.ndarray] | tuple[np.ndarray, ...]) -> Network:
-    """The network whose hidden neurons are the blocks of ``labels`` (one array per hidden layer)."""
+def reduce(net: Network, labels, signs=None, weights=None) -> Network:
+    """The network whose hidden neurons are the blocks of ``labels`` (a
+    :class:`~afde_nb.lump.Partition`, whose signs and weights are then used, or one label array per
+    hidden layer)."""
+    return quotient(net, labels, signs, weights)[0]
+
+
+def quotient(net: Network, labels, signs=None, weights=None) -> tuple[Network, list[Block]]:
+    """:func:`reduce`, also returning how each reduced hidden layer stands for the original."""
+    if hasattr(labels, "labels"):
+        part = labels
+        labels = part.labels
+        signs = part.signs if signs is None else signs
+        weights = part.weights if weights is None else weights
     if len(labels) != len(net.hidden):
         raise ShapeMismatchError(f"need one label array per hidden layer ({len(net.hidden)}), got {len(labels)}")
     net.check_finite()
-    n0 = net.widths[0]
-    src_labels, src_scale = np.arange(n0), np.ones(n0)
+    src = Source.inputs(net.widths[0])
     out: list[Layer] = []
+    blocks: list[Block] = []
     for h, layer in enumerate(net.layers):
-        R = _block_sums(layer.weight, src_labels, src_scale, axis=1)
-        b = layer.bias
+        R, b = incoming(layer.weight, layer.bias, src)
         if h == len(net.hidden):  # outputs are never merged
             out.append(Layer(R, b, layer.activation, layer.negative_slope, layer.has_bias, layer.path))
             break
+        n = layer.out_features
         lab = np.asarray(labels[h], dtype=np.int64)
-        if lab.shape != (layer.out_features,):
-            raise ShapeMismatchError(
-                f"labels for hidden layer {h} have shape {lab.shape}, expected ({layer.out_features},)")
-        k = int(lab.max()) + 1 if lab.size else 0
-        if lab.size and (lab.min() < 0 or np.bincount(lab, minlength=k).min() == 0):
-            raise ShapeMismatchError(f"labels for hidden layer {h} must number blocks 0..k-1 with none empty")
-        ones = np.ones(lab.size)
-        if layer.activation in HOMOGENEOUS:
-            scale = np.sqrt(np.einsum("ij,ij->i", R, R) + b * b)  # norm of the row (R_i, b_i)
-            total = np.bincount(lab, weights=scale, minlength=k)
-            denom = np.where(total > 0, total, 1.0)
+        k = _check_labels(lab, h, n)
+        s = np.ones(n, dtype=np.int64) if signs is None or signs[h] is None else np.asarray(signs[h], dtype=np.int64)
+        if s.shape != (n,) or not np.all(np.abs(s) == 1):
+            raise ShapeMismatchError(f"signs for hidden layer {h} must be {n} values of +1 or -1")
+        A, c = aligned(R, b, layer.activation, s)
+        m = c.copy() if weights is None or weights[h] is None else np.asarray(weights[h], dtype=np.float64)
+        if m.shape != (n,):
+            raise ShapeMismatchError(f"weights for hidden layer {h} must have shape ({n},)")
+        tot = np.bincount(lab, weights=m, minlength=k)
+        cnt = np.bincount(lab, minlength=k)
+        # a block of zero total mass (dead neurons only) takes the plain mean
+        use = np.where(tot[lab] > 0, m, 1.0)
+        den = np.where(tot > 0, tot, cnt)
+        if k == n and np.array_equal(lab, np.arange(n)):
+            M = A
         else:
-            scale = ones
-            denom = np.bincount(lab, minlength=k).astype(float)
-        if layer.activation not in HOMOGENEOUS and _singletons(lab):  # nothing merged, nothing to do
-            W_new, b_new = R, b
-        else:
-            W_new = _block_sums(R, lab, ones, axis=0) / denom[:, None]
-            b_new = np.bincount(lab, weights=b, minlength=k) / denom
-        out.append(Layer(W_new, b_new, layer.activation, layer.negative_slope, layer.has_bias, layer.path))
-        src_labels, src_scale = lab, scale
-    return Network(out, dtype=net.dtype, meta=dict(net.meta))
+            M = np.zeros((k, A.shape[1]))
+            np.add.at(M, lab, A * use[:, None])
+            M /= den[:, None]
+        out.append(Layer(M[:, :-1], M[:, -1].copy(), layer.activation, layer.negative_slope, layer.has_bias,
+                         layer.path))
+        src = Source(lab, s, c, layer.activation)
+        scale = float(np.abs(A).max(initial=0.0)) or 1.0
+        spread = float(np.abs(A - M[lab]).max(initial=0.0)) / scale
+        blocks.append(Block(lab, s, c, m, spread))
+    return Network(out, dtype=net.dtype, meta=dict(net.meta)), blocks

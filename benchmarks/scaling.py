@@ -36,7 +36,7 @@ def one(width: int, depth: int, mode: str, eps: float, clustered: bool, threads:
         f.write("5")
     before = status("VmRSS")
     t = time.perf_counter()
-    p = afde_nb.lump(net, eps, mode, relative=True, threads=threads)
+    p = afde_nb.lump(net, eps, mode, relative=True, threads=threads, method="components")
     dt = time.perf_counter() - t
     return {"seconds": dt, "peak_extra_mb": (status("VmHWM") - before) / 1024, "blocks": p.size,
             "weights_mb": sum(l.weight.nbytes for l in net.layers) / 2**20}

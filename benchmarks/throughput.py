@@ -34,9 +34,9 @@ def main() -> None:
         for mode in ("backward", "forward"):
             for label, eps in EPS.items():
                 for th in args.threads:
-                    t = best_time(lambda: afde_nb.lump(net, eps, mode, relative=True, threads=th),
+                    t = best_time(lambda: afde_nb.lump(net, eps, mode, relative=True, threads=th, method="components"),
                                   repeat=5 if params < 1e6 else 2)
-                    p = afde_nb.lump(net, eps, mode, relative=True, threads=th)
+                    p = afde_nb.lump(net, eps, mode, relative=True, threads=th, method="components")
                     rows.append([name, f"{params / 1e6:.1f}M", mode, f"{label} ({eps:g})", th,
                                  f"{t * 1000:.2f}", f"{t * 1000 / (params / 1e6):.2f}", f"{floor * 1000:.2f}",
                                  f"{t / floor:.1f}x", p.size])

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "agglomerate.hpp"
 #include "cluster.hpp"
 #include "lumping.hpp"
 #include "polyode.hpp"
@@ -115,6 +116,57 @@ PYBIND11_MODULE(_core, m) {
       "Coarsest eps-FDE/eps-BDE partition: (one canonical label array per hidden layer, absolute eps per layer).");
 
   m.def(
+      "agglomerate",
+      [](const Arr& X, const std::vector<double>& w, const std::vector<std::int64_t>& labels0,
+         const std::vector<int>& signs0, const std::string& linkage, bool symmetric, int threads) {
+        if (X.ndim() != 2) throw std::invalid_argument("X must be 2-D");
+        afde::Linkage lk;
+        if (linkage == "ward") lk = afde::Linkage::Ward;
+        else if (linkage == "complete") lk = afde::Linkage::Complete;
+        else throw std::invalid_argument("linkage must be 'ward' or 'complete'");
+        afde::MapMat M(X.data(), X.shape(0), X.shape(1));
+        std::vector<afde::Merge> mg;
+        {
+          py::gil_scoped_release nogil;
+          mg = afde::agglomerate(M, w, labels0, signs0, lk, symmetric, threads);
+        }
+        const auto T = static_cast<py::ssize_t>(mg.size());
+        py::array_t<std::int64_t> ab({T, static_cast<py::ssize_t>(2)});
+        py::array_t<std::int64_t> sg(T);
+        py::array_t<double> ht(T);
+        for (py::ssize_t t = 0; t < T; ++t) {
+          const auto& g = mg[static_cast<std::size_t>(t)];
+          ab.mutable_at(t, 0) = g.a;
+          ab.mutable_at(t, 1) = g.b;
+          sg.mutable_at(t) = g.sign;
+          ht.mutable_at(t) = g.height;
+        }
+        return py::make_tuple(ab, sg, ht);
+      },
+      py::arg("X"), py::arg("weights"), py::arg("labels0"), py::arg("signs0"), py::arg("linkage") = "ward",
+      py::arg("symmetric") = true, py::arg("threads") = 0,
+      "Agglomerative merge sequence (pairs[T,2], signs[T], heights[T]) sorted by height; see agglomerate.hpp.");
+
+  m.def(
+      "replay",
+      [](std::int64_t n, const py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>& ab,
+         const py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>& sg, std::int64_t m) {
+        if (ab.ndim() != 2 || ab.shape(1) != 2 || sg.ndim() != 1 || sg.shape(0) != ab.shape(0))
+          throw std::invalid_argument("pairs must be (T, 2) and signs (T,)");
+        std::vector<afde::Merge> mg(static_cast<std::size_t>(ab.shape(0)));
+        for (py::ssize_t t = 0; t < ab.shape(0); ++t)
+          mg[static_cast<std::size_t>(t)] = {ab.at(t, 0), ab.at(t, 1), static_cast<int>(sg.at(t)), 0.0};
+        std::vector<std::int64_t> lab;
+        std::vector<int> s;
+        afde::replay(n, mg, m, lab, s);
+        py::array_t<std::int64_t> sa(static_cast<py::ssize_t>(s.size()));
+        std::copy(s.begin(), s.end(), sa.mutable_data());
+        return py::make_tuple(to_numpy(std::move(lab)), sa);
+      },
+      py::arg("n"), py::arg("pairs"), py::arg("signs"), py::arg("m"),
+      "Canonical labels and orientations (+1/-1) after the first m merges of a sequence over n elements.");
+
+  m.def(
       "cluster_l1",
       [](const Arr& F, double eps, int threads, bool allpairs) {
         if (F.ndim() != 2) throw std::invalid_argument("F must be 2-D");
@@ -137,4 +189,12 @@ PYBIND11_MODULE(_core, m) {
     return 0;
 #endif
   }, "Threads OpenMP would use by default; 0 when built without OpenMP.");
+
+  m.def("set_parallel_threshold", &afde::set_parallel_threshold, py::arg("work"),
+        "Work (rows x columns) from which the engine's parallel loops run in parallel, replacing each "
+        "loop's default (0: always, for tests); negative restores the defaults. Results never depend on it.");
+  m.def("parallel_threshold", &afde::parallel_threshold,
+        "The threshold set by set_parallel_threshold, or -1 when each loop uses its default.");
+  m.def("last_cluster_threads", &afde::last_cluster_threads,
+        "Threads that ran the pair scan of the last clustering in this process (1: serially); for tests.");
 }

@@ -11,6 +11,11 @@ from afde_nb import _core
 from afde_nb.lump import activation_rms
 from afde_nb.network import Layer, Network
 
+
+def plump(net, eps=0.0, mode="backward", relative=False, **kw):
+    """The paper's setting (components, absolute eps), which these tests pin down."""
+    return afde_nb.lump(net, eps, mode, relative, method="components", **kw)
+
 import reference
 
 POLY_ACTS = ["identity", "tanh", "sigmoid"]
@@ -52,7 +57,7 @@ HALF_INTEGER_EPS = st.one_of(st.just(0.0), st.integers(0, 60).map(lambda k: k + 
 def test_engine_equals_reference(net, mode, eps):
     ode = afde_nb.encode(net)
     want = reference.hidden_labels(ode, reference.refine(ode, eps, mode))
-    got = afde_nb.lump(net, eps, mode).labels
+    got = plump(net, eps, mode).labels
     assert len(got) == len(want)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
@@ -61,7 +66,7 @@ def test_engine_equals_reference(net, mode, eps):
 @settings(max_examples=60, deadline=None)
 @given(net=integer_networks(acts=POLY_ACTS + ["relu", "leaky_relu"]), mode=st.sampled_from(["forward", "backward"]))
 def test_partition_monotone_in_eps(net, mode):
-    sizes = [afde_nb.lump(net, e, mode).size for e in EPS]
+    sizes = [plump(net, e, mode).size for e in EPS]
     assert sizes == sorted(sizes, reverse=True)
 
 
@@ -72,7 +77,7 @@ def _refines(fine: np.ndarray, coarse: np.ndarray) -> bool:
 @settings(max_examples=60, deadline=None)
 @given(net=integer_networks(), mode=st.sampled_from(["forward", "backward"]))
 def test_larger_eps_coarsens(net, mode):
-    parts = [afde_nb.lump(net, e, mode).labels for e in EPS]
+    parts = [plump(net, e, mode).labels for e in EPS]
     for fine, coarse in zip(parts, parts[1:]):
         assert all(_refines(f, c) for f, c in zip(fine, coarse))
 
@@ -90,7 +95,7 @@ def _random_net(rng, widths, act, out_act="identity", scale=1.0):
 @pytest.mark.parametrize("eps", [0.0, 0.3, 3.0])
 def test_threads_and_repeats_give_identical_partitions(rng, mode, eps):
     net = _random_net(rng, [20, 300, 200, 5], "tanh", scale=0.05)
-    runs = [afde_nb.lump(net, eps, mode, relative=True, threads=t).labels for t in (1, 2, 1, 2)]
+    runs = [plump(net, eps, mode, relative=True, threads=t).labels for t in (1, 2, 1, 2)]
     for r in runs[1:]:
         for a, b in zip(runs[0], r):
             np.testing.assert_array_equal(a, b)
@@ -109,7 +114,7 @@ def test_relative_eps_is_a_fraction_of_the_mean_neuron_norm(rng):
     for mode, dist in (("backward", reference.bde_distance), ("forward", reference.fde_distance)):
         # the zero neuron has a zero outgoing column too, so d(i, zero) is the neuron's norm
         want = np.mean([dist(f0, lab0, int(i), z) for i in hidden])
-        assert afde_nb.lump(net, 0.5, mode, relative=True).eps_per_layer[0] == pytest.approx(0.5 * want)
+        assert plump(net, 0.5, mode, relative=True).eps_per_layer[0] == pytest.approx(0.5 * want)
 
 
 def _proportional_relu_reference(net: Network, eps: float) -> list[np.ndarray]:
@@ -152,7 +157,7 @@ def test_relu_backward_equals_proportional_rows_definition(rng, eps):
     w1 = np.concatenate([base, 2.0 * base[:2], 0.5 * base[1:3] + 0.01 * rng.normal(size=(2, 6))])
     net = Network([Layer(w1[:, :5], w1[:, 5], "relu"), Layer(rng.normal(size=(5, 8)), rng.normal(size=5), "relu"),
                    Layer(rng.normal(size=(2, 5)), rng.normal(size=2))])
-    got = afde_nb.lump(net, eps, "backward").labels
+    got = plump(net, eps, "backward").labels
     for g, w in zip(got, _proportional_relu_reference(net, eps)):
         np.testing.assert_array_equal(g, w)
 
@@ -179,9 +184,9 @@ def test_lump_rejects_bad_eps():
     net = Network([Layer(np.ones((2, 2)), np.zeros(2), "tanh"), Layer(np.ones((1, 2)), np.zeros(1))])
     for bad in (-1e-9, float("nan"), float("inf"), "0.1", None, True):
         with pytest.raises(afde_nb.InvalidEpsError):
-            afde_nb.lump(net, bad)
+            plump(net, bad)
     with pytest.raises(ValueError, match="mode"):
-        afde_nb.lump(net, 0.1, mode="sideways")
+        plump(net, 0.1, mode="sideways")
 
 
 @st.composite
@@ -211,9 +216,9 @@ def test_pair_merges_exactly_at_its_reference_distance(net, mode):
     i, j = np.flatnonzero(ode.layer == 1)
     dist = reference.fde_distance if mode == "forward" else reference.bde_distance
     d = dist(f, reference.prepartition(ode), int(i), int(j))
-    assert afde_nb.lump(net, d, mode).num_blocks[0] == 1
+    assert plump(net, d, mode).num_blocks[0] == 1
     if d >= 0.5:
-        assert afde_nb.lump(net, d - 0.5, mode).num_blocks[0] == 2
+        assert plump(net, d - 0.5, mode).num_blocks[0] == 2
 
 
 @settings(max_examples=150, deadline=None)
@@ -226,8 +231,8 @@ def test_data_aware_equals_plain_lumping_of_the_column_scaled_network(net, mode,
     rms = np.random.default_rng(seed).uniform(0.1, 3.0, size=net.widths[0])
     scaled = Network([Layer(net.layers[0].weight * rms, net.layers[0].bias, net.layers[0].activation),
                       net.layers[1]], dtype="float64")
-    got = afde_nb.lump(net, eps, mode, rms=[rms]).labels
-    want = afde_nb.lump(scaled, eps, mode).labels
+    got = plump(net, eps, mode, rms=[rms]).labels
+    want = plump(scaled, eps, mode).labels
     np.testing.assert_array_equal(got[0], want[0])
 
 
@@ -241,9 +246,9 @@ def test_data_aware_ignores_inputs_that_are_silent_on_the_data(rng):
     X = rng.normal(size=(50, 4))
     X[:, 3] = 0.0
     rms = activation_rms(net, X)
-    assert afde_nb.lump(net, 0.0, "backward").num_blocks == [3]
-    assert afde_nb.lump(net, 0.0, "backward", rms=rms).num_blocks == [2]
-    small = afde_nb.reduce(net, afde_nb.lump(net, 0.0, "backward", rms=rms).labels)
+    assert plump(net, 0.0, "backward").num_blocks == [3]
+    assert plump(net, 0.0, "backward", rms=rms).num_blocks == [2]
+    small = afde_nb.reduce(net, plump(net, 0.0, "backward", rms=rms).labels)
     np.testing.assert_allclose(small.forward(X), net.forward(X), atol=1e-12)
 
 

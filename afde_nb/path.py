@@ -1,0 +1,283 @@
+"""The merge path: one agglomerative merge sequence per hidden layer (method.md §8.2-8.3).
+
+Blocks are built by Ward (default) or complete-linkage agglomeration of *aligned* incoming rows,
+up to the activation's exact symmetry (tanh, identity: negation; sigmoid: h -> 1 - h; ReLU family:
+positive scaling). Merges are nested, so one pass gives every partition: a cut by eps, by
+widths or by a parameter budget costs a replay of the first merges, never a new clustering.
+
+What eps means (backward mode). A hidden layer's neuron i has aligned row a_i (its incoming row
+and bias, times its orientation s_i, divided by its scale c_i: the row norm for ReLU-like
+activations, else 1) and mass m_i = c_i ||v_i|| (v_i its outgoing column). Replacing every row of a
+block by the mass-weighted mean changes the next layer's pre-activations by at most
+
+    RMS ||dz'|| <= Lip * sqrt(lambda_max(C) * M * J)
+
+where Lip is the activation's Lipschitz constant, C the second moment of the layer's augmented
+inputs [x; 1] on the probe inputs (calibration data, else 512 standard-normal pseudo-inputs),
+M = sum m_i over the layer and J the mass-weighted within-block scatter, which Ward's merge
+costs add up to exactly (Cauchy-Schwarz twice; complete linkage: Lip sqrt(lambda) M * diameter).
+``eps`` is this bound; with ``relative=True`` it is divided by the RMS norm of the next layer's
+pre-activations on the same inputs (eps = 0.1: at most 10 %). eps = 0 cuts only merges of cost
+zero: exact equivalences, symmetries included.
+
+Forward mode clusters the neurons by their effect downstream: aligned outgoing columns s_i c_i v_i
+with masses rms(h_i), starting from the exact (backward) blocks so eps = 0 stays exact. Its eps is
+the matching bound on the column part alone: RMS ||sum_i (f_i - f_B) h_i|| <= sqrt(R * J).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _core
+from .network import HOMOGENEOUS, Network, apply_activation
+
+LINKAGES = ("ward", "complete")
+#: symmetries the exact step may use, per activation (ReLU family: positive scaling only)
+SIGNED = ("identity", "tanh", "sigmoid")
+PROBES = 512
+#: a merge whose cost is below this fraction of the layer's total scale is an exact equivalence
+EXACT_TOL = {"ward": 1e-20, "complete": 1e-10}
+
+
+def lipschitz(activation: str, negative_slope: float = 0.01) -> float:
+    return {"sigmoid": 0.25, "leaky_relu": max(1.0, abs(negative_slope))}.get(activation, 1.0)
+
+
+@dataclass
+class Source:
+    """How a layer's inputs relate to the original source neurons: neuron k of the source layer
+    equals ``signs[k] * scales[k] * u_{labels[k]}`` (sigmoid with sign -1: ``1 - u``), u the
+    reduced neurons."""
+
+    labels: np.ndarray
+    signs: np.ndarray
+    scales: np.ndarray
+    activation: str = "identity"
+
+    @staticmethod
+    def inputs(n: int) -> "Source":
+        return Source(np.arange(n), np.ones(n, dtype=np.int64), np.ones(n))
+
+
+def incoming(weight: np.ndarray, bias: np.ndarray, src: Source) -> tuple[np.ndarray, np.ndarray]:
+    """A layer's (row, bias) against the reduced source neurons: R_iB = sum_{k in B} W_ik s_k c_k;
+    a sigmoid source with s_k = -1 (h_k = 1 - u_B) also moves W_ik into the bias."""
+    k = int(src.labels.max()) + 1 if src.labels.size else 0
+    coef = src.signs * src.scales
+    if k == src.labels.size and np.array_equal(src.labels, np.arange(k)) and np.all(coef == 1.0):
+        R = np.asarray(weight, dtype=np.float64)
+    else:
+        R = np.zeros((weight.shape[0], k))
+        np.add.at(R.T, src.labels, (weight * coef).T)
+    b = np.asarray(bias, dtype=np.float64)
+    if src.activation == "sigmoid" and np.any(src.signs < 0):
+        b = b + weight[:, src.signs < 0].sum(axis=1)
+    return R, b
+
+
+def aligned(R: np.ndarray, b: np.ndarray, activation: str, signs: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned rows a_i = s_i (R_i, b_i) / c_i and scales c_i (row norm for ReLU-like, else 1;
+    a zero row keeps c_i = 0 and a_i = 0: the neuron is constant zero)."""
+    A = np.column_stack([R, b])
+    if activation in HOMOGENEOUS:
+        c = np.linalg.norm(A, axis=1)
+        A = A / np.where(c > 0, c, 1.0)[:, None]
+    else:
+        c = np.ones(len(A))
+    if signs is not None:
+        A = A * signs[:, None]
+    return A, c
+
+
+def probe_inputs(net: Network, calibration: np.ndarray | None, seed: int = 0) -> np.ndarray:
+    """The inputs the bounds and the data-free repair use: calibration data, else standard-normal
+    pseudo-inputs (the distribution of standardised inputs)."""
+    if calibration is not None and len(calibration):
+        return np.asarray(calibration, dtype=np.float64)
+    return np.random.default_rng(seed).standard_normal((PROBES, net.widths[0]))
+
+
+@dataclass
+class LayerPath:
+    """One hidden layer's merge sequence: ``pairs[t]`` joins the blocks of two neurons, the second
+    oriented by ``signs[t]``; ``bounds[m]`` is eps's bound after the first m merges (0 for the
+    ``exact`` first merges of cost zero); ``weights`` are the masses of the merged rows."""
+
+    n: int
+    pairs: np.ndarray
+    signs: np.ndarray
+    heights: np.ndarray
+    bounds: np.ndarray
+    exact: int
+    weights: np.ndarray
+    activation: str
+
+    def cut(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, orientations) after the first m merges: n - m blocks."""
+        m = int(min(max(m, 0), len(self.pairs)))
+        return _core.replay(self.n, self.pairs, self.signs, m)
+
+    def merges_within(self, eps: float) -> int:
+        """How many merges keep the bound <= eps (eps = 0: the exact ones)."""
+        if eps <= 0:
+            return self.exact
+        return max(self.exact, int(np.searchsorted(self.bounds, eps, side="right")) - 1)
+
+
+@dataclass
+class MergePath:
+    """The merge sequences of every hidden layer of ``net`` (see the module docstring)."""
+
+    net: Network
+    layers: list[LayerPath]
+    mode: str
+    method: str
+    relative: bool
+    symmetry: bool
+    calibrated: bool = False
+    meta: dict = field(default_factory=dict)
+
+    def partition(self, eps: float, scale: list[float] | None = None):
+        """The partition at eps (per layer eps * scale[h] when ``scale`` is given)."""
+        ms = [lp.merges_within(eps * (1.0 if scale is None else scale[h])) for h, lp in enumerate(self.layers)]
+        return self.partition_at(ms, eps)
+
+    def partition_at(self, merges: list[int], eps: float | None = None):
+        from .lump import Partition
+
+        labels, signs, used = [], [], []
+        for lp, m in zip(self.layers, merges):
+            lab, s = lp.cut(m)
+            labels.append(np.asarray(lab))
+            signs.append(np.asarray(s))
+            used.append(float(lp.bounds[min(int(m), len(lp.bounds) - 1)]))
+        e = max(used, default=0.0) if eps is None else float(eps)
+        return Partition(tuple(labels), self.mode, e, self.relative, tuple(used), method=self.method,
+                         signs=tuple(signs), weights=tuple(lp.weights for lp in self.layers))
+
+    def sequence(self, scale: list[float] | None = None) -> list[list[int]]:
+        """All partitions ordered by eps, one merge at a time: the merge counts per layer after
+        each step of the global order of (scaled) bounds. Every budget lies on it."""
+        events = []
+        for h, lp in enumerate(self.layers):
+            s = 1.0 if scale is None else scale[h]
+            for m in range(lp.exact + 1, len(lp.pairs) + 1):
+                events.append((lp.bounds[m] / s, h))
+        events.sort(key=lambda t: t[0])
+        cur = [lp.exact for lp in self.layers]
+        out = [list(cur)]
+        for _, h in events:
+            cur[h] += 1
+            out.append(list(cur))
+        return out
+
+    def eps_of(self, merges: list[int], scale: list[float] | None = None) -> float:
+        """The smallest eps whose cut has at least these merges in every layer."""
+        return max((lp.bounds[m] / (1.0 if scale is None else scale[h])
+                    for h, (lp, m) in enumerate(zip(self.layers, merges))), default=0.0)
+
+    def params_at(self, merges: list[int]) -> int:
+        widths = [self.net.widths[0]] + [lp.n - m for lp, m in zip(self.layers, merges)] + [self.net.widths[-1]]
+        return sum(widths[k] * widths[k + 1] + (widths[k + 1] if l.has_bias else 0)
+                   for k, l in enumerate(self.net.layers))
+
+    def for_params(self, target: int, scale: list[float] | None = None) -> list[int]:
+        """Fewest merges along the (scaled) eps order whose network has at most ``target`` params."""
+        for ms in self.sequence(scale):
+            if self.params_at(ms) <= target:
+                return ms
+        from .errors import BudgetUnreachableError
+
+        raise BudgetUnreachableError(
+            f"target_params={target} is below {self.params_at([lp.n - 1 for lp in self.layers])}, "
+            "the size with one neuron per hidden layer")
+
+    def curve(self, points: int = 64) -> list[tuple[float, float]]:
+        """(eps, fraction of parameters kept) along the path: what a slider moves through."""
+        seq = self.sequence()
+        full = self.net.num_params
+        idx = np.unique(np.linspace(0, len(seq) - 1, min(points, len(seq))).round().astype(int))
+        return [(float(self.eps_of(seq[i])), self.params_at(seq[i]) / full) for i in idx]
+
+
+def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", relative: bool = True,
+               symmetry: bool = True, calibration: np.ndarray | None = None, threads: int = 0) -> MergePath:
+    """Build the merge path of ``net`` (checked finite) in one pass over its hidden layers."""
+    from .errors import InvalidArgumentError
+
+    if method not in LINKAGES:
+        raise InvalidArgumentError(f"merge paths are built by {LINKAGES}, got method={method!r}")
+    net.check_finite()
+    X = probe_inputs(net, calibration)
+    ins = net.layer_inputs(X)  # original network: x, then each hidden layer's output
+    src = Source.inputs(net.widths[0])
+    layers: list[LayerPath] = []
+    for h, layer in enumerate(net.hidden):
+        nxt = net.layers[h + 1]
+        n = layer.out_features
+        act = layer.activation
+        signed = symmetry and act in SIGNED
+        R, b = incoming(layer.weight, layer.bias, src)
+        A, c = aligned(R, b, act)
+        vnorm = np.linalg.norm(nxt.weight, axis=0)
+        mass = c * vnorm
+        mass = np.maximum(mass, 1e-12 * max(float(mass.max(initial=0.0)), 1e-300))
+        # second moment of the reduced-exact augmented inputs, and the scale of the next layer
+        U = _reduced_values(ins[h], src)
+        Ua = np.column_stack([U, np.ones(len(U))])
+        lam = float(np.linalg.eigvalsh(Ua.T @ Ua / max(len(Ua), 1))[-1]) if Ua.size else 0.0
+        znext = ins[h + 1] @ nxt.weight.T + nxt.bias
+        denom = float(np.sqrt(np.mean(np.sum(znext ** 2, axis=1)))) if relative else 1.0
+        denom = denom if denom > 0 else 1.0
+        lip = lipschitz(act, layer.negative_slope)
+
+        pairs, sg, ht = _core.agglomerate(A, mass, np.arange(n), np.ones(n, dtype=np.int64), method, signed, threads)
+        tol = EXACT_TOL[method] * (float(np.sum(mass * np.sum(A * A, axis=1))) if method == "ward"
+                                   else float(np.sqrt(np.max(np.sum(A * A, axis=1), initial=0.0))))
+        exact = int(np.searchsorted(ht, tol, side="right"))
+        if mode == "backward":
+            if method == "ward":
+                J = np.concatenate([[0.0], np.cumsum(ht)])
+                bounds = lip * np.sqrt(np.maximum(lam * mass.sum() * J, 0.0)) / denom
+            else:
+                bounds = lip * np.sqrt(lam) * mass.sum() * np.concatenate([[0.0], ht]) / denom
+        else:
+            lab0, s0 = _core.replay(n, pairs, sg, exact)
+            keep_pairs, keep_sg = pairs[:exact], sg[:exact]
+            hvals = apply_activation(ins[h] @ layer.weight.T + layer.bias, act, layer.negative_slope)
+            u = (hvals * s0 if act != "sigmoid" else np.where(s0 < 0, 1.0 - hvals, hvals)) / np.where(c > 0, c, 1.0)
+            rms = np.sqrt(np.mean(u ** 2, axis=0)) if len(u) else np.ones(n)
+            rms = np.maximum(rms, 1e-12 * max(float(rms.max(initial=0.0)), 1e-300))
+            F = (nxt.weight * (s0 * c)).T  # aligned outgoing columns as rows
+            p2, s2, h2 = _core.agglomerate(F, rms, lab0, s0, method, signed, threads)
+            pairs = np.concatenate([keep_pairs, p2.reshape(-1, 2)]).astype(np.int64)
+            sg = np.concatenate([keep_sg, s2]).astype(np.int64)
+            ht = np.concatenate([np.zeros(exact), h2])
+            if method == "ward":
+                J = np.concatenate([[0.0], np.cumsum(ht)])
+                bounds = np.sqrt(np.maximum(rms.sum() * J, 0.0)) / denom
+            else:
+                bounds = rms.sum() * np.concatenate([[0.0], ht]) / denom
+        bounds[: exact + 1] = 0.0
+        bounds = np.maximum.accumulate(bounds)
+        layers.append(LayerPath(n, np.asarray(pairs, dtype=np.int64).reshape(-1, 2), np.asarray(sg, dtype=np.int64),
+                                np.asarray(ht), bounds, exact, mass, act))
+        lab, s = _core.replay(n, layers[-1].pairs, layers[-1].signs, exact)
+        src = Source(np.asarray(lab), np.asarray(s) if signed else np.ones(n, dtype=np.int64), c, act)
+    return MergePath(net, layers, mode, method, bool(relative), bool(symmetry), calibration is not None)
+
+
+def _reduced_values(H: np.ndarray, src: Source) -> np.ndarray:
+    """The reduced source neurons' values u_B (from each block's first member)."""
+    k = int(src.labels.max()) + 1 if src.labels.size else 0
+    first = np.zeros(k, dtype=np.int64)
+    first[src.labels[::-1]] = np.arange(src.labels.size)[::-1]
+    h = H[:, first]
+    s = src.signs[first]
+    c = np.where(src.scales[first] > 0, src.scales[first], 1.0)
+    if src.activation == "sigmoid":
+        return np.where(s < 0, 1.0 - h, h)
+    return h * s / c

@@ -1,0 +1,85 @@
+"""Repair: refit layers by ridge least squares so the reduced network's pre-activations match the
+original's on probe inputs (method.md §8.5).
+
+Layer k of the reduced network sees inputs H (the probe inputs run through the *already repaired*
+reduced layers) and should produce targets Z: the original network's pre-activations, mapped to
+the reduced neurons (a merged neuron stands for a weighted mean of its members, a kept neuron for
+itself, see :meth:`afde_nb.reduce.Block.target_map`). The refit is
+
+    W = Z~^T H~ (H~^T H~ + lambda I)^-1,   b = mean(Z) - W mean(H),   lambda = ridge * tr(H~^T H~) / k
+
+with ~ the centred arrays (no centring for a layer without bias). A sparse layer keeps its zero
+pattern: each row is refit on its own kept inputs only (as SparseGPT does). Targets are the
+original network's values, never labels. The same function repairs every method, so comparisons
+stay fair.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .network import Layer, Network, apply_activation
+
+RIDGE = 1e-6
+
+
+def _fit(H: np.ndarray, Z: np.ndarray, bias: bool, mask: np.ndarray | None, ridge: float
+         ) -> tuple[np.ndarray, np.ndarray]:
+    if bias:
+        hm, zm = H.mean(axis=0), Z.mean(axis=0)
+        Hc, Zc = H - hm, Z - zm
+    else:
+        hm, zm = np.zeros(H.shape[1]), np.zeros(Z.shape[1])
+        Hc, Zc = H, Z
+    G = Hc.T @ Hc
+    k = G.shape[0]
+    lam = ridge * float(np.trace(G)) / max(k, 1)
+    lam = lam if lam > 0 else ridge
+    B = Hc.T @ Zc  # (k, out)
+    if mask is None:
+        W = np.linalg.solve(G + lam * np.eye(k), B).T
+    else:
+        W = np.zeros((Z.shape[1], k))
+        for j in range(Z.shape[1]):
+            keep = np.flatnonzero(mask[j])
+            if keep.size:
+                W[j, keep] = np.linalg.solve(G[np.ix_(keep, keep)] + lam * np.eye(keep.size), B[keep, j])
+    b = zm - W @ hm if bias else np.zeros(Z.shape[1])
+    return W, b
+
+
+def repair(original: Network, reduced: Network, X: np.ndarray, maps: list[tuple[np.ndarray, np.ndarray] | None],
+           start: int = 0, masks: list[np.ndarray | None] | None = None, ridge: float = RIDGE) -> Network:
+    """Refit layers ``start..L`` of ``reduced`` (a new Network; the inputs are untouched).
+
+    ``maps[h]`` = (labels, coef) for hidden layer h: reduced neuron B's target is
+    ``sum_{i: labels_i = B} coef_i z_i`` (labels -1: neuron dropped); None: the identity.
+    ``masks[k]``: boolean (out, in) pattern of weights layer k may use (None: dense).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Z_orig = [ins @ l.weight.T + l.bias for ins, l in zip(original.layer_inputs(X), original.layers)]
+    layers = list(reduced.layers)
+    H = X
+    for k, layer in enumerate(layers):
+        if k >= start:
+            Z = Z_orig[k]
+            if k < len(maps) and maps[k] is not None:
+                lab, coef = maps[k]
+                keep = lab >= 0
+                T = np.zeros((len(X), layer.out_features))
+                np.add.at(T.T, lab[keep], (Z[:, keep] * coef[keep]).T)
+                Z = T
+            mask = None if masks is None else masks[k]
+            W, b = _fit(H, Z, layer.has_bias, mask, ridge)
+            layers[k] = layer = Layer(W, b, layer.activation, layer.negative_slope, layer.has_bias, layer.path)
+        H = apply_activation(H @ layer.weight.T + layer.bias, layer.activation, layer.negative_slope)
+    return Network(layers, dtype=reduced.dtype, meta=dict(reduced.meta))
+
+
+def probe_error(original: Network, reduced: Network, X: np.ndarray) -> dict:
+    """Deviation of ``reduced`` from ``original`` on ``X``: max |diff|, RMS and relative MSE."""
+    a, b = original.forward(X), reduced.forward(X)
+    d = b - a
+    ref = float(np.mean((a - a.mean(axis=0)) ** 2)) if a.size else 0.0
+    mse = float(np.mean(d ** 2)) if d.size else 0.0
+    return {"max_abs": float(np.abs(d).max(initial=0.0)), "rms": float(np.sqrt(mse)),
+            "relative_mse": mse / ref if ref > 0 else mse, "n": int(len(X))}
