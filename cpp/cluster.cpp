@@ -16,6 +16,11 @@ namespace {
 
 constexpr Eigen::Index kPool = 64;  // stripes of the pooled lower bound, checked 16 at a time
 
+// set_parallel_threshold(): < 0 keeps each loop's own default
+std::atomic<double> g_parallel_threshold{-1.0};
+// team size of the last scan (last_cluster_threads)
+std::atomic<int> g_last_threads{1};
+
 double l1norm(const double* x, Eigen::Index d) {
   double s = 0.0;
   for (Eigen::Index q = 0; q < d; ++q) s += std::abs(x[q]);
@@ -117,6 +122,13 @@ std::vector<char> candidates(const RefMat& F, const SelfTerm* self, double eps) 
   return ok;
 }
 
+// Every neuron its own block.
+std::vector<std::int64_t> singletons(Eigen::Index n) {
+  std::vector<std::int64_t> lab(static_cast<std::size_t>(n));
+  std::iota(lab.begin(), lab.end(), 0);
+  return lab;
+}
+
 std::vector<std::int64_t> cluster_exact(const RefMat& F, const SelfTerm* self) {
   const Eigen::Index n = F.rows();
   const auto ok = candidates(F, self, 0.0);
@@ -124,23 +136,27 @@ std::vector<std::int64_t> cluster_exact(const RefMat& F, const SelfTerm* self) {
   for (Eigen::Index i = 0; i < n; ++i)
     if (ok[i]) order.push_back(i);
   const Eigen::Index d = F.cols();
+  // Lexicographic with NaN after every number: a strict weak order even on NaN rows (plain `<`
+  // is not, and std::sort may then run off the range). NaN == NaN is false below, so a row with a
+  // NaN joins nothing, as in the definition (d = NaN <= 0 is false).
   auto less = [&](std::int64_t i, std::int64_t j) {
     const double* a = F.row(i).data();
     const double* b = F.row(j).data();
     for (Eigen::Index k = 0; k < d; ++k) {
       if (a[k] < b[k]) return true;
       if (a[k] > b[k]) return false;
+      const bool na = std::isnan(a[k]), nb = std::isnan(b[k]);
+      if (na != nb) return nb;
     }
     return i < j;
   };
   std::sort(order.begin(), order.end(), less);
-  std::vector<std::int64_t> lab(n);
-  std::iota(lab.begin(), lab.end(), 0);
+  std::vector<std::int64_t> lab = singletons(n);
   for (std::size_t p = 1; p < order.size(); ++p) {
     const double* a = F.row(order[p - 1]).data();
     const double* b = F.row(order[p]).data();
-    bool same = true;
-    for (Eigen::Index k = 0; k < d && same; ++k) same = (a[k] == b[k]);
+    bool same = true;  // inf - inf is NaN: rows holding an inf are at distance NaN, as in cluster_allpairs
+    for (Eigen::Index k = 0; k < d && same; ++k) same = (a[k] == b[k]) && std::isfinite(a[k]);
     if (same) lab[order[p]] = lab[order[p - 1]];
   }
   // Candidates at eps = 0 have x == 0, so the self term of two of them is exactly 0.
@@ -148,6 +164,22 @@ std::vector<std::int64_t> cluster_exact(const RefMat& F, const SelfTerm* self) {
 }
 
 }  // namespace
+
+void set_parallel_threshold(double work) {
+  g_parallel_threshold.store(std::isnan(work) ? -1.0 : work, std::memory_order_relaxed);
+}
+
+double parallel_threshold() {
+  const double t = g_parallel_threshold.load(std::memory_order_relaxed);
+  return t < 0 ? -1.0 : t;
+}
+
+int last_cluster_threads() { return g_last_threads.load(std::memory_order_relaxed); }
+
+bool parallel_worth(double work, double default_threshold) {
+  const double t = g_parallel_threshold.load(std::memory_order_relaxed);
+  return t < 0 ? work > default_threshold : work >= t;
+}
 
 std::vector<std::int64_t> canonical(const std::vector<std::int64_t>& labels) {
   std::int64_t top = 0;
@@ -164,7 +196,9 @@ std::vector<std::int64_t> canonical(const std::vector<std::int64_t>& labels) {
 
 std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double eps, int threads) {
   const Eigen::Index n = F.rows(), d = F.cols();
+  g_last_threads.store(1, std::memory_order_relaxed);
   if (n == 0) return {};
+  if (std::isnan(eps)) return singletons(n);  // d <= NaN holds for no pair
   if (eps == 0.0) return cluster_exact(F, self);
 
   // Candidates, sorted by row sum. Two lower bounds of the L1 distance prune the pairs:
@@ -180,13 +214,14 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
   std::vector<double> pool(static_cast<std::size_t>(m) * P, 0.0), key(m), absrow(m);
   std::vector<Eigen::Index> lo(P + 1);  // stripe q holds the columns c with floor(c P / d) == q
   for (Eigen::Index q = 0; q <= P; ++q) lo[q] = (q * d + P - 1) / P;
+  // Parallel only above a size threshold (set_parallel_threshold() overrides it, for tests).
+  const bool par = parallel_worth(static_cast<double>(m) * static_cast<double>(d), 4e6);
 #ifdef AFDE_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : omp_get_max_threads()) \
-    if (static_cast<double>(m) * static_cast<double>(d) > 4e6)
+#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : omp_get_max_threads()) if (par)
 #endif
   for (std::int64_t p = 0; p < m; ++p) {
     const double* a = F.row(order[p]).data();
-    double* out = &pool[static_cast<std::size_t>(p) * P];
+    double* out = pool.data() + static_cast<std::size_t>(p) * P;
     for (Eigen::Index q = 0; q < P; ++q) {
       double sq = 0.0;
       for (Eigen::Index c = lo[q]; c < lo[q + 1]; ++c) sq += a[c];
@@ -197,9 +232,18 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
     for (Eigen::Index q = 0; q < P; ++q) k += out[q];
     key[p] = k;
   }
-  const double amax = m ? *std::max_element(absrow.begin(), absrow.end()) : 0.0;
+  double amax = 0.0;
+  bool finite = true;  // every row's L1 norm finite, hence every stripe sum and key too
+  for (double a : absrow) {
+    finite = finite && std::isfinite(a);
+    amax = std::max(amax, a);
+  }
   const double ulp_d = 4.0 * static_cast<double>(d + 1) * std::numeric_limits<double>::epsilon();
-  const double window = eps + ulp_d * 2.0 * amax;
+  // A row with NaN or inf (or whose L1 norm overflows) has no usable row sum: keys could be NaN,
+  // which no sort comparator may see. Then every pair is a candidate (one window over all rows)
+  // and only the exact distance decides, as in cluster_allpairs.
+  const double window = finite ? eps + ulp_d * 2.0 * amax : std::numeric_limits<double>::infinity();
+  if (!finite) std::fill(key.begin(), key.end(), 0.0);
 
   // Grid on three coordinates, the sums over the first, second and last third of the stripes: a
   // linked pair differs by at most `window` in each (a partial sum of differences is at most their
@@ -207,7 +251,7 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
   // when the coordinates spread over many cells (many clusters: close to n log n); otherwise the
   // rows are scanned in row-sum order within the window.
   const double cellw = window * (1.0 + 1e-9);  // floor() of a division never jumps two cells
-  std::size_t K = P >= 3 ? 3 : 0;
+  std::size_t K = (P >= 3 && finite) ? 3 : 0;
   std::vector<double> coord(static_cast<std::size_t>(m) * K, 0.0);
   for (std::int64_t p = 0; p < m; ++p)
     for (std::size_t t = 0; t < K; ++t)
@@ -222,13 +266,20 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
       }
       return hi_v - lo_v;
     };
+    auto absmax_of = [&](const std::vector<double>& v) {
+      double a = 0.0;
+      for (double x : v) a = std::max(a, std::abs(x));
+      return a;
+    };
     double grid_share = 1.0;
+    // cell numbers must fit an int64 (the conversion of a larger double is undefined)
+    if (K > 0 && !(absmax_of(coord) / cellw < 1e15)) grid_share = 2.0;
     for (std::size_t t = 0; t < K; ++t) {
       const double cells = range_of(coord, 3, t) / cellw;
       if (!(cells < 1e15)) grid_share = 2.0;  // too many cells to index
       grid_share *= std::min(1.0, 3.0 / std::max(cells, 1.0));
     }
-    const double key_range = m ? range_of(key, 1, 0) : 0.0;
+    const double key_range = (m && finite) ? range_of(key, 1, 0) : 0.0;
     const double window_share = key_range > 0 ? std::min(1.0, 2.0 * window / key_range) : 1.0;
     if (K > 0 && !(grid_share < 0.5 * window_share)) K = 0;
   }
@@ -259,8 +310,9 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
       o2[r] = order[perm[r]];
       k2[r] = key[perm[r]];
       a2[r] = absrow[perm[r]];
-      std::copy_n(&pool[static_cast<std::size_t>(perm[r]) * P], P, &p2[static_cast<std::size_t>(r) * P]);
-      std::copy_n(&cell[static_cast<std::size_t>(perm[r]) * K], K, &c2[static_cast<std::size_t>(r) * K]);
+      // .data() + offset, not &v[offset]: with K == 0 the cell arrays are empty and v[0] is undefined
+      std::copy_n(pool.data() + static_cast<std::size_t>(perm[r]) * P, P, p2.data() + static_cast<std::size_t>(r) * P);
+      std::copy_n(cell.data() + static_cast<std::size_t>(perm[r]) * K, K, c2.data() + static_cast<std::size_t>(r) * K);
     }
     order.swap(o2);
     pool.swap(p2);
@@ -277,8 +329,8 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
     const std::int64_t i = order[p], j = order[q];
     if (std::abs(key[q] - key[p]) > window) return;
     if (uf.find(j) == ri) return;
-    const double* pi = &pool[static_cast<std::size_t>(p) * P];
-    const double* pj = &pool[static_cast<std::size_t>(q) * P];
+    const double* pi = pool.data() + static_cast<std::size_t>(p) * P;
+    const double* pj = pool.data() + static_cast<std::size_t>(q) * P;
     const double lim = eps + ulp_d * (absrow[p] + absrow[q]);
     double lb = 0.0;
     Eigen::Index r = 0;
@@ -303,26 +355,28 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
       }
     offsets.swap(next);
   }
-  int nt = 1;
 #ifdef AFDE_HAVE_OPENMP
-  nt = threads > 0 ? threads : omp_get_max_threads();
-#pragma omp parallel for schedule(dynamic, 8) num_threads(nt) if (nt > 1 && static_cast<double>(m) * static_cast<double>(d) > 4e6)
+  const int nt = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 8) num_threads(nt) if (nt > 1 && par)
 #else
   (void)threads;
-  (void)nt;
+  (void)par;
 #endif
   for (std::int64_t p = 0; p < m; ++p) {
+#ifdef AFDE_HAVE_OPENMP
+    if (p == 0) g_last_threads.store(omp_get_num_threads(), std::memory_order_relaxed);
+#endif
     std::int64_t ri = uf.find(order[p]);
     if (K == 0) {  // one cell: the row-sum window. Written out rather than calling `consider`:
                    // through the closure this loop ran 15 % slower at n = 16384, d = 1024.
       const std::int64_t i = order[p];
-      const double* pi = &pool[static_cast<std::size_t>(p) * P];
+      const double* pi = pool.data() + static_cast<std::size_t>(p) * P;
       for (std::int64_t q = p + 1; q < m; ++q) {
         if (key[q] - key[p] > window) break;
         if (((q - p) & 63) == 0) ri = uf.find(i);
         const std::int64_t j = order[q];
         if (uf.find(j) == ri) continue;
-        const double* pj = &pool[static_cast<std::size_t>(q) * P];
+        const double* pj = pool.data() + static_cast<std::size_t>(q) * P;
         const double lim = eps + ulp_d * (absrow[p] + absrow[q]);
         double lb = 0.0;
         Eigen::Index r = 0;

@@ -32,6 +32,18 @@ double mean_norm(const RefMat& F, const SelfTerm* self);
 // The definition, all n(n-1)/2 pairs, for tests and benchmarks.
 std::vector<std::int64_t> cluster_allpairs(const RefMat& F, const SelfTerm* self, double eps);
 
+// Size thresholds of the parallel loops. Each OpenMP loop of the engine runs in parallel only when
+// its work (rows x columns) exceeds its own default threshold, below which threads cost more than
+// they save. set_parallel_threshold(t) with t >= 0 replaces every default: work >= t runs in
+// parallel (0: always, when more than one thread is asked for; tests use it to exercise the
+// parallel paths on small inputs). t < 0 (or NaN) restores the defaults. Process-wide; results
+// never depend on it.
+void set_parallel_threshold(double work);
+double parallel_threshold();  // the override, or -1 when the defaults apply
+bool parallel_worth(double work, double default_threshold);
+// Threads in the team that ran the pair scan of the last cluster() call (1: serially), for tests.
+int last_cluster_threads();
+
 // Renumber labels so blocks are numbered by first appearance.
 std::vector<std::int64_t> canonical(const std::vector<std::int64_t>& labels);
 
