@@ -7,6 +7,23 @@
 """
 from __future__ import annotations
 
+__version__ = "0.1.0"  # the one definition: pyproject.toml reads it from here
+
+try:
+    from . import _core  # noqa: F401  the compiled C++ engine
+except ImportError as _exc:
+    import glob as _glob
+    import os as _os
+
+    _here = __path__[0]
+    _what = (f"the engine in {_here} failed to load ({_exc})" if _glob.glob(_os.path.join(_here, "_core*"))
+             else f"{_here} has no built engine (a source checkout?)")
+    raise ImportError(
+        f"afde_nb cannot import its compiled C++ engine (afde_nb._core): {_what}. Install the package "
+        "(pip install .) and run from another directory, so that the installed copy is imported, or make an "
+        "editable install of the checkout (pip install -e .); both build the engine (needs a C++17 compiler)."
+    ) from None
+
 from .adapters import to_network, to_torch
 from .compress import Compression, LayerSummary, compress
 from .encode import PolyODE, encode
@@ -17,8 +34,6 @@ from .magics import load_ipython_extension, unload_ipython_extension
 from .network import Layer, Network
 from .reduce import reduce
 from .serialize import load_model, load_state_dict, save_model
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AfdeError", "Compression", "InvalidEpsError", "InvalidWeightsError", "Layer", "LayerSummary", "Network",

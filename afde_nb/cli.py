@@ -2,62 +2,34 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import torch
-
 from . import __version__
 from .compress import compress
-from .errors import AfdeError, ShapeMismatchError, UnsafeFileError
-from .serialize import FORMAT, arch_path, build, load_state_dict, load_tensor
-from .train import make_mlp
-
-
-def _model_from_state(state: dict[str, torch.Tensor], arch_file: Path | None, activation: str) -> torch.nn.Module:
-    """Rebuild a Sequential from its architecture JSON, or infer Linear layers from the keys."""
-    if arch_file is not None and arch_file.is_file():
-        arch = json.loads(arch_file.read_text())
-        model = build(arch)
-    else:
-        weights = [(k, v) for k, v in state.items() if k.endswith("weight")]
-        if not weights or any(v.ndim != 2 for _, v in weights):
-            raise UnsafeFileError("cannot infer an MLP from this state_dict: expected only Linear "
-                                  "'<name>.weight' (2-D) and '<name>.bias' entries; pass --arch")
-        biases = {k[: -len("weight")] + "bias" for k, _ in weights}
-        extra = sorted(set(state) - {k for k, _ in weights} - biases)
-        if extra or not biases <= set(state):
-            raise UnsafeFileError("cannot infer an MLP from this state_dict: every Linear needs '<name>.weight' "
-                                  f"and '<name>.bias' and nothing else (unexpected: {extra[:5]}); pass --arch")
-        sizes = [weights[0][1].shape[1]] + [v.shape[0] for _, v in weights]
-        model = make_mlp(sizes[0], tuple(sizes[1:-1]), sizes[-1], activation)
-        lin_keys = [k for k, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-        state = {f"{new}.{part}": state[k[: -len("weight")] + part]
-                 for (k, _), new in zip(weights, lin_keys) for part in ("weight", "bias")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ShapeMismatchError(f"the weights do not fit the architecture: {str(exc).splitlines()[0]}") from exc
-    return model.eval()
+from .errors import AfdeError, InvalidArgumentError
+from .serialize import (FORMAT, find_architecture, load_state_dict, load_tensor, model_from_state_dict,
+                        read_architecture, weights_format)
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    if args.output:
+        weights_format(args.output)  # an unknown file type fails now, not after the compression
+    if args.keep is not None and not 0 < args.keep <= 1:
+        raise InvalidArgumentError(f"--keep must be a fraction in (0, 1], got {args.keep}")
+    if args.data_aware and not args.calibration:
+        raise InvalidArgumentError("--data-aware needs calibration inputs (--calibration FILE)")
     path = Path(args.model)
     state = load_state_dict(path)
-    arch = Path(args.arch) if args.arch else arch_path(path)
-    model = _model_from_state(state, arch if arch.is_file() or args.arch else None, args.activation)
+    # an explicit --arch must exist; else the architecture saved with the model; else inferred
+    arch = read_architecture(args.arch) if args.arch else find_architecture(path)
+    model = model_from_state_dict(state, arch, activation=args.activation)
     calib = load_tensor(Path(args.calibration)) if args.calibration else None
-    target = None
+    target = args.target_params
     if args.keep is not None:
-        if not 0 < args.keep <= 1:
-            raise ValueError(f"--keep must be a fraction in (0, 1], got {args.keep}")
         target = int(args.keep * sum(p.numel() for p in model.parameters()))
-    if args.target_params is not None:
-        target = args.target_params
-    eps = None if target is not None else args.eps
-    c = compress(model, eps, mode=args.mode, relative=args.relative, calibration=calib, threads=args.threads,
-                 target_params=target, data_aware=args.data_aware)
+    c = compress(model, eps=None if target is not None else args.eps, mode=args.mode, relative=args.relative,
+                 calibration=calib, threads=args.threads, target_params=target, data_aware=args.data_aware)
     print(c.table())
     if args.output:
         for p in c.save(args.output):
@@ -94,14 +66,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="afde", description="Compress neural networks by eps-lumping of neurons.")
+    debug = argparse.ArgumentParser(add_help=False)  # --debug before or after the command
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="on an error, show the full traceback instead of one line")
+    p = argparse.ArgumentParser(prog="afde", description="Compress neural networks by eps-lumping of neurons.",
+                                parents=[debug])
     p.add_argument("--version", action="version", version=f"afde-nb {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compress", help="compress a saved MLP state_dict (.pt/.pth/.safetensors)")
-    c.add_argument("model", help="state_dict file; its architecture is read from MODEL.json if present "
-                   f"({FORMAT}), else inferred from the Linear weights")
-    c.add_argument("--arch", help="architecture JSON (as written by afde compress -o)")
-    c.add_argument("--activation", default="tanh", choices=["tanh", "sigmoid", "relu"],
+    c = sub.add_parser("compress", help="compress a saved MLP state_dict (.pt/.pth/.safetensors)", parents=[debug])
+    c.add_argument("model", help="state_dict file; its architecture is --arch if given, else the one saved with "
+                   f"it (safetensors metadata or MODEL.json, {FORMAT}), else inferred: its Linear layers in "
+                   "numeric order of their names (bias optional) with --activation between them")
+    c.add_argument("--arch", help="architecture JSON (as written by afde compress -o); must exist")
+    c.add_argument("--activation", default="tanh", choices=["tanh", "sigmoid", "relu", "identity"],
                    help="hidden activation when the architecture is inferred (default tanh)")
     c.add_argument("--eps", type=float, default=0.0, help="tolerance (default 0: exact)")
     t = c.add_mutually_exclusive_group()
@@ -116,12 +93,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, default=0)
     c.add_argument("-o", "--output", help="write the reduced model (.pt/.pth/.safetensors + .json)")
     c.set_defaults(func=cmd_compress)
-    d = sub.add_parser("demo", help="train a small tanh MLP on a bundled data set and compress it over eps")
+    d = sub.add_parser("demo", help="train a small tanh MLP on a bundled data set and compress it over eps",
+                       parents=[debug])
     d.add_argument("--dataset", default="glycolysis")
     d.add_argument("--epochs", type=int, default=200)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
-    b = sub.add_parser("bench", help="size/error trade-off against pruning and folding: CSV, Markdown, plots")
+    b = sub.add_parser("bench", help="size/error trade-off against pruning and folding: CSV, Markdown, plots",
+                       parents=[debug])
     b.add_argument("--out", default="afde-out", help="output folder (default afde-out)")
     g = b.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="one data set, one seed (default; a few minutes)")
@@ -135,11 +114,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; an afde-nb error or a file-system error prints one line on stderr and
+    returns 2 (``--debug``: raises it with its traceback). Anything else is a bug and propagates."""
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (AfdeError, FileNotFoundError, ValueError) as exc:
-        print(f"afde: error: {exc}", file=sys.stderr)
+    except (AfdeError, OSError) as exc:
+        if getattr(args, "debug", False):
+            raise
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        print(f"afde: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -10,6 +10,7 @@ the network's outputs for any depth. Its size grows multiplicatively with depth.
 """
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -18,10 +19,15 @@ from torch import nn
 
 from . import _core
 from .adapters import to_network
-from .errors import UnsupportedLayerError
+from .errors import InvalidArgumentError, ShapeMismatchError, UnsupportedLayerError
 from .network import HOMOGENEOUS, Network, apply_activation
 
 Poly = dict  # {sorted tuple of variable indices: coefficient}
+
+_ERODE_ID = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# words of ERODE's grammar that the lexer reads as keywords, not names (those of the blocks we write)
+_ERODE_RESERVED = {"begin", "end", "model", "init", "partition", "ODE", "d", "parameters", "reactions",
+                   "views", "algebraic", "true", "false"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ class PolyODE:
     def drift(self, x: np.ndarray) -> np.ndarray:
         """f(x) for one state (n,) or a batch (n, B)."""
         x = np.asarray(x, dtype=np.float64)
+        if x.ndim not in (1, 2) or x.shape[0] != self.num_vars:
+            raise ShapeMismatchError(f"a state has shape ({self.num_vars},) or ({self.num_vars}, B), got {x.shape}")
         xp = np.concatenate([x, np.ones((1,) + x.shape[1:])], axis=0)  # index -1 -> 1.0
         vals = self.coef.reshape((-1,) + (1,) * (x.ndim - 1)) * np.prod(xp[self.mono], axis=1)
         out = np.zeros_like(x)
@@ -66,20 +74,48 @@ class PolyODE:
         return out
 
     def initial_state(self, inputs: np.ndarray) -> np.ndarray:
+        n_in = int((self.layer == 0).sum())
+        inputs = np.asarray(inputs, dtype=np.float64)
+        if inputs.shape != (n_in,):
+            raise ShapeMismatchError(f"inputs must have shape ({n_in},), got {inputs.shape}")
         x0 = self.init.copy()
-        x0[self.layer == 0] = np.asarray(inputs, dtype=np.float64)
+        x0[self.layer == 0] = inputs
         return x0
 
+    def prepartition(self) -> list[list[int]]:
+        """afde-nb's initial partition: every input and every output alone, one block per hidden
+        layer (the partition that lumping refines)."""
+        last = int(self.layer.max()) if self.num_vars else 0
+        blocks: list[list[int]] = []
+        for l in range(last + 1):
+            members = [int(v) for v in np.flatnonzero(self.layer == l)]
+            if l == 0 or (l == last and last > 0):
+                blocks += [[v] for v in members]
+            elif members:
+                blocks.append(members)
+        return blocks
+
     def to_ode(self, name: str = "afde", inputs: np.ndarray | None = None) -> str:
-        """The system in ERODE's ``.ode`` syntax (inputs start at ``inputs``, default 0)."""
+        """The system in ERODE's ``.ode`` syntax (inputs start at ``inputs``, default 0), with the
+        layer prepartition (:meth:`prepartition`) as its initial partition, so that ERODE's
+        reductions of the file start from afde-nb's setting. ``name`` must be an ERODE identifier
+        (a letter, then letters, digits or underscores)."""
+        if not isinstance(name, str) or not _ERODE_ID.fullmatch(name) or name in _ERODE_RESERVED:
+            raise InvalidArgumentError(f"the model name must be an ERODE identifier (a letter, then letters, digits "
+                                       f"or '_', not a keyword such as 'model'), got {name!r}")
         x0 = self.initial_state(np.zeros((self.layer == 0).sum()) if inputs is None else inputs)
+        if not np.isfinite(x0).all():
+            raise InvalidArgumentError("the inputs of an ERODE export must be finite")
         terms: dict[int, list[str]] = defaultdict(list)
         for v, c, m in zip(self.var, self.coef, self.monomials()):
             factors = "*".join(self.names[k] for k in m)
             terms[int(v)].append(f"{float(c)!r}" + (f"*{factors}" if factors else ""))
         lines = [f"begin model {name}", " begin init"]
         lines += [f"  {n} = {float(x0[i])!r}" for i, n in enumerate(self.names)]
-        lines += [" end init", " begin ODE"]
+        blocks = ["{" + ", ".join(self.names[v] for v in b) + "}" for b in self.prepartition()]
+        lines += [" end init", " begin partition"]
+        lines += [f"  {b}," for b in blocks[:-1]] + [f"  {b}" for b in blocks[-1:]]
+        lines += [" end partition", " begin ODE"]
         for i, n in enumerate(self.names):
             rhs = " + ".join(terms.get(i, [])) or "0"
             lines.append(f"  d({n}) = {rhs.replace('+ -', '- ')}")
@@ -110,7 +146,7 @@ def encode(model: nn.Module | Network, kind: str = "cascade", max_terms: int = 2
         return _cascade(net)
     if kind == "homotopy":
         return _homotopy(net, max_terms)
-    raise ValueError(f"kind must be 'cascade' or 'homotopy', got {kind!r}")
+    raise InvalidArgumentError(f"kind must be 'cascade' or 'homotopy', got {kind!r}")
 
 
 def _cascade(net: Network) -> PolyODE:
@@ -167,7 +203,8 @@ def _homotopy(net: Network, max_terms: int) -> PolyODE:
             d = _mul(_derivative(l.activation, off + i), inner)
             total += len(d)
             if total > max_terms:
-                raise ValueError(f"homotopy encoding exceeds max_terms={max_terms}; use kind='cascade'")
+                raise InvalidArgumentError(f"the homotopy encoding exceeds max_terms={max_terms} terms; use "
+                                           "kind='cascade' or a larger max_terms")
             cur.append(d)
         h0 = apply_activation(h0 @ l.weight.T, l.activation, l.negative_slope)
         init[off:off + l.out_features] = h0

@@ -1,7 +1,7 @@
 """Typed errors: each says what was wrong and what is accepted.
 
-Every error derives from :class:`AfdeError` and from the matching builtin (``TypeError`` or
-``ValueError``) so callers can catch either.
+Every error derives from :class:`AfdeError` and from the matching builtin (``TypeError``,
+``ValueError``, ``ImportError`` or ``FileNotFoundError``) so callers can catch either.
 """
 from __future__ import annotations
 
@@ -27,11 +27,20 @@ class ShapeMismatchError(AfdeError, ValueError):
 
 
 class UnsafeFileError(AfdeError, ValueError):
-    """A file that is not a plain tensor state_dict (afde-nb never unpickles objects)."""
+    """A file that afde-nb cannot or will not read: not a plain tensor state_dict or tensor (afde-nb
+    never unpickles objects), corrupt, truncated, a directory, or unreadable."""
+
+
+class MissingFileError(AfdeError, FileNotFoundError):
+    """A file that was named (weights, architecture, calibration data) does not exist."""
 
 
 class InvalidArgumentError(AfdeError, ValueError):
     """An option outside the accepted values (mode, method, budget, target, file format)."""
+
+
+class InvalidArchitectureError(InvalidArgumentError):
+    """An architecture (JSON) that is malformed, of another format, or does not match its weights."""
 
 
 class BudgetUnreachableError(AfdeError, ValueError):

@@ -1,6 +1,7 @@
 """The ``afde`` command line."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -42,13 +43,74 @@ def test_compress_infers_an_mlp_and_writes_the_reduced_model(saved_model, tmp_pa
         assert float((reduced(x) - model(x)).abs().max()) <= 1e-5
 
 
-def test_compress_uses_the_architecture_json(saved_model, tmp_path, capsys):
-    model, path = saved_model
-    c = afde_nb.compress(model, 0.0)
-    c.save(tmp_path / "arch_model.safetensors")
-    assert main(["compress", str(tmp_path / "arch_model.safetensors"), "--eps", "0.3", "--relative",
-                 "--mode", "backward"]) == 0
-    assert "% kept" in capsys.readouterr().out
+def _sigmoid_model():
+    """A model that inference (tanh by default) gets wrong: the architecture must be read."""
+    torch.manual_seed(1)
+    model = mlp([4, 8, 3], ["sigmoid"])
+    with torch.no_grad():
+        model[0].weight[5] = model[0].weight[2]
+        model[0].bias[5] = model[0].bias[2]
+    return model
+
+
+def _assert_same_function(path, model):
+    reduced = afde_nb.load_model(path)
+    x = torch.randn(64, model[0].in_features)
+    with torch.no_grad():
+        assert float((reduced(x) - model(x)).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_compress_uses_the_architecture_json(tmp_path, capsys, suffix):
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors")
+    model = _sigmoid_model()
+    afde_nb.save_model(model, tmp_path / f"arch_model{suffix}")
+    out = tmp_path / "reduced.pt"
+    assert main(["compress", str(tmp_path / f"arch_model{suffix}"), "--eps", "0", "-o", str(out)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["0", "sigmoid", "8", "7", "2", "0"] in rows  # not the tanh that inference would assume
+    assert isinstance(afde_nb.load_model(out)[1], torch.nn.Sigmoid)
+    _assert_same_function(out, model)
+
+
+def test_an_explicit_arch_file_is_used_and_must_exist(tmp_path, capsys):
+    model = _sigmoid_model()
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    (tmp_path / "elsewhere").mkdir()
+    afde_nb.save_model(model, tmp_path / "elsewhere" / "described.pt")
+    out = tmp_path / "reduced.pt"
+    assert main(["compress", str(tmp_path / "weights.pt"), "--arch", str(tmp_path / "elsewhere" / "described.json"),
+                 "-o", str(out)]) == 0
+    _assert_same_function(out, model)
+    capsys.readouterr()
+    # a given --arch that does not exist is an error, never a silent fallback to guessing
+    assert main(["compress", str(tmp_path / "weights.pt"), "--arch", str(tmp_path / "typo.json")]) == 2
+    assert f"no such file: {tmp_path / 'typo.json'}" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text('{"format": "afde-nb.sequential/1", "layers": [')
+    assert main(["compress", str(tmp_path / "weights.pt"), "--arch", str(tmp_path / "bad.json")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text(json.dumps({"format": "keras", "layers": []}))
+    assert main(["compress", str(tmp_path / "weights.pt"), "--arch", str(tmp_path / "other.json")]) == 2
+    assert "architecture format 'keras'" in capsys.readouterr().err
+
+
+def test_inferred_layers_in_numeric_order_and_without_bias(tmp_path, capsys):
+    """Seven Linear layers (keys 0..12: text order puts '10.weight' before '2.weight'), two of them
+    without bias, in a safetensors file with no architecture."""
+    safetensors = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(2)
+    widths = [3, 5, 4, 6, 3, 5, 4, 2]
+    mods = []
+    for k in range(7):
+        mods += [torch.nn.Linear(widths[k], widths[k + 1], bias=k not in (1, 6)), torch.nn.Tanh()]
+    model = torch.nn.Sequential(*mods[:-1])
+    safetensors.save_file(dict(model.state_dict()), str(tmp_path / "deep.safetensors"))
+    out = tmp_path / "reduced.pt"
+    assert main(["compress", str(tmp_path / "deep.safetensors"), "-o", str(out)]) == 0
+    _assert_same_function(out, model)
+    assert [m.bias is None for m in afde_nb.load_model(out) if isinstance(m, torch.nn.Linear)] == \
+        [k in (1, 6) for k in range(7)]
 
 
 def test_calibration_file(saved_model, tmp_path, capsys):
@@ -82,6 +144,59 @@ def test_refuses_pickled_objects_and_bad_input(saved_model, tmp_path, capsys):
     torch.save(torch.nn.Conv1d(1, 2, 3).state_dict(), conv)
     assert main(["compress", str(conv)]) == 2
     assert "cannot infer an MLP" in capsys.readouterr().err
+
+
+def _bad_files(tmp_path):
+    rng = np.random.default_rng(64)
+    valid = tmp_path / "valid.pt"
+    torch.save(mlp([2, 3, 1], ["tanh"]).state_dict(), valid)
+    files = {"garbage.pt": rng.bytes(4000), "truncated.pt": valid.read_bytes()[:300], "empty.pt": b"",
+             "garbage.safetensors": rng.bytes(4000), "weights.bin": b"not torch"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "folder.pt").mkdir()
+    return [tmp_path / n for n in [*files, "folder.pt", "missing.pt"]]
+
+
+def test_unreadable_files_give_one_line_and_exit_code_2(tmp_path, capsys):
+    for path in _bad_files(tmp_path):
+        if path.suffix == ".safetensors" and importlib.util.find_spec("safetensors") is None:
+            continue
+        assert main(["compress", str(path)]) == 2, path
+        captured = capsys.readouterr()
+        err = captured.err.splitlines()
+        assert len(err) == 1 and err[0].startswith("afde: error: ") and str(path) in err[0], captured.err
+        assert captured.out == ""
+
+
+def test_debug_re_raises(tmp_path, capsys):
+    garbage, *_ = _bad_files(tmp_path)
+    with pytest.raises(afde_nb.UnsafeFileError, match="not a plain tensor state_dict") as info:
+        main(["compress", str(garbage), "--debug"])
+    assert info.value.__cause__ is not None  # torch's own error is kept for the traceback
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "compress", str(tmp_path / "missing.pt")])
+
+
+def test_garbage_through_the_console_script(tmp_path):
+    """The issue's case: random bytes used to end in a raw IndexError traceback."""
+    (tmp_path / "garbage.pt").write_bytes(np.random.default_rng(64).bytes(4000))
+    run = subprocess.run([sys.executable, "-m", "afde_nb", "compress", "garbage.pt"], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("afde: error: garbage.pt is not a plain tensor")
+    assert "Traceback" not in run.stderr
+    run = subprocess.run([sys.executable, "-m", "afde_nb", "compress", "garbage.pt", "--debug"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 1 and "Traceback" in run.stderr and "UnsafeFileError" in run.stderr
+
+
+def test_bad_output_type_fails_before_compressing(saved_model, tmp_path, capsys):
+    _, path = saved_model
+    assert main(["compress", str(path), "-o", str(tmp_path / "reduced.onnx")]) == 2
+    captured = capsys.readouterr()
+    assert "unknown weights file type '.onnx'" in captured.err and captured.out == ""
+    assert not list(tmp_path.glob("reduced*"))
 
 
 def test_console_script_runs(tmp_path):

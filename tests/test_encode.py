@@ -1,12 +1,15 @@
 """The cascade and homotopy polynomial ODE encodings (method.md §2)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from scipy.integrate import solve_ivp
 
 import afde_nb
+from afde_nb.errors import InvalidArgumentError, ShapeMismatchError
 from afde_nb.network import apply_activation
 
 from conftest import mlp
@@ -75,9 +78,9 @@ def test_homotopy_refuses_relu_and_size_blowup():
     model = mlp([2, 3, 1], ["relu"])
     with pytest.raises(afde_nb.UnsupportedLayerError, match="polynomial"):
         afde_nb.encode(model, kind="homotopy")
-    with pytest.raises(ValueError, match="max_terms"):
+    with pytest.raises(InvalidArgumentError, match="max_terms"):
         afde_nb.encode(mlp([4, 8, 8, 8, 2], ["tanh"] * 3), kind="homotopy", max_terms=500)
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(InvalidArgumentError, match="kind"):
         afde_nb.encode(model, kind="spline")
 
 
@@ -98,3 +101,51 @@ def test_erode_export_round_trips_the_drift(rng):
     env = dict(zip(ode.names, x))
     parsed = np.array([eval(rhs[n], {}, env) for n in ode.names])  # noqa: S307 - our own output
     np.testing.assert_allclose(parsed, ode.drift(x), rtol=1e-12)
+
+
+def _erode_partition(text: str) -> list[list[str]]:
+    """The blocks of the ``begin partition ... end partition`` section (ERODE: ``{a, b}, {c}``)."""
+    body = text.split(" begin partition\n")[1].split(" end partition\n")[0]
+    blocks = re.findall(r"\{([^{}]*)\}", body)
+    assert re.fullmatch(r"\s*(\{[^{}]*\}\s*,\s*)*\{[^{}]*\}\s*", body), body  # comma-separated blocks
+    return [[v.strip() for v in b.split(",")] for b in blocks]
+
+
+@pytest.mark.parametrize("kind", ["cascade", "homotopy"])
+def test_erode_export_declares_the_layer_prepartition(kind):
+    """Inputs and outputs alone, one block per hidden layer: afde-nb's initial partition, so ERODE
+    does not start from one block that lumps inputs together."""
+    torch.manual_seed(4)
+    ode = afde_nb.encode(mlp([3, 4, 5, 2], ["tanh", "sigmoid"]), kind=kind)
+    text = ode.to_ode(name="net_1")
+    sections = [l.strip() for l in text.splitlines() if l.strip().startswith(("begin", "end"))]
+    assert sections == ["begin model net_1", "begin init", "end init", "begin partition", "end partition",
+                        "begin ODE", "end ODE", "end model"]  # ERODE's order: init, partition, ODE
+    blocks = _erode_partition(text)
+    assert blocks == [["x0"], ["x1"], ["x2"], [f"h1_{i}" for i in range(4)], [f"h2_{i}" for i in range(5)],
+                      ["y0"], ["y1"]]
+    assert sorted(v for b in blocks for v in b) == sorted(ode.names)  # every variable exactly once
+    assert [[ode.names[v] for v in b] for b in ode.prepartition()] == blocks
+
+
+def test_erode_prepartition_without_hidden_layers():
+    ode = afde_nb.encode(mlp([2, 3], [], "tanh"))
+    assert _erode_partition(ode.to_ode()) == [["x0"], ["x1"], ["y0"], ["y1"], ["y2"]]
+
+
+@pytest.mark.parametrize("name", ["", "1net", "my-net", "net.ode", "a b", "_x", "model", "end", "d", None, 3])
+def test_erode_model_name_must_be_an_identifier(name):
+    ode = afde_nb.encode(mlp([2, 2, 1], ["tanh"]))
+    with pytest.raises(InvalidArgumentError, match="ERODE identifier"):
+        ode.to_ode(name=name)
+
+
+def test_erode_export_checks_its_inputs():
+    ode = afde_nb.encode(mlp([2, 2, 1], ["tanh"]))
+    assert ode.to_ode(name="Net_2").startswith("begin model Net_2\n")
+    with pytest.raises(ShapeMismatchError, match=r"\(2,\)"):
+        ode.to_ode(inputs=np.zeros(3))
+    with pytest.raises(InvalidArgumentError, match="finite"):
+        ode.to_ode(inputs=np.array([0.0, np.nan]))
+    with pytest.raises(ShapeMismatchError):
+        ode.drift(np.zeros(4))
