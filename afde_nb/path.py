@@ -7,18 +7,24 @@ widths or by a parameter budget costs a replay of the first merges, never a new 
 
 What eps means (backward mode). A hidden layer's neuron i has aligned row a_i (its incoming row
 and bias, times its orientation s_i, divided by its scale c_i: the row norm for ReLU-like
-activations, else 1) and mass m_i = c_i ||v_i|| (v_i its outgoing column). Replacing every row of a
-block by the mass-weighted mean changes the next layer's pre-activations by at most
+activations, else 1) and mass m_i = (c_i ||v_i||)^2 (v_i its outgoing column). Replacing every row
+of a block by the mass-weighted mean row changes the next layer's pre-activations by
 
-    RMS ||dz'|| <= Lip * sqrt(lambda_max(C) * M * J)
+    dz' = sum_i v_i s_i c_i (phi(a_B . x) - phi(a_i . x)),   x = [layer inputs; 1]
 
-where Lip is the activation's Lipschitz constant, C the second moment of the layer's augmented
-inputs [x; 1] on the probe inputs (calibration data, else 512 standard-normal pseudo-inputs),
-M = sum m_i over the layer and J the mass-weighted within-block scatter, which Ward's merge
-costs add up to exactly (Cauchy-Schwarz twice; complete linkage: Lip sqrt(lambda) M * diameter).
-``eps`` is this bound; with ``relative=True`` it is divided by the RMS norm of the next layer's
-pre-activations on the same inputs (eps = 0.1: at most 10 %). eps = 0 cuts only merges of cost
-zero: exact equivalences, symmetries included.
+and, to first order with the neurons' errors uncorrelated, E||dz'||^2 = Lip^2 J with
+
+    J = sum_i m_i (a_i - a_B)^T C (a_i - a_B),   C = E[x x^T]
+
+on the probe inputs (calibration data, else 512 standard-normal pseudo-inputs). Ward
+agglomeration of the rows in the metric of C with masses m_i minimises exactly this J, and its
+merge costs add up to it. ``eps`` is ``Lip sqrt(J)`` (Lip: the activation's Lipschitz constant);
+with ``relative=True`` divided by the RMS norm of the next layer's pre-activations on the same
+inputs (eps = 0.1: about 10 %). It is an estimate; the worst case (correlated errors, by
+Cauchy-Schwarz) is at most sqrt(width) times larger. :class:`~afde_nb.compress.Compression`
+reports the measured error next to it. Complete linkage: eps = Lip * sum_i sqrt(m_i) * the
+largest block diameter (in the metric of C), a bound. eps = 0 cuts only merges of cost zero: exact
+equivalences, symmetries included.
 
 Forward mode clusters the neurons by their effect downstream: aligned outgoing columns s_i c_i v_i
 with masses rms(h_i), starting from the exact (backward) blocks so eps = 0 stays exact. Its eps is
@@ -39,6 +45,7 @@ SIGNED = ("identity", "tanh", "sigmoid")
 PROBES = 512
 #: a merge whose cost is below this fraction of the layer's total scale is an exact equivalence
 EXACT_TOL = {"ward": 1e-20, "complete": 1e-10}
+RIDGE = 1e-8
 
 
 def lipschitz(activation: str, negative_slope: float = 0.01) -> float:
@@ -223,12 +230,16 @@ def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", re
         R, b = incoming(layer.weight, layer.bias, src)
         A, c = aligned(R, b, act)
         vnorm = np.linalg.norm(nxt.weight, axis=0)
-        mass = c * vnorm
+        mass = (c * vnorm) ** 2
         mass = np.maximum(mass, 1e-12 * max(float(mass.max(initial=0.0)), 1e-300))
-        # second moment of the reduced-exact augmented inputs, and the scale of the next layer
+        # rows in the metric of the layer's inputs: ||e||_C^2 = e^T C e, C the second moment of the
+        # (reduced-exact) augmented inputs; a tiny ridge keeps rows that differ only where the probes
+        # are constant from counting as exact
         U = _reduced_values(ins[h], src)
         Ua = np.column_stack([U, np.ones(len(U))])
-        lam = float(np.linalg.eigvalsh(Ua.T @ Ua / max(len(Ua), 1))[-1]) if Ua.size else 0.0
+        ev, evec = np.linalg.eigh(Ua.T @ Ua / max(len(Ua), 1))
+        ev = np.maximum(ev, 0.0) + RIDGE * max(float(ev.mean()), 1e-300)
+        A = A @ (evec * np.sqrt(ev))
         znext = ins[h + 1] @ nxt.weight.T + nxt.bias
         denom = float(np.sqrt(np.mean(np.sum(znext ** 2, axis=1)))) if relative else 1.0
         denom = denom if denom > 0 else 1.0
@@ -240,10 +251,9 @@ def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", re
         exact = int(np.searchsorted(ht, tol, side="right"))
         if mode == "backward":
             if method == "ward":
-                J = np.concatenate([[0.0], np.cumsum(ht)])
-                bounds = lip * np.sqrt(np.maximum(lam * mass.sum() * J, 0.0)) / denom
+                bounds = lip * np.sqrt(np.maximum(np.concatenate([[0.0], np.cumsum(ht)]), 0.0)) / denom
             else:
-                bounds = lip * np.sqrt(lam) * mass.sum() * np.concatenate([[0.0], ht]) / denom
+                bounds = lip * np.sqrt(mass).sum() * np.concatenate([[0.0], ht]) / denom
         else:
             lab0, s0 = _core.replay(n, pairs, sg, exact)
             keep_pairs, keep_sg = pairs[:exact], sg[:exact]

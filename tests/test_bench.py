@@ -23,13 +23,18 @@ def small_problem(rng):
 
 def test_every_method_stays_within_each_budget(small_problem):
     model, X, y = small_problem
-    rows = tradeoff(model, X, y, mode=("backward", "forward"), kept=(0.8, 0.5),
+    rows = tradeoff(model, X, y, mode=("backward", "forward"), kept=(0.8, 0.5), variants=("", "+repair"),
                     baselines=("magnitude", "wanda", "structured-norm", "kmeans-fold"))
     full = rows[0]["params"]
     assert rows[0]["method"] == "original"
     methods = {r["method"] for r in rows}
-    assert methods == {"original", "afde-backward", "afde-forward", "magnitude", "wanda", "structured-norm",
-                       "kmeans-fold"}
+    plain = {"afde-backward", "afde-forward", "magnitude", "wanda", "structured-norm", "kmeans-fold"}
+    assert methods == {"original"} | plain | {m + "+repair" for m in plain}
+    # repair keeps the size: a repaired baseline has exactly the parameters of its unrepaired run
+    for m in ("magnitude", "wanda", "structured-norm", "kmeans-fold"):
+        a = sorted((r["budget"], r["params"]) for r in rows if r["method"] == m)
+        b = sorted((r["budget"], r["params"]) for r in rows if r["method"] == m + "+repair")
+        assert a == b, m
     for r in rows:
         assert r["params"] <= r["budget"], r
         assert r["budget"] in (full, int(0.8 * full), int(0.5 * full))
@@ -63,8 +68,9 @@ def test_quick_profile_end_to_end(tmp_path, monkeypatch):
     with (tmp_path / "out" / "points.csv").open() as f:
         rows = list(csv.DictReader(f))
     profile = PROFILES["quick"]
-    assert {r["method"] for r in rows} >= {"original", "afde-backward", "afde-forward", "magnitude", "wanda"}
-    assert len(rows) == 1 + (len(profile.kept) + 1) * (len(profile.modes) + len(profile.baselines))
+    assert {r["method"] for r in rows} >= {"original", "afde-backward", "afde-components-backward", "magnitude",
+                                           "wanda", "afde-backward+repair", "wanda+repair"}
+    assert len(rows) == 1 + (len(profile.kept) + 1) * len(profile.variants) * (len(profile.modes) + len(profile.baselines))
     text = (tmp_path / "out" / "results.md").read_text()
     assert "MSE <= 1.05 x original" in text and "afde-backward" in text
     assert (tmp_path / "out" / "tradeoff.png").stat().st_size > 10_000

@@ -61,7 +61,7 @@ def test_planted_dead_neurons_forward_exact(rng):
     w2[:, 3] = w2[:, 1]  # dead neurons 1 and 3 have equal columns; 4 differs
     model = set_weights(mlp([3, 6, 4, 1], ["tanh", "tanh"]), [w1, w2, rng.normal(size=(1, 4))],
                         [b1, rng.normal(size=4), rng.normal(size=1)])
-    c = afde_nb.compress(model, eps=0, mode="forward")
+    c = afde_nb.compress(model, eps=0, mode="forward", method="components")
     np.testing.assert_array_equal(c.partition[0], [0, 1, 2, 1, 3, 4])
     assert [s.neurons_after for s in c.layers] == [5, 4]
     assert _max_diff(c.model, model, 3) <= 1e-5
@@ -336,7 +336,7 @@ def test_data_aware_eps_zero_is_exact_on_positive_data(rng, act):
     torch.manual_seed(1)
     model = mlp([4, 16, 12, 2], [act, act])
     X = rng.normal(size=(128, 4)).astype(np.float32)
-    c = afde_nb.compress(model, 0.0, calibration=X, data_aware=True)
+    c = afde_nb.compress(model, 0.0, calibration=X, data_aware=True, method="components")
     assert _max_diff(c.model, model, 4) <= 1e-5
     with pytest.raises(ValueError, match="calibration"):
         afde_nb.compress(model, 0.1, data_aware=True)

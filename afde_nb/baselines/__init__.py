@@ -8,7 +8,8 @@ Every method takes the model and an ``amount`` in [0, 1], never modifies the mod
 * :func:`wanda_prune` -- unstructured Wanda, |W| * input norm per output row (masked);
 * :func:`structured_prune` -- whole hidden neurons removed by a norm or Wanda score (dense, smaller);
 * :func:`fold_prune` -- k-means model folding of hidden neurons (dense, smaller);
-* :func:`match_params` -- any of these at the amount giving the most parameters <= a target.
+* :func:`match_params` -- any of these at the amount giving the most parameters <= a target;
+* :func:`repair_pruned` -- the least-squares repair every method (afde-nb too) gets.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from ._common import Pruned, count_params
 from .folding import fold_prune, kmeans
 from .magnitude import magnitude_prune
 from .match import match_params
+from .repair import repair_pruned
 from .structured import structured_prune
 from .wanda import wanda_prune, wanda_scores
 
 __all__ = ["Pruned", "count_params", "fold_prune", "kmeans", "magnitude_prune", "match_params",
-           "structured_prune", "wanda_prune", "wanda_scores"]
+           "repair_pruned", "structured_prune", "wanda_prune", "wanda_scores"]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..adapters import to_network, to_torch
-from ..errors import ShapeMismatchError
+from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..network import Network, as_inputs
 
 
@@ -26,6 +26,12 @@ class Pruned:
     method: str
     amount: float
     dense: bool
+    #: for dense methods, how each hidden layer stands for the original one: (labels, coef) per
+    #: hidden layer (labels -1: neuron dropped), and the first layer whose inputs changed; what
+    #: :func:`afde_nb.baselines.repair_pruned` needs
+    maps: list | None = None
+    start: int = 0
+    repaired: str | None = None
 
 
 def count_params(model: nn.Module, nonzero: bool = False) -> int:
@@ -43,10 +49,10 @@ def count_params(model: nn.Module, nonzero: bool = False) -> int:
 def check_amount(amount) -> float:
     """``amount`` as a float fraction in [0, 1] (an int is a fraction too, never a count)."""
     if isinstance(amount, bool) or not isinstance(amount, (int, float, np.integer, np.floating)):
-        raise TypeError(f"amount must be a number in [0, 1], got {type(amount).__name__}")
+        raise InvalidArgumentError(f"amount must be a number in [0, 1], got {type(amount).__name__}")
     a = float(amount)
     if not (0.0 <= a <= 1.0):
-        raise ValueError(f"amount must be a fraction in [0, 1], got {amount!r}")
+        raise InvalidArgumentError(f"amount must be a fraction in [0, 1], got {amount!r}")
     return a
 
 
@@ -77,7 +83,7 @@ def build(net: Network, device: torch.device) -> nn.Sequential:
 def as_calibration(calibration, net: Network) -> np.ndarray:
     """Calibration inputs as a float64 (n, in_features) array (the model's input Flatten applied)."""
     if calibration is None:
-        raise ValueError("this method needs calibration inputs: an (n, in_features) array or tensor")
+        raise InvalidArgumentError("this method needs calibration inputs: an (n, in_features) array or tensor")
     x = as_inputs(calibration, net.layers[0].in_features, "calibration", net.meta.get("flatten"))
     if len(x) < 1:
         raise ShapeMismatchError("calibration inputs must have at least one row")

@@ -14,6 +14,7 @@ import numpy as np
 from torch import nn
 
 from ..network import Layer, Network
+from ..errors import InvalidArgumentError
 from ._common import Pruned, build, check_amount, count_params, dense_counter, n_kept, read
 
 
@@ -78,7 +79,7 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, max_iter: int = 300) -> np.ndar
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
     if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}], got {k}")
+        raise InvalidArgumentError(f"k must be in [1, {n}], got {k}")
     distinct, first, inverse, counts = np.unique(x, axis=0, return_index=True, return_inverse=True,
                                                  return_counts=True)
     inverse = inverse.reshape(-1)
@@ -131,13 +132,17 @@ def fold_prune(model: nn.Module, amount: float, seed: int = 0, max_iter: int = 3
     incoming rows (weights + bias), front to back; returns a smaller dense ``nn.Sequential``."""
     amount = check_amount(amount)
     net, device = read(model)
+    maps, start = [], len(net.layers)
     for l in range(len(net.layers) - 1):
         layer = net.layers[l]
         rows = np.column_stack([layer.weight, layer.bias]) if layer.has_bias else layer.weight
         labels = kmeans(rows, n_kept(layer.out_features, amount), seed=seed, max_iter=max_iter)
+        maps.append((labels, 1.0 / np.bincount(labels)[labels]))  # a folded neuron is its cluster's mean
+        if labels.max() + 1 < labels.size:
+            start = min(start, l + 1)
         net = fold_layer(net, l, labels)
     new = build(net, device)
-    return Pruned(new, count_params(new), "folding", amount, True)
+    return Pruned(new, count_params(new), "folding", amount, True, maps, start)
 
 
 def _counter(model: nn.Module, seed: int = 0, max_iter: int = 300):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InvalidArgumentError
 from ._common import Pruned, bias_count, build, check_amount, count_params, n_pruned, read
 
 SCOPES = ("layer", "global")
@@ -28,7 +29,7 @@ def _topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 def magnitude_masks(linears: list[nn.Linear], amount: float, scope: str = "layer") -> list[torch.Tensor]:
     """Keep-masks (same shape and dtype as each weight) of magnitude pruning."""
     if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        raise InvalidArgumentError(f"scope must be one of {SCOPES}, got {scope!r}")
     weights = [lin.weight.detach() for lin in linears]
     if scope == "layer":
         return [_topk_mask(torch.abs(w), n_pruned(w.numel(), amount)) for w in weights]
@@ -46,7 +47,7 @@ def magnitude_prune(model: nn.Module, amount: float, scope: str = "layer") -> Pr
     one global threshold); returns a new masked ``nn.Sequential``."""
     amount = check_amount(amount)
     if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        raise InvalidArgumentError(f"scope must be one of {SCOPES}, got {scope!r}")
     net, device = read(model)
     new = build(net, device)
     linears = [m for m in new if isinstance(m, nn.Linear)]
@@ -60,7 +61,7 @@ def _counter(model: nn.Module, scope: str = "layer"):
     """params(amount) of :func:`magnitude_prune` without pruning: zeros are the smallest |W|, so
     pruning k of n weights with z non-zero leaves min(n - k, z) non-zero."""
     if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        raise InvalidArgumentError(f"scope must be one of {SCOPES}, got {scope!r}")
     net, _ = read(model)
     sizes = [l.weight.size for l in net.layers]
     nnz = [int((l.weight != 0).sum()) for l in net.layers]

@@ -7,6 +7,7 @@ from typing import Callable
 from torch import nn
 
 from . import folding, magnitude, structured, wanda
+from ..errors import BudgetUnreachableError, InvalidArgumentError
 from ._common import Pruned
 
 #: method -> factory of a closed-form params(amount) (no pruning run); others are searched by running
@@ -48,11 +49,11 @@ def match_params(method_fn: Callable[..., Pruned], model: nn.Module, target_para
     For the methods of this package params(amount) is evaluated in closed form from the weights
     (and calibration) without pruning, and searched by bisection over ``amount``; any other
     ``method_fn`` (non-increasing params in amount) is bisected by running it. The smallest such
-    amount is used, rounded to the shortest decimal that gives the same count. Raises ValueError
+    amount is used, rounded to the shortest decimal that gives the same count. Raises BudgetUnreachableError
     when even ``amount = 1`` exceeds the target.
     """
     if isinstance(target_params, bool) or not float(target_params).is_integer():
-        raise TypeError(f"target_params must be an integer, got {target_params!r}")
+        raise InvalidArgumentError(f"target_params must be an integer, got {target_params!r}")
     target = int(target_params)
     if method_fn in _COUNTERS:
         count = _COUNTERS[method_fn](model, **kwargs)
@@ -67,7 +68,7 @@ def match_params(method_fn: Callable[..., Pruned], model: nn.Module, target_para
     if count(0.0) <= target:
         amount = 0.0
     elif count(1.0) > target:
-        raise ValueError(
+        raise BudgetUnreachableError(
             f"{getattr(method_fn, '__name__', method_fn)} cannot go down to {target} parameters: "
             f"amount = 1 leaves {count(1.0)}")
     else:

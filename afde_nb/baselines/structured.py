@@ -17,6 +17,7 @@ import numpy as np
 from torch import nn
 
 from ..network import Layer, Network
+from ..errors import InvalidArgumentError
 from ._common import Pruned, as_calibration, build, check_amount, count_params, dense_counter, layer_inputs, n_kept, read
 
 SCORES = ("norm", "wanda")
@@ -25,7 +26,7 @@ SCORES = ("norm", "wanda")
 def neuron_scores(net: Network, score: str = "norm", calibration=None) -> list[np.ndarray]:
     """Score of every neuron of every hidden layer of ``net``."""
     if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        raise InvalidArgumentError(f"score must be one of {SCORES}, got {score!r}")
     outgoing = [np.linalg.norm(nxt.weight, axis=0) for nxt in net.layers[1:]]
     if score == "norm":
         incoming = [np.linalg.norm(np.column_stack([l.weight, l.bias if l.has_bias else np.zeros(l.out_features)]),
@@ -60,17 +61,23 @@ def structured_prune(model: nn.Module, amount: float, score: str = "norm", calib
     """Remove the lowest-scoring ``amount`` fraction of neurons of every hidden layer."""
     amount = check_amount(amount)
     if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        raise InvalidArgumentError(f"score must be one of {SCORES}, got {score!r}")
     net, device = read(model)
     scores = neuron_scores(net, score, calibration)
     keep = [keep_indices(s, n_kept(len(s), amount)) for s in scores]
     new = build(select_neurons(net, keep), device)
-    return Pruned(new, count_params(new), f"structured-{score}", amount, True)
+    maps = []
+    for k, s in zip(keep, scores):
+        lab = np.full(len(s), -1, dtype=np.int64)
+        lab[k] = np.arange(len(k))
+        maps.append((lab, np.ones(len(s))))
+    start = min([l + 1 for l, (k, s) in enumerate(zip(keep, scores)) if len(k) < len(s)], default=len(net.layers))
+    return Pruned(new, count_params(new), f"structured-{score}", amount, True, maps, start)
 
 
 def _counter(model: nn.Module, score: str = "norm", calibration=None):
     if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        raise InvalidArgumentError(f"score must be one of {SCORES}, got {score!r}")
     if score == "wanda":
         as_calibration(calibration, read(model)[0])  # fail early, not after the search
     return dense_counter(model)

@@ -5,6 +5,7 @@ import csv
 import os
 import time
 from dataclasses import dataclass
+from typing import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy as np
 from ..data import NAMES, load
 from ..serialize import load_model, save_model
 from ..train import train_mlp
-from .tradeoff import BASELINES, tradeoff
+from .tradeoff import BASELINES, VARIANTS, tradeoff
 
 
 @dataclass(frozen=True)
@@ -23,13 +24,17 @@ class Profile:
     epochs: int
     kept: tuple[float, ...]
     baselines: tuple[str, ...] = tuple(BASELINES)
-    modes: tuple[str, ...] = ("backward", "forward", "backward-data", "forward-data")
+    #: afde-nb entries (:func:`afde_nb.bench.tradeoff.afde_options`): Ward backward is the default
+    modes: tuple[str, ...] = ("backward", "forward", "components-backward")
+    #: every method with and without repair, data-free and calibrated (tradeoff.VARIANTS)
+    variants: tuple[str, ...] = VARIANTS
     activation: str = "tanh"
     max_samples: int = 20_000
 
 
 PROFILES = {
-    "quick": Profile(("glycolysis",), (0,), (64, 64), 120, (0.97, 0.9, 0.8, 0.6, 0.4, 0.2)),
+    "quick": Profile(("glycolysis",), (0,), (64, 64), 120, (0.97, 0.9, 0.8, 0.6, 0.4, 0.2),
+                     modes=("backward", "components-backward"), variants=("", "+repair")),
     "full": Profile(tuple(NAMES), (0, 1, 2), (128, 128), 300,
                     (0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)),
 }
@@ -55,12 +60,23 @@ def trained_model(dataset: str, seed: int, hidden: tuple[int, ...], epochs: int,
     return data, model
 
 
+def can_plot() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def run(profile: Profile, out: Path, log=print) -> list[dict]:
+    """Run the profile; write points.csv, results.md and (with matplotlib) tradeoff.png. Without
+    matplotlib this says so *before* the long run and skips only the plot."""
     from tqdm.auto import tqdm
 
+    if not can_plot():
+        log("warning: matplotlib is not installed, so tradeoff.png will be skipped "
+            "(pip install 'afde-nb[bench]' to get it); the CSV and results.md are written")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    per_model = (len(profile.kept) + 1) * (len(profile.modes) + len(profile.baselines))
+    per_model = (len(profile.kept) + 1) * len(profile.variants) * (len(profile.modes) + len(profile.baselines))
     bar = tqdm(total=len(profile.datasets) * len(profile.seeds) * per_model, desc="afde bench", unit="pt")
     t0 = time.perf_counter()
     for name in profile.datasets:
@@ -69,12 +85,13 @@ def run(profile: Profile, out: Path, log=print) -> list[dict]:
                                         profile.max_samples)
             pts = tradeoff(model, data.X_test, data.y_test, calibration=data.X_train[:512],
                            mode=profile.modes, baselines=profile.baselines, kept=profile.kept,
-                           progress=lambda: bar.update(1))
+                           variants=profile.variants, progress=lambda: bar.update(1))
             rows += [dict(r, dataset=name, seed=seed) for r in pts]
     bar.close()
     write_csv(rows, out / "points.csv")
     render(rows, profile, out, time.perf_counter() - t0)
-    log(f"wrote {out / 'points.csv'}, {out / 'results.md'}, {out / 'tradeoff.png'}")
+    log(f"wrote {out / 'points.csv'}, {out / 'results.md'}"
+        + (f", {out / 'tradeoff.png'}" if can_plot() else " (no plot: matplotlib missing)"))
     return rows
 
 
@@ -90,14 +107,75 @@ def read_csv(path: Path) -> list[dict]:
     return rows
 
 
+#: the comparisons of docs/results.md: (title, our variant, peers with the same data access)
+COMPARISONS = (
+    ("Data-free, no repair", "", ("kmeans-fold", "magnitude-global", "magnitude", "structured-norm")),
+    ("Data-free, repaired on standard-normal pseudo-inputs", "+pseudo",
+     ("kmeans-fold+pseudo", "magnitude-global+pseudo", "magnitude+pseudo", "structured-norm+pseudo")),
+    ("Calibrated (512 inputs), no repair", "+calib",
+     ("wanda", "structured-wanda", "kmeans-fold", "magnitude-global", "magnitude", "structured-norm")),
+    ("Calibrated (512 inputs), every method repaired", "+repair",
+     ("kmeans-fold+repair", "magnitude-global+repair", "magnitude+repair", "structured-norm+repair",
+      "wanda+repair", "structured-wanda+repair")),
+)
+SUMMARY_KEPT = (0.8, 0.6, 0.4, 0.2)
+
+
+def ratios(rows: list[dict], ours: str, peers: Sequence[str], kept: Sequence[float] = SUMMARY_KEPT
+           ) -> dict[str, list[float | None]]:
+    """Geometric mean over (data set, seed) of test MSE(ours) / MSE(peer) at each budget fraction,
+    per peer and against the best peer of each cell ("best"); None where a method has no row."""
+    out: dict[str, list[float | None]] = {}
+    cells: dict[str, list[list[float]]] = {p: [[] for _ in kept] for p in (*peers, "best")}
+    for (ds, seed) in sorted({(r["dataset"], r["seed"]) for r in rows}):
+        sub = [r for r in rows if r["dataset"] == ds and r["seed"] == seed]
+        full = next(r["params"] for r in sub if r["method"] == "original")
+        for j, f in enumerate(kept):
+            b = int(f * full)
+            mse = {r["method"]: r["mse"] for r in sub if r.get("budget") == b}
+            if ours not in mse:
+                continue
+            have = [p for p in peers if p in mse]
+            for p in have:
+                cells[p][j].append(np.log(mse[ours] / mse[p]))
+            if have:
+                cells["best"][j].append(np.log(mse[ours] / min(mse[p] for p in have)))
+    for p, cols in cells.items():
+        out[p] = [float(np.exp(np.mean(c))) if c else None for c in cols]
+    return out
+
+
+def summary(rows: list[dict], profile: Profile) -> list[str]:
+    """The ratio tables: each afde-nb entry against the peers with the same data access."""
+    present = {r["method"] for r in rows}
+    lines = ["### Test MSE ratio to the peers with the same data access (geometric mean over data sets and "
+             "seeds; < 1: afde-nb better)", ""]
+    for title, variant, peers in COMPARISONS:
+        peers = tuple(p for p in peers if p in present)
+        entries = [f"afde-{m}{variant}" for m in profile.modes if f"afde-{m}{variant}" in present]
+        if not entries or not peers:
+            continue
+        lines += [f"**{title}**", "", "| afde-nb entry | vs | " + " | ".join(f"{100 * f:.0f}%" for f in SUMMARY_KEPT)
+                  + " |", "|---|---" + "|---" * len(SUMMARY_KEPT) + "|"]
+        for e in entries:
+            r = ratios(rows, e, peers)
+            for p in ("best", *peers):
+                cells = ["-" if v is None else f"{v:.2f}" for v in r[p]]
+                lines.append(f"| {e} | {'best peer' if p == 'best' else p} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def render(rows: list[dict], profile: Profile, out: Path, seconds: float) -> None:
     """results.md and tradeoff.png from the rows."""
     (out / "results.md").write_text(markdown(rows, profile, seconds))
-    plot(rows, out / "tradeoff.png")
+    if can_plot():
+        plot(rows, out / "tradeoff.png")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    keys = ["dataset", "seed", "method", "setting", "params", "kept", "mse", "r2", "seconds", "budget"]
+    keys = ["dataset", "seed", "method", "setting", "params", "kept", "mse", "r2", "seconds", "budget",
+            "access", "repair"]
     rows = [dict(r, seconds=round(r["seconds"], 4)) for r in rows]
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
@@ -125,6 +203,7 @@ def markdown(rows: list[dict], profile: Profile, seconds: float) -> str:
              f"{profile.activation} MLP hidden {profile.hidden}, {profile.epochs} epochs max, at most "
              f"{profile.max_samples} samples per data set"
              + (f"; wall time {seconds:.0f} s." if seconds == seconds else "."), ""]
+    lines += summary(rows, profile)
     for tol in TOLERANCES:
         k = kept_at_tolerance(rows, tol)
         lines += [f"### % of parameters kept at test MSE <= {1 + tol:g} x original (lower is better)", "",

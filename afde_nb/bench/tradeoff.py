@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..compress import compress
+from ..errors import BudgetUnreachableError, InvalidArgumentError
 from ..train import r2_score
 
 #: name -> (function name in afde_nb.baselines, keyword arguments, needs calibration)
@@ -41,47 +42,81 @@ def _row(method: str, setting: float, params: int, full: int, model: nn.Module, 
             "mse": mse, "r2": r2, "seconds": seconds, **extra}
 
 
+VARIANTS = ("", "+pseudo", "+calib", "+repair")
+
+
+def afde_options(item: str) -> dict:
+    """``compress`` options of an afde-nb entry: ``[method-]mode[-data]``, e.g. ``backward`` (Ward),
+    ``complete-backward``, ``components-forward``, ``components-backward-data`` (data-aware)."""
+    method, _, rest = item.partition("-") if item.split("-")[0] in ("ward", "complete", "components") \
+        else ("ward", "", item)
+    data_aware = rest.endswith("-data")
+    mode = rest.removesuffix("-data")
+    if mode not in ("backward", "forward") or (data_aware and method != "components"):
+        raise InvalidArgumentError(f"unknown afde-nb entry {item!r}: use [ward-|complete-|components-]"
+                                   "(backward|forward)[-data], -data with components only")
+    return {"method": method, "mode": mode, "data_aware": data_aware}
+
+
 def tradeoff(model: nn.Module, X: np.ndarray, y: np.ndarray, calibration: np.ndarray | None = None,
              eps_values: Sequence[float] | None = None, mode: str | Iterable[str] = "backward",
              relative: bool = True, baselines: Iterable[str] = ("magnitude", "wanda"),
-             kept: Sequence[float] = DEFAULT_KEPT, progress=None) -> list[dict]:
-    """Rows ``{method, setting, params, kept, mse, r2, seconds, budget}`` for the original model,
-    afde-nb (``method`` = ``"afde-<mode>"``, ``setting`` = eps) and each baseline (``setting`` = its
-    amount), evaluated on ``(X, y)``. ``eps_values=None``: every method runs at the parameter budgets
-    ``kept`` (fractions of the original) and the full size, keeping at most ``budget`` parameters
-    (non-zeros for masks, dense for smaller networks). With ``eps_values`` the baselines are matched
-    to the sizes afde-nb reached. Baselines needing data use ``calibration`` (default: ``X``)."""
+             kept: Sequence[float] = DEFAULT_KEPT, progress=None, *, variants: Iterable[str] = ("",)) -> list[dict]:
+    """Rows ``{method, setting, params, kept, mse, r2, seconds, budget, access, repair}`` for the
+    original model, afde-nb (``method`` = ``"afde-<entry><variant>"``, ``setting`` = eps; entries as
+    :func:`afde_options` reads them) and each baseline (``setting`` = its amount), on ``(X, y)``.
+
+    ``variants`` give every method the same data access and post-processing: ``""`` as it comes
+    (data-free, or with calibration for the methods that need it), ``"+pseudo"`` repaired on
+    standard-normal pseudo-inputs (data-free), ``"+calib"`` afde-nb with calibration but no repair,
+    ``"+repair"`` repaired on ``calibration`` (:mod:`afde_nb.repair`, the same function for all).
+    ``eps_values=None``: every method runs at the parameter budgets ``kept`` (fractions of the
+    original) and the full size, keeping at most ``budget`` parameters (non-zeros for masks, dense
+    for smaller networks). With ``eps_values`` the baselines are matched to the sizes afde-nb
+    reached. Calibration defaults to ``X``."""
     from .. import baselines as bl
 
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y, dtype=np.float64).reshape(len(X), -1)
     calib = X if calibration is None else np.asarray(calibration, dtype=np.float32)
     modes = [mode] if isinstance(mode, str) else list(mode)
+    variants = list(variants)
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise InvalidArgumentError(f"unknown variants {bad}; available: {VARIANTS}")
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
-        raise ValueError(f"unknown baselines {unknown}; available: {sorted(BASELINES)}")
+        raise InvalidArgumentError(f"unknown baselines {unknown}; available: {sorted(BASELINES)}")
+    specs = {m: afde_options(m) for m in modes}
     full = compress(model).params_before
-    rows = [_row("original", 0.0, full, full, model, X, y, 0.0, budget=full)]
+    rows = [_row("original", 0.0, full, full, model, X, y, 0.0, budget=full, access="-", repair="-")]
     if eps_values is None:
         budgets = [full] + [int(f * full) for f in kept]
-        runs = [(m, "params", b) for m in modes for b in budgets]
+        runs = [(m, v, "params", b) for m in modes for v in variants for b in budgets]
     else:
         budgets = None
-        runs = [(m, "eps", float(e)) for m in modes for e in eps_values]
-    for m, kind, value in runs:
+        runs = [(m, v, "eps", float(e)) for m in modes for v in variants for e in eps_values]
+    for m, v, kind, value in runs:
+        spec = specs[m]
+        if spec["data_aware"] and v in ("", "+pseudo"):
+            v_opts = {"calibration": calib, "repair": "pseudo" if v == "+pseudo" else False}
+        else:
+            v_opts = {"": {"repair": False}, "+pseudo": {"repair": "pseudo"},
+                      "+calib": {"calibration": calib, "repair": False}, "+repair": {"calibration": calib}}[v]
         t = time.perf_counter()
-        base, data_aware = m.removesuffix("-data"), m.endswith("-data")
-        opts = dict(mode=base, relative=relative, data_aware=data_aware, calibration=calib if data_aware else None)
+        opts = dict(spec, relative=relative, **v_opts)
         try:
             c = compress(model, value, **opts) if kind == "eps" else compress(model, target_params=value, **opts)
-        except ValueError:  # budget below one neuron per layer
+        except BudgetUnreachableError:  # budget below one neuron per layer
             continue
-        rows.append(_row(f"afde-{m}", c.eps, c.params_after, full, c.model, X, y, time.perf_counter() - t,
-                         budget=value if kind == "params" else c.params_after))
+        access = "calibration" if "calibration" in opts else "data-free"
+        rows.append(_row(f"afde-{m}{v}", c.eps, c.params_after, full, c.model, X, y, time.perf_counter() - t,
+                         budget=value if kind == "params" else c.params_after, access=access,
+                         repair=c.repaired or "none"))
         if progress:
             progress()
-    if budgets is None:  # match the baselines to what afde-nb reached with the first mode
-        budgets = sorted({r["params"] for r in rows if r["method"] == f"afde-{modes[0]}"}, reverse=True)
+    if budgets is None:  # match the baselines to what afde-nb reached with the first entry
+        budgets = sorted({r["params"] for r in rows if r["method"] == f"afde-{modes[0]}{variants[0]}"}, reverse=True)
     for name in baselines:
         fn_name, kwargs, needs_data = BASELINES[name]
         fn = getattr(bl, fn_name)
@@ -91,9 +126,19 @@ def tradeoff(model: nn.Module, X: np.ndarray, y: np.ndarray, calibration: np.nda
             t = time.perf_counter()
             try:
                 p = bl.match_params(fn, model, target, **kwargs)
-            except ValueError:
+            except BudgetUnreachableError:
                 continue
-            rows.append(_row(name, p.amount, p.params, full, p.model, X, y, time.perf_counter() - t, budget=target))
-            if progress:
-                progress()
+            base_s = time.perf_counter() - t
+            for v in variants:
+                if v == "+calib" or (v == "+pseudo" and needs_data):
+                    continue  # no such access for this method
+                t = time.perf_counter()
+                q = p if v == "" else bl.repair_pruned(p, model, calib) if v == "+repair" \
+                    else bl.repair_pruned(p, model, pseudo=True)
+                access = "calibration" if needs_data or v == "+repair" else "data-free"
+                rows.append(_row(f"{name}{v}", p.amount, q.params, full, q.model, X, y,
+                                 base_s + time.perf_counter() - t, budget=target, access=access,
+                                 repair=q.repaired or "none"))
+                if progress:
+                    progress()
     return rows
