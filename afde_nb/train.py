@@ -1,13 +1,17 @@
-"""Train the small regression MLPs afde-nb compresses (fixed seeds, early stopping)."""
+"""Train the small regression MLPs afde-nb compresses (fixed seeds, early stopping).
+
+The error measures live in :mod:`afde_nb.metrics`; ``train.mse``, ``train.r2`` and
+``train.r2_score`` are the same functions, kept importable here.
+"""
 from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 from torch import nn
 
 from .data import Dataset
+from .metrics import mse, r2, r2_score  # noqa: F401 - re-exported: train.mse/r2/r2_score stay importable
 
 _ACTS = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU}
 
@@ -22,26 +26,6 @@ def make_mlp(n_in: int, hidden: tuple[int, ...], n_out: int, activation: str = "
         prev = w
     mods.append(nn.Linear(prev, n_out))
     return nn.Sequential(*mods)
-
-
-def mse(model: nn.Module, X: np.ndarray, y: np.ndarray) -> float:
-    with torch.no_grad():
-        return float(((model(torch.as_tensor(X)) - torch.as_tensor(y)) ** 2).mean())
-
-
-def r2_score(pred: np.ndarray, y: np.ndarray) -> float:
-    """Coefficient of determination of predictions ``pred``, averaged over targets (a constant
-    target counts its residual sum of squares against 1)."""
-    ss_res = ((pred - y) ** 2).sum(0)
-    ss_tot = ((y - y.mean(0)) ** 2).sum(0)
-    return float(np.mean(1 - ss_res / np.where(ss_tot > 0, ss_tot, 1)))
-
-
-def r2(model: nn.Module, X: np.ndarray, y: np.ndarray) -> float:
-    """Coefficient of determination of ``model`` on (X, y), averaged over targets."""
-    with torch.no_grad():
-        pred = model(torch.as_tensor(X)).numpy()
-    return r2_score(pred, y)
 
 
 def train_mlp(data: Dataset, hidden: tuple[int, ...] = (64, 64), activation: str = "tanh", epochs: int = 300,

@@ -6,11 +6,19 @@ button and reloads the file with ``torch.load(weights_only=True)``. Screenshots 
 ``artefacts/browser/`` (or ``$AFDE_ARTEFACTS/browser``).
 
 Needs Debian's ``chromium`` (or ``$AFDE_CHROMIUM``), ``playwright`` from PyPI (its own browser
-download is not used) and ``jupyterlab``. Skipped when one is missing, except under CI (``CI`` set),
-where that is a failure.
+download is not used), ``jupyterlab`` and ``nbformat``. A missing prerequisite *fails* the test
+when the browser test is required, and skips it otherwise. It is required when
+
+* ``AFDE_REQUIRE_BROWSER=1`` (``AFDE_REQUIRE_BROWSER=0`` never requires it), else
+* ``CI`` is set (to anything but ``0``/``false``/empty), or
+* a Chromium is installed: someone meant this test to run (``.ci/run`` installs Debian's
+  chromium), so a missing ``playwright`` or ``jupyterlab`` is a broken set-up, not a reason to skip.
+
+So a machine without Chromium runs the rest of the suite, and CI cannot pass without this test.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -26,8 +34,6 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.browser
-
 ROOT = Path(__file__).resolve().parents[1]
 ARTEFACTS = Path(os.environ.get("AFDE_ARTEFACTS", ROOT / "artefacts")) / "browser"
 SERVER_START_S = 90
@@ -35,11 +41,50 @@ CELL_RUN_S = 120
 STEP_S = 60
 
 
+def _flag(name: str) -> bool | None:
+    """An environment switch: True, False, or None when unset or empty."""
+    v = os.environ.get(name, "").strip().lower()
+    if not v:
+        return None
+    return v not in ("0", "false", "no", "off")
+
+
+def _required() -> str | None:
+    """Why the browser test must run here (None: it may skip)."""
+    explicit = _flag("AFDE_REQUIRE_BROWSER")
+    if explicit is not None:
+        return "AFDE_REQUIRE_BROWSER=1" if explicit else None
+    if _flag("CI"):
+        return "CI is set"
+    exe = _chromium()
+    if exe:
+        return f"a Chromium is installed ({exe})"
+    return None
+
+
 def _need(ok: bool, why: str) -> None:
     if not ok:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser test cannot run under CI: {why}")
+        reason = _required()
+        if reason:
+            pytest.fail(f"the browser test cannot run, and is required ({reason}; AFDE_REQUIRE_BROWSER=0 "
+                        f"lets it skip): {why}")
         pytest.skip(why)
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_prerequisites() -> str:
+    """The Chromium executable, after checking every prerequisite (fail or skip, see above)."""
+    exe = _chromium()
+    _need(exe is not None, "no chromium executable (apt-get install chromium, or set AFDE_CHROMIUM)")
+    for module, extra in (("playwright", "playwright"), ("jupyterlab", "jupyterlab"), ("nbformat", "nbformat")):
+        _need(_importable(module), f"{module} is not installed (pip install '.[test]' or pip install {extra})")
+    return exe
 
 
 def _chromium() -> str | None:
@@ -83,9 +128,13 @@ def _write_notebook(path: Path) -> None:
 
 
 @pytest.fixture
-def lab(tmp_path):
+def chromium() -> str:
+    return check_prerequisites()
+
+
+@pytest.fixture
+def lab(chromium, tmp_path):
     """JupyterLab on 127.0.0.1:<free port> in tmp_path with a random token; killed afterwards."""
-    pytest.importorskip("jupyterlab")
     import afde_nb
 
     work = tmp_path / "lab"
@@ -156,10 +205,11 @@ def _state(page) -> dict:
             "plot": page.get_attribute(".afde-tradeoff img", "src") or ""}
 
 
-def test_panel_in_jupyterlab(lab):
-    playwright = pytest.importorskip("playwright.sync_api")
-    exe = _chromium()
-    _need(exe is not None, "no chromium executable (apt-get install chromium, or set AFDE_CHROMIUM)")
+@pytest.mark.browser
+def test_panel_in_jupyterlab(chromium, lab):
+    import playwright.sync_api as playwright
+
+    exe = chromium
     t0 = time.monotonic()
     shots = []
     with playwright.sync_playwright() as pw:
@@ -267,18 +317,49 @@ def test_panel_in_jupyterlab(lab):
     plain.load_state_dict(state)
     n_params = sum(v.numel() for v in state.values())
     assert f"{n_params:,}" in shown.replace("\u202f", ",")
-    # ... and is exactly compress() of the notebook's model at the setting the panel showed
+    # ... and is exactly compress() of the notebook's model at the setting the panel showed, on the
+    # calibration data the panel used (512 rows of the training split: the bounds and the repair)
     import afde_nb
+    from afde_nb.data import load
 
     spec = json.loads((lab["work"] / "original.json").read_text())
     orig = torch.nn.Sequential(*[torch.nn.Linear(i, o) if t == "Linear" else getattr(torch.nn, t)() for t, i, o in spec])
     orig.load_state_dict(torch.load(lab["work"] / "original.pt", weights_only=True))
     info = arch["afde_nb"]
     assert f"eps = {info['eps']:.4g}" in shown and info["mode"] == "backward"
-    ref = afde_nb.compress(orig, info["eps"], mode=info["mode"], relative=info["relative"]).model
+    ref = afde_nb.compress(orig, eps=info["eps"], method=info.get("method", "ward"), mode=info["mode"],
+                           relative=info["relative"], calibration=load("glycolysis").X_train[:512]).model
     x = torch.randn(64, spec[0][1])
     with torch.no_grad():
         assert torch.equal(plain(x), ref(x))
     for s in shots:
         assert s.is_file() and s.stat().st_size > 10_000
     print(f"\nbrowser test: {time.monotonic() - t0:.1f} s; screenshots: {', '.join(map(str, shots))}")
+
+
+# ----------------------------------------------------------------------------- when it may skip
+@pytest.mark.parametrize("env, chromium, have, outcome", [
+    ({}, None, True, "skip"),                                       # a laptop without Chromium
+    ({}, "/usr/bin/chromium", False, "fail"),                       # Chromium installed, playwright missing
+    ({"CI": "true"}, None, True, "fail"),                           # CI without Chromium
+    ({"CI": "0"}, None, True, "skip"),
+    ({"AFDE_REQUIRE_BROWSER": "1"}, None, True, "fail"),
+    ({"AFDE_REQUIRE_BROWSER": "0", "CI": "1"}, "/usr/bin/chromium", False, "skip"),
+    ({"AFDE_REQUIRE_BROWSER": "1"}, "/usr/bin/chromium", True, "pass"),
+])
+def test_prerequisites_fail_where_required(monkeypatch, env, chromium, have, outcome):
+    this = sys.modules[__name__]
+    for var in ("CI", "AFDE_REQUIRE_BROWSER"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(this, "_chromium", lambda: chromium)
+    monkeypatch.setattr(this, "_importable", lambda name: have)
+    if outcome == "pass":
+        assert check_prerequisites() == chromium
+    elif outcome == "fail":
+        with pytest.raises(pytest.fail.Exception, match="required"):
+            check_prerequisites()
+    else:
+        with pytest.raises(pytest.skip.Exception):
+            check_prerequisites()

@@ -1,26 +1,36 @@
-"""The notebook panel and the %afde magic, without a browser: widget state against compress()."""
+"""The notebook panel and the %afde magic, without a browser.
+
+Three layers, tested apart: the state (``afde_nb.widgets.state.PanelState``, plain Python: its
+tests import no ipywidgets, and one runs it in a process where ipywidgets cannot be imported), the
+renderers (``afde_nb.widgets.render``: strings from plain data) and the ``Panel`` wiring
+(ipywidgets, the ``notebook`` extra, part of the ``test`` extra).
+"""
 from __future__ import annotations
 
+import inspect
 import json
 import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("ipywidgets", minversion="8")
-pytest.importorskip("matplotlib")
+import afde_nb
+from afde_nb import magics, metrics
+from afde_nb.errors import InvalidArgumentError, InvalidEpsError, ShapeMismatchError
+from afde_nb.widgets import render
+from afde_nb.widgets.render import PALETTE, SINGLETON
+from afde_nb.widgets.state import PanelState
 
-import afde_nb  # noqa: E402
-from afde_nb import magics  # noqa: E402
-from afde_nb.train import mse, r2  # noqa: E402
-from afde_nb.widgets import Panel  # noqa: E402
-from afde_nb.widgets.panel import PALETTE, SINGLETON  # noqa: E402
-
-from conftest import assert_unchanged, snapshot  # noqa: E402
+from conftest import assert_unchanged, snapshot
 
 EPS = (0.0, 0.2, 0.5, 0.8, 1.0, 1.5, 3.0)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,22 +51,299 @@ def data():
     return X, y
 
 
-def _check_matches(p: Panel, model, X, y, eps, mode, relative=True, data_aware=False):
-    c = afde_nb.compress(model, eps, mode=mode, relative=relative, calibration=X, data_aware=data_aware)
+@pytest.fixture(scope="module")
+def image_model() -> nn.Sequential:
+    torch.manual_seed(11)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 10), nn.Tanh(), nn.Linear(10, 3)).eval()
+
+
+@pytest.fixture(scope="module")
+def image_data():
+    rng = np.random.default_rng(5)
+    return rng.normal(size=(64, 3, 2, 2)).astype(np.float32), rng.normal(size=(64, 3)).astype(np.float32)
+
+
+def _same_partition(a, b) -> None:
+    assert len(a.partition) == len(b.partition)
+    for la, lb in zip(a.partition, b.partition):
+        np.testing.assert_array_equal(la, lb)
+
+
+# ============================================================================ state, no ipywidgets
+@pytest.mark.parametrize("method", ["ward", "complete", "components"])
+@pytest.mark.parametrize("mode", ["backward", "forward"])
+def test_state_matches_compress(model, data, method, mode):
+    X, y = data
+    snap = snapshot(model)
+    s = PanelState(model, (X, y), method=method, mode=mode)
+    seen = set()
+    for eps in EPS:
+        s.set_eps(eps)
+        c = s.update()
+        want = afde_nb.compress(model, eps=eps, method=method, mode=mode, relative=True, calibration=X)
+        _same_partition(c, want)
+        assert (c.eps, c.method, c.mode, c.params_after) == (want.eps, want.method, want.mode, want.params_after)
+        f = s.figures
+        assert (f["eps"], f["method"], f["mode"], f["relative"]) == (eps, method, mode, True)
+        assert f["kept"] == want.kept and f["widths_after"] == [l.neurons_after for l in want.layers]
+        assert f["mse"] == metrics.mse(want.model, X, y) and f["r2"] == metrics.r2(want.model, X, y)
+        assert f["mse_before"] == metrics.mse(model, X, y)
+        assert f["calib_max_abs"] == want.calibration_error["max_abs"] and f["calib_n"] == len(X)
+        assert [m["labels"] for m in s.merges] == [lab.tolist() for lab in want.partition]
+        seen.add(c.params_after)
+    assert len(seen) >= 2, "the eps grid should reach several sizes"
+    assert_unchanged(model, snap)
+
+
+def test_state_checks_settings_as_compress_does(model):
+    s = PanelState(model)
+    for bad in (-1, float("nan"), "0.3", None, True):
+        with pytest.raises(InvalidEpsError, match="eps must be"):
+            s.set_eps(bad)
+    with pytest.raises(InvalidEpsError):
+        PanelState(model, eps=-0.5)
+    with pytest.raises(InvalidArgumentError, match="mode must be"):
+        s.mode = "sideways"
+    with pytest.raises(InvalidArgumentError, match="method must be"):
+        s.method = "kmeans"
+    with pytest.raises(InvalidArgumentError, match="eps_range"):
+        PanelState(model, eps_range=(1.0, 0.1))
+    with pytest.raises(InvalidArgumentError, match="fraction"):
+        s.set_target_kept(1.5)
+    assert s.eps == 0.3 and s.mode == "backward"  # nothing changed by the refused values
+    s.set_eps(50.0)  # off the range: the range widens to whole decades
+    assert s.eps_range == (1e-3, 100.0)
+
+
+def test_state_data_errors(model, data):
+    X, y = data
+    with pytest.raises(ShapeMismatchError, match=r"shape \(n, 4\)"):
+        PanelState(model, (X[:, :3], y))
+    with pytest.raises(ShapeMismatchError, match="same number of rows"):
+        PanelState(model, (X, y[:10]))
+    with pytest.raises(TypeError, match="numeric"):
+        PanelState(model, ["a", "b"])
+    with pytest.raises(afde_nb.UnsupportedLayerError):
+        PanelState(nn.Sequential(nn.Conv1d(1, 1, 1)), X)
+    s = PanelState("not a model")  # no data: nothing to check until it compresses
+    with pytest.raises(afde_nb.UnsupportedLayerError):
+        s.update()
+    assert s.compression is None and s.figures == {} and s.merges == []
+
+
+def test_state_image_shaped_data(image_model, image_data):
+    """compress() reads image-shaped rows through the model's Flatten; so does the panel's state."""
+    X, y = image_data
+    s = PanelState(image_model, (X, y), eps=0.5)
+    c = s.update()
+    want = afde_nb.compress(image_model, eps=0.5, calibration=X)
+    _same_partition(c, want)
+    assert s.figures["calib_n"] == len(X) and s.figures["mse"] == metrics.mse(want.model, X, y)
+    s = PanelState(image_model, None, calibration=X[:20], eps=0.5)  # calibration only
+    assert s.update().calibration_error["n"] == 20
+    with pytest.raises(ShapeMismatchError):
+        PanelState(image_model, (X[:, :2], y))
+
+
+def test_state_curve(model, data):
+    X, y = data
+    s = PanelState(model, (X, y), eps=0.5)
+    c = s.update()
+    pts = s.curve()
+    assert pts == sorted(pts) and pts[0][0] == 0.0 and all(0 <= k <= 100 for _, k in pts)
+    assert pts == [(e, 100 * k) for e, k in c.path.curve(s.path_points)]  # ward: the merge path's own curve
+    assert s.curve() is not pts and s.curve() == pts  # cached, handed out as a copy
+    s.mode = "forward"
+    assert not s.curve_cached()
+    assert s.curve() != pts
+    # components: no merge path, compress at a grid of eps
+    s = PanelState(model, (X, y), method="components", path_points=20)
+    pts = s.curve()
+    assert 2 < len(pts) <= 20 and pts[0][0] == 0.0
+    for e, k in pts[::4]:
+        want = afde_nb.compress(model, eps=e, method="components", calibration=X, repair=False)
+        assert k == 100 * want.kept
+    assert PanelState(model, path_points=0).curve() == []
+
+
+def test_state_target_kept(model, data):
+    X, y = data
+    s = PanelState(model, (X, y), eps=0.1)
+    full = s.update().params_before
+    c = s.set_target_kept(0.6)
+    want = afde_nb.compress(model, target_params=int(0.6 * full), calibration=X)
+    assert c.params_after == want.params_after <= 0.6 * full
+    _same_partition(c, want)
+    assert s.compression is c and s.eps == want.eps and s.figures["target"] == {"params": int(0.6 * full)}
+
+
+def test_state_repair_and_method_only_where_compress_has_them(model, data, monkeypatch):
+    """The state passes method= and repair= to compress only where its signature has them."""
+    import afde_nb.widgets.state as state_mod
+
+    X, y = data
+    calls = []
+    real = afde_nb.compress
+
+    def old_compress(model, eps=None, *, mode="backward", relative=True, calibration=None, data_aware=False,
+                     target_params=None):  # the first release's keywords
+        calls.append({"eps": eps, "mode": mode, "relative": relative, "data_aware": data_aware})
+        return real(model, eps=eps, mode=mode, relative=relative, calibration=calibration, data_aware=data_aware,
+                    target_params=target_params, method="components", repair=False)
+
+    monkeypatch.setattr(state_mod, "compress", old_compress)
+    s = PanelState(model, (X, y), repair=True, method="ward")
+    assert not s.supports_repair and not s.supports("method") and not s.repair_in_force
+    assert "repair" not in s.compress_kwargs() and "method" not in s.compress_kwargs()
+    s.data_aware = True  # the old compress has data-aware distances for every setting
+    assert s.data_aware
+    s.update()
+    s.curve()
+    assert calls and all(c["data_aware"] for c in calls)
+    monkeypatch.setattr(state_mod, "compress", real)
+    assert s.supports_repair and s.supports("method") and not s.data_aware  # ward: no data-aware
+    assert s.compress_kwargs()["repair"] is True and s.compress_kwargs()["method"] == "ward"
+
+
+def test_state_repair(model, data):
+    X, y = data
+    s = PanelState(model, (X, y), eps=1.0)
+    assert s.repair is None and s.repair_in_force and "repair" not in s.compress_kwargs()
+    c = s.update()
+    assert s.figures["repair"] == c.repaired == "calibration"
+    assert s.figures["calib_max_abs_before_repair"] == c.calibration_error_before_repair["max_abs"]
+    s.repair = False
+    c0 = s.update()
+    assert c0.repaired is None and s.figures["repair"] is None and "calib_max_abs_before_repair" not in s.figures
+    _same_partition(c, c0)
+    assert s.figures["calib_rms"] > c.calibration_error["rms"]  # the repair helped on its own data
+    assert not PanelState(model).repair_in_force  # no calibration data: compress does not repair
+
+
+def test_state_export(model, data, tmp_path):
+    X, y = data
+    s = PanelState(model, (X, y), eps=1.0)
+    with pytest.raises(RuntimeError, match="nothing to export"):
+        s.export(tmp_path / "m.pt")
+    s.update()
+    written = s.export(tmp_path / "m.pth")
+    assert written[0] == (tmp_path / "m.pt").resolve() and written[0].is_file()
+    with pytest.raises(InvalidArgumentError, match="format must be"):
+        s.export(tmp_path / "m.pt", ".onnx")
+    with pytest.raises(InvalidArgumentError, match="file name"):
+        s.export("  ", ".pt")
+
+
+def test_state_runs_without_ipywidgets(tmp_path):
+    """The state and the renderers import neither ipywidgets nor matplotlib."""
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["ipywidgets"] = None   # import ipywidgets -> ImportError
+        sys.modules["matplotlib"] = None
+        import numpy as np, torch
+        from torch import nn
+        from afde_nb.widgets import PanelState, render
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+        X = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+        s = PanelState(m, (X, X[:, :1]), eps=0.5)
+        s.update()
+        svg = render.eps_path_svg(s.curve(), (s.eps, 100 * s.figures["kept"]))
+        html = render.figures_html(s.figures) + render.merges_html(s.merges)
+        assert "afde-eps-path-current" in svg and "afde-strip" in html
+        try:
+            from afde_nb.widgets import Panel
+        except ImportError as exc:
+            assert "ipywidgets" in str(exc)
+        else:
+            raise AssertionError("Panel imported without ipywidgets")
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env={**__import__("os").environ,
+                              "PYTHONPATH": str(Path(afde_nb.__file__).resolve().parents[1])})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+# ============================================================================ renderers
+def test_strip_colours_blocks():
+    labels = [0, 1, 0, 2, 1, 3]
+    svg = render.strip_svg(labels)
+    fills = re.findall(r"fill='(#[0-9a-f]{6})'", svg)
+    assert fills[0] == fills[2] == PALETTE[0] and fills[1] == fills[4] == PALETTE[1]
+    assert fills[3] == fills[5] == SINGLETON
+    assert render.strip_svg([]) == "<svg width='0' height='0'></svg>"
+    assert render.block_sizes(labels) == [2, 2, 1, 1]
+
+
+def test_eps_path_svg():
+    pts = [(0.0, 90.0), (0.01, 90.0), (0.1, 70.0), (1.0, 20.0), (10.0, 1.0)]
+    svg = render.eps_path_svg(pts, (0.1, 70.0), relative=True)
+    assert svg.startswith("<svg class='afde-eps-path-svg'") and svg.endswith("</svg>")
+    assert len(re.findall("class='afde-eps-path-point'", svg)) == len(pts)
+    assert "relative eps" in svg and ">0<" in svg and ">0.01<" in svg and ">10<" in svg
+    (line,) = re.findall(r"points='([^']*)'", svg)
+    xy = [tuple(map(float, p.split(","))) for p in line.split()]
+    assert len(xy) == 2 * len(pts) - 1  # a step line
+    xs, ys = zip(*xy)
+    assert list(xs) == sorted(xs) and list(ys) == sorted(ys)  # eps up, % kept down (SVG y grows down)
+    cx, cy = map(float, re.search(r"afde-eps-path-current' cx='([\d.]+)' cy='([\d.]+)'", svg).groups())
+    assert (cx, cy) == xy[4]  # the current point sits on the curve at eps 0.1
+    assert "no eps path" in render.eps_path_svg([])
+
+
+def test_figures_html():
+    f = {"eps": 0.5, "method": "ward", "mode": "backward", "relative": True, "params_before": 1234,
+         "params_after": 567, "kept": 567 / 1234, "widths_before": [24, 16], "widths_after": [19, 16],
+         "mse": 0.25, "r2": 0.9, "mse_before": 0.2, "r2_before": 0.95, "repair": "calibration",
+         "calib_max_abs": 0.01, "calib_rms": 0.001, "calib_n": 300, "calib_max_abs_before_repair": 0.1,
+         "calib_rms_before_repair": 0.01}
+    h = render.figures_html(f, "test <split>")
+    assert "1,234 &rarr; <b class='afde-params-after'>567</b>" in h and "45.9%" in h and "24-16" in h
+    assert "test &lt;split&gt;" in h and "before repair" in h and "repaired (calibration)" in h
+    assert "backward, eps = 0.5 (relative), ward" in h
+    del f["mse"]
+    assert "test MSE" not in render.figures_html(f)
+
+
+# ============================================================================ the Panel (ipywidgets)
+@pytest.fixture(scope="module")
+def Panel():
+    pytest.importorskip("ipywidgets", minversion="8")  # the notebook extra
+    pytest.importorskip("matplotlib")
+    from afde_nb.widgets import Panel
+
+    return Panel
+
+
+def _open_widgets() -> dict:
+    """ipywidgets' registry of open widgets: ``widget._instances`` in 8.1 (``Widget.widgets`` is a
+    deprecated alias of it there), the ``Widget.widgets`` dict in 8.0."""
+    import ipywidgets
+    from ipywidgets.widgets import widget
+
+    reg = getattr(widget, "_instances", None)
+    if reg is None:
+        reg = ipywidgets.Widget.widgets
+    assert isinstance(reg, dict)
+    return reg
+
+
+def _check_matches(p, model, X, y, eps, mode, relative=True, data_aware=False, method="ward", **kw):
+    c = afde_nb.compress(model, eps=eps, method=method, mode=mode, relative=relative, calibration=X,
+                         data_aware=data_aware, **kw)
     pc = p.compression
     assert pc is not None, p.errors
-    assert (pc.eps, pc.mode, pc.relative) == (c.eps, c.mode, c.relative)
-    assert len(pc.partition) == len(c.partition)
-    for a, b in zip(pc.partition, c.partition):
-        np.testing.assert_array_equal(a, b)
+    assert (pc.eps, pc.mode, pc.relative, pc.method) == (c.eps, c.mode, c.relative, c.method)
+    _same_partition(pc, c)
     f = p.figures
     assert (f["eps"], f["mode"], f["relative"], f["data_aware"]) == (eps, mode, relative, data_aware)
     assert f["params_before"] == c.params_before and f["params_after"] == c.params_after
     assert f["kept"] == c.kept
     assert f["widths_before"] == [s.neurons_before for s in c.layers]
     assert f["widths_after"] == [s.neurons_after for s in c.layers]
-    assert f["mse"] == mse(c.model, X, y) and f["r2"] == r2(c.model, X, y)
-    assert f["mse_before"] == mse(model, X, y)
+    assert f["mse"] == metrics.mse(c.model, X, y) and f["r2"] == metrics.r2(c.model, X, y)
+    assert f["mse_before"] == metrics.mse(model, X, y)
     assert f["calib_max_abs"] == c.calibration_error["max_abs"]
     # the merge view: numbers and the strip of each layer
     assert [m["after"] for m in p.merges] == [s.neurons_after for s in c.layers]
@@ -82,11 +369,15 @@ def _check_matches(p: Panel, model, X, y, eps, mode, relative=True, data_aware=F
         if len(colour_of) <= len(PALETTE):
             assert len(set(colour_of.values())) == len(colour_of)
     assert f"{c.params_after:,}" in p.figures_html.value
+    # the eps path, with the current setting on it
+    svg = p.eps_path_html.value
+    assert "afde-eps-path-svg" in svg and p.eps_path == p.state.curve()
+    assert f"current: eps {eps:.4g}, {100 * c.kept:.1f}% kept" in svg
     return c
 
 
 @pytest.mark.parametrize("mode", ["backward", "forward"])
-def test_set_eps_matches_compress(model, data, mode):
+def test_set_eps_matches_compress(Panel, model, data, mode):
     X, y = data
     snap = snapshot(model)
     p = Panel(model, (X, y), mode=mode, tradeoff=False)
@@ -100,14 +391,16 @@ def test_set_eps_matches_compress(model, data, mode):
     assert_unchanged(model, snap)
 
 
-def test_widgets_drive_the_compression(model, data):
+def test_widgets_drive_the_compression(Panel, model, data):
     X, y = data
     p = Panel(model, (X, y), eps=0.5, tradeoff=False)
     _check_matches(p, model, X, y, 0.5, "backward")
     p.eps_slider.value = 1.5  # what the browser sends when the slider moves
     _check_matches(p, model, X, y, 1.5, "backward")
+    path = p.eps_path
     p.mode_toggle.value = "forward"
     _check_matches(p, model, X, y, 1.5, "forward")
+    assert p.eps_path != path  # the eps path follows the mode
     p.relative_box.value = False
     _check_matches(p, model, X, y, 1.5, "forward", relative=False)
     p.zero_box.value = True  # exact: nothing lost
@@ -122,17 +415,110 @@ def test_widgets_drive_the_compression(model, data):
     p.relative_box.value = True
     p.mode_toggle.value = "backward"
     p.set_eps(0.8)
+    p.method_dd.value = "complete"
+    _check_matches(p, model, X, y, 0.8, "backward", method="complete")
+    assert p.data_box.disabled  # data-aware distances are the paper's components' only
+    p.method_dd.value = "components"
     assert not p.data_box.disabled  # calibration data (here X) are there
     p.data_box.value = True
-    _check_matches(p, model, X, y, 0.8, "backward", data_aware=True)
+    _check_matches(p, model, X, y, 0.8, "backward", data_aware=True, method="components")
     assert p.errors == []
 
 
-def test_data_aware_needs_calibration(model):
-    p = Panel(model, None, eps=0.5, tradeoff=False)
+def test_repair_switch(Panel, model, data):
+    X, y = data
+    p = Panel(model, (X, y), eps=1.0, tradeoff=False)
+    assert p.repair_box.value and not p.repair_box.disabled  # compress's default: repair on calibration data
+    c = _check_matches(p, model, X, y, 1.0, "backward")
+    assert p.figures["repair"] == c.repaired == "calibration"
+    p.repair_box.value = False
+    c = _check_matches(p, model, X, y, 1.0, "backward", repair=False)
+    assert p.figures["repair"] is None and c.repaired is None and p.state.repair is False
+    p.set_repair(True)
+    _check_matches(p, model, X, y, 1.0, "backward", repair=True)
+    assert "repaired (calibration)" in p.figures_html.value
+    p = Panel(model, None, eps=1.0, tradeoff=False)  # no calibration data: nothing to repair on
+    assert p.repair_box.disabled and not p.repair_box.value and p.figures["repair"] is None
+    p.set_repair(True)
+    assert p.errors == [] and p.compression.repaired is None
+
+
+def test_panel_before_the_merge_path_release(Panel, model, data, monkeypatch):
+    """Against a compress() without method= and repair= the panel disables those switches and
+    passes neither."""
+    import afde_nb.widgets.panel as panel_mod
+    import afde_nb.widgets.state as state_mod
+
+    X, y = data
+    real, calls = afde_nb.compress, []
+
+    def old_compress(model, eps=None, *, mode="backward", relative=True, calibration=None, data_aware=False,
+                     target_params=None):
+        calls.append(inspect.currentframe().f_locals.copy())
+        return real(model, eps=eps, mode=mode, relative=relative, calibration=calibration, data_aware=data_aware,
+                    target_params=target_params, method="components", repair=False)
+
+    monkeypatch.setattr(state_mod, "compress", old_compress)
+    monkeypatch.setattr(panel_mod, "compress", old_compress)
+    p = Panel(model, (X, y), eps=0.8, tradeoff=False)
+    assert p.errors == [] and calls
+    assert p.repair_box.disabled and p.method_dd.disabled and not p.data_box.disabled
+    p.data_box.value = True
+    _check_matches(p, model, X, y, 0.8, "backward", data_aware=True, method="components", repair=False)
+
+
+def test_data_aware_needs_calibration(Panel, model):
+    p = Panel(model, None, eps=0.5, method="components", tradeoff=False)
     assert p.data_box.disabled
     p.set_data_aware(True)
     assert p.figures["data_aware"] is False and p.errors == []
+
+
+def test_image_shaped_data(Panel, image_model, image_data):
+    X, y = image_data
+    p = Panel(image_model, (X, y), eps=0.5, tradeoff=False)
+    assert p.errors == [] and p.compression is not None
+    want = afde_nb.compress(image_model, eps=0.5, calibration=X)
+    _same_partition(p.compression, want)
+    assert p.figures["mse"] == metrics.mse(want.model, X, y) and p.figures["calib_n"] == len(X)
+    p = Panel(image_model, X, eps=0.5, tradeoff=False)  # inputs only: calibration
+    assert p.errors == [] and p.figures["calib_n"] == len(X) and "mse" not in p.figures
+
+
+def test_close_leaves_no_widget_open(Panel, model, data):
+    X, y = data
+    open_ = _open_widgets()
+    before = set(open_)
+    p = Panel(model, (X, y), eps=0.5, tradeoff=False)
+    made = set(open_) - before
+    assert len(made) > 30  # controls, containers, their layouts and styles
+    for w in (p.data_box, p.keep_text, p.keep_button, p.repair_box, p.method_dd, p.eps_path_html):
+        assert w.model_id in made
+    p.close()
+    left = {type(open_[k]).__name__ for k in set(open_) - before}
+    assert not left, f"close() left {sorted(left)} open"
+    assert p.comm is None and all(w.comm is None for w in (p.data_box, p.keep_text, p.keep_button))
+
+
+def test_an_error_in_one_update_does_not_block_the_next(Panel, model, data):
+    """Leaving the exact setting flips the panel's hold around a widget change; an exception there
+    (here from another observer of the exact box) is shown, and the next change still updates."""
+    X, y = data
+    p = Panel(model, (X, y), eps=0.0, tradeoff=False)
+    assert p.zero_box.value
+
+    def boom(change):
+        raise RuntimeError("boom")
+
+    p.zero_box.observe(boom, names="value")
+    p.eps_slider.value = 0.8  # no exception into the kernel
+    assert any("RuntimeError: boom" in e for e in p.errors)
+    p.zero_box.unobserve(boom, names="value")
+    p.eps_slider.value = 1.5
+    assert p.compression.eps == 1.5 and p.figures["eps"] == 1.5
+    assert p.error_area.value == ""
+    p.set_eps(0.7)
+    _check_matches(p, model, X, y, 0.7, "backward")
 
 
 def _plain_torch(arch_path, weights):
@@ -143,10 +529,10 @@ def _plain_torch(arch_path, weights):
     return m.eval()
 
 
-def test_export_reloads_in_plain_torch(model, data, tmp_path):
+def test_export_reloads_in_plain_torch(Panel, model, data, tmp_path):
     X, y = data
     p = Panel(model, (X, y), eps=1.0, tradeoff=False)
-    ref = afde_nb.compress(model, 1.0, mode="backward", relative=True, calibration=X).model
+    ref = afde_nb.compress(model, eps=1.0, mode="backward", relative=True, calibration=X).model
     x = torch.as_tensor(X)
     # through the widgets, as a person would: path, format, button
     p.path_text.value = str(tmp_path / "button" / "small.pt")
@@ -159,8 +545,7 @@ def test_export_reloads_in_plain_torch(model, data, tmp_path):
         assert torch.equal(plain(x), ref(x))
         assert torch.equal(plain(x), p.compression.model(x))
     assert sum(t.numel() for t in plain.state_dict().values()) == p.figures["params_after"]
-    # the format dropdown switches the suffix
-    pytest.importorskip("safetensors")
+    # the format dropdown switches the suffix (safetensors is in the test extra)
     from safetensors.torch import load_file
 
     p.format_dd.value = ".safetensors"
@@ -173,7 +558,7 @@ def test_export_reloads_in_plain_torch(model, data, tmp_path):
         assert torch.equal(plain(x), ref(x))
 
 
-def test_errors_are_shown_not_raised(model, data, tmp_path):
+def test_errors_are_shown_not_raised(Panel, model, data, tmp_path):
     X, y = data
     for bad in ("not a model", nn.Sequential(nn.Conv1d(1, 1, 1)), nn.Sequential(nn.Linear(4, 3), nn.GELU(),
                                                                                  nn.Linear(3, 1))):
@@ -185,12 +570,13 @@ def test_errors_are_shown_not_raised(model, data, tmp_path):
         assert p.export(tmp_path / "x.pt") is None and not (tmp_path / "x.pt").exists()
         assert "nothing to export" in p.error_area.value
     p = Panel(model, (X[:, :3], y), tradeoff=False)  # wrong number of features
-    assert p.compression is None and "shape (n, 4)" in p.errors[-1]
+    assert p.compression is None and "ShapeMismatchError" in p.errors[-1] and "shape (n, 4)" in p.errors[-1]
     p = Panel(model, (X, y[:10]), tradeoff=False)
-    assert p.compression is None and "ValueError" in p.errors[-1]
+    assert p.compression is None and "ShapeMismatchError" in p.errors[-1]
     p = Panel(model, (X, y), eps=0.5, tradeoff=False)
     before = p.compression
     assert p.set_eps(-1.0) is None and "eps must be" in p.error_area.value
+    assert p.errors[-1].startswith("InvalidEpsError: ")  # afde_nb.lump.check_eps, as compress() says it
     assert p.compression is before
     p.set_eps(0.7)  # a good value clears the error
     assert p.error_area.value == "" and p.compression.eps == 0.7
@@ -198,15 +584,19 @@ def test_errors_are_shown_not_raised(model, data, tmp_path):
     assert p.export(tmp_path / "afile" / "m.pt") is None  # a folder that cannot be made
     assert p.error_area.value and "Error" in p.errors[-1]
     assert p.export(tmp_path / "m.pt", fmt=".onnx") is None and "format must be" in p.errors[-1]
+    assert p.set_mode("sideways") is None and p.errors[-1].startswith("InvalidArgumentError: mode must be")
     p = Panel(model, (X, y), mode="sideways", tradeoff=False)
     assert p.compression is not None and p.compression.mode == "backward" and "mode must be" in p.errors[0]
-    assert "mode must be" in p.error_area.value
+    assert "mode must be" in p.error_area.value and p.errors[0].endswith("; showing backward")
+    p = Panel(model, (X, y), method="kmeans", tradeoff=False)
+    assert p.compression.method == "ward" and "method must be" in p.errors[0]
     for bad_eps in (-1, float("nan"), "0.3", None):
         p = Panel(model, (X, y), eps=bad_eps, tradeoff=False)
         assert p.compression is not None and p.compression.eps == 0.3 and "eps must be" in p.error_area.value
+        assert p.errors[0].startswith("InvalidEpsError: ")
 
 
-def test_float64_model_and_dataset(model):
+def test_float64_model_and_dataset(Panel, model):
     from afde_nb.data import Dataset
 
     m64 = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 1)).double()
@@ -214,19 +604,21 @@ def test_float64_model_and_dataset(model):
     arr = lambda n, d: rng.normal(size=(n, d)).astype(np.float32)  # noqa: E731
     ds = Dataset("toy", arr(50, 4), arr(50, 1), arr(20, 4), arr(20, 1), arr(30, 4), arr(30, 1))
     p = Panel(m64, ds, eps=0.0, tradeoff=False)
-    assert p.errors == [] and p.compression.params_after == p.compression.params_before
+    assert p.errors == [] and p.compression.params_after <= p.compression.params_before
+    assert p.figures["calib_max_abs"] <= 1e-9  # eps = 0 keeps the function
     assert p.figures["calib_n"] == 50 and "toy test split" in p.figures_html.value
     p = Panel(model, None, tradeoff=False)  # no data: sizes and merges only
     assert p.errors == [] and "mse" not in p.figures and p.tradeoff_button.disabled
 
 
-def test_tradeoff_curve(model, data):
-    pytest.importorskip("afde_nb.bench")
+def test_tradeoff_curve(Panel, model, data):
     X, y = data
     p = Panel(model, (X, y), eps=0.5, tradeoff="auto")
     assert p.errors == []
+    # like with like: every method with the panel's data access and repair (calibration, repaired)
+    assert p.state.tradeoff_key == ("backward", "+repair", True)
     methods = {r["method"] for r in p.curve}
-    assert {"afde-backward", "magnitude", "wanda"} <= methods
+    assert {"afde-backward+repair", "magnitude+repair", "wanda+repair"} <= methods
     for r in p.curve:
         assert {"method", "setting", "params", "kept", "mse", "r2"} <= set(r)
     (out,) = p.tradeoff_out.outputs
@@ -236,8 +628,28 @@ def test_tradeoff_curve(model, data):
     p.set_eps(1.5)  # the current point moves, the curve stays
     assert p.tradeoff_out.outputs[0]["data"]["image/png"] != first_png
     p.mode_toggle.value = "forward"  # auto: the curve follows the mode
-    assert {"afde-forward"} <= {r["method"] for r in p.curve}
+    assert {"afde-forward+repair"} <= {r["method"] for r in p.curve}
+    p.repair_box.value = False  # ... and the repair switch
+    assert p.state.tradeoff_key == ("forward", "+calib", True)
+    assert {"afde-forward+calib", "magnitude", "wanda"} <= {r["method"] for r in p.curve}
     assert p.errors == []
+
+
+def test_target_kept_shows_what_compress_finds(Panel, model, data):
+    X, y = data
+    p = Panel(model, (X, y), eps=0.1, tradeoff=False)
+    full = p.compression.params_before
+    p.set_target_kept(0.6)
+    want = afde_nb.compress(model, mode="backward", relative=True, calibration=X, target_params=int(0.6 * full))
+    assert p.compression.params_after == want.params_after <= 0.6 * full
+    _same_partition(p.compression, want)
+    assert p.figures["eps"] == want.eps and p.state.eps == want.eps
+    assert p.eps == want.eps or (want.eps == 0 and p.zero_box.value)  # the slider shows the eps found
+    p.keep_text.value = 30.0
+    p.keep_button.click()  # what the browser does
+    assert p.compression.params_after <= 0.3 * full
+    p.set_target_kept(1.5)
+    assert p.errors and "fraction" in p.errors[-1]
 
 
 # ----------------------------------------------------------------------------- the magic
@@ -258,14 +670,14 @@ def _shell():
 
 
 @pytest.fixture
-def ip():
+def ip(Panel):
     shell = _shell()
     magics.load_ipython_extension(shell)
     yield shell
     magics.unload_ipython_extension(shell)
 
 
-def test_magic_opens_panel(ip, model, data, capsys):
+def test_magic_opens_panel(ip, Panel, model, data, capsys):
     X, y = data
     ip.user_ns.update(net=model, X_t=X, y_t=y, pair=(X, y))
     p = ip.run_line_magic("afde", "net X_t y_t --eps 0.8 --mode forward --no-tradeoff")
@@ -299,7 +711,9 @@ def test_magic_reports_errors(ip, model, data, capsys, line, message):
     assert err.startswith("%afde: ") and message in err and "Traceback" not in err
 
 
-def test_unload_removes_magic_and_closes_panels(model):
+def test_unload_removes_magic_and_closes_panels(Panel, model):
+    open_ = _open_widgets()
+    before = set(open_)
     shell = _shell()
     magics.load_ipython_extension(shell)
     shell.user_ns["net"] = model
@@ -308,30 +722,13 @@ def test_unload_removes_magic_and_closes_panels(model):
     magics.unload_ipython_extension(shell)
     assert "afde" not in shell.magics_manager.magics["line"]
     assert p.comm is None and p.eps_slider.comm is None  # closed
+    assert not set(open_) - before  # and everything in it
     magics.load_ipython_extension(shell)  # and loads again
     assert "afde" in shell.magics_manager.magics["line"]
     magics.unload_ipython_extension(shell)
 
 
 def test_extension_entry_points():
-    import afde_nb as pkg
-
-    if hasattr(pkg, "load_ipython_extension"):  # re-exported so that %load_ext afde_nb works
-        assert pkg.load_ipython_extension is magics.load_ipython_extension
-        assert pkg.unload_ipython_extension is magics.unload_ipython_extension
-
-
-def test_target_kept_finds_the_eps_compress_finds(model, data):
-    X, y = data
-    p = Panel(model, (X, y), eps=0.1, tradeoff=False)
-    full = p.compression.params_before
-    p.set_target_kept(0.6)
-    want = afde_nb.compress(model, mode="backward", relative=True, calibration=X, target_params=int(0.6 * full))
-    assert p.compression.params_after == want.params_after <= 0.6 * full
-    assert p.figures["eps"] == want.eps
-    _check_matches(p, model, X, y, want.eps, "backward")
-    p.keep_text.value = 30.0
-    p.keep_button.click()  # what the browser does
-    assert p.compression.params_after <= 0.3 * full
-    p.set_target_kept(1.5)
-    assert p.errors and "fraction" in p.errors[-1]
+    # re-exported so that %load_ext afde_nb works
+    assert afde_nb.load_ipython_extension is magics.load_ipython_extension
+    assert afde_nb.unload_ipython_extension is magics.unload_ipython_extension

@@ -3,10 +3,22 @@
     >>> from afde_nb.widgets import Panel
     >>> Panel(model, data)          # eps slider, mode toggle, figures, merges, trade-off, export
 
-Needs the ``notebook`` extra (ipywidgets, matplotlib). The panel calls the public API only.
+Three layers: :class:`~afde_nb.widgets.state.PanelState` (model, data, settings, compression,
+metrics, eps path; plain Python), :mod:`~afde_nb.widgets.render` (HTML/SVG strings from plain
+data) and :class:`Panel` (ipywidgets wired to the two). Only ``Panel`` needs the ``notebook`` extra
+(ipywidgets, matplotlib); it is imported when first asked for.
 """
 from __future__ import annotations
 
-from .panel import Panel
+from . import render
+from .state import PanelState
 
-__all__ = ["Panel"]
+__all__ = ["Panel", "PanelState", "render"]
+
+
+def __getattr__(name: str):
+    if name == "Panel":  # needs ipywidgets
+        from .panel import Panel
+
+        return Panel
+    raise AttributeError(f"module 'afde_nb.widgets' has no attribute {name!r}")

@@ -1,0 +1,515 @@
+"""What the panel shows, without the panel: :class:`PanelState`.
+
+A plain Python object (no ipywidgets, no matplotlib) holding the model, the data, the settings
+(eps, method, mode, relative, data-aware, repair), the current :class:`~afde_nb.Compression` and the
+numbers drawn from it: figures, merges per layer, the eps path (:meth:`PanelState.curve`) and the
+size/error trade-off (:meth:`PanelState.tradeoff`). Everything goes through the public API:
+:func:`afde_nb.compress`, :func:`afde_nb.to_network` / :func:`afde_nb.network.as_inputs` (the same
+input check ``compress`` makes), :mod:`afde_nb.metrics`, :func:`afde_nb.bench.tradeoff` and
+:meth:`Compression.save`. Errors are raised, not shown: showing them is the panel's job.
+
+    >>> s = PanelState(model, (X, y), eps=0.3)
+    >>> c = s.update()                  # compress at the current settings
+    >>> s.figures["kept"], s.figures["mse"], s.merges[0]["after"]
+    >>> s.set_eps(0.8); s.update()
+    >>> s.curve()                       # [(eps, % of parameters kept), ...]
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import metrics
+from ..adapters import to_network
+from ..compress import Compression, compress
+from ..errors import InvalidArgumentError, ShapeMismatchError
+from ..lump import METHODS, MODES, check_eps, check_method, check_mode
+from ..network import as_inputs
+
+FORMATS = (".pt", ".safetensors")
+DEFAULT_EPS_RANGE = (1e-3, 10.0)
+CALIBRATION_ROWS = 512  # rows of a Dataset's training split used for calibration
+PATH_POINTS = 48        # at most this many compress() calls for the eps path
+PATH_STEP = 2.0         # refine the eps path where % kept jumps by more than this
+
+
+def _numpy(a, what: str) -> np.ndarray:
+    if hasattr(a, "detach"):  # a torch tensor
+        a = a.detach().cpu().numpy()
+    arr = np.asarray(a)
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+        raise TypeError(f"{what} must be a numeric array, got {type(a).__name__}")
+    return arr
+
+
+def resolve_data(data, calibration=None):
+    """``data`` (None, X, (X,), (X, y) or a Dataset) -> (X_eval, y_eval, X_calibration, label).
+
+    A Dataset is evaluated on its test split and calibrated on (up to 512 rows of) its training
+    split; ``(X, y)`` is used for both; ``X`` alone only calibrates. ``X`` may have any shape the
+    model takes (image-shaped rows for a model that starts with ``Flatten``); ``y`` is (n,) or
+    (n, targets)."""
+    X = y = cal = None
+    label = ""
+    if data is None:
+        pass
+    elif hasattr(data, "X_test") and hasattr(data, "y_test"):
+        X, y = _numpy(data.X_test, "X_test"), _numpy(data.y_test, "y_test")
+        cal = _numpy(data.X_train, "X_train")[:CALIBRATION_ROWS]
+        label = f"{getattr(data, 'name', 'data')} test split"
+    elif isinstance(data, (tuple, list)):
+        if not 1 <= len(data) <= 2:
+            raise InvalidArgumentError(f"data must be X, (X, y) or a Dataset, got a {type(data).__name__} "
+                                       f"of {len(data)}")
+        X = _numpy(data[0], "X")
+        y = _numpy(data[1], "y") if len(data) == 2 and data[1] is not None else None
+        label = "given data"
+    else:
+        X = _numpy(data, "X")
+        label = "given inputs"
+    if y is not None:
+        if y.ndim == 1:
+            y = y.reshape(-1, 1)
+        if y.ndim != 2 or X.ndim < 1 or len(X) != len(y):
+            raise ShapeMismatchError(f"X and y must have the same number of rows, y shaped (n,) or (n, targets); "
+                                     f"got {X.shape} and {y.shape}")
+    if calibration is not None:
+        cal = _numpy(calibration, "calibration")
+    elif cal is None and X is not None:
+        cal = X
+    return X, y, cal, label
+
+
+def merges_of(c: Compression) -> list[dict]:
+    """Per hidden layer: what merged (the data the merge view draws)."""
+    out = []
+    for s, lab in zip(c.layers, c.partition):
+        lab = np.asarray(lab)
+        sizes = np.bincount(lab).tolist() if lab.size else []
+        out.append({"layer": s.name, "activation": s.activation, "before": s.neurons_before,
+                    "after": s.neurons_after, "largest": s.largest_block, "eps": s.eps,
+                    "block_sizes": sorted(sizes, reverse=True), "merged_blocks": sum(k > 1 for k in sizes),
+                    "labels": lab.tolist()})
+    return out
+
+
+def check_format(fmt) -> str:
+    if fmt not in FORMATS:
+        raise InvalidArgumentError(f"format must be one of {FORMATS}, got {fmt!r}")
+    return fmt
+
+
+def format_of(path: str) -> str:
+    """The export format a file name asks for (``.pt`` unless it ends in ``.safetensors``)."""
+    s = Path(str(path)).suffix
+    return s if s in FORMATS else ".pt"
+
+
+def with_format(raw: str, fmt: str) -> str:
+    """The export path text after choosing ``fmt`` in the format menu."""
+    raw = str(raw).strip()
+    if not raw:
+        return raw
+    p = Path(raw)
+    return str(p.with_suffix(fmt)) if p.suffix else raw + fmt
+
+
+def export_target(raw, fmt: str) -> Path:
+    """The file an export writes: ``raw`` with the format's suffix (a ``.pt``/``.pth``/
+    ``.safetensors`` suffix or none is replaced, any other is kept and the format's added)."""
+    check_format(fmt)
+    raw = str(raw).strip()
+    if not raw:
+        raise InvalidArgumentError("give a file name to export to")
+    p = Path(raw).expanduser()
+    return p.with_suffix(fmt) if p.suffix in (".pt", ".pth", ".safetensors", "") else p.with_name(p.name + fmt)
+
+
+def compress_supports(name: str) -> bool:
+    """Whether :func:`afde_nb.compress` takes the keyword ``name`` (e.g. ``"repair"``)."""
+    return name in inspect.signature(compress).parameters
+
+
+def reduced_network_of(c: Compression):
+    """The reduced :class:`~afde_nb.Network` of a compression (``reduced_network``; ``network``
+    in older versions)."""
+    net = getattr(c, "reduced_network", None)
+    return net if net is not None else getattr(c, "network", None)
+
+
+class PanelState:
+    """The panel's model, data, settings and results, as plain Python.
+
+    ``data``: None, inputs ``X`` (calibration only), ``(X, y)`` (test error and calibration) or an
+    ``afde_nb.data.Dataset`` (test split for the error, up to 512 training rows for calibration);
+    ``calibration`` overrides the calibration inputs. Settings are checked as ``compress`` checks
+    them (:func:`afde_nb.lump.check_eps`, :func:`~afde_nb.lump.check_mode`,
+    :func:`~afde_nb.lump.check_method`) and passed to it by keyword; ``method`` and ``repair``
+    (None: compress's defaults) only where its signature has them (:meth:`supports`).
+
+    Results, refreshed by :meth:`update`: ``compression``, ``figures`` (the numbers shown),
+    ``merges`` (per hidden layer); :meth:`curve` the eps path; :meth:`tradeoff` the trade-off rows
+    (kept in ``tradeoff_rows``).
+    """
+
+    def __init__(self, model, data=None, *, calibration=None, eps: float = 0.3, method: str | None = None,
+                 mode: str = "backward", relative: bool = True, data_aware: bool = False, repair=None,
+                 eps_range: tuple[float, float] = DEFAULT_EPS_RANGE, eps_values=None,
+                 baselines=("magnitude", "wanda"), path_points: int = PATH_POINTS):
+        self.model = model
+        self.eps = eps
+        self.method = method
+        self.mode = mode
+        self.relative = relative
+        self.data_aware_requested = bool(data_aware)
+        self.repair = repair
+        self.eps_range = eps_range
+        if isinstance(path_points, bool) or not isinstance(path_points, numbers.Integral) or path_points < 0:
+            raise InvalidArgumentError(f"path_points must be an integer >= 0, got {path_points!r}")
+        self.path_points = int(path_points)
+        self.eps_values = None if eps_values is None else [check_eps(e) for e in eps_values]
+        self.baselines = tuple(baselines)
+        self.X = self.y = self.X_cal = None
+        self.data_label = ""
+        self.base: dict = {}
+        self._flat: dict = {}
+        self.compression: Compression | None = None
+        self.figures: dict = {}
+        self.merges: list[dict] = []
+        self.compress_s = 0.0
+        self._compression_key = None
+        self._curve: list[tuple[float, float]] | None = None
+        self._curve_key = None
+        self.tradeoff_rows: list[dict] | None = None
+        self.tradeoff_key = None
+        self.set_data(data, calibration)
+
+    # -------------------------------------------------------------- settings
+    @property
+    def eps(self) -> float:
+        return self._eps
+
+    @eps.setter
+    def eps(self, value) -> None:
+        self._eps = check_eps(value)
+
+    @property
+    def method(self) -> str | None:
+        """``compress``'s ``method`` (None: its default; only where compress has ``method=``)."""
+        return self._method
+
+    @method.setter
+    def method(self, value) -> None:
+        self._method = None if value is None else check_method(value)
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value) -> None:
+        self._mode = check_mode(value)
+
+    @property
+    def relative(self) -> bool:
+        return self._relative
+
+    @relative.setter
+    def relative(self, value) -> None:
+        self._relative = bool(value)
+
+    @property
+    def data_aware_possible(self) -> bool:
+        """Data-aware distances need calibration data and (where compress has methods) the
+        paper's ``method="components"``."""
+        return self.X_cal is not None and (not self.supports("method") or self.method == "components")
+
+    @property
+    def data_aware(self) -> bool:
+        """Data-aware distances in force: asked for and possible."""
+        return self.data_aware_requested and self.data_aware_possible
+
+    @data_aware.setter
+    def data_aware(self, value) -> None:
+        self.data_aware_requested = bool(value)
+
+    @property
+    def repair(self):
+        """``compress``'s ``repair``: None (its default: on with calibration data), True, False or
+        ``"pseudo"``; passed only where compress has ``repair=``."""
+        return self._repair
+
+    @repair.setter
+    def repair(self, value) -> None:
+        if value not in (None, True, False, "pseudo"):
+            raise InvalidArgumentError(f"repair must be None, True, False or 'pseudo', got {value!r}")
+        self._repair = value
+
+    @property
+    def eps_range(self) -> tuple[float, float]:
+        """(min, max) of eps > 0 that the slider and the eps path cover."""
+        return self._eps_range
+
+    @eps_range.setter
+    def eps_range(self, value) -> None:
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(f"eps_range must be (min, max), got {value!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+            raise InvalidArgumentError(f"eps_range must be (min, max) with 0 < min < max, got {value!r}")
+        self._eps_range = (lo, hi)
+
+    @staticmethod
+    def supports(keyword: str) -> bool:
+        """Whether this afde-nb's ``compress`` takes ``keyword`` (``"method"``, ``"repair"``, ...)."""
+        return compress_supports(keyword)
+
+    @property
+    def supports_repair(self) -> bool:
+        return self.supports("repair")
+
+    @property
+    def repair_in_force(self) -> bool:
+        """Whether compress repairs at the current setting (None repairs when calibration data are there)."""
+        if not self.supports_repair:
+            return False
+        return self.X_cal is not None if self.repair is None else bool(self.repair)
+
+    def set_eps(self, eps) -> float:
+        """Set eps (checked); a value outside ``eps_range`` widens it to whole decades."""
+        e = check_eps(eps)
+        self.eps = e
+        if e > 0:
+            lo, hi = self.eps_range
+            if e < lo:
+                lo = 10.0 ** math.floor(math.log10(e))
+            if e > hi:
+                hi = 10.0 ** math.ceil(math.log10(e))
+            self.eps_range = (lo, hi)
+        return e
+
+    # ------------------------------------------------------------------ data
+    def set_data(self, data, calibration=None) -> None:
+        """Read and check ``data`` (see the class): the inputs must fit the model as ``compress``
+        reads them (its input ``Flatten`` applies to image-shaped rows)."""
+        X, y, cal, label = resolve_data(data, calibration)
+        flat = {}
+        if X is not None or cal is not None:
+            net = to_network(self.model)
+            width, flatten = net.widths[0], net.meta.get("flatten")
+            if X is not None:
+                flat["X"] = as_inputs(X, width, "X", flatten)
+            if cal is not None:
+                flat["cal"] = as_inputs(cal, width, "calibration", flatten)
+        base = {}
+        if y is not None:
+            base = {"mse": metrics.mse(self.model, X, y), "r2": metrics.r2(self.model, X, y)}
+        self.X, self.y, self.X_cal, self.data_label = X, y, cal, label
+        self._flat, self.base = flat, base
+        self._curve_key = self._compression_key = None
+        self.tradeoff_rows = self.tradeoff_key = None
+
+    # ----------------------------------------------------------- compression
+    def compress_kwargs(self) -> dict:
+        """The keyword arguments of ``compress`` at the current settings (eps aside)."""
+        kw = {"mode": self.mode, "relative": self.relative, "calibration": self.X_cal}
+        if self.data_aware:
+            kw["data_aware"] = True
+        if self.method is not None and self.supports("method"):
+            kw["method"] = self.method
+        if self.repair is not None and self.supports_repair:
+            kw["repair"] = self.repair
+        return kw
+
+    def update(self) -> Compression:
+        """``compress`` at the current settings; refreshes ``compression``, ``figures``, ``merges``.
+        On an error these are cleared and the error is raised."""
+        t0 = time.perf_counter()
+        try:
+            c = compress(self.model, eps=self.eps, **self.compress_kwargs())
+            self.compress_s = time.perf_counter() - t0
+            self._show(c)
+        except Exception:
+            self.compression, self.figures, self.merges = None, {}, []
+            raise
+        return c
+
+    def _show(self, c: Compression) -> None:
+        figures, merges = self._figures(c), merges_of(c)
+        self.compression, self.figures, self.merges = c, figures, merges
+        self._compression_key = self.curve_key()
+
+    def _figures(self, c: Compression) -> dict:
+        f = {"eps": c.eps, "method": getattr(c, "method", None), "mode": c.mode, "relative": c.relative,
+             "data_aware": self.data_aware,
+             "params_before": c.params_before, "params_after": c.params_after, "kept": c.kept,
+             "widths_before": [s.neurons_before for s in c.layers],
+             "widths_after": [s.neurons_after for s in c.layers],
+             "compress_ms": 1000 * self.compress_s}
+        if self.supports_repair:
+            f["repair"] = getattr(c, "repaired", None)  # what ran: "calibration", "pseudo" or None
+        if getattr(c, "target", None):
+            f["target"] = dict(c.target)
+        if self.y is not None:
+            f.update(mse=metrics.mse(c.model, self.X, self.y), r2=metrics.r2(c.model, self.X, self.y),
+                     mse_before=self.base["mse"], r2_before=self.base["r2"])
+        before = getattr(c, "calibration_error_before_repair", None)
+        if before and before != c.calibration_error:
+            f.update(calib_max_abs_before_repair=before["max_abs"], calib_rms_before_repair=before["rms"],
+                     calib_n=before["n"])
+        if c.calibration_error:
+            e = c.calibration_error
+            f.update(calib_max_abs=e["max_abs"], calib_rms=e["rms"], calib_n=e["n"])
+        return f
+
+    @property
+    def reduced_network(self):
+        """The current compression's reduced :class:`~afde_nb.Network` (None without one)."""
+        return reduced_network_of(self.compression) if self.compression is not None else None
+
+    def set_target_kept(self, fraction) -> Compression:
+        """Target mode: the compression ``compress(target_params=...)`` gives for at most
+        ``fraction`` of the parameters, with the current mode and switches; it becomes the current
+        compression and its eps the current eps."""
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+            raise InvalidArgumentError(f"keep must be a fraction in (0, 1], got {fraction!r}")
+        full = self.compression.params_before if self.compression is not None else compress(self.model).params_before
+        t0 = time.perf_counter()
+        c = compress(self.model, target_params=int(fraction * full), **self.compress_kwargs())
+        self.compress_s = time.perf_counter() - t0
+        self.set_eps(c.eps)
+        self._show(c)
+        return c
+
+    # -------------------------------------------------------------- eps path
+    def curve_key(self) -> tuple:
+        """What the eps path depends on: method, mode, relative, data-aware, the eps range."""
+        return (self.method, self.mode, self.relative, self.data_aware, self.eps_range)
+
+    def curve_cached(self) -> bool:
+        """Whether :meth:`curve` has the eps path of the current setting already (no compress calls)."""
+        return self._curve_key == self.curve_key() or self.path_points == 0
+
+    def curve(self, progress: Callable[[], None] | None = None) -> list[tuple[float, float]]:
+        """The eps path: ``[(eps, % of parameters kept), ...]`` in increasing eps, at the current
+        method, mode and switches (computed once per setting).
+
+        The merge path's own curve (``Compression.path.curve()``) where compress builds one;
+        otherwise (``method="components"``) ``compress`` at a log grid of eps over ``eps_range``,
+        refined where % kept jumps (at most ``path_points`` calls; ``progress()`` after each)."""
+        key = self.curve_key()
+        if self._curve_key != key:
+            path = self._merge_path()
+            if path is not None:
+                pts = [(float(e), 100.0 * float(k)) for e, k in path.curve(max(self.path_points, 2))]
+            else:
+                pts = self._curve_by_grid(progress)
+            self._curve, self._curve_key = pts, key
+        return list(self._curve)
+
+    def _merge_path(self):
+        """The merge path of the current setting (None where compress builds none)."""
+        if self.path_points == 0:
+            return None
+        c = self.compression if self._compression_key == self.curve_key() else None
+        if c is None:
+            c = compress(self.model, eps=0.0, **self.compress_kwargs())
+        path = getattr(c, "path", None)
+        return path if path is not None and callable(getattr(path, "curve", None)) else None
+
+    def _curve_by_grid(self, progress=None) -> list[tuple[float, float]]:
+        if self.path_points == 0:
+            return []
+        kw = self.compress_kwargs()
+        if self.supports_repair:
+            kw["repair"] = False  # the sizes do not depend on the repair of the weights
+        kept: dict[float, float] = {}
+
+        def at(e: float) -> None:
+            if e not in kept and len(kept) < self.path_points:
+                kept[e] = 100.0 * compress(self.model, eps=e, **kw).kept
+                if progress is not None:
+                    progress()
+
+        lo, hi = self.eps_range
+        n0 = max(2, min(17, self.path_points - 1))
+        for e in [0.0, *np.geomspace(lo, hi, n0).tolist()]:
+            at(float(e))
+        while len(kept) < self.path_points:  # bisect (in log eps) where the size jumps
+            es = sorted(e for e in kept if e > 0)
+            gaps = sorted(((abs(kept[a] - kept[b]), a, b) for a, b in zip(es, es[1:])
+                           if abs(kept[a] - kept[b]) > PATH_STEP and b / a > 1.0001), reverse=True)
+            if not gaps:
+                break
+            for _, a, b in gaps:
+                at(math.sqrt(a * b))
+        return sorted(kept.items())  # in increasing eps
+
+    # ------------------------------------------------------------- trade-off
+    def tradeoff_mode(self) -> tuple[str, str, bool]:
+        """(``bench.tradeoff`` entry, variant, relative) of the current setting: the entry is
+        ``[method-]mode[-data]`` (Ward's without prefix), the variant gives every method the panel's
+        data access and repair (``"+repair"``, ``"+calib"``, ``"+pseudo"``, or ``""`` data-free)."""
+        from ..bench import tradeoff
+
+        entry = self.mode
+        if self.method not in (None, "ward") and self.supports("method"):
+            entry = f"{self.method}-{entry}"
+        if self.data_aware:
+            entry += "-data"
+        variant = ""
+        if "variants" in inspect.signature(tradeoff).parameters:
+            if self.repair == "pseudo" and self.supports_repair:
+                variant = "+pseudo"
+            elif self.X_cal is not None:
+                variant = "+repair" if self.repair_in_force else "+calib"
+        return (entry, variant, self.relative)
+
+    @staticmethod
+    def _variants(variant: str) -> dict:
+        if not variant:
+            return {}
+        # "+calib" (afde-nb on calibration data, no repair) has no baseline rows of its own: the
+        # baselines come as they are ("" ; Wanda on the calibration data)
+        return {"variants": (variant, "") if variant == "+calib" else (variant,)}
+
+    def tradeoff_steps(self) -> int:
+        """About how many models :meth:`tradeoff` evaluates (for a progress bar)."""
+        n_afde = len(self.eps_values) if self.eps_values is not None else 9
+        return n_afde * (1 + len(self.baselines))
+
+    def tradeoff(self, progress: Callable[[], None] | None = None) -> list[dict]:
+        """The size/error trade-off against the baselines (:func:`afde_nb.bench.tradeoff` rows) on
+        the test data, for the current mode and switches; kept in ``tradeoff_rows``."""
+        if self.y is None:
+            raise InvalidArgumentError("the trade-off curve needs test data: Panel(model, (X, y)) or "
+                                       "Panel(model, dataset)")
+        from ..bench import tradeoff
+
+        key = self.tradeoff_mode()
+        entry, variant, relative = key
+        rows = tradeoff(self.model, self._flat["X"], self.y, calibration=self._flat.get("cal"),
+                        eps_values=self.eps_values, mode=entry, relative=relative, baselines=self.baselines,
+                        progress=progress, **self._variants(variant))
+        self.tradeoff_rows = [dict(r) for r in rows]
+        self.tradeoff_key = key
+        return self.tradeoff_rows
+
+    # ---------------------------------------------------------------- export
+    def export(self, path, fmt: str | None = None) -> list[Path]:
+        """Save the current compression (``Compression.save``) to ``path`` in format ``fmt``
+        (default: from the suffix); returns the files written, resolved."""
+        if self.compression is None:
+            raise RuntimeError("nothing to export: the compression failed (see the error above)")
+        target = export_target(path, format_of(str(path)) if fmt is None else fmt)
+        return [Path(w).resolve() for w in self.compression.save(target)]
+
+
+__all__ = ["FORMATS", "METHODS", "MODES", "PanelState", "export_target", "merges_of", "resolve_data"]
