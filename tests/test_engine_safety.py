@@ -102,7 +102,8 @@ def test_lump_gives_valid_partitions_on_any_finite_network(ns, mode, eps, relati
     again = components(net, eps, mode, relative)
     for a, b in zip(part.labels, again.labels):
         np.testing.assert_array_equal(a, b)
-    small = afde_nb.reduce(net, part.labels)
+    with np.errstate(all="ignore"):  # merged rows of 1e307-weights overflow: shapes only here
+        small = afde_nb.reduce(net, part.labels)
     assert small.widths == [net.widths[0], *part.num_blocks, net.widths[-1]]
 
 
