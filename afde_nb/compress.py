@@ -221,14 +221,14 @@ def _for_params(net, path, target, calib, probes, mode, relative, threads) -> Pa
     fit, held = _split(len(calib))
     fit_probes = None if probes is None else (calib[fit] if probes is calib else probes)
 
-    def score(scale) -> float:
-        ms = path.for_params(target, scale)
+    options = [path.for_params(target, scale) for scale in cands] + [path.uniform(target)]
+
+    def score(ms) -> float:
         small, _, _ = _reduce_and_repair(net, path.partition_at(ms), fit_probes, None)
         return probe_error(net, small, calib[held])["relative_mse"]
 
-    best = pick(cands, score)
-    ms = path.for_params(target, best)
-    return path.partition_at(ms, path.eps_of(ms, best))
+    best = pick(options, score)
+    return path.partition_at(best, path.eps_of(best))
 
 
 def _for_error(net, path, X, y, max_increase, probes, mode, relative, threads) -> Partition:

@@ -48,6 +48,20 @@ EXACT_TOL = {"ward": 1e-20, "complete": 1e-10}
 RIDGE = 1e-8
 
 
+def slope(z: np.ndarray, activation: str, negative_slope: float = 0.01) -> np.ndarray:
+    """phi'(z), element-wise."""
+    if activation == "tanh":
+        return 1.0 - np.tanh(z) ** 2
+    if activation == "sigmoid":
+        s = 1.0 / (1.0 + np.exp(-z))
+        return s * (1.0 - s)
+    if activation == "relu":
+        return (z > 0).astype(float)
+    if activation == "leaky_relu":
+        return np.where(z >= 0, 1.0, negative_slope)
+    return np.ones_like(z)
+
+
 def lipschitz(activation: str, negative_slope: float = 0.01) -> float:
     return {"sigmoid": 0.25, "leaky_relu": max(1.0, abs(negative_slope))}.get(activation, 1.0)
 
@@ -202,6 +216,17 @@ class MergePath:
             f"target_params={target} is below {self.params_at([lp.n - 1 for lp in self.layers])}, "
             "the size with one neuron per hidden layer")
 
+    def uniform(self, target: int) -> list[int]:
+        """Merge counts keeping the same fraction of every hidden layer (as folding does), the
+        most neurons within ``target`` parameters."""
+        n = [lp.n for lp in self.layers]
+        lo = [lp.exact for lp in self.layers]
+        for keep in np.linspace(1.0, 0.0, 1001):
+            ms = [min(max(nn - max(1, int(round(keep * nn))), e), nn - 1) for nn, e in zip(n, lo)]
+            if self.params_at(ms) <= target:
+                return ms
+        return self.for_params(target)
+
     def curve(self, points: int = 64) -> list[tuple[float, float]]:
         """(eps, fraction of parameters kept) along the path: what a slider moves through."""
         seq = self.sequence()
@@ -230,7 +255,11 @@ def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", re
         R, b = incoming(layer.weight, layer.bias, src)
         A, c = aligned(R, b, act)
         vnorm = np.linalg.norm(nxt.weight, axis=0)
+        lip = lipschitz(act, layer.negative_slope)
         mass = (c * vnorm) ** 2
+        # a saturated neuron's row matters less: weight by its mean squared slope on the probes
+        z = ins[h] @ layer.weight.T + layer.bias
+        mass = mass * (np.mean(slope(z, act, layer.negative_slope) ** 2, axis=0) if len(z) else 1.0)
         mass = np.maximum(mass, 1e-12 * max(float(mass.max(initial=0.0)), 1e-300))
         # rows in the metric of the layer's inputs: ||e||_C^2 = e^T C e, C the second moment of the
         # (reduced-exact) augmented inputs; a tiny ridge keeps rows that differ only where the probes
@@ -243,7 +272,6 @@ def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", re
         znext = ins[h + 1] @ nxt.weight.T + nxt.bias
         denom = float(np.sqrt(np.mean(np.sum(znext ** 2, axis=1)))) if relative else 1.0
         denom = denom if denom > 0 else 1.0
-        lip = lipschitz(act, layer.negative_slope)
 
         pairs, sg, ht = _core.agglomerate(A, mass, np.arange(n), np.ones(n, dtype=np.int64), method, signed, threads)
         tol = EXACT_TOL[method] * (float(np.sum(mass * np.sum(A * A, axis=1))) if method == "ward"

@@ -4,7 +4,8 @@ For merge paths (Ward, complete) no search over eps is needed: the path lists ev
 eps order, one merge at a time, so the budget is met by walking it. With calibration data the
 split of a parameter budget between layers is chosen by measured error: besides one eps for all
 layers, each layer's eps is scaled by 1/4, 1/2, 2 and 4 in turn, each candidate is reduced (and
-repaired on 3/4 of the calibration inputs when repair is on) and measured on the other 1/4.
+repaired on 3/4 of the calibration inputs when repair is on) and measured on the other 1/4, and so
+is the split that keeps the same fraction of every layer.
 
 For the paper's setting (components) the partitions coarsen monotonically with eps (tested), so
 bisection over eps finds the smallest eps meeting a budget, as in the first release.
