@@ -157,7 +157,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         rms = activation_rms(net, calib) if data_aware else None
         part = lump(net, 0.0 if eps is None else eps, mode, relative, threads, rms, method="components")
 
-    small, before, after = _reduce_and_repair(net, part, probes, calib)
+    small, before, after, ran = _reduce_and_repair(net, part, probes, calib)
     device = next((p.device for p in model.parameters()), None)
     reduced = to_torch(small, device=device)
     layers = []
@@ -171,7 +171,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         target = {"params": target_params} if target_params is not None else {"error_increase": target_error}
     return Compression(reduced, [np.array(l) for l in part.labels], net.num_params, small.num_params,
                        layers, part.mode, part.eps, part.relative, after, small, target, method, bool(symmetry),
-                       how if before is not None else None, before, path)
+                       how if ran else None, before, path)
 
 
 def _repair_how(repair, calib) -> str | None:
@@ -194,15 +194,17 @@ def _repair_how(repair, calib) -> str | None:
 LOSSY = 1e-9
 
 
-def _reduce_and_repair(net: Network, part: Partition, probes, calib) -> tuple[Network, dict | None, dict | None]:
-    """The reduced network, and the calibration error before repair (None: no repair ran) and after."""
+def _reduce_and_repair(net: Network, part: Partition, probes, calib
+                       ) -> tuple[Network, dict | None, dict | None, bool]:
+    """The reduced network; its calibration error before repair (None: no repair ran) and after;
+    whether repair ran."""
     small, blocks = quotient(net, part)
     err = probe_error(net, small, calib) if calib is not None else None
     lossy = [h for h, b in enumerate(blocks) if b.spread > LOSSY]
     if probes is None or not lossy:
-        return small, None, err
+        return small, None, err, False
     fixed = refit(net, small, probes, [b.target_map() for b in blocks], start=lossy[0] + 1)
-    return fixed, err, probe_error(net, fixed, calib) if calib is not None else probe_error(net, fixed, probes)
+    return fixed, err, probe_error(net, fixed, calib) if calib is not None else None, True
 
 
 def _split(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +226,7 @@ def _for_params(net, path, target, calib, probes, mode, relative, threads) -> Pa
     options = [path.for_params(target, scale) for scale in cands] + [path.uniform(target)]
 
     def score(ms) -> float:
-        small, _, _ = _reduce_and_repair(net, path.partition_at(ms), fit_probes, None)
+        small, *_ = _reduce_and_repair(net, path.partition_at(ms), fit_probes, None)
         return probe_error(net, small, calib[held])["relative_mse"]
 
     best = pick(options, score)
@@ -238,7 +240,7 @@ def _for_error(net, path, X, y, max_increase, probes, mode, relative, threads) -
     seq = path.sequence()
 
     def ok(i: int) -> bool:
-        small, _, _ = _reduce_and_repair(net, path.partition_at(seq[i]), probes, None)
+        small, *_ = _reduce_and_repair(net, path.partition_at(seq[i]), probes, None)
         return float(np.mean((small.forward(X) - y) ** 2)) <= bound
 
     step = max(1, len(seq) // 50)

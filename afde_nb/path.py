@@ -43,8 +43,8 @@ LINKAGES = ("ward", "complete")
 #: symmetries the exact step may use, per activation (ReLU family: positive scaling only)
 SIGNED = ("identity", "tanh", "sigmoid")
 PROBES = 512
-#: a merge whose cost is below this fraction of the layer's total scale is an exact equivalence
-EXACT_TOL = {"ward": 1e-20, "complete": 1e-10}
+#: rows equal to this relative precision are exact equivalents: a few ulps of the model's dtype
+EXACT_REL = {"float32": 1e-6, "float16": 1e-3, "bfloat16": 1e-2}
 RIDGE = 1e-8
 
 
@@ -274,8 +274,9 @@ def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", re
         denom = denom if denom > 0 else 1.0
 
         pairs, sg, ht = _core.agglomerate(A, mass, np.arange(n), np.ones(n, dtype=np.int64), method, signed, threads)
-        tol = EXACT_TOL[method] * (float(np.sum(mass * np.sum(A * A, axis=1))) if method == "ward"
-                                   else float(np.sqrt(np.max(np.sum(A * A, axis=1), initial=0.0))))
+        rel = EXACT_REL.get(net.dtype, 1e-12)
+        tol = (rel ** 2 * float(np.max(mass * np.sum(A * A, axis=1), initial=0.0)) if method == "ward"
+               else rel * float(np.sqrt(np.max(np.sum(A * A, axis=1), initial=0.0))))
         exact = int(np.searchsorted(ht, tol, side="right"))
         if mode == "backward":
             if method == "ward":

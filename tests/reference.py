@@ -151,3 +151,33 @@ def hidden_labels(ode, labels: np.ndarray) -> list[np.ndarray]:
         seen: dict[int, int] = {}
         out.append(np.array([seen.setdefault(int(x), len(seen)) for x in raw], dtype=np.int64))
     return out
+
+
+def affine(f: list[Poly], alpha: np.ndarray, beta: np.ndarray) -> list[Poly]:
+    """The drifts in the coordinates y with x_v = alpha_v + beta_v y_v: g_v(y) = f_v(alpha + beta y) / beta_v.
+    Lumping up to a symmetry (tanh: h -> -h; sigmoid: h -> 1 - h) is plain BDE in such coordinates."""
+    lin = [{(): float(a), (v,): float(b)} if a else {(v,): float(b)} for v, (a, b) in enumerate(zip(alpha, beta))]
+    out = []
+    for v, p in enumerate(f):
+        g: Poly = {}
+        for m, c in p.items():
+            term: Poly = {(): c / float(beta[v])}
+            for u in m:
+                term = _mul(term, lin[u])
+            g = _add(g, term)
+        out.append(g)
+    return out
+
+
+def symmetric_bde_distance(ode, labels: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> float:
+    """Largest BDE distance inside any block, in the coordinates of :func:`affine`: 0 iff the
+    partition (with its orientations) is an exact BDE up to the symmetry."""
+    g = affine(drifts(ode), alpha, beta)
+    blocks = defaultdict(list)
+    for v, l in enumerate(labels):
+        blocks[int(l)].append(v)
+    worst = 0.0
+    for members in blocks.values():
+        for j in members[1:]:
+            worst = max(worst, bde_distance(g, labels, members[0], j))
+    return worst

@@ -1,0 +1,280 @@
+"""Merge paths (method.md §8): the engine's agglomeration against scipy and a slow reference,
+exact symmetries against the generic ODE reference, nested cuts, budgets, eps's meaning."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.cluster.hierarchy import fcluster, linkage
+
+import afde_nb
+from afde_nb import _core
+from afde_nb.adapters import to_network
+from afde_nb.path import merge_path
+
+from conftest import mlp, set_weights
+from reference import symmetric_bde_distance
+
+
+def canon(labels) -> np.ndarray:
+    seen: dict[int, int] = {}
+    return np.array([seen.setdefault(int(x), len(seen)) for x in labels])
+
+
+def cut(X, w, linkage_name, symmetric, m):
+    n = len(X)
+    pairs, signs, heights = _core.agglomerate(X, w, np.arange(n), np.ones(n, dtype=np.int64), linkage_name,
+                                              symmetric, 0)
+    return _core.replay(n, pairs, signs, m), heights
+
+
+@pytest.mark.parametrize("method", ["ward", "complete"])
+@pytest.mark.parametrize("seed", range(5))
+def test_unsigned_unweighted_equals_scipy(method, seed):
+    """Without symmetry, with unit masses and distinct distances, every cut equals scipy's."""
+    X = np.random.default_rng(seed).normal(size=(40, 6))
+    Z = linkage(X, method=method)
+    for k in (1, 2, 3, 5, 10, 25, 40):
+        (lab, signs), heights = cut(X, np.ones(40), method, False, 40 - k)
+        want = canon(fcluster(Z, k, criterion="maxclust"))
+        np.testing.assert_array_equal(lab, want, err_msg=f"k={k}")
+        assert np.all(signs == 1)
+    # heights: scipy's Ward height is sqrt(2 * cost); complete's is the diameter
+    _, heights = cut(X, np.ones(40), method, False, 0)
+    want = Z[:, 2] ** 2 / 2 if method == "ward" else Z[:, 2]
+    np.testing.assert_allclose(heights, want, rtol=1e-9)
+
+
+def slow_signed_ward(X, w):
+    """Greedy Ward on oriented blocks from scratch: the definition, O(n^4)."""
+    blocks = [([i], [1]) for i in range(len(X))]
+    heights = []
+    parts = [canon(range(len(X)))]
+
+    def centroid(members, signs):
+        ws = w[members]
+        return (ws[:, None] * X[members] * np.array(signs)[:, None]).sum(0) / ws.sum(), ws.sum()
+
+    while len(blocks) > 1:
+        best = None
+        for a in range(len(blocks)):
+            for b in range(a + 1, len(blocks)):
+                ca, ma = centroid(*blocks[a])
+                cb, mb = centroid(*blocks[b])
+                for s in (1, -1):
+                    cost = ma * mb / (ma + mb) * np.sum((ca - s * cb) ** 2)
+                    if best is None or cost < best[0]:
+                        best = (cost, a, b, s)
+        cost, a, b, s = best
+        ma, sa = blocks[a]
+        mb, sb = blocks[b]
+        blocks[a] = (ma + mb, sa + [s * x for x in sb])
+        del blocks[b]
+        heights.append(cost)
+        lab = np.empty(len(X), dtype=int)
+        for k, (members, _) in enumerate(blocks):
+            lab[members] = k
+        parts.append(canon(lab))
+    return np.array(heights), parts
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_signed_weighted_ward_equals_slow_reference(seed):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(14, 4))
+    X[5] = -X[2] + 0.01 * rng.normal(size=4)  # nearly negated pairs make the sign matter
+    X[9] = -X[0] + 0.02 * rng.normal(size=4)
+    w = rng.uniform(0.2, 3.0, size=14)
+    want_h, want_parts = slow_signed_ward(X, w)
+    pairs, signs, heights = _core.agglomerate(X, w, np.arange(14), np.ones(14, dtype=np.int64), "ward", True, 0)
+    np.testing.assert_allclose(heights, want_h, rtol=1e-9, atol=1e-12)
+    for m, want in enumerate(want_parts):
+        lab, s = _core.replay(14, pairs, signs, m)
+        np.testing.assert_array_equal(lab, want, err_msg=f"after {m} merges")
+    lab, s = _core.replay(14, pairs, signs, 2)
+    assert lab[5] == lab[2] and s[5] == -s[2] and lab[9] == lab[0] and s[9] == -s[0]
+
+
+def test_engine_errors_are_clear():
+    X = np.zeros((3, 2))
+    with pytest.raises(ValueError, match="weights must be finite and > 0"):
+        _core.agglomerate(X, [1.0, 0.0, 1.0], [0, 1, 2], [1, 1, 1], "ward", True, 0)
+    with pytest.raises(ValueError, match="canonical"):
+        _core.agglomerate(X, [1.0] * 3, [1, 0, 2], [1, 1, 1], "ward", True, 0)
+    with pytest.raises(ValueError, match="linkage"):
+        _core.agglomerate(X, [1.0] * 3, [0, 1, 2], [1, 1, 1], "single", True, 0)
+    with pytest.raises(ValueError, match="features must be finite"):
+        _core.agglomerate(np.array([[np.nan, 0], [0, 0], [1, 1]]), [1.0] * 3, [0, 1, 2], [1, 1, 1], "ward", True, 0)
+    with pytest.raises(ValueError, match="cut outside"):
+        _core.replay(3, np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64), 1)
+    assert _core.agglomerate(np.zeros((0, 2)), [], [], [], "ward", True, 0)[0].shape == (0, 2)
+
+
+def planted(rng, act: str, widths=(4, 9, 7, 2)):
+    """A network whose hidden layers hold symmetric copies: neuron 3 is neuron 1 under the
+    activation's symmetry (tanh/identity: negated row and bias; sigmoid: the same, h -> 1 - h;
+    ReLU: a positive multiple), and layer 2's neuron 5 likewise of neuron 2."""
+    Ws = [rng.normal(size=(widths[k + 1], widths[k])) for k in range(len(widths) - 1)]
+    bs = [rng.normal(size=widths[k + 1]) for k in range(len(widths) - 1)]
+    f = 2.5 if act in ("relu", "leaky_relu") else -1.0
+    for l, (i, j) in ((0, (1, 3)), (1, (2, 5))):
+        Ws[l][j], bs[l][j] = f * Ws[l][i], f * bs[l][i]
+    return set_weights(mlp(list(widths), [act, act]), Ws, bs)
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "identity", "relu", "leaky_relu"])
+@pytest.mark.parametrize("mode", ["backward", "forward"])
+@pytest.mark.parametrize("method", ["ward", "complete"])
+def test_symmetric_copies_merge_exactly_at_eps_zero(act, mode, method, rng):
+    model = planted(rng, act)
+    c = afde_nb.compress(model, 0.0, method=method, mode=mode)
+    assert c.partition[0][1] == c.partition[0][3] and c.partition[1][2] == c.partition[1][5]
+    assert [s.neurons_after for s in c.layers] == [8, 6]  # nothing else is exact
+    x = torch.randn(500, 4)
+    with torch.no_grad():  # float32: 1e-5 relative to the output's scale
+        y = model(x)
+        assert (c.model(x) - y).abs().max().item() <= 1e-5 * max(1.0, y.abs().max().item())
+    # without the symmetry only positive multiples (ReLU family) are exact
+    c = afde_nb.compress(model, 0.0, method=method, mode=mode, symmetry=False)
+    want = [8, 6] if act in ("relu", "leaky_relu") else [9, 7]
+    assert [s.neurons_after for s in c.layers] == want
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "identity"])
+def test_symmetry_is_bde_in_the_slow_reference(act, rng):
+    """The partition and orientations at eps = 0 are an exact BDE of the polynomial ODE after the
+    change of variables h -> -h (tanh, identity) or h -> 1 - h (sigmoid); wrong orientations are not."""
+    model = planted(rng, act)
+    net = to_network(model)
+    part = afde_nb.lump(net, 0.0)
+    ode = afde_nb.encode(net)
+    labels = np.arange(ode.num_vars)
+    alpha, beta = np.zeros(ode.num_vars), np.ones(ode.num_vars)
+    for h, (lab, s) in enumerate(zip(part.labels, part.signs)):
+        idx = np.flatnonzero(ode.layer == h + 1)
+        labels[idx] = ode.num_vars + 100 * h + lab
+        beta[idx] = s
+        if act == "sigmoid":
+            alpha[idx] = np.where(s < 0, 1.0, 0.0)
+    assert any(np.any(s < 0) for s in part.signs)
+    assert symmetric_bde_distance(ode, labels, alpha, beta) <= 1e-9
+    assert symmetric_bde_distance(ode, labels, np.zeros_like(alpha), np.ones_like(beta)) > 0.1
+
+
+@pytest.mark.parametrize("mode", ["backward", "forward"])
+@pytest.mark.parametrize("method", ["ward", "complete"])
+def test_cuts_are_nested_in_eps(mode, method, rng):
+    torch.manual_seed(0)
+    net = to_network(mlp([6, 40, 30, 3], ["tanh", "tanh"]))
+    path = merge_path(net, method=method, mode=mode)
+    eps = [0.0, 0.01, 0.03, 0.1, 0.2, 0.4, 0.8, 2.0, 10.0]
+    parts = [path.partition(e) for e in eps]
+    for a, b in zip(parts, parts[1:]):
+        for la, lb in zip(a.labels, b.labels):
+            for blk in range(la.max() + 1):  # every block at smaller eps sits inside one block at larger eps
+                assert len(set(lb[la == blk])) == 1
+        assert a.size >= b.size
+    assert parts[-1].size < parts[0].size
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_every_budget_is_reachable_within_two_points(act):
+    torch.manual_seed(0)
+    model = mlp([8, 128, 128, 2], [act, act])
+    full = afde_nb.compress(model).params_before
+    X = np.random.default_rng(0).normal(size=(256, 8)).astype(np.float32)
+    for f in np.arange(0.95, 0.04, -0.05):
+        for calib in (None, X):
+            c = afde_nb.compress(model, target_params=int(f * full), calibration=calib, repair=False)
+            assert f - 0.02 <= c.kept <= f + 1e-9, (f, c.kept)
+
+
+def test_eps_is_the_first_order_error_estimate():
+    """eps (relative) tracks the measured RMS change of the next layer's pre-activations: within a
+    factor of a few on a smooth network, and the cut at eps never reports more than eps."""
+    torch.manual_seed(1)
+    model = mlp([6, 64, 3], ["tanh"])
+    net = to_network(model)
+    X = np.random.default_rng(0).normal(size=(2000, 6))
+    path = merge_path(net, calibration=X)
+    z = net.forward(X)
+    scale = np.sqrt(np.mean(np.sum(z ** 2, axis=1)))
+    checked = 0
+    for e in (0.01, 0.03, 0.1, 0.3):
+        part = path.partition(e)
+        est = max(part.eps_per_layer)  # the estimate at the cut actually taken
+        assert est <= e
+        if est == 0:  # no merge fits under this eps
+            continue
+        checked += 1
+        small = afde_nb.reduce(net, part)
+        measured = np.sqrt(np.mean(np.sum((small.forward(X) - z) ** 2, axis=1))) / scale
+        assert 0.2 * est <= measured <= 3 * est, (e, est, measured)
+    assert checked >= 2
+
+
+def test_repair_lowers_the_calibration_error_and_is_reported(rng):
+    torch.manual_seed(0)
+    model = mlp([5, 48, 32, 2], ["tanh", "tanh"])
+    X = rng.normal(size=(400, 5)).astype(np.float32)
+    c = afde_nb.compress(model, 0.2, calibration=X)
+    assert c.repaired == "calibration"
+    assert c.calibration_error["rms"] < 0.7 * c.calibration_error_before_repair["rms"]
+    off = afde_nb.compress(model, 0.2, calibration=X, repair=False)
+    assert off.repaired is None and off.calibration_error == c.calibration_error_before_repair
+    pseudo = afde_nb.compress(model, 0.2, repair="pseudo")
+    assert pseudo.repaired == "pseudo"
+    free = afde_nb.compress(model, 0.2)
+    with torch.no_grad():
+        x = torch.as_tensor(X)
+        err = lambda m: (m(x) - model(x)).pow(2).mean().item()  # noqa: E731
+        assert err(pseudo.model) < err(free.model)
+    # eps = 0 is exact: nothing is lossy, so repair leaves the reduced network alone
+    exact = afde_nb.compress(model, 0.0, calibration=X)
+    assert exact.repaired is None
+    with pytest.raises(afde_nb.errors.InvalidArgumentError, match="pseudo"):
+        afde_nb.compress(model, 0.2, repair=True)
+    with pytest.raises(afde_nb.errors.InvalidArgumentError, match="repair"):
+        afde_nb.compress(model, 0.2, repair="sometimes")
+
+
+def test_repaired_masks_keep_their_zeros(rng):
+    from afde_nb import baselines as bl
+
+    torch.manual_seed(0)
+    model = mlp([5, 32, 32, 2], ["tanh", "tanh"])
+    X = rng.normal(size=(300, 5)).astype(np.float32)
+    p = bl.magnitude_prune(model, 0.5, scope="global")
+    r = bl.repair_pruned(p, model, X)
+    for a, b in zip(p.model.parameters(), r.model.parameters()):
+        if a.ndim == 2:
+            assert torch.equal(a == 0, b == 0)
+    assert r.params == p.params and r.repaired == "calibration"
+    x = torch.as_tensor(X)
+    with torch.no_grad():
+        assert (r.model(x) - model(x)).pow(2).mean() < (p.model(x) - model(x)).pow(2).mean()
+
+
+def test_target_error_walks_the_path(rng):
+    torch.manual_seed(0)
+    model = mlp([5, 48, 2], ["tanh"])
+    X = rng.normal(size=(400, 5)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.as_tensor(X)).numpy() + 0.1 * rng.normal(size=(400, 2))
+    base = np.mean((model(torch.as_tensor(X)).detach().numpy() - y) ** 2)
+    loose = afde_nb.compress(model, target_error=0.5, calibration=X, calibration_targets=y)
+    tight = afde_nb.compress(model, target_error=0.01, calibration=X, calibration_targets=y)
+    assert loose.params_after <= tight.params_after < loose.params_before
+    for c in (loose, tight):
+        got = np.mean((c.model(torch.as_tensor(X)).detach().numpy() - y) ** 2)
+        assert got <= base * (1 + c.target["error_increase"]) + 1e-9
+
+
+def test_curve_spans_the_sizes():
+    torch.manual_seed(0)
+    c = afde_nb.compress(mlp([4, 30, 20, 2], ["tanh", "tanh"]), 0.1)
+    pts = c.path.curve()
+    eps = [e for e, _ in pts]
+    kept = [k for _, k in pts]
+    assert eps == sorted(eps) and kept == sorted(kept, reverse=True)
+    assert kept[0] == 1.0 and kept[-1] < 0.1
