@@ -28,8 +28,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     target = args.target_params
     if args.keep is not None:
         target = int(args.keep * sum(p.numel() for p in model.parameters()))
-    c = compress(model, eps=None if target is not None else args.eps, mode=args.mode, relative=args.relative,
-                 calibration=calib, threads=args.threads, target_params=target, data_aware=args.data_aware)
+    repair = {"auto": None, "on": True, "off": False, "pseudo": "pseudo"}[args.repair]
+    c = compress(model, eps=None if target is not None else args.eps, method=args.method, mode=args.mode,
+                 relative=args.relative, symmetry=args.symmetry, calibration=calib, repair=repair,
+                 threads=args.threads, target_params=target, data_aware=args.data_aware)
     print(c.table())
     if args.output:
         for p in c.save(args.output):
@@ -85,10 +87,20 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--keep", type=float, help="instead of --eps: keep at most this fraction of the parameters "
                    "(finds the smallest eps)")
     t.add_argument("--target-params", type=int, help="instead of --eps: keep at most this many parameters")
-    c.add_argument("--data-aware", action="store_true", help="weight coefficients by calibration RMS "
-                   "(needs --calibration)")
+    c.add_argument("--method", default="ward", choices=["ward", "complete", "components"],
+                   help="ward (default): bounded blocks from a Ward merge path; complete: complete linkage; "
+                   "components: the paper's eps-graph components")
     c.add_argument("--mode", default="backward", choices=["forward", "backward"])
-    c.add_argument("--relative", action="store_true", help="eps as a fraction of each layer's mean neuron norm")
+    c.add_argument("--relative", action=argparse.BooleanOptionalAction, default=True,
+                   help="eps relative to the next layer's pre-activations (ward/complete) or to each layer's "
+                   "mean neuron norm (components); default on")
+    c.add_argument("--symmetry", action=argparse.BooleanOptionalAction, default=True,
+                   help="lump neurons equal up to the activation's symmetry (tanh: -h, sigmoid: 1 - h); default on")
+    c.add_argument("--repair", default="auto", choices=["auto", "on", "off", "pseudo"],
+                   help="least-squares refit after lossy merges: auto (default) = on with --calibration; "
+                   "pseudo = data-free on standard-normal pseudo-inputs")
+    c.add_argument("--data-aware", action="store_true", help="components only: weight coefficients by "
+                   "calibration RMS (needs --calibration)")
     c.add_argument("--calibration", help="tensor file of calibration inputs (n, in_features)")
     c.add_argument("--threads", type=int, default=0)
     c.add_argument("-o", "--output", help="write the reduced model (.pt/.pth/.safetensors + .json)")

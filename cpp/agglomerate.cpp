@@ -1,5 +1,7 @@
 #include "agglomerate.hpp"
 
+#include "cluster.hpp"  // parallel_worth
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -119,7 +121,8 @@ std::vector<Merge> agglomerate(const Eigen::Ref<const RowMat>& X, const std::vec
   const bool ward = linkage == Linkage::Ward;
   if (ward) {
 #ifdef AFDE_HAVE_OPENMP
-#pragma omp parallel for schedule(dynamic, 8) num_threads(threads > 0 ? threads : omp_get_max_threads()) if (k > 64)
+#pragma omp parallel for schedule(dynamic, 8) num_threads(threads > 0 ? threads : omp_get_max_threads()) \
+    if (parallel_worth(static_cast<double>(k) * static_cast<double>(k) * static_cast<double>(d), 1 << 24))
 #endif
     for (std::int64_t a = 0; a < k; ++a)
       for (std::int64_t b = a + 1; b < k; ++b) {

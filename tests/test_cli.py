@@ -209,13 +209,34 @@ def test_console_script_runs(tmp_path):
 def test_demo_prints_the_trade_off(capsys):
     assert main(["demo", "--epochs", "20"]) == 0
     out = capsys.readouterr().out
-    lines = [l for l in out.splitlines() if l.startswith(("backward", "forward"))]
-    assert len(lines) == 2 * 7
-    first = lines[0].split()
-    assert first[1] == "0" and first[3] == "100.0%"
-    targets = [l.split() for l in out.splitlines() if l.startswith("keep")]
-    assert [t[1] for t in targets] == ["90%", "75%", "50%"]
-    assert all(float(t[5].rstrip("%")) <= float(t[1].rstrip("%")) for t in targets)  # within each budget
+    from afde_nb.demo import DEMO_EPS, DEMO_KEEP
+
+    rows = [l.split() for l in out.splitlines() if l.split() and l.split()[0].replace(".", "").isdigit()]
+    assert [float(r[0]) for r in rows] == list(DEMO_EPS)
+    assert rows[0][2] == "100.0%"  # eps = 0 is exact: nothing merges in a trained net
+    kept = [float(r[2].rstrip("%")) for r in rows]
+    assert kept == sorted(kept, reverse=True) and kept[-1] < 100
+    budgets = [l.split() for l in out.splitlines() if l.strip().endswith(tuple("0123456789")) and "%" in l
+               and l.strip().split()[0].rstrip("%").isdigit() and "|" in l]
+    assert [b[0] for b in budgets] == [f"{100 * k:.0f}%" for k in DEMO_KEEP]
+
+
+def test_compress_options_reach_compress(saved_model, tmp_path, capsys):
+    """--method, --repair, --no-relative and --no-symmetry end up in the Compression."""
+    model, path = saved_model
+    calib = tmp_path / "x.pt"
+    torch.save(torch.randn(64, model[0].in_features), calib)
+    assert main(["compress", str(path), "--eps", "0.3", "--calibration", str(calib), "--repair", "off"]) == 0
+    out = capsys.readouterr().out
+    assert "method=ward" in out and "(relative)" in out and "before repair" not in out
+    assert main(["compress", str(path), "--eps", "0.3", "--calibration", str(calib)]) == 0
+    assert "after repair (calibration)" in capsys.readouterr().out
+    assert main(["compress", str(path), "--eps", "0.3", "--method", "components", "--no-relative",
+                 "--no-symmetry"]) == 0
+    out = capsys.readouterr().out
+    assert "method=components" in out and "(relative)" not in out
+    assert main(["compress", str(path), "--eps", "0.3", "--repair", "on"]) == 2  # needs --calibration
+    assert "pseudo" in capsys.readouterr().err
 
 
 def test_compress_to_a_parameter_budget(saved_model, tmp_path, capsys):
