@@ -12,6 +12,7 @@ between two models (original and reduced) is not blurred by float32 rounding of 
 from __future__ import annotations
 
 import numpy as np
+from .errors import ShapeMismatchError
 
 __all__ = ["accuracy", "accuracy_score", "mse", "mse_score", "predict", "r2", "r2_score"]
 
@@ -24,7 +25,7 @@ def _targets(y, n: int) -> np.ndarray:
     if y.ndim == 1:
         y = y.reshape(-1, 1)
     if y.ndim != 2 or len(y) != n:
-        raise ValueError(f"targets must be (n, targets) with n = {n}, got shape {y.shape}")
+        raise ShapeMismatchError(f"targets must be (n, targets) with n = {n}, got shape {y.shape}")
     return y
 
 
@@ -54,7 +55,7 @@ def mse_score(pred, y) -> float:
     pred = pred.reshape(len(pred), -1)
     y = _targets(y, len(pred))
     if pred.shape != y.shape:
-        raise ValueError(f"predictions {pred.shape} and targets {y.shape} differ in shape")
+        raise ShapeMismatchError(f"predictions {pred.shape} and targets {y.shape} differ in shape")
     return float(np.mean((pred - y) ** 2)) if pred.size else float("nan")
 
 
@@ -65,7 +66,7 @@ def r2_score(pred, y) -> float:
     pred = pred.reshape(len(pred), -1)
     y = _targets(y, len(pred))
     if pred.shape != y.shape:
-        raise ValueError(f"predictions {pred.shape} and targets {y.shape} differ in shape")
+        raise ShapeMismatchError(f"predictions {pred.shape} and targets {y.shape} differ in shape")
     ss_res = ((pred - y) ** 2).sum(0)
     ss_tot = ((y - y.mean(0)) ** 2).sum(0)
     return float(np.mean(1 - ss_res / np.where(ss_tot > 0, ss_tot, 1)))
@@ -78,7 +79,7 @@ def accuracy_score(pred, y) -> float:
     pred = pred.reshape(len(pred), -1)
     y = np.asarray(y.detach().cpu().numpy() if hasattr(y, "detach") else y)
     if len(y) != len(pred):
-        raise ValueError(f"{len(pred)} predictions but {len(y)} labels")
+        raise ShapeMismatchError(f"{len(pred)} predictions but {len(y)} labels")
     if not len(pred):
         return float("nan")
     guess = (pred[:, 0] > 0.5).astype(np.int64) if pred.shape[1] == 1 else pred.argmax(1)

@@ -125,4 +125,6 @@ def apply_activation(z: np.ndarray, activation: str, negative_slope: float = 0.0
         return np.maximum(z, 0.0)
     if activation == "leaky_relu":
         return np.where(z >= 0, z, negative_slope * z)
-    raise ValueError(f"unknown activation {activation!r}")
+    from .errors import InvalidArgumentError
+
+    raise InvalidArgumentError(f"unknown activation {activation!r}")

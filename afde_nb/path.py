@@ -44,6 +44,7 @@ LINKAGES = ("ward", "complete")
 SIGNED = ("identity", "tanh", "sigmoid")
 PROBES = 512
 #: rows equal to this relative precision are exact equivalents: a few ulps of the model's dtype
+#: (float64 models: 1e-12)
 EXACT_REL = {"float32": 1e-6, "float16": 1e-3, "bfloat16": 1e-2}
 RIDGE = 1e-8
 
@@ -251,19 +252,20 @@ def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", re
         nxt = net.layers[h + 1]
         n = layer.out_features
         act = layer.activation
-        signed = symmetry and act in SIGNED
+        # a flipped sigmoid moves its column into the next layer's bias, which must exist
+        signed = symmetry and act in SIGNED and (act != "sigmoid" or nxt.has_bias)
         R, b = incoming(layer.weight, layer.bias, src)
         A, c = aligned(R, b, act)
+        A_raw = A
         vnorm = np.linalg.norm(nxt.weight, axis=0)
         lip = lipschitz(act, layer.negative_slope)
         mass = (c * vnorm) ** 2
         # a saturated neuron's row matters less: weight by its mean squared slope on the probes
-        z = ins[h] @ layer.weight.T + layer.bias
+        z = ins[h] @ layer.weight.T + layer.bias  # the original network's pre-activations on the probes
         mass = mass * (np.mean(slope(z, act, layer.negative_slope) ** 2, axis=0) if len(z) else 1.0)
         mass = np.maximum(mass, 1e-12 * max(float(mass.max(initial=0.0)), 1e-300))
         # rows in the metric of the layer's inputs: ||e||_C^2 = e^T C e, C the second moment of the
-        # (reduced-exact) augmented inputs; a tiny ridge keeps rows that differ only where the probes
-        # are constant from counting as exact
+        # (reduced-exact) augmented inputs, with a tiny ridge (exactness is decided on the raw rows)
         U = _reduced_values(ins[h], src)
         Ua = np.column_stack([U, np.ones(len(U))])
         ev, evec = np.linalg.eigh(Ua.T @ Ua / max(len(Ua), 1))
@@ -273,33 +275,33 @@ def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", re
         denom = float(np.sqrt(np.mean(np.sum(znext ** 2, axis=1)))) if relative else 1.0
         denom = denom if denom > 0 else 1.0
 
-        pairs, sg, ht = _core.agglomerate(A, mass, np.arange(n), np.ones(n, dtype=np.int64), method, signed, threads)
-        rel = EXACT_REL.get(net.dtype, 1e-12)
-        tol = (rel ** 2 * float(np.max(mass * np.sum(A * A, axis=1), initial=0.0)) if method == "ward"
-               else rel * float(np.sqrt(np.max(np.sum(A * A, axis=1), initial=0.0))))
-        exact = int(np.searchsorted(ht, tol, side="right"))
+        lab0, s0 = exact_blocks(A_raw, signed, EXACT_REL.get(net.dtype, 1e-12), threads)
+        exact = n - (int(lab0.max()) + 1 if n else 0)
+        e_pairs, e_signs = _exact_merges(lab0, s0)
+        ones = np.ones(n, dtype=np.int64)
         if mode == "backward":
+            p2, s2, ht = _core.agglomerate(A * s0[:, None], mass, lab0, ones, method, signed, threads)
             if method == "ward":
-                bounds = lip * np.sqrt(np.maximum(np.concatenate([[0.0], np.cumsum(ht)]), 0.0)) / denom
+                bounds = lip * np.sqrt(np.maximum(np.concatenate([[0.0], np.zeros(exact), np.cumsum(ht)]), 0.0))
             else:
-                bounds = lip * np.sqrt(mass).sum() * np.concatenate([[0.0], ht]) / denom
+                bounds = lip * np.sqrt(mass).sum() * np.concatenate([[0.0], np.zeros(exact), ht])
         else:
-            lab0, s0 = _core.replay(n, pairs, sg, exact)
-            keep_pairs, keep_sg = pairs[:exact], sg[:exact]
-            hvals = apply_activation(ins[h] @ layer.weight.T + layer.bias, act, layer.negative_slope)
+            hvals = apply_activation(z, act, layer.negative_slope)
             u = (hvals * s0 if act != "sigmoid" else np.where(s0 < 0, 1.0 - hvals, hvals)) / np.where(c > 0, c, 1.0)
             rms = np.sqrt(np.mean(u ** 2, axis=0)) if len(u) else np.ones(n)
             rms = np.maximum(rms, 1e-12 * max(float(rms.max(initial=0.0)), 1e-300))
-            F = (nxt.weight * (s0 * c)).T  # aligned outgoing columns as rows
-            p2, s2, h2 = _core.agglomerate(F, rms, lab0, s0, method, signed, threads)
-            pairs = np.concatenate([keep_pairs, p2.reshape(-1, 2)]).astype(np.int64)
-            sg = np.concatenate([keep_sg, s2]).astype(np.int64)
-            ht = np.concatenate([np.zeros(exact), h2])
+            F = (nxt.weight * (s0 * c)).T  # oriented outgoing columns as rows
+            p2, s2, ht = _core.agglomerate(F, rms, lab0, ones, method, signed, threads)
             if method == "ward":
-                J = np.concatenate([[0.0], np.cumsum(ht)])
-                bounds = np.sqrt(np.maximum(rms.sum() * J, 0.0)) / denom
+                bounds = np.sqrt(np.maximum(rms.sum() * np.concatenate([[0.0], np.zeros(exact), np.cumsum(ht)]), 0.0))
             else:
-                bounds = rms.sum() * np.concatenate([[0.0], ht]) / denom
+                bounds = rms.sum() * np.concatenate([[0.0], np.zeros(exact), ht])
+        bounds = bounds / denom
+        p2 = p2.reshape(-1, 2)
+        s2 = s2 * s0[p2[:, 0]] * s0[p2[:, 1]]  # block orientations -> the representatives' own
+        pairs = np.concatenate([e_pairs, p2]).astype(np.int64)
+        sg = np.concatenate([e_signs, s2]).astype(np.int64)
+        ht = np.concatenate([np.zeros(exact), ht])
         bounds[: exact + 1] = 0.0
         bounds = np.maximum.accumulate(bounds)
         layers.append(LayerPath(n, np.asarray(pairs, dtype=np.int64).reshape(-1, 2), np.asarray(sg, dtype=np.int64),
@@ -307,6 +309,37 @@ def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", re
         lab, s = _core.replay(n, layers[-1].pairs, layers[-1].signs, exact)
         src = Source(np.asarray(lab), np.asarray(s) if signed else np.ones(n, dtype=np.int64), c, act)
     return MergePath(net, layers, mode, method, bool(relative), bool(symmetry), calibration is not None)
+
+
+def exact_blocks(A: np.ndarray, signed: bool, rel: float, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks of rows equal up to the symmetry, to relative precision ``rel`` of the largest row
+    (the model dtype's rounding), and each row's orientation: rows are flipped so their first
+    significant entry is positive (``signed``), then grouped by the engine at L1 threshold
+    ``rel * max ||a||_1``. Decided on the rows alone, never on probe data, so eps = 0 stays exact."""
+    n = len(A)
+    s0 = np.ones(n, dtype=np.int64)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), s0
+    scale = float(np.abs(A).sum(axis=1).max(initial=0.0))
+    if signed:
+        big = np.abs(A) > 1e3 * rel * max(scale, 1e-300)
+        first = np.where(big.any(axis=1), big.argmax(axis=1), 0)
+        s0 = np.where(A[np.arange(n), first] < 0, -1, 1).astype(np.int64)
+    lab = _core.cluster_l1(np.ascontiguousarray(A * s0[:, None]), rel * scale, threads)
+    return np.asarray(lab, dtype=np.int64), s0
+
+
+def _exact_merges(lab: np.ndarray, s0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merges joining each member of an exact block to its first member (relative orientation)."""
+    first = np.full(int(lab.max()) + 1 if lab.size else 0, -1, dtype=np.int64)
+    pairs = []
+    for i, l in enumerate(lab):
+        if first[l] < 0:
+            first[l] = i
+        else:
+            pairs.append((first[l], i))
+    p = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return p, (s0[p[:, 0]] * s0[p[:, 1]]).astype(np.int64)
 
 
 def _reduced_values(H: np.ndarray, src: Source) -> np.ndarray:

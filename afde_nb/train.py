@@ -12,13 +12,14 @@ from torch import nn
 
 from .data import Dataset
 from .metrics import mse, r2, r2_score  # noqa: F401 - re-exported: train.mse/r2/r2_score stay importable
+from .errors import InvalidArgumentError
 
 _ACTS = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU}
 
 
 def make_mlp(n_in: int, hidden: tuple[int, ...], n_out: int, activation: str = "tanh") -> nn.Sequential:
     if activation not in _ACTS:
-        raise ValueError(f"activation must be one of {sorted(_ACTS)}, got {activation!r}")
+        raise InvalidArgumentError(f"activation must be one of {sorted(_ACTS)}, got {activation!r}")
     mods: list[nn.Module] = []
     prev = n_in
     for w in hidden:

@@ -81,8 +81,13 @@ def test_planted_proportional_relu_rows(rng):
     with torch.no_grad():
         model[0].weight[1] *= 1.3  # 2.6 x row 0 in float32: proportional up to rounding only
         model[0].bias[1] *= 1.3
-    assert afde_nb.compress(model, eps=0, mode="backward").layers[0].neurons_after == 5
-    c = afde_nb.compress(model, eps=1e-5, mode="backward")
+    # the paper's setting compares rows exactly: rounding splits them at eps = 0
+    assert afde_nb.compress(model, eps=0, mode="backward", method="components").layers[0].neurons_after == 5
+    c = afde_nb.compress(model, eps=1e-5, mode="backward", method="components")
+    np.testing.assert_array_equal(c.partition[0], [0, 0, 1, 1, 2, 3])
+    assert _max_diff(c.model, model, 4) <= 1e-5
+    # the merge path counts rows equal to the model's precision (float32 here) as exact
+    c = afde_nb.compress(model, eps=0, mode="backward")
     np.testing.assert_array_equal(c.partition[0], [0, 0, 1, 1, 2, 3])
     assert _max_diff(c.model, model, 4) <= 1e-5
 

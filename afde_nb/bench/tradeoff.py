@@ -16,7 +16,7 @@ from torch import nn
 
 from ..compress import compress
 from ..errors import BudgetUnreachableError, InvalidArgumentError
-from ..train import r2_score
+from ..metrics import mse_score, predict, r2_score
 
 #: name -> (function name in afde_nb.baselines, keyword arguments, needs calibration)
 BASELINES = {
@@ -31,9 +31,8 @@ DEFAULT_KEPT = (0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 
 
 def _metrics(model: nn.Module, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    with torch.no_grad():
-        pred = model(torch.as_tensor(X, dtype=next(model.parameters()).dtype)).double().numpy()
-    return float(np.mean((pred - y) ** 2)), r2_score(pred, y)
+    pred = predict(model, X)
+    return mse_score(pred, y), r2_score(pred, y)
 
 
 def _row(method: str, setting: float, params: int, full: int, model: nn.Module, X, y, seconds: float, **extra) -> dict:

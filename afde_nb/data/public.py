@@ -14,6 +14,7 @@ import gzip
 import os
 
 import numpy as np
+from ..errors import InvalidArgumentError
 
 FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "files")
 
@@ -60,7 +61,7 @@ def read_csv(filename: str, text: tuple[str, ...] = ()) -> dict[str, np.ndarray]
 def _one_hot(col: np.ndarray, levels: tuple[str, ...]) -> np.ndarray:
     unknown = set(col) - set(levels)
     if unknown:
-        raise ValueError(f"unexpected categories {sorted(unknown)}; expected one of {levels}")
+        raise InvalidArgumentError(f"unexpected categories {sorted(unknown)}; expected one of {levels}")
     return (col[:, None] == np.array(levels)[None, :]).astype(np.float64)
 
 
@@ -81,7 +82,7 @@ def _subsample(X: np.ndarray, y: np.ndarray, n: int | None, seed: int):
     if n is None:
         return X, y
     if not 0 < n <= len(X):
-        raise ValueError(f"n={n} rows requested; this data set has 1..{len(X)}")
+        raise InvalidArgumentError(f"n={n} rows requested; this data set has 1..{len(X)}")
     idx = np.sort(np.random.default_rng(seed).choice(len(X), n, replace=False))
     return X[idx], y[idx]
 

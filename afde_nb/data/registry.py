@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from . import odes, public
 from .dataset import Dataset, split_standardise
+from ..errors import InvalidArgumentError
 
 _GENERATED = {
     "glycolysis": (odes.glycolysis, "Sel'kov glycolytic oscillator, simulated with scipy (generated)"),
@@ -49,4 +50,4 @@ def load(name: str, n: int | None = None, seed: int = 0) -> Dataset:
         if name in SUBSTITUTES:
             info["substitute"] = SUBSTITUTES[name]
         return split_standardise(name, X, y, seed=seed, source=source, **info)
-    raise ValueError(f"unknown data set {name!r}; available: {', '.join(NAMES)}")
+    raise InvalidArgumentError(f"unknown data set {name!r}; available: {', '.join(NAMES)}")
