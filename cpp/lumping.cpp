@@ -84,7 +84,7 @@ void fill_block_rows(const MapMat& W, const MapVec& b, const std::vector<std::in
   const bool plain = (k == W.cols()) && all_singletons(src, k) &&
                      std::all_of(scale.begin(), scale.end(), [](double c) { return c == 1.0; });
 #ifdef AFDE_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(nthreads(threads)) if (W.size() > (1 << 16))
+#pragma omp parallel for schedule(static) num_threads(nthreads(threads)) if (parallel_worth(static_cast<double>(W.size()), 1 << 16))
 #endif
   for (Eigen::Index i = 0; i < W.rows(); ++i) {
     double* r = R.row(i).data();
@@ -158,7 +158,7 @@ void gather_transposed(const Eigen::Ref<const RowMat>& src, const std::vector<st
   constexpr std::int64_t T = 64;
   const std::int64_t m = static_cast<std::int64_t>(cols.size()), rows = src.rows();
 #ifdef AFDE_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(nthreads(threads)) if (m * rows > (1 << 16))
+#pragma omp parallel for schedule(static) num_threads(nthreads(threads)) if (parallel_worth(static_cast<double>(m) * static_cast<double>(rows), 1 << 16))
 #endif
   for (std::int64_t p0 = 0; p0 < m; p0 += T)
     for (std::int64_t r0 = 0; r0 < rows; r0 += T)

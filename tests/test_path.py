@@ -278,3 +278,32 @@ def test_curve_spans_the_sizes():
     kept = [k for _, k in pts]
     assert eps == sorted(eps) and kept == sorted(kept, reverse=True)
     assert kept[0] == 1.0 and kept[-1] < 0.1
+
+
+@pytest.mark.parametrize("method", ["ward", "complete"])
+def test_threads_never_change_the_merge_path(method):
+    """The parallel distance fill (threshold 0: parallel even here) gives the serial merges."""
+    from afde_nb.engine import parallel_threshold
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(90, 7))
+    X[40] = -X[3]
+    w = rng.uniform(0.5, 2.0, size=90)
+    args = (X, w, np.arange(90), np.ones(90, dtype=np.int64), method, True)
+    serial = _core.agglomerate(*args, 1)
+    with parallel_threshold(0):
+        for t in (1, 2, 4):
+            got = _core.agglomerate(*args, t)
+            for a, b in zip(serial, got):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_reduce_at_eps_zero_keeps_the_output():
+    """reduce() on the eps = 0 partition of a network with planted copies is the same function."""
+    rng = np.random.default_rng(5)
+    model = planted(rng, "tanh")
+    net = to_network(model)
+    small = afde_nb.reduce(net, afde_nb.lump(net, 0.0))
+    assert small.widths == [4, 8, 6, 2]
+    x = rng.normal(size=(200, 4))
+    np.testing.assert_allclose(small.forward(x), net.forward(x), rtol=0, atol=1e-9)
