@@ -59,7 +59,8 @@ def test_quickstart(tmp_path, monkeypatch):
     nb, text = _execute("quickstart.ipynb", tmp_path, monkeypatch)
     assert "Dataset('glycolysis'" in text
     assert "original: test MSE" in text and "reduced:  test MSE" in text
-    assert "parameters 4610 -> " in text and "mode=backward, eps=0.5 (relative)" in text
+    assert "parameters 4610 -> " in text and "method=ward, mode=backward, eps=0.05 (relative)" in text
+    assert "after repair (calibration)" in text
     assert "panel errors: []" in text
     assert "outputs match exactly: True" in text
     assert "wrote reduced.pt" in text and "wrote reduced.json" in text
@@ -72,6 +73,8 @@ def test_quickstart(tmp_path, monkeypatch):
 def test_study(tmp_path, monkeypatch):
     nb, text = _execute("study.ipynb", tmp_path, monkeypatch)
     assert "glycolysis (tanh" in text
-    assert text.count("methods afde-backward, magnitude, original, wanda") == 2
+    want = ("methods afde-backward, afde-backward+repair, kmeans-fold, kmeans-fold+repair, magnitude-global, "
+            "magnitude-global+repair, original, wanda, wanda+repair")
+    assert text.count(want) == 2
     assert "image/png" in _mimes(nb)
     assert "study finished in" in text
