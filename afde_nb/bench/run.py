@@ -119,6 +119,10 @@ COMPARISONS = (
       "wanda+repair", "structured-wanda+repair")),
 )
 SUMMARY_KEPT = (0.8, 0.6, 0.4, 0.2)
+#: the curves of tradeoff.png (all rows are in points.csv): the default, the paper's setting and the
+#: strongest peers, as they come (solid) and repaired on the calibration inputs (dashed)
+PLOTTED = ("afde-backward", "afde-components-backward", "kmeans-fold", "magnitude-global", "wanda",
+           "afde-backward+repair", "kmeans-fold+repair", "magnitude-global+repair", "wanda+repair")
 
 
 def ratios(rows: list[dict], ours: str, peers: Sequence[str], kept: Sequence[float] = SUMMARY_KEPT
@@ -247,9 +251,12 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_visible(False)
     for ax, ds in zip(axes.flat, datasets):
         sub = [r for r in rows if r["dataset"] == ds and r["seed"] == min(x["seed"] for x in rows)]
-        for m in sorted({r["method"] for r in sub}):
+        shown = [m for m in PLOTTED if any(r["method"] == m for r in sub)] or sorted({r["method"] for r in sub})
+        for m in ["original"] + [m for m in shown if m != "original"]:
             pts = sorted((r["kept"], r["mse"]) for r in sub if r["method"] == m)
             style = dict(marker="o", lw=2) if m.startswith("afde") else dict(marker=".", lw=1, alpha=0.8)
+            if m.endswith("+repair"):
+                style["ls"] = "--"
             if m == "original":
                 ax.axhline(pts[0][1], color="k", ls=":", lw=1, label="original")
                 continue
