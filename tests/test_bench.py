@@ -80,3 +80,51 @@ def test_quick_profile_end_to_end(tmp_path, monkeypatch):
     with (tmp_path / "out2" / "points.csv").open() as f:
         again = list(csv.DictReader(f))
     assert [r["mse"] for r in again] == [r["mse"] for r in rows]
+
+
+def test_without_matplotlib_the_bench_says_so_first_and_skips_only_the_plot(tmp_path, monkeypatch):
+    """The missing extra is reported before any model is trained; the CSV and Markdown still come."""
+    import afde_nb.bench.run as bench_run
+
+    monkeypatch.setattr(bench_run, "can_plot", lambda: False)
+    said = []
+
+    def no_training(*a, **k):
+        raise RuntimeError("training started")
+
+    monkeypatch.setattr(bench_run, "trained_model", no_training)
+    with pytest.raises(RuntimeError, match="training started"):
+        bench_run.run(PROFILES["quick"], tmp_path, log=said.append)
+    assert said and "matplotlib" in said[0] and "afde-nb[bench]" in said[0]
+    rows = [{"dataset": "d", "seed": 0, "method": "original", "setting": 0.0, "params": 10, "kept": 1.0,
+             "mse": 1.0, "r2": 0.0, "seconds": 0.0, "budget": 10},
+            {"dataset": "d", "seed": 0, "method": "afde-backward", "setting": 0.1, "params": 8, "kept": 0.8,
+             "mse": 1.1, "r2": 0.0, "seconds": 0.0, "budget": 8}]
+    bench_run.render(rows, PROFILES["quick"], tmp_path, 1.0)
+    assert (tmp_path / "results.md").is_file() and not (tmp_path / "tradeoff.png").exists()
+
+
+def test_only_an_unreachable_budget_drops_a_row(small_problem, monkeypatch):
+    """A budget below one neuron per layer is skipped; any other error (a regression) propagates
+    instead of silently dropping rows from results.md."""
+    import sys
+
+    from afde_nb.errors import BudgetUnreachableError, InvalidArgumentError
+
+    model, X, y = small_problem
+    tr = sys.modules["afde_nb.bench.tradeoff"]  # the module (afde_nb.bench.tradeoff is the function)
+    real = tr.compress
+
+    def fails(kind):
+        def fake(*a, target_params=None, **k):
+            if target_params is not None and target_params < 400:  # the full size is 578
+                raise kind("boom")
+            return real(*a, target_params=target_params, **k)
+        return fake
+
+    monkeypatch.setattr(tr, "compress", fails(BudgetUnreachableError))
+    rows = tradeoff(model, X, y, kept=(0.5,), baselines=())
+    assert [r["method"] for r in rows].count("afde-backward") == 1  # the full budget only
+    monkeypatch.setattr(tr, "compress", fails(InvalidArgumentError))
+    with pytest.raises(InvalidArgumentError):
+        tradeoff(model, X, y, kept=(0.5,), baselines=())

@@ -137,10 +137,8 @@ def compress_supports(name: str) -> bool:
 
 
 def reduced_network_of(c: Compression):
-    """The reduced :class:`~afde_nb.Network` of a compression (``reduced_network``; ``network``
-    in older versions)."""
-    net = getattr(c, "reduced_network", None)
-    return net if net is not None else getattr(c, "network", None)
+    """The reduced :class:`~afde_nb.Network` of a compression."""
+    return c.reduced_network
 
 
 class PanelState:
