@@ -92,7 +92,7 @@ class Compression:
 def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward", mode: str = "backward",
              relative: bool = True, symmetry: bool = True, calibration=None, repair: bool | str | None = None,
              target_params: int | None = None, target_error: float | None = None, calibration_targets=None,
-             data_aware: bool = False, threads: int = 0) -> Compression:
+             data_aware: bool = False, threads: int = 0, path: MergePath | None = None) -> Compression:
     """Lump the hidden neurons of ``model`` that behave alike; return the smaller dense model.
 
     ``method="ward"`` (default) cuts a Ward merge path of aligned neurons, symmetries included
@@ -113,7 +113,9 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     whose MSE on ``calibration`` against ``calibration_targets`` is at most 1 % above the original's.
 
     ``data_aware=True`` (components only) weights each incoming coefficient by the calibration RMS
-    of its source neuron. ``model`` is never modified.
+    of its source neuron. ``path``: the :class:`~afde_nb.path.MergePath` of an earlier call with the
+    same model and setting (``Compression.path``), reused so a new eps or budget costs only the cut
+    and the quotient (a slider). ``model`` is never modified.
     """
     net = to_network(model)
     calib = as_inputs(calibration, net.widths[0], "calibration", net.meta.get("flatten")) \
@@ -133,8 +135,9 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     if eps is not None:
         check_eps(eps)
     probes = None if how is None else (calib if how == "calibration" else probe_inputs(net, None))
-    path = None
-    if method != "components":
+    if path is not None:
+        _check_path(path, net, method, mode, relative, symmetry, calib)
+    elif method != "components":
         path = merge_path(net, method=method, mode=mode, relative=relative, symmetry=symmetry,
                           calibration=calib, threads=threads)
     if target_params is not None:
@@ -172,6 +175,21 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     return Compression(reduced, [np.array(l) for l in part.labels], net.num_params, small.num_params,
                        layers, part.mode, part.eps, part.relative, after, small, target, method, bool(symmetry),
                        how if ran else None, before, path)
+
+
+def _check_path(path: MergePath, net: Network, method, mode, relative, symmetry, calib) -> None:
+    """A reused path must be of this network (widths, weights) and of this setting."""
+    if not isinstance(path, MergePath):
+        raise InvalidArgumentError(f"path must be a MergePath (Compression.path), got {type(path).__name__}")
+    want = {"method": method, "mode": mode, "relative": bool(relative), "symmetry": bool(symmetry),
+            "calibrated": calib is not None}
+    got = {k: getattr(path, k) for k in want}
+    if got != want:
+        raise InvalidArgumentError(f"path was built for {got}, this call asks for {want}")
+    same = path.net.widths == net.widths and all(
+        np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias) for a, b in zip(path.net.layers, net.layers))
+    if not same:
+        raise InvalidArgumentError("path was built for another model (its weights differ); build a new one")
 
 
 def _repair_how(repair, calib) -> str | None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import ShapeMismatchError
 from .network import Layer, Network
-from .path import Source, aligned, incoming
+from .path import Source, aligned, block_sums, incoming
 
 
 def _check_labels(lab: np.ndarray, h: int, n: int) -> int:
@@ -100,9 +100,7 @@ def quotient(net: Network, labels, signs=None, weights=None) -> tuple[Network, l
         if k == n and np.array_equal(lab, np.arange(n)):
             M = A
         else:
-            M = np.zeros((k, A.shape[1]))
-            np.add.at(M, lab, A * use[:, None])
-            M /= den[:, None]
+            M = block_sums(A * use[:, None], lab, k, axis=0) / den[:, None]
         out.append(Layer(M[:, :-1], M[:, -1].copy(), layer.activation, layer.negative_slope, layer.has_bias,
                          layer.path))
         src = Source(lab, s, c, layer.activation)

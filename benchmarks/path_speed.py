@@ -43,6 +43,29 @@ def main() -> None:
     print(table(["widths", "merge path ms", "cut ms", "compress(eps) ms", "compress(target_params) ms",
                  "compress + calibration + repair ms"], rows))
     print(f"\nOpenMP threads: {afde_nb._core.openmp_threads()}")
+    # a slider move in the panel's state: the first compression builds the merge path, later moves
+    # at the same setting reuse it (only the cut, the quotient and the figures)
+    from afde_nb.widgets.state import PanelState
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for width in (128, 1024):
+        model = mlp([8, width, width, 2])
+        X = rng.standard_normal((2000, 8)).astype(np.float32)
+        with torch.no_grad():
+            y = model(torch.as_tensor(X)).numpy()
+        for repair in (False, None):
+            s = PanelState(model, (X, y), calibration=X[:512], eps=0.05, repair=repair, path_points=0)
+            first = best_time(s.update, repeat=1)
+            moves = []
+            for e in (0.02, 0.1, 0.03, 0.2, 0.05):
+                s.eps = e
+                moves.append(best_time(s.update, repeat=1))
+            rows.append([f"8-{width}-{width}-2", "on" if repair is None else "off", f"{1e3 * first:.0f}",
+                         f"{1e3 * float(np.median(moves)):.0f}", f"{1e3 * max(moves):.0f}"])
+    print()
+    print(table(["widths", "repair", "first update ms (builds the path)", "slider move ms (median)",
+                 "slider move ms (max)"], rows))
 
 
 if __name__ == "__main__":

@@ -307,3 +307,25 @@ def test_reduce_at_eps_zero_keeps_the_output():
     assert small.widths == [4, 8, 6, 2]
     x = rng.normal(size=(200, 4))
     np.testing.assert_allclose(small.forward(x), net.forward(x), rtol=0, atol=1e-9)
+
+
+def test_a_reused_path_gives_the_same_compression_and_is_checked(rng):
+    torch.manual_seed(0)
+    model = mlp([5, 40, 30, 2], ["tanh", "tanh"])
+    X = rng.normal(size=(200, 5)).astype(np.float32)
+    first = afde_nb.compress(model, 0.05, calibration=X)
+    for eps in (0.0, 0.02, 0.1):
+        again = afde_nb.compress(model, eps, calibration=X, path=first.path)
+        fresh = afde_nb.compress(model, eps, calibration=X)
+        assert again.path is first.path
+        for a, b in zip(again.partition, fresh.partition):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(again.model.parameters(), fresh.model.parameters()):
+            assert torch.equal(a, b)
+    with pytest.raises(afde_nb.errors.InvalidArgumentError, match="built for"):
+        afde_nb.compress(model, 0.05, path=first.path)  # built with calibration, asked without
+    with pytest.raises(afde_nb.errors.InvalidArgumentError, match="built for"):
+        afde_nb.compress(model, 0.05, calibration=X, mode="forward", path=first.path)
+    other = mlp([5, 40, 30, 2], ["tanh", "tanh"])
+    with pytest.raises(afde_nb.errors.InvalidArgumentError, match="another model"):
+        afde_nb.compress(other, 0.05, calibration=X, path=first.path)

@@ -25,7 +25,7 @@ from afde_nb import magics, metrics
 from afde_nb.errors import InvalidArgumentError, InvalidEpsError, ShapeMismatchError
 from afde_nb.widgets import render
 from afde_nb.widgets.render import PALETTE, SINGLETON
-from afde_nb.widgets.state import PanelState
+from afde_nb.widgets.state import DEFAULT_EPS, PanelState
 
 from conftest import assert_unchanged, snapshot
 
@@ -110,7 +110,7 @@ def test_state_checks_settings_as_compress_does(model):
         PanelState(model, eps_range=(1.0, 0.1))
     with pytest.raises(InvalidArgumentError, match="fraction"):
         s.set_target_kept(1.5)
-    assert s.eps == 0.3 and s.mode == "backward"  # nothing changed by the refused values
+    assert s.eps == DEFAULT_EPS and s.mode == "backward"  # nothing changed by the refused values
     s.set_eps(50.0)  # off the range: the range widens to whole decades
     assert s.eps_range == (1e-3, 100.0)
 
@@ -592,7 +592,7 @@ def test_errors_are_shown_not_raised(Panel, model, data, tmp_path):
     assert p.compression.method == "ward" and "method must be" in p.errors[0]
     for bad_eps in (-1, float("nan"), "0.3", None):
         p = Panel(model, (X, y), eps=bad_eps, tradeoff=False)
-        assert p.compression is not None and p.compression.eps == 0.3 and "eps must be" in p.error_area.value
+        assert p.compression is not None and p.compression.eps == DEFAULT_EPS and "eps must be" in p.error_area.value
         assert p.errors[0].startswith("InvalidEpsError: ")
 
 

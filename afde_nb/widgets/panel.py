@@ -40,7 +40,7 @@ from ..compress import Compression, compress
 from ..lump import check_eps, check_method, check_mode
 from . import render
 from .render import PALETTE, SINGLETON, block_sizes, strip_svg  # noqa: F401 - the panel's names, kept
-from .state import (DEFAULT_EPS_RANGE, FORMATS, METHODS, MODES, PanelState, check_format, format_of,  # noqa: F401
+from .state import (DEFAULT_EPS, DEFAULT_EPS_RANGE, FORMATS, METHODS, MODES, PanelState, check_format, format_of,  # noqa: F401
                     merges_of, resolve_data, with_format)
 
 SLOW_S = 1.0  # show progress for anything expected to take longer than this
@@ -60,7 +60,7 @@ class Panel(W.VBox):
     ``eps_path``: draw the eps path (``False``: never).
     """
 
-    def __init__(self, model, data=None, *, eps: float = 0.3, mode: str = "backward", relative: bool = True,
+    def __init__(self, model, data=None, *, eps: float = DEFAULT_EPS, mode: str = "backward", relative: bool = True,
                  calibration=None, eps_range: tuple[float, float] = DEFAULT_EPS_RANGE, tradeoff="auto",
                  eps_values=None, baselines=("magnitude", "wanda"), export_path: str = "reduced.pt",
                  title: str | None = None, method: str | None = None, repair=None, eps_path: bool = True):
@@ -84,8 +84,8 @@ class Panel(W.VBox):
         try:
             eps = check_eps(eps)
         except ValueError as exc:
-            problems.append((exc, "showing eps = 0.3"))
-            eps = 0.3
+            problems.append((exc, f"showing eps = {DEFAULT_EPS}"))
+            eps = DEFAULT_EPS
         has_method = "method" in inspect.signature(compress).parameters
         default_method = inspect.signature(compress).parameters["method"].default if has_method else None
         try:

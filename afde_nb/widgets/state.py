@@ -8,7 +8,7 @@ size/error trade-off (:meth:`PanelState.tradeoff`). Everything goes through the 
 input check ``compress`` makes), :mod:`afde_nb.metrics`, :func:`afde_nb.bench.tradeoff` and
 :meth:`Compression.save`. Errors are raised, not shown: showing them is the panel's job.
 
-    >>> s = PanelState(model, (X, y), eps=0.3)
+    >>> s = PanelState(model, (X, y), eps=0.05)
     >>> c = s.update()                  # compress at the current settings
     >>> s.figures["kept"], s.figures["mse"], s.merges[0]["after"]
     >>> s.set_eps(0.8); s.update()
@@ -34,6 +34,8 @@ from ..network import as_inputs
 
 FORMATS = (".pt", ".safetensors")
 DEFAULT_EPS_RANGE = (1e-3, 10.0)
+#: where the slider starts: about a 5 % error estimate per layer (afde_nb.path), a moderate cut
+DEFAULT_EPS = 0.05
 CALIBRATION_ROWS = 512  # rows of a Dataset's training split used for calibration
 PATH_POINTS = 48        # at most this many compress() calls for the eps path
 PATH_STEP = 2.0         # refine the eps path where % kept jumps by more than this
@@ -156,7 +158,7 @@ class PanelState:
     (kept in ``tradeoff_rows``).
     """
 
-    def __init__(self, model, data=None, *, calibration=None, eps: float = 0.3, method: str | None = None,
+    def __init__(self, model, data=None, *, calibration=None, eps: float = DEFAULT_EPS, method: str | None = None,
                  mode: str = "backward", relative: bool = True, data_aware: bool = False, repair=None,
                  eps_range: tuple[float, float] = DEFAULT_EPS_RANGE, eps_values=None,
                  baselines=("magnitude", "wanda"), path_points: int = PATH_POINTS):
@@ -330,8 +332,13 @@ class PanelState:
         """``compress`` at the current settings; refreshes ``compression``, ``figures``, ``merges``.
         On an error these are cleared and the error is raised."""
         t0 = time.perf_counter()
+        kw = self.compress_kwargs()
+        last = self.compression
+        if (last is not None and self._compression_key == self.curve_key() and getattr(last, "path", None) is not None
+                and self.supports("path")):
+            kw["path"] = last.path  # same setting: only the cut and the quotient change (a slider move)
         try:
-            c = compress(self.model, eps=self.eps, **self.compress_kwargs())
+            c = compress(self.model, eps=self.eps, **kw)
             self.compress_s = time.perf_counter() - t0
             self._show(c)
         except Exception:
@@ -356,7 +363,8 @@ class PanelState:
         if getattr(c, "target", None):
             f["target"] = dict(c.target)
         if self.y is not None:
-            f.update(mse=metrics.mse(c.model, self.X, self.y), r2=metrics.r2(c.model, self.X, self.y),
+            pred = metrics.predict(c.model, self.X)  # one forward for both figures
+            f.update(mse=metrics.mse_score(pred, self.y), r2=metrics.r2_score(pred, self.y),
                      mse_before=self.base["mse"], r2_before=self.base["r2"])
         before = getattr(c, "calibration_error_before_repair", None)
         if before and before != c.calibration_error:
