@@ -129,24 +129,45 @@ def probe_inputs(net: Network, calibration: np.ndarray | None, seed: int = 0) ->
     return np.random.default_rng(seed).standard_normal((PROBES, net.widths[0]))
 
 
-@dataclass
 class LayerPath:
     """One hidden layer's merge sequence: ``pairs[t]`` joins the blocks of two neurons, the second
     oriented by ``signs[t]``; ``bounds[m]`` is eps's bound after the first m merges (0 for the
-    ``exact`` first merges of cost zero); ``weights`` are the masses of the merged rows."""
+    ``exact`` first merges of cost zero); ``weights`` are the masses of the merged rows.
 
-    n: int
-    pairs: np.ndarray
-    signs: np.ndarray
-    heights: np.ndarray
-    bounds: np.ndarray
-    exact: int
-    weights: np.ndarray
-    activation: str
+    The exact merges are known at once; the rest (probes, metric, agglomeration) is built on first
+    use, so ``eps = 0`` never pays for the agglomeration."""
+
+    def __init__(self, n: int, exact_pairs: np.ndarray, exact_signs: np.ndarray, activation: str, build=None):
+        self.n, self.activation = n, activation
+        self.exact = len(exact_pairs)
+        self._exact = (np.asarray(exact_pairs, dtype=np.int64).reshape(-1, 2), np.asarray(exact_signs, dtype=np.int64))
+        self._build = build
+        self._full: tuple | None = None
+
+    @property
+    def built(self) -> bool:
+        return self._full is not None
+
+    def _get(self) -> tuple:
+        if self._full is None:
+            self._full = self._build()
+            self._build = None  # drop what it captured
+        return self._full
+
+    pairs = property(lambda self: self._get()[0])
+    signs = property(lambda self: self._get()[1])
+    heights = property(lambda self: self._get()[2])
+    bounds = property(lambda self: self._get()[3])
+    weights = property(lambda self: self._get()[4])
+
+    def bound(self, m: int) -> float:
+        return 0.0 if m <= self.exact else float(self.bounds[min(int(m), self.n - 1)])
 
     def cut(self, m: int) -> tuple[np.ndarray, np.ndarray]:
         """(labels, orientations) after the first m merges: n - m blocks."""
-        m = int(min(max(m, 0), len(self.pairs)))
+        m = int(min(max(m, 0), max(self.n - 1, 0)))
+        if m <= self.exact:
+            return _core.replay(self.n, *self._exact, m)
         return _core.replay(self.n, self.pairs, self.signs, m)
 
     def merges_within(self, eps: float) -> int:
@@ -182,10 +203,13 @@ class MergePath:
             lab, s = lp.cut(m)
             labels.append(np.asarray(lab))
             signs.append(np.asarray(s))
-            used.append(float(lp.bounds[min(int(m), len(lp.bounds) - 1)]))
+            used.append(lp.bound(m))
         e = max(used, default=0.0) if eps is None else float(eps)
+        # exact blocks hold equal rows: their masses do not matter (None: reduce's default), and
+        # the result must not depend on whether the layer was built already
+        weights = tuple(lp.weights if m > lp.exact else None for lp, m in zip(self.layers, merges))
         return Partition(tuple(labels), self.mode, e, self.relative, tuple(used), method=self.method,
-                         signs=tuple(signs), weights=tuple(lp.weights for lp in self.layers))
+                         signs=tuple(signs), weights=weights)
 
     def sequence(self, scale: list[float] | None = None) -> list[list[int]]:
         """All partitions ordered by eps, one merge at a time: the merge counts per layer after
@@ -193,7 +217,7 @@ class MergePath:
         events = []
         for h, lp in enumerate(self.layers):
             s = 1.0 if scale is None else scale[h]
-            for m in range(lp.exact + 1, len(lp.pairs) + 1):
+            for m in range(lp.exact + 1, lp.n):
                 events.append((lp.bounds[m] / s, h))
         events.sort(key=lambda t: t[0])
         cur = [lp.exact for lp in self.layers]
@@ -205,7 +229,7 @@ class MergePath:
 
     def eps_of(self, merges: list[int], scale: list[float] | None = None) -> float:
         """The smallest eps whose cut has at least these merges in every layer."""
-        return max((lp.bounds[m] / (1.0 if scale is None else scale[h])
+        return max((lp.bound(m) / (1.0 if scale is None else scale[h])
                     for h, (lp, m) in enumerate(zip(self.layers, merges))), default=0.0)
 
     def params_at(self, merges: list[int]) -> int:
@@ -245,46 +269,66 @@ class MergePath:
 
 def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", relative: bool = True,
                symmetry: bool = True, calibration: np.ndarray | None = None, threads: int = 0) -> MergePath:
-    """Build the merge path of ``net`` (checked finite) in one pass over its hidden layers."""
+    """The merge path of ``net`` (checked finite): exact blocks at once, one pass over the hidden
+    layers; each layer's agglomeration on first use beyond its exact merges."""
     from .errors import InvalidArgumentError
 
     if method not in LINKAGES:
         raise InvalidArgumentError(f"merge paths are built by {LINKAGES}, got method={method!r}")
     net.check_finite()
-    X = probe_inputs(net, calibration)
-    ins = net.layer_inputs(X)  # original network: x, then each hidden layer's output
+    probes: dict = {}
+
+    def ins() -> list[np.ndarray]:  # the original network on the probes: x, then each hidden layer
+        if not probes:
+            probes["ins"] = net.layer_inputs(probe_inputs(net, calibration))
+        return probes["ins"]
+
     src = Source.inputs(net.widths[0])
     layers: list[LayerPath] = []
     for h, layer in enumerate(net.hidden):
-        nxt = net.layers[h + 1]
         n = layer.out_features
         act = layer.activation
         # a flipped sigmoid moves its column into the next layer's bias, which must exist
-        signed = symmetry and act in SIGNED and (act != "sigmoid" or nxt.has_bias)
+        signed = symmetry and act in SIGNED and (act != "sigmoid" or net.layers[h + 1].has_bias)
         R, b = incoming(layer.weight, layer.bias, src)
         A, c = aligned(R, b, act)
-        A_raw = A
-        vnorm = np.linalg.norm(nxt.weight, axis=0)
+        lab0, s0 = exact_blocks(A, signed, EXACT_REL.get(net.dtype, 1e-12), threads)
+        del R, b, A
+        e_pairs, e_signs = _exact_merges(lab0, s0)
+        build = _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mode, relative, threads)
+        layers.append(LayerPath(n, e_pairs, e_signs, act, build))
+        lab, s = _core.replay(n, e_pairs, e_signs, len(e_pairs))
+        src = Source(np.asarray(lab), np.asarray(s) if signed else np.ones(n, dtype=np.int64), c, act)
+    return MergePath(net, layers, mode, method, bool(relative), bool(symmetry), calibration is not None)
+
+
+def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mode, relative, threads):
+    """The rest of hidden layer h's path, built on first use (see :class:`LayerPath`)."""
+
+    def build():
+        layer, nxt = net.layers[h], net.layers[h + 1]
+        n, act = layer.out_features, layer.activation
+        H = ins()
+        R, b = incoming(layer.weight, layer.bias, src)
+        A, _ = aligned(R, b, act)
+        del R, b
         lip = lipschitz(act, layer.negative_slope)
-        mass = (c * vnorm) ** 2
+        mass = (c * np.linalg.norm(nxt.weight, axis=0)) ** 2
         # a saturated neuron's row matters less: weight by its mean squared slope on the probes
-        z = ins[h] @ layer.weight.T + layer.bias  # the original network's pre-activations on the probes
+        z = H[h] @ layer.weight.T + layer.bias  # the original network's pre-activations on the probes
         mass = mass * (np.mean(slope(z, act, layer.negative_slope) ** 2, axis=0) if len(z) else 1.0)
         mass = np.maximum(mass, 1e-12 * max(float(mass.max(initial=0.0)), 1e-300))
         # rows in the metric of the layer's inputs: ||e||_C^2 = e^T C e, C the second moment of the
         # (reduced-exact) augmented inputs, with a tiny ridge (exactness is decided on the raw rows)
-        U = _reduced_values(ins[h], src)
+        U = _reduced_values(H[h], src)
         Ua = np.column_stack([U, np.ones(len(U))])
         Cm = Ua.T @ Ua / max(len(Ua), 1)
         Cm[np.diag_indices_from(Cm)] += RIDGE * max(float(np.trace(Cm)) / max(len(Cm), 1), 1e-300)
         A = A @ np.linalg.cholesky(Cm)  # e^T C e = ||e L||^2 with C = L L^T (cheaper than eigh at scale)
-        znext = ins[h + 1] @ nxt.weight.T + nxt.bias
+        znext = H[h + 1] @ nxt.weight.T + nxt.bias
         denom = float(np.sqrt(np.mean(np.sum(znext ** 2, axis=1)))) if relative else 1.0
         denom = denom if denom > 0 else 1.0
-
-        lab0, s0 = exact_blocks(A_raw, signed, EXACT_REL.get(net.dtype, 1e-12), threads)
-        exact = n - (int(lab0.max()) + 1 if n else 0)
-        e_pairs, e_signs = _exact_merges(lab0, s0)
+        exact = len(e_pairs)
         ones = np.ones(n, dtype=np.int64)
         if mode == "backward":
             p2, s2, ht = _core.agglomerate(A * s0[:, None], mass, lab0, ones, method, signed, threads)
@@ -306,16 +350,13 @@ def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", re
         bounds = bounds / denom
         p2 = p2.reshape(-1, 2)
         s2 = s2 * s0[p2[:, 0]] * s0[p2[:, 1]]  # block orientations -> the representatives' own
-        pairs = np.concatenate([e_pairs, p2]).astype(np.int64)
+        pairs = np.concatenate([e_pairs, p2]).astype(np.int64).reshape(-1, 2)
         sg = np.concatenate([e_signs, s2]).astype(np.int64)
         ht = np.concatenate([np.zeros(exact), ht])
         bounds[: exact + 1] = 0.0
-        bounds = np.maximum.accumulate(bounds)
-        layers.append(LayerPath(n, np.asarray(pairs, dtype=np.int64).reshape(-1, 2), np.asarray(sg, dtype=np.int64),
-                                np.asarray(ht), bounds, exact, mass, act))
-        lab, s = _core.replay(n, layers[-1].pairs, layers[-1].signs, exact)
-        src = Source(np.asarray(lab), np.asarray(s) if signed else np.ones(n, dtype=np.int64), c, act)
-    return MergePath(net, layers, mode, method, bool(relative), bool(symmetry), calibration is not None)
+        return pairs, sg, ht, np.maximum.accumulate(bounds), mass
+
+    return build
 
 
 def exact_blocks(A: np.ndarray, signed: bool, rel: float, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
