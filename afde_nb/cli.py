@@ -63,7 +63,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         render(read_csv(out / "points.csv"), profile, out, float("nan"))
         print(f"wrote {out / 'results.md'}, {out / 'tradeoff.png'}")
         return 0
-    run(profile, Path(args.out))
+    run(profile, Path(args.out), backend=args.backend, address=args.address, workers=args.workers)
     return 0
 
 
@@ -113,7 +113,12 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
     b = sub.add_parser("bench", help="size/error trade-off against pruning and folding: CSV, Markdown, plots",
                        parents=[debug])
-    b.add_argument("--out", default="afde-out", help="output folder (default afde-out)")
+    b.add_argument("--out", default="afde-out", help="output folder (default afde-out); a run into a folder "
+                   "that holds an earlier run's cells.jsonl computes only the missing cells")
+    b.add_argument("--backend", default="serial", choices=["serial", "ray"],
+                   help="serial (default): this process; ray: one Ray task per cell (pip install 'afde-nb[ray]')")
+    b.add_argument("--address", help="with --backend ray: join the Ray cluster at ADDR (default: start Ray here)")
+    b.add_argument("--workers", type=int, help="with --backend ray and no --address: CPUs of the local Ray")
     g = b.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="one data set, one seed (default; a few minutes)")
     g.add_argument("--full", action="store_true", help="every data set, three seeds, wider networks")

@@ -90,12 +90,13 @@ def test_without_matplotlib_the_bench_says_so_first_and_skips_only_the_plot(tmp_
     said = []
 
     def no_training(*a, **k):
-        raise RuntimeError("training started")
+        said.append("training")
+        raise RuntimeError("no training in this test")
 
     monkeypatch.setattr(bench_run, "trained_model", no_training)
-    with pytest.raises(RuntimeError, match="training started"):
-        bench_run.run(PROFILES["quick"], tmp_path, log=said.append)
-    assert said and "matplotlib" in said[0] and "afde-nb[bench]" in said[0]
+    bench_run.run(PROFILES["quick"], tmp_path / "run", log=said.append)  # every cell fails, recorded
+    assert "matplotlib" in said[0] and "afde-nb[bench]" in said[0] and said[1] == "training"
+    assert any("cells failed" in s for s in said)
     rows = [{"dataset": "d", "seed": 0, "method": "original", "setting": 0.0, "params": 10, "kept": 1.0,
              "mse": 1.0, "r2": 0.0, "seconds": 0.0, "budget": 10},
             {"dataset": "d", "seed": 0, "method": "afde-backward", "setting": 0.1, "params": 8, "kept": 0.8,
@@ -128,3 +129,54 @@ def test_only_an_unreachable_budget_drops_a_row(small_problem, monkeypatch):
     monkeypatch.setattr(tr, "compress", fails(InvalidArgumentError))
     with pytest.raises(InvalidArgumentError):
         tradeoff(model, X, y, kept=(0.5,), baselines=())
+
+
+def _points(path):
+    """points.csv without the timing column (the only one that may differ between runs)."""
+    with path.open() as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+SMALL = dict(kept=(0.8, 0.4), baselines=("magnitude-global", "kmeans-fold", "wanda"))
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_to_the_same_points(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import afde_nb.bench.backends as backends
+
+    monkeypatch.setenv("AFDE_NB_CACHE", str(tmp_path / "cache"))
+    profile = replace(PROFILES["quick"], **SMALL)
+    run(profile, tmp_path / "whole", log=lambda *_: None)
+    real, calls = backends.safe_compute, []
+
+    def stops_at_the_seventh(*a, **k):
+        calls.append(a[0])
+        if len(calls) == 7:
+            raise KeyboardInterrupt  # the run is stopped mid-way
+        return real(*a, **k)
+
+    monkeypatch.setattr(backends, "safe_compute", stops_at_the_seventh)
+    with pytest.raises(KeyboardInterrupt):
+        run(profile, tmp_path / "cut", log=lambda *_: None)
+    monkeypatch.setattr(backends, "safe_compute", real)
+    said = []
+    run(profile, tmp_path / "cut", log=said.append)
+    assert any("resuming: 6 of" in s for s in said)
+    assert _points(tmp_path / "cut" / "points.csv") == _points(tmp_path / "whole" / "points.csv")
+
+
+@pytest.mark.slow
+def test_ray_local_gives_the_serial_points_bit_for_bit(tmp_path, monkeypatch):
+    """Fresh model caches for each backend, so training runs in a Ray worker too."""
+    from dataclasses import replace
+
+    profile = replace(PROFILES["quick"], **SMALL)
+    monkeypatch.setenv("AFDE_NB_CACHE", str(tmp_path / "cache-serial"))
+    run(profile, tmp_path / "serial", log=lambda *_: None)
+    monkeypatch.setenv("AFDE_NB_CACHE", str(tmp_path / "cache-ray"))
+    run(profile, tmp_path / "ray", log=lambda *_: None, backend="ray", workers=2)
+    assert any((tmp_path / "cache-ray" / "models").glob("*.pt"))  # trained by the Ray task
+    serial, ray_pts = _points(tmp_path / "serial" / "points.csv"), _points(tmp_path / "ray" / "points.csv")
+    assert len(serial) > 20 and ray_pts == serial

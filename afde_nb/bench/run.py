@@ -13,7 +13,8 @@ import numpy as np
 from ..data import NAMES, load
 from ..serialize import load_model, save_model
 from ..train import train_mlp
-from .tradeoff import BASELINES, VARIANTS, tradeoff
+from ..errors import InvalidArgumentError
+from .tradeoff import BASELINES, VARIANTS
 
 
 @dataclass(frozen=True)
@@ -66,30 +67,53 @@ def can_plot() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def run(profile: Profile, out: Path, log=print) -> list[dict]:
-    """Run the profile; write points.csv, results.md and (with matplotlib) tradeoff.png. Without
-    matplotlib this says so *before* the long run and skips only the plot."""
+def run(profile: Profile, out: Path, log=print, backend: str = "serial", address: str | None = None,
+        workers: int | None = None) -> list[dict]:
+    """Run the profile cell by cell (:mod:`afde_nb.bench.cells`) on ``backend`` (``"serial"``, or
+    ``"ray"``: local, or the cluster at ``address``); write points.csv, results.md and (with
+    matplotlib) tradeoff.png. Finished cells are journalled in ``out/cells.jsonl``: running again
+    with the same ``out`` computes only the missing (or failed) cells. A failing cell is recorded
+    with its error and does not stop the others. Without matplotlib this says so *before* the long
+    run and skips only the plot."""
     from tqdm.auto import tqdm
 
+    from .backends import BACKENDS, run_ray, run_serial
+    from .cells import Journal, assemble, cells
+
+    if backend not in BACKENDS:
+        raise InvalidArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not can_plot():
         log("warning: matplotlib is not installed, so tradeoff.png will be skipped "
             "(pip install 'afde-nb[bench]' to get it); the CSV and results.md are written")
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
-    per_model = (len(profile.kept) + 1) * len(profile.variants) * (len(profile.modes) + len(profile.baselines))
-    bar = tqdm(total=len(profile.datasets) * len(profile.seeds) * per_model, desc="afde bench", unit="pt")
+    keys = cells(profile)
+    journal = Journal(out)
+    todo = [k for k in keys if not journal.done(k)]
+    if len(todo) < len(keys):
+        log(f"resuming: {len(keys) - len(todo)} of {len(keys)} cells already in {journal.path}")
+    bar = tqdm(total=len(todo), desc=f"afde bench ({backend})", unit="cell")
+
+    def on_done(rec: dict) -> None:
+        bar.update(1)
+        if rec["error"] is not None:
+            bar.write(f"cell {tuple(rec['key'])} failed: {rec['error']}")
+
+    def train(ds: str, seed: int):
+        return trained_model(ds, seed, profile.hidden, profile.epochs, profile.activation, profile.max_samples)
+
     t0 = time.perf_counter()
-    for name in profile.datasets:
-        for seed in profile.seeds:
-            data, model = trained_model(name, seed, profile.hidden, profile.epochs, profile.activation,
-                                        profile.max_samples)
-            pts = tradeoff(model, data.X_test, data.y_test, calibration=data.X_train[:512],
-                           mode=profile.modes, baselines=profile.baselines, kept=profile.kept,
-                           variants=profile.variants, progress=lambda: bar.update(1))
-            rows += [dict(r, dataset=name, seed=seed) for r in pts]
+    if backend == "serial":
+        run_serial(todo, profile, journal, train, on_done)
+    else:
+        run_ray(todo, profile, journal, train, on_done, address=address, workers=workers)
     bar.close()
+    rows = assemble(journal, keys)
     write_csv(rows, out / "points.csv")
     render(rows, profile, out, time.perf_counter() - t0)
+    failed = journal.failures(keys)
+    if failed:
+        log(f"{len(failed)} of {len(keys)} cells failed (errors in {journal.path}); re-run with the same "
+            f"--out to retry them")
     log(f"wrote {out / 'points.csv'}, {out / 'results.md'}"
         + (f", {out / 'tradeoff.png'}" if can_plot() else " (no plot: matplotlib missing)"))
     return rows
