@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -180,3 +181,35 @@ def test_ray_local_gives_the_serial_points_bit_for_bit(tmp_path, monkeypatch):
     assert any((tmp_path / "cache-ray" / "models").glob("*.pt"))  # trained by the Ray task
     serial, ray_pts = _points(tmp_path / "serial" / "points.csv"), _points(tmp_path / "ray" / "points.csv")
     assert len(serial) > 20 and ray_pts == serial
+
+
+def test_a_failing_cell_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
+    """One cell raises: its error is journalled, every other cell's rows are written, and a re-run
+    into the same folder retries just that cell."""
+    from dataclasses import replace
+
+    import afde_nb.bench.cells as cells_mod
+
+    monkeypatch.setenv("AFDE_NB_CACHE", str(tmp_path / "cache"))
+    profile = replace(PROFILES["quick"], kept=(0.5,), baselines=("magnitude",), modes=("backward",),
+                      variants=("",), epochs=3)
+    real = cells_mod.compute
+
+    def one_fails(key, *a, **k):
+        if key[2] == "base:magnitude" and key[3] == 0.5:
+            raise ValueError("planted failure")
+        return real(key, *a, **k)
+
+    monkeypatch.setattr(cells_mod, "compute", one_fails)
+    said = []
+    rows = run(profile, tmp_path / "out", log=said.append)
+    assert any("1 of 5 cells failed" in s for s in said)
+    journal = [json.loads(l) for l in (tmp_path / "out" / "cells.jsonl").read_text().splitlines()]
+    failed = [r for r in journal if r["error"]]
+    assert len(journal) == 5 and len(failed) == 1 and "planted failure" in failed[0]["error"]
+    assert {r["method"] for r in rows} == {"original", "afde-backward", "magnitude"}
+    monkeypatch.setattr(cells_mod, "compute", real)
+    said.clear()
+    rows = run(profile, tmp_path / "out", log=said.append)
+    assert any("resuming: 4 of 5" in s for s in said)
+    assert sum(r["method"] == "magnitude" for r in rows) == 2
