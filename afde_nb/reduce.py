@@ -88,6 +88,13 @@ def quotient(net: Network, labels, signs=None, weights=None) -> tuple[Network, l
         s = np.ones(n, dtype=np.int64) if signs is None or signs[h] is None else np.asarray(signs[h], dtype=np.int64)
         if s.shape != (n,) or not np.all(np.abs(s) == 1):
             raise ShapeMismatchError(f"signs for hidden layer {h} must be {n} values of +1 or -1")
+        if k == n and np.array_equal(lab, np.arange(n)) and np.all(s == 1):
+            # nothing merged or flipped: the layer as it is (scale 1 reads a ReLU neuron as itself)
+            ones = np.ones(n)
+            out.append(Layer(R, b, layer.activation, layer.negative_slope, layer.has_bias, layer.path))
+            src = Source(lab, s, ones, layer.activation)
+            blocks.append(Block(lab, s, ones, ones, 0.0))
+            continue
         A, c = aligned(R, b, layer.activation, s)
         m = c.copy() if weights is None or weights[h] is None else np.asarray(weights[h], dtype=np.float64)
         if m.shape != (n,):
