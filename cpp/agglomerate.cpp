@@ -124,6 +124,14 @@ std::vector<Merge> agglomerate(const Eigen::Ref<const RowMat>& X, const std::vec
   const bool par = parallel_worth(static_cast<double>(k) * static_cast<double>(k), 1 << 16);
   (void)par;
   (void)threads;
+  // Eigen's GEMM threads: only where the product is big enough to pay for them (small products
+  // interleaved with numpy's BLAS otherwise wait on each other's spinning threads)
+  const bool par_gemm = parallel_worth(static_cast<double>(k) * static_cast<double>(k) * static_cast<double>(d), 1 << 24);
+#ifdef AFDE_HAVE_OPENMP
+  Eigen::setNbThreads(par_gemm ? (threads > 0 ? threads : omp_get_max_threads()) : 1);
+#else
+  (void)par_gemm;
+#endif
   if (ward) {
     Eigen::Map<RowMat> G(Dp.data(), k, k);
     G.noalias() = C * C.transpose();
@@ -146,7 +154,8 @@ std::vector<Merge> agglomerate(const Eigen::Ref<const RowMat>& X, const std::vec
     RowMat Y(n, d);
     for (Eigen::Index i = 0; i < n; ++i) Y.row(i) = static_cast<double>(signs0[static_cast<std::size_t>(i)]) * X.row(i);
     RowMat G = Y * Y.transpose();
-    Eigen::VectorXd nrm = Y.rowwise().squaredNorm();
+    const Eigen::VectorXd nrm = Y.rowwise().squaredNorm();
+    Y.resize(0, 0);  // only G and the norms are needed from here
     for (Eigen::Index i = 0; i < n; ++i) {
       auto ba = static_cast<std::size_t>(lab[static_cast<std::size_t>(i)]);
       for (Eigen::Index j = i + 1; j < n; ++j) {
@@ -162,6 +171,10 @@ std::vector<Merge> agglomerate(const Eigen::Ref<const RowMat>& X, const std::vec
       }
     }
   }
+
+#ifdef AFDE_HAVE_OPENMP
+  Eigen::setNbThreads(0);  // back to Eigen's default
+#endif
 
   auto cost = [&](std::size_t a, std::size_t b, int* s) {
     double p = Dp[a * uk + b];
