@@ -42,7 +42,7 @@ def _threads_env() -> dict:
     env = {k: os.environ.get(k, n) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     env["AFDE_TORCH_THREADS"] = n
     if "AFDE_NB_CACHE" in os.environ:  # workers train into (and load from) the same model cache
-        env["AFDE_NB_CACHE"] = os.environ["AFDE_NB_CACHE"]
+        env["AFDE_NB_CACHE"] = os.path.abspath(os.environ["AFDE_NB_CACHE"])
     return env
 
 
@@ -52,14 +52,19 @@ def run_ray(todo, profile, journal: Journal, train: Callable, on_done: Callable,
         import ray
     except ImportError as exc:
         raise MissingDependencyError("--backend ray needs Ray: pip install 'afde-nb[ray]'") from exc
-    env = _threads_env()
+    import tempfile
+
+    # Workers start in an empty folder of their own: Ray would otherwise put the driver's working
+    # directory first on their sys.path, and from a source checkout that imports the package
+    # without its compiled engine instead of the installed one.
+    runtime_env = {"env_vars": _threads_env(), "working_dir": tempfile.mkdtemp(prefix="afde-ray-")}
     if address is None:
         ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": env}, ignore_reinit_error=True)
+                 runtime_env=runtime_env, ignore_reinit_error=True)
     else:
         if workers is not None:
             raise InvalidArgumentError("--workers sizes a local Ray; a cluster (--address) has its own")
-        ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env}, ignore_reinit_error=True)
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, ignore_reinit_error=True)
     try:
         def pin():
             import torch

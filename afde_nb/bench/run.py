@@ -115,7 +115,8 @@ def run(profile: Profile, out: Path, log=print, backend: str = "serial", address
         log(f"{len(failed)} of {len(keys)} cells failed (errors in {journal.path}); re-run with the same "
             f"--out to retry them")
     log(f"wrote {out / 'points.csv'}, {out / 'results.md'}"
-        + (f", {out / 'tradeoff.png'}" if can_plot() else " (no plot: matplotlib missing)"))
+        + (f", {out / 'tradeoff.png'}" if can_plot() and rows else
+           " (no plot: matplotlib missing)" if rows else " (no plot: no finished cell)"))
     return rows
 
 
@@ -197,7 +198,7 @@ def summary(rows: list[dict], profile: Profile) -> list[str]:
 def render(rows: list[dict], profile: Profile, out: Path, seconds: float) -> None:
     """results.md and tradeoff.png from the rows."""
     (out / "results.md").write_text(markdown(rows, profile, seconds))
-    if can_plot():
+    if can_plot() and rows:
         plot(rows, out / "tradeoff.png")
 
 
