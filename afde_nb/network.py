@@ -67,7 +67,11 @@ class Network:
 
         for k, l in enumerate(self.layers):
             for name, a in (("weight", l.weight), ("bias", l.bias)):
-                if not np.all(np.isfinite(a)):
+                # a sum is finite iff every entry is, unless it overflows: one pass at the memory
+                # floor with no temporary; only a non-finite sum pays for the element-wise check
+                with np.errstate(over="ignore", invalid="ignore"):
+                    total = np.sum(a)
+                if not np.isfinite(total) and not np.all(np.isfinite(a)):
                     raise InvalidWeightsError(
                         f"{what}: layer {k} ({l.path or 'Linear'}) has a NaN or infinite {name}; "
                         "afde-nb needs finite weights")
