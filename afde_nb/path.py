@@ -322,9 +322,16 @@ def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mo
         # (reduced-exact) augmented inputs, with a tiny ridge (exactness is decided on the raw rows)
         U = _reduced_values(H[h], src)
         Ua = np.column_stack([U, np.ones(len(U))])
-        Cm = Ua.T @ Ua / max(len(Ua), 1)
-        Cm[np.diag_indices_from(Cm)] += RIDGE * max(float(np.trace(Cm)) / max(len(Cm), 1), 1e-300)
-        A = A @ np.linalg.cholesky(Cm)  # e^T C e = ||e L||^2 with C = L L^T (cheaper than eigh at scale)
+        N = max(len(Ua), 1)
+        if len(Ua) < Ua.shape[1]:
+            # fewer probes than inputs: e^T C e = ||Ua e||^2 / N, so the rows seen through the probes,
+            # A Ua^T / sqrt(N) (n x N), carry the metric exactly and make every later product N/d
+            # times cheaper than the Cholesky route (no ridge needed: nothing is factorised)
+            A = (A @ Ua.T) / np.sqrt(N)
+        else:
+            Cm = Ua.T @ Ua / N
+            Cm[np.diag_indices_from(Cm)] += RIDGE * max(float(np.trace(Cm)) / max(len(Cm), 1), 1e-300)
+            A = A @ np.linalg.cholesky(Cm)  # e^T C e = ||e L||^2 with C = L L^T
         znext = H[h + 1] @ nxt.weight.T + nxt.bias
         denom = float(np.sqrt(np.mean(np.sum(znext ** 2, axis=1)))) if relative else 1.0
         denom = denom if denom > 0 else 1.0
