@@ -122,15 +122,13 @@ std::vector<Merge> agglomerate(const Eigen::Ref<const RowMat>& X, const std::vec
   std::vector<double> Dp(uk * uk, 0.0), Dm(symmetric ? uk * uk : 0, 0.0);
   const bool ward = linkage == Linkage::Ward;
   const bool par = parallel_worth(static_cast<double>(k) * static_cast<double>(k), 1 << 16);
-  (void)par;
-  (void)threads;
   // Eigen's GEMM threads: only where the product is big enough to pay for them (small products
   // interleaved with numpy's BLAS otherwise wait on each other's spinning threads)
   const bool par_gemm = parallel_worth(static_cast<double>(k) * static_cast<double>(k) * static_cast<double>(d), 1 << 24);
 #ifdef AFDE_HAVE_OPENMP
   Eigen::setNbThreads(par_gemm ? (threads > 0 ? threads : omp_get_max_threads()) : 1);
 #else
-  (void)par_gemm;
+  (void)par, (void)par_gemm, (void)threads;  // the serial engine has no threads to size
 #endif
   if (ward) {
     Eigen::Map<RowMat> G(Dp.data(), k, k);

@@ -10,7 +10,6 @@ from scipy.integrate import solve_ivp
 
 import afde_nb
 from afde_nb.errors import InvalidArgumentError, ShapeMismatchError
-from afde_nb.network import apply_activation
 
 from conftest import mlp
 

@@ -11,7 +11,6 @@ import time
 from typing import Iterable, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..compress import compress
