@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ShapeMismatchError
-from .network import Layer, Network
+from .network import HOMOGENEOUS, Layer, Network
 from .path import Source, aligned, block_sums, incoming
 
 
@@ -88,8 +88,9 @@ def quotient(net: Network, labels, signs=None, weights=None) -> tuple[Network, l
         s = np.ones(n, dtype=np.int64) if signs is None or signs[h] is None else np.asarray(signs[h], dtype=np.int64)
         if s.shape != (n,) or not np.all(np.abs(s) == 1):
             raise ShapeMismatchError(f"signs for hidden layer {h} must be {n} values of +1 or -1")
-        if k == n and np.array_equal(lab, np.arange(n)) and np.all(s == 1):
-            # nothing merged or flipped: the layer as it is (scale 1 reads a ReLU neuron as itself)
+        if layer.activation not in HOMOGENEOUS and k == n and np.array_equal(lab, np.arange(n)) and np.all(s == 1):
+            # nothing merged or flipped: the layer as it is. (Not for ReLU-like layers: their scales
+            # c_i carry into the next layer's rows, where a dead neuron's c_i = 0 makes later merges exact.)
             ones = np.ones(n)
             out.append(Layer(R, b, layer.activation, layer.negative_slope, layer.has_bias, layer.path))
             src = Source(lab, s, ones, layer.activation)

@@ -329,3 +329,21 @@ def test_a_reused_path_gives_the_same_compression_and_is_checked(rng):
     other = mlp([5, 40, 30, 2], ["tanh", "tanh"])
     with pytest.raises(afde_nb.errors.InvalidArgumentError, match="another model"):
         afde_nb.compress(other, 0.05, calibration=X, path=first.path)
+
+
+def test_a_dead_relu_source_keeps_later_exact_merges_exact():
+    """Found by hypothesis: a ReLU neuron with a zero row is constant 0, so the neurons it feeds lump
+    by their biases alone; reduce must keep reading it with scale 0 (not as itself) for that merge to
+    stay exact."""
+    from afde_nb.network import Layer, Network
+
+    net = Network([Layer(np.zeros((1, 0)), np.array([0.0]), "relu", 0.1),
+                   Layer(np.array([[0.12573022], [0.64042265], [-0.53566937]]),
+                         np.array([-0.13210486, 0.10490012, 0.36159505]), "relu", 0.1),
+                   Layer(np.array([[1.30400005, 0.94708096, -0.70373524]]), np.array([-1.26542147]), "identity")],
+                  dtype="float64")
+    for method in ("components", "ward"):
+        part = afde_nb.lump(net, 0.0, method=method)
+        np.testing.assert_array_equal(part.labels[1], [0, 1, 1])
+        small = afde_nb.reduce(net, part)
+        np.testing.assert_allclose(small.forward(np.zeros((3, 0))), net.forward(np.zeros((3, 0))), atol=1e-12)
