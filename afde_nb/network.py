@@ -59,6 +59,13 @@ class Network:
     def num_params(self) -> int:
         return sum(l.num_params for l in self.layers)
 
+    def num_params_with(self, hidden_widths) -> int:
+        """Dense parameter count of this network with its hidden layers resized to ``hidden_widths``
+        (what a partition, a fold or a neuron pruning leaves), without building it."""
+        widths = [self.widths[0]] + [int(w) for w in hidden_widths] + [self.widths[-1]]
+        return sum(widths[k] * widths[k + 1] + (widths[k + 1] if l.has_bias else 0)
+                   for k, l in enumerate(self.layers))
+
     def check_finite(self, what: str = "network") -> "Network":
         """Raise :class:`~afde_nb.errors.InvalidWeightsError` naming the first layer with a NaN or
         infinite weight or bias: NaN would otherwise reach the engine's sort comparators and turn

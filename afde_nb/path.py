@@ -233,9 +233,7 @@ class MergePath:
                     for h, (lp, m) in enumerate(zip(self.layers, merges))), default=0.0)
 
     def params_at(self, merges: list[int]) -> int:
-        widths = [self.net.widths[0]] + [lp.n - m for lp, m in zip(self.layers, merges)] + [self.net.widths[-1]]
-        return sum(widths[k] * widths[k + 1] + (widths[k + 1] if l.has_bias else 0)
-                   for k, l in enumerate(self.net.layers))
+        return self.net.num_params_with([lp.n - m for lp, m in zip(self.layers, merges)])
 
     def for_params(self, target: int, scale: list[float] | None = None) -> list[int]:
         """Fewest merges along the (scaled) eps order whose network has at most ``target`` params."""

@@ -27,8 +27,7 @@ SCALES = (0.25, 0.5, 2.0, 4.0)
 
 def reduced_params(net: Network, labels) -> int:
     """Dense parameter count of ``reduce(net, labels)`` without building it."""
-    widths = [net.widths[0]] + [int(l.max()) + 1 if l.size else 0 for l in labels] + [net.widths[-1]]
-    return sum(widths[k] * widths[k + 1] + (widths[k + 1] if l.has_bias else 0) for k, l in enumerate(net.layers))
+    return net.num_params_with([int(l.max()) + 1 if l.size else 0 for l in labels])
 
 
 def scale_candidates(layers: int) -> list[list[float] | None]:

@@ -97,11 +97,7 @@ def layer_inputs(net: Network, x: np.ndarray) -> list[np.ndarray]:
 
 def dense_count(net: Network, hidden_widths: list[int]) -> int:
     """Dense parameter count of ``net`` with its hidden layers resized to ``hidden_widths``."""
-    widths = [net.layers[0].in_features] + list(hidden_widths) + [net.layers[-1].out_features]
-    total = 0
-    for layer, n_in, n_out in zip(net.layers, widths[:-1], widths[1:]):
-        total += n_in * n_out + (n_out if layer.has_bias else 0)
-    return total
+    return net.num_params_with(hidden_widths)
 
 
 def bias_count(net: Network) -> int:
