@@ -7,23 +7,26 @@ widths or by a parameter budget costs a replay of the first merges, never a new 
 
 What eps means (backward mode). A hidden layer's neuron i has aligned row a_i (its incoming row
 and bias, times its orientation s_i, divided by its scale c_i: the row norm for ReLU-like
-activations, else 1) and mass m_i = (c_i ||v_i||)^2 (v_i its outgoing column). Replacing every row
+activations, else 1) and mass m_i = (c_i ||v_i||)^2 E[phi'(z_i)^2] (v_i its outgoing column, phi' the
+activation's slope at the neuron's pre-activations on the probes). Replacing every row
 of a block by the mass-weighted mean row changes the next layer's pre-activations by
 
     dz' = sum_i v_i s_i c_i (phi(a_B . x) - phi(a_i . x)),   x = [layer inputs; 1]
 
-and, to first order with the neurons' errors uncorrelated, E||dz'||^2 = Lip^2 J with
+and, to first order (phi(a_B . x) - phi(a_i . x) ~ phi'(z_i) (a_B - a_i) . x) with the neurons' errors
+uncorrelated, E||dz'||^2 = J with
 
     J = sum_i m_i (a_i - a_B)^T C (a_i - a_B),   C = E[x x^T]
 
 on the probe inputs (calibration data, else 512 standard-normal pseudo-inputs). Ward
 agglomeration of the rows in the metric of C with masses m_i minimises exactly this J, and its
-merge costs add up to it. ``eps`` is ``Lip sqrt(J)`` (Lip: the activation's Lipschitz constant);
-with ``relative=True`` divided by the RMS norm of the next layer's pre-activations on the same
-inputs (eps = 0.1: about 10 %). It is an estimate; the worst case (correlated errors, by
-Cauchy-Schwarz) is at most sqrt(width) times larger. :class:`~afde_nb.compress.Compression`
-reports the measured error next to it. Complete linkage: eps = Lip * sum_i sqrt(m_i) * the
-largest block diameter (in the metric of C), a bound. eps = 0 cuts only merges of cost zero: exact
+merge costs add up to it. ``eps`` is ``sqrt(J)`` (the slope is in the masses already, so no
+Lipschitz factor on top); with ``relative=True`` divided by the RMS norm of the next layer's
+pre-activations on the same inputs (eps = 0.1: about 10 %). It is an estimate; the worst case
+(correlated errors, by Cauchy-Schwarz) is at most sqrt(width) times larger.
+:class:`~afde_nb.compress.Compression` reports the measured error next to it. Complete linkage:
+eps = sum_i sqrt(m_i) * the largest block diameter (in the metric of C), the same first-order
+estimate with every error at the diameter. eps = 0 cuts only merges of cost zero: exact
 equivalences, symmetries included.
 
 Forward mode clusters the neurons by their effect downstream: aligned outgoing columns s_i c_i v_i
@@ -61,10 +64,6 @@ def slope(z: np.ndarray, activation: str, negative_slope: float = 0.01) -> np.nd
     if activation == "leaky_relu":
         return np.where(z >= 0, 1.0, negative_slope)
     return np.ones_like(z)
-
-
-def lipschitz(activation: str, negative_slope: float = 0.01) -> float:
-    return {"sigmoid": 0.25, "leaky_relu": max(1.0, abs(negative_slope))}.get(activation, 1.0)
 
 
 @dataclass
@@ -310,7 +309,6 @@ def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mo
         R, b = incoming(layer.weight, layer.bias, src)
         A, _ = aligned(R, b, act)
         del R, b
-        lip = lipschitz(act, layer.negative_slope)
         mass = (c * np.linalg.norm(nxt.weight, axis=0)) ** 2
         # a saturated neuron's row matters less: weight by its mean squared slope on the probes
         z = H[h] @ layer.weight.T + layer.bias  # the original network's pre-activations on the probes
@@ -338,9 +336,9 @@ def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mo
         if mode == "backward":
             p2, s2, ht = _core.agglomerate(A * s0[:, None], mass, lab0, ones, method, signed, threads)
             if method == "ward":
-                bounds = lip * np.sqrt(np.maximum(np.concatenate([[0.0], np.zeros(exact), np.cumsum(ht)]), 0.0))
+                bounds = np.sqrt(np.maximum(np.concatenate([[0.0], np.zeros(exact), np.cumsum(ht)]), 0.0))
             else:
-                bounds = lip * np.sqrt(mass).sum() * np.concatenate([[0.0], np.zeros(exact), ht])
+                bounds = np.sqrt(mass).sum() * np.concatenate([[0.0], np.zeros(exact), ht])
         else:
             hvals = apply_activation(z, act, layer.negative_slope)
             u = (hvals * s0 if act != "sigmoid" else np.where(s0 < 0, 1.0 - hvals, hvals)) / np.where(c > 0, c, 1.0)
