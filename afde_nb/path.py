@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _core
-from .network import HOMOGENEOUS, Network, apply_activation
+from .network import HOMOGENEOUS, Network, unit_norms
 
 LINKAGES = ("ward", "complete")
 #: symmetries the exact step may use, per activation (ReLU family: positive scaling only)
@@ -52,8 +52,9 @@ EXACT_REL = {"float32": 1e-6, "float16": 1e-3, "bfloat16": 1e-2}
 RIDGE = 1e-8
 
 
-def slope(z: np.ndarray, activation: str, negative_slope: float = 0.01) -> np.ndarray:
+def slope(z: np.ndarray, activation: str, negative_slope: float = 0.01, params: tuple = ()) -> np.ndarray:
     """phi'(z), element-wise."""
+    p = dict(params)
     if activation == "tanh":
         return 1.0 - np.tanh(z) ** 2
     if activation == "sigmoid":
@@ -63,6 +64,20 @@ def slope(z: np.ndarray, activation: str, negative_slope: float = 0.01) -> np.nd
         return (z > 0).astype(float)
     if activation == "leaky_relu":
         return np.where(z >= 0, 1.0, negative_slope)
+    if activation == "gelu":  # the exact form's slope also for the tanh approximation (a weight, not a value)
+        from scipy.special import erf
+
+        return 0.5 * (1.0 + erf(z / np.sqrt(2.0))) + z * np.exp(-0.5 * z ** 2) / np.sqrt(2.0 * np.pi)
+    if activation == "silu":
+        s = 1.0 / (1.0 + np.exp(-z))
+        return s * (1.0 + z * (1.0 - s))
+    if activation == "elu":
+        return np.where(z > 0, 1.0, p.get("alpha", 1.0) * np.exp(np.minimum(z, 0.0)))
+    if activation == "softplus":
+        beta, thr = p.get("beta", 1.0), p.get("threshold", 20.0)
+        return np.where(beta * z > thr, 1.0, 1.0 / (1.0 + np.exp(-beta * z)))
+    if activation == "hardtanh":
+        return ((z > p.get("min_val", -1.0)) & (z < p.get("max_val", 1.0))).astype(float)
     return np.ones_like(z)
 
 
@@ -81,10 +96,20 @@ class Source:
     def inputs(n: int) -> "Source":
         return Source(np.arange(n), np.ones(n, dtype=np.int64), np.ones(n))
 
+    def expand(self, taps: int) -> "Source":
+        """The same relation per weight column of a layer with ``taps`` columns per unit
+        (a convolution's kernel positions): column (k, t) belongs to block (labels[k], t)."""
+        if taps == 1:
+            return self
+        lab = (self.labels[:, None] * taps + np.arange(taps)).reshape(-1)
+        return Source(lab, np.repeat(self.signs, taps), np.repeat(self.scales, taps), self.activation)
 
-def incoming(weight: np.ndarray, bias: np.ndarray, src: Source) -> tuple[np.ndarray, np.ndarray]:
+
+def incoming(weight: np.ndarray, bias: np.ndarray, src: Source, taps: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """A layer's (row, bias) against the reduced source neurons: R_iB = sum_{k in B} W_ik s_k c_k;
-    a sigmoid source with s_k = -1 (h_k = 1 - u_B) also moves W_ik into the bias."""
+    a sigmoid source with s_k = -1 (h_k = 1 - u_B) also moves W_ik into the bias. ``taps``:
+    weight columns per source neuron (see :attr:`~afde_nb.network.Layer.taps`)."""
+    src = src.expand(taps)
     k = int(src.labels.max()) + 1 if src.labels.size else 0
     coef = src.signs * src.scales
     if k == src.labels.size and np.array_equal(src.labels, np.arange(k)) and np.all(coef == 1.0):
@@ -118,6 +143,16 @@ def aligned(R: np.ndarray, b: np.ndarray, activation: str, signs: np.ndarray | N
     if signs is not None:
         A = A * signs[:, None]
     return A, c
+
+
+def symmetric(layer) -> bool:
+    """Whether the activation has the exact symmetry the merge path may use: odd (tanh, identity,
+    a hardtanh with min_val = -max_val) or sigmoid's h -> 1 - h. Positive scaling (ReLU family) is
+    handled by the scales instead."""
+    if layer.activation == "hardtanh":
+        p = dict(layer.act_params)
+        return p.get("min_val", -1.0) == -p.get("max_val", 1.0)
+    return layer.activation in SIGNED
 
 
 def probe_inputs(net: Network, calibration: np.ndarray | None, seed: int = 0) -> np.ndarray:
@@ -265,9 +300,14 @@ class MergePath:
 
 
 def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", relative: bool = True,
-               symmetry: bool = True, calibration: np.ndarray | None = None, threads: int = 0) -> MergePath:
+               symmetry: bool = True, calibration: np.ndarray | None = None, threads: int = 0,
+               inputs=None) -> MergePath:
     """The merge path of ``net`` (checked finite): exact blocks at once, one pass over the hidden
-    layers; each layer's agglomeration on first use beyond its exact merges."""
+    layers; each layer's agglomeration on first use beyond its exact merges.
+
+    ``inputs``: a callable returning every layer's inputs on the probes (the original network's;
+    a convolution's as patch rows of ``in * taps`` values), for a network that is part of a larger
+    model; default: ``net`` run on the calibration (else pseudo-) inputs."""
     from .errors import InvalidArgumentError
 
     if method not in LINKAGES:
@@ -277,7 +317,7 @@ def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", re
 
     def ins() -> list[np.ndarray]:  # the original network on the probes: x, then each hidden layer
         if not probes:
-            probes["ins"] = net.layer_inputs(probe_inputs(net, calibration))
+            probes["ins"] = inputs() if inputs is not None else net.layer_inputs(probe_inputs(net, calibration))
         return probes["ins"]
 
     src = Source.inputs(net.widths[0])
@@ -285,9 +325,11 @@ def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", re
     for h, layer in enumerate(net.hidden):
         n = layer.out_features
         act = layer.activation
-        # a flipped sigmoid moves its column into the next layer's bias, which must exist
-        signed = symmetry and act in SIGNED and (act != "sigmoid" or net.layers[h + 1].has_bias)
-        R, b = incoming(layer.weight, layer.bias, src)
+        # a flipped sigmoid moves its column into the next layer's bias, which must exist; not into
+        # a convolution's: its zero padding would not see the flipped 1 - u
+        nxt = net.layers[h + 1]
+        signed = symmetry and symmetric(layer) and (act != "sigmoid" or (nxt.has_bias and nxt.taps == 1))
+        R, b = incoming(layer.weight, layer.bias, src, layer.taps)
         A, c = aligned(R, b, act)
         lab0, s0 = exact_blocks(A, signed, EXACT_REL.get(net.dtype, 1e-12), threads)
         del R, b, A
@@ -306,17 +348,17 @@ def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mo
         layer, nxt = net.layers[h], net.layers[h + 1]
         n, act = layer.out_features, layer.activation
         H = ins()
-        R, b = incoming(layer.weight, layer.bias, src)
+        R, b = incoming(layer.weight, layer.bias, src, layer.taps)
         A, _ = aligned(R, b, act)
         del R, b
-        mass = (c * np.linalg.norm(nxt.weight, axis=0)) ** 2
+        mass = (c * unit_norms(nxt.weight, nxt.taps)) ** 2
         # a saturated neuron's row matters less: weight by its mean squared slope on the probes
         z = H[h] @ layer.weight.T + layer.bias  # the original network's pre-activations on the probes
-        mass = mass * (np.mean(slope(z, act, layer.negative_slope) ** 2, axis=0) if len(z) else 1.0)
+        mass = mass * (np.mean(slope(z, act, layer.negative_slope, layer.act_params) ** 2, axis=0) if len(z) else 1.0)
         mass = np.maximum(mass, 1e-12 * max(float(mass.max(initial=0.0)), 1e-300))
         # rows in the metric of the layer's inputs: ||e||_C^2 = e^T C e, C the second moment of the
         # (reduced-exact) augmented inputs, with a tiny ridge (exactness is decided on the raw rows)
-        U = _reduced_values(H[h], src)
+        U = _reduced_values(H[h], src.expand(layer.taps))
         Ua = np.column_stack([U, np.ones(len(U))])
         N = max(len(Ua), 1)
         if len(Ua) < Ua.shape[1]:
@@ -340,11 +382,13 @@ def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mo
             else:
                 bounds = np.sqrt(mass).sum() * np.concatenate([[0.0], np.zeros(exact), ht])
         else:
-            hvals = apply_activation(z, act, layer.negative_slope)
+            hvals = layer.apply(z)
             u = (hvals * s0 if act != "sigmoid" else np.where(s0 < 0, 1.0 - hvals, hvals)) / np.where(c > 0, c, 1.0)
             rms = np.sqrt(np.mean(u ** 2, axis=0)) if len(u) else np.ones(n)
             rms = np.maximum(rms, 1e-12 * max(float(rms.max(initial=0.0)), 1e-300))
-            F = (nxt.weight * (s0 * c)).T  # oriented outgoing columns as rows
+            # oriented outgoing columns (all taps of a unit) as rows
+            F = nxt.weight.reshape(len(nxt.weight), n, nxt.taps).transpose(1, 0, 2).reshape(n, len(nxt.weight) * nxt.taps)
+            F = F * (s0 * c)[:, None]
             p2, s2, ht = _core.agglomerate(F, rms, lab0, ones, method, signed, threads)
             if method == "ward":
                 bounds = np.sqrt(np.maximum(rms.sum() * np.concatenate([[0.0], np.zeros(exact), np.cumsum(ht)]), 0.0))

@@ -78,9 +78,9 @@ def quotient(net: Network, labels, signs=None, weights=None) -> tuple[Network, l
     out: list[Layer] = []
     blocks: list[Block] = []
     for h, layer in enumerate(net.layers):
-        R, b = incoming(layer.weight, layer.bias, src)
+        R, b = incoming(layer.weight, layer.bias, src, layer.taps)
         if h == len(net.hidden):  # outputs are never merged
-            out.append(Layer(R, b, layer.activation, layer.negative_slope, layer.has_bias, layer.path))
+            out.append(layer.with_weights(R, b))
             break
         n = layer.out_features
         lab = np.asarray(labels[h], dtype=np.int64)
@@ -92,7 +92,7 @@ def quotient(net: Network, labels, signs=None, weights=None) -> tuple[Network, l
             # nothing merged or flipped: the layer as it is. (Not for ReLU-like layers: their scales
             # c_i carry into the next layer's rows, where a dead neuron's c_i = 0 makes later merges exact.)
             ones = np.ones(n)
-            out.append(Layer(R, b, layer.activation, layer.negative_slope, layer.has_bias, layer.path))
+            out.append(layer.with_weights(R, b))
             src = Source(lab, s, ones, layer.activation)
             blocks.append(Block(lab, s, ones, ones, 0.0))
             continue
@@ -109,8 +109,7 @@ def quotient(net: Network, labels, signs=None, weights=None) -> tuple[Network, l
             M = A
         else:
             M = block_sums(A * use[:, None], lab, k, axis=0) / den[:, None]
-        out.append(Layer(M[:, :-1], M[:, -1].copy(), layer.activation, layer.negative_slope, layer.has_bias,
-                         layer.path))
+        out.append(layer.with_weights(M[:, :-1], M[:, -1].copy()))
         src = Source(lab, s, c, layer.activation)
         scale = float(np.abs(A).max(initial=0.0)) or 1.0
         spread = float(np.abs(A - M[lab]).max(initial=0.0)) / scale

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .network import Layer, Network, apply_activation
+from .network import Network
 
 RIDGE = 1e-6
 
@@ -70,8 +70,8 @@ def repair(original: Network, reduced: Network, X: np.ndarray, maps: list[tuple[
                 Z = T
             mask = None if masks is None else masks[k]
             W, b = _fit(H, Z, layer.has_bias, mask, ridge)
-            layers[k] = layer = Layer(W, b, layer.activation, layer.negative_slope, layer.has_bias, layer.path)
-        H = apply_activation(H @ layer.weight.T + layer.bias, layer.activation, layer.negative_slope)
+            layers[k] = layer = layer.with_weights(W, b)
+        H = layer.apply(H @ layer.weight.T + layer.bias)
     return Network(layers, dtype=reduced.dtype, meta=dict(reduced.meta))
 
 

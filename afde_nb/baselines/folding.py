@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ..network import Layer, Network
+from ..network import Network
 from ..errors import InvalidArgumentError
 from ._common import Pruned, build, check_amount, count_params, dense_counter, n_kept, read
 
@@ -120,10 +120,11 @@ def fold_layer(net: Network, l: int, labels: np.ndarray) -> Network:
     sizes = onehot.sum(axis=1)
     w = (onehot @ layer.weight) / sizes[:, None]
     b = (onehot @ layer.bias) / sizes
-    w_next = nxt.weight @ onehot.T
+    t = nxt.taps
+    w_next = np.einsum("oit,ki->okt", nxt.weight.reshape(len(nxt.weight), -1, t), onehot).reshape(len(nxt.weight), -1)
     layers = list(net.layers)
-    layers[l] = Layer(w, b, layer.activation, layer.negative_slope, layer.has_bias, layer.path)
-    layers[l + 1] = Layer(w_next, nxt.bias.copy(), nxt.activation, nxt.negative_slope, nxt.has_bias, nxt.path)
+    layers[l] = layer.with_weights(w, b)
+    layers[l + 1] = nxt.with_weights(w_next, nxt.bias.copy())
     return Network(layers, dtype=net.dtype, meta=dict(net.meta))
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ..network import Layer, Network
+from ..network import Network, unit_columns, unit_norms
 from ..errors import InvalidArgumentError
 from ._common import Pruned, as_calibration, build, check_amount, count_params, dense_counter, layer_inputs, n_kept, read
 
@@ -27,7 +27,7 @@ def neuron_scores(net: Network, score: str = "norm", calibration=None) -> list[n
     """Score of every neuron of every hidden layer of ``net``."""
     if score not in SCORES:
         raise InvalidArgumentError(f"score must be one of {SCORES}, got {score!r}")
-    outgoing = [np.linalg.norm(nxt.weight, axis=0) for nxt in net.layers[1:]]
+    outgoing = [unit_norms(nxt.weight, nxt.taps) for nxt in net.layers[1:]]
     if score == "norm":
         incoming = [np.linalg.norm(np.column_stack([l.weight, l.bias if l.has_bias else np.zeros(l.out_features)]),
                                    axis=1) for l in net.hidden]
@@ -50,9 +50,8 @@ def select_neurons(net: Network, keep: list[np.ndarray]) -> Network:
         rows = keep[i] if i < len(keep) else np.arange(l.out_features)
         w = l.weight[rows]
         if prev is not None:
-            w = w[:, prev]
-        layers.append(Layer(np.ascontiguousarray(w), l.bias[rows].copy(), l.activation, l.negative_slope,
-                            l.has_bias, l.path))
+            w = w[:, unit_columns(prev, l.taps)]
+        layers.append(l.with_weights(np.ascontiguousarray(w), l.bias[rows].copy()))
         prev = rows
     return Network(layers, dtype=net.dtype, meta=dict(net.meta))
 
