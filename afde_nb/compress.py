@@ -13,12 +13,14 @@ import numpy as np
 from torch import nn
 
 from .adapters import to_network, to_torch
-from .errors import InvalidArgumentError, ShapeMismatchError
+from .errors import InvalidArgumentError, ShapeMismatchError, UnsupportedLayerError
+from .graph import Discovery
+from .inside import compress_inside
 from .lump import Partition, activation_rms, check_eps, check_method, check_mode, lump
 from .network import Network, as_inputs
 from .path import MergePath, merge_path, probe_inputs
 from .reduce import quotient
-from .repair import probe_error, repair as refit
+from .repair import probe_error, reduce_and_repair
 from .serialize import save_model
 from .target import eps_for_error, eps_for_params, pick, scale_candidates
 
@@ -53,6 +55,8 @@ class Compression:
     repaired: str | None = None
     calibration_error_before_repair: dict | None = None
     path: MergePath | None = field(default=None, repr=False)
+    #: for a model that is not one plain stack: the groups lumped and the layers left alone
+    groups: "Discovery | None" = field(default=None, repr=False)
 
     @property
     def kept(self) -> float:
@@ -61,9 +65,10 @@ class Compression:
 
     def table(self) -> str:
         """The per-layer table the CLI prints."""
-        rows = [f"{'layer':<14}{'act':<11}{'before':>8}{'after':>8}{'largest':>9}{'eps':>12}"]
+        w = max([14] + [len(s.name) + 2 for s in self.layers])
+        rows = [f"{'layer':<{w}}{'act':<11}{'before':>8}{'after':>8}{'largest':>9}{'eps':>12}"]
         for s in self.layers:
-            rows.append(f"{s.name:<14}{s.activation:<11}{s.neurons_before:>8}{s.neurons_after:>8}"
+            rows.append(f"{s.name:<{w}}{s.activation:<11}{s.neurons_before:>8}{s.neurons_after:>8}"
                         f"{s.largest_block:>9}{s.eps:>12.4g}")
         rows.append(f"parameters {self.params_before} -> {self.params_after} "
                     f"({100 * self.kept:.1f}% kept), method={self.method}, mode={self.mode}, eps={self.eps:g}"
@@ -116,23 +121,37 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     same model and setting (``Compression.path``), reused so a new eps or budget costs only the cut
     and the quotient (a slider). ``model`` is never modified.
     """
-    net = to_network(model)
-    calib = as_inputs(calibration, net.widths[0], "calibration", net.meta.get("flatten")) \
-        if calibration is not None else None
     mode = check_mode(mode)
     method = check_method(method)
-    how = _repair_how(repair, calib)
-    if data_aware and calib is None:
-        raise InvalidArgumentError("data_aware=True needs calibration inputs")
-    if data_aware and method != "components":
-        raise InvalidArgumentError("data_aware=True applies to method='components'; the merge paths "
-                                   "measure their bounds on the calibration inputs already")
     given = [name for name, v in (("eps", eps), ("target_params", target_params), ("target_error", target_error))
              if v is not None]
     if len(given) > 1:
         raise InvalidArgumentError(f"give one of eps, target_params, target_error (got {', '.join(given)})")
     if eps is not None:
         check_eps(eps)
+    if target_params is not None and (isinstance(target_params, bool) or not isinstance(target_params, (int, np.integer))
+                                      or target_params < 0):
+        raise InvalidArgumentError(f"target_params must be a non-negative integer, got {target_params!r}")
+    if target_error is not None:
+        check_eps(target_error)  # a finite number >= 0
+    if data_aware and method != "components":
+        raise InvalidArgumentError("data_aware=True applies to method='components'; the merge paths "
+                                   "measure their bounds on the calibration inputs already")
+    try:
+        net = to_network(model)
+    except UnsupportedLayerError as exc:
+        if not isinstance(model, nn.Module):
+            raise
+        # not one plain stack: lump the groups found inside it (afde_nb.inside)
+        return compress_inside(model, eps, method=method, mode=mode, relative=relative, symmetry=symmetry,
+                               calibration=calibration, repair=repair, target_params=target_params,
+                               target_error=target_error, calibration_targets=calibration_targets,
+                               threads=threads, path=path, not_a_stack=str(exc))
+    calib = as_inputs(calibration, net.widths[0], "calibration", net.meta.get("flatten")) \
+        if calibration is not None else None
+    how = _repair_how(repair, calib)
+    if data_aware and calib is None:
+        raise InvalidArgumentError("data_aware=True needs calibration inputs")
     probes = None if how is None else (calib if how == "calibration" else probe_inputs(net, None))
     if path is not None:
         _check_path(path, net, method, mode, relative, symmetry, calib)
@@ -140,11 +159,8 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         path = merge_path(net, method=method, mode=mode, relative=relative, symmetry=symmetry,
                           calibration=calib, threads=threads)
     if target_params is not None:
-        if isinstance(target_params, bool) or not isinstance(target_params, (int, np.integer)) or target_params < 0:
-            raise InvalidArgumentError(f"target_params must be a non-negative integer, got {target_params!r}")
         part = _for_params(net, path, int(target_params), calib, probes, mode, relative, threads)
     elif target_error is not None:
-        check_eps(target_error)  # a finite number >= 0
         if calib is None or calibration_targets is None:
             raise InvalidArgumentError("target_error needs calibration inputs and calibration_targets")
         y = as_inputs(calibration_targets if np.ndim(calibration_targets) == 2
@@ -159,7 +175,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         rms = activation_rms(net, calib) if data_aware else None
         part = lump(net, 0.0 if eps is None else eps, mode, relative, threads, rms, method="components")
 
-    small, before, after, ran = _reduce_and_repair(net, part, probes, calib)
+    small, before, after, ran = reduce_and_repair(net, part, probes, calib)
     device = next((p.device for p in model.parameters()), None)
     reduced = to_torch(small, device=device)
     layers = []
@@ -207,23 +223,6 @@ def _repair_how(repair, calib) -> str | None:
     raise InvalidArgumentError(f"repair must be True, False, None or 'pseudo', got {repair!r}")
 
 
-#: an aligned row farther than this (relative) from its merged row makes the layer lossy
-LOSSY = 1e-9
-
-
-def _reduce_and_repair(net: Network, part: Partition, probes, calib
-                       ) -> tuple[Network, dict | None, dict | None, bool]:
-    """The reduced network; its calibration error before repair (None: no repair ran) and after;
-    whether repair ran."""
-    small, blocks = quotient(net, part)
-    err = probe_error(net, small, calib) if calib is not None else None
-    lossy = [h for h, b in enumerate(blocks) if b.spread > LOSSY]
-    if probes is None or not lossy:
-        return small, None, err, False
-    fixed = refit(net, small, probes, [b.target_map() for b in blocks], start=lossy[0] + 1)
-    return fixed, err, probe_error(net, fixed, calib) if calib is not None else None, True
-
-
 def _split(n: int) -> tuple[np.ndarray, np.ndarray]:
     idx = np.random.default_rng(0).permutation(n)
     cut = (3 * n) // 4
@@ -243,7 +242,7 @@ def _for_params(net, path, target, calib, probes, mode, relative, threads) -> Pa
     options = [path.for_params(target, scale) for scale in cands] + [path.uniform(target)]
 
     def score(ms) -> float:
-        small, *_ = _reduce_and_repair(net, path.partition_at(ms), fit_probes, None)
+        small, *_ = reduce_and_repair(net, path.partition_at(ms), fit_probes, None)
         return probe_error(net, small, calib[held])["relative_mse"]
 
     best = pick(options, score)
@@ -257,7 +256,7 @@ def _for_error(net, path, X, y, max_increase, probes, mode, relative, threads) -
     seq = path.sequence()
 
     def ok(i: int) -> bool:
-        small, *_ = _reduce_and_repair(net, path.partition_at(seq[i]), probes, None)
+        small, *_ = reduce_and_repair(net, path.partition_at(seq[i]), probes, None)
         return float(np.mean((small.forward(X) - y) ** 2)) <= bound
 
     step = max(1, len(seq) // 50)

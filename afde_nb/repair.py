@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .network import Network
+from .reduce import quotient
 
 RIDGE = 1e-6
 
@@ -83,3 +84,20 @@ def probe_error(original: Network, reduced: Network, X: np.ndarray) -> dict:
     mse = float(np.mean(d ** 2)) if d.size else 0.0
     return {"max_abs": float(np.abs(d).max(initial=0.0)), "rms": float(np.sqrt(mse)),
             "relative_mse": mse / ref if ref > 0 else mse, "n": int(len(X))}
+
+
+#: an aligned row farther than this (relative) from its merged row makes the layer lossy
+LOSSY = 1e-9
+
+
+def reduce_and_repair(net: Network, part: Partition, probes, calib
+                       ) -> tuple[Network, dict | None, dict | None, bool]:
+    """The quotient of ``part``, refit on ``probes`` (None: no repair) when a merge was lossy; its
+    error on ``calib`` before repair (None: no repair ran) and after; whether repair ran."""
+    small, blocks = quotient(net, part)
+    err = probe_error(net, small, calib) if calib is not None else None
+    lossy = [h for h, b in enumerate(blocks) if b.spread > LOSSY]
+    if probes is None or not lossy:
+        return small, None, err, False
+    fixed = repair(net, small, probes, [b.target_map() for b in blocks], start=lossy[0] + 1)
+    return fixed, err, probe_error(net, fixed, calib) if calib is not None else None, True

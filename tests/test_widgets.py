@@ -560,7 +560,7 @@ def test_export_reloads_in_plain_torch(Panel, model, data, tmp_path):
 
 def test_errors_are_shown_not_raised(Panel, model, data, tmp_path):
     X, y = data
-    for bad in ("not a model", nn.Sequential(nn.Conv1d(1, 1, 1)), nn.Sequential(nn.Linear(4, 3), nn.GELU(),
+    for bad in ("not a model", nn.Sequential(nn.Conv1d(1, 1, 1)), nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1),
                                                                                  nn.Linear(3, 1))):
         p = Panel(bad, tradeoff=False)
         assert p.compression is None

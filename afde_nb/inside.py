@@ -1,0 +1,246 @@
+"""``compress`` for a model that is not one plain stack: lump the hidden units of every group
+that :func:`~afde_nb.graph.find_groups` finds inside it, and hand back the user's own module (a
+copy) with the smaller weights in place.
+
+Each chain of groups is a network (:func:`~afde_nb.surgery.chain_network`) with its own merge
+path; the paths are joined into one :class:`~afde_nb.path.MergePath`, so an eps cuts every chain
+at the same relative bound and a parameter budget is spent along one global order, exactly as for
+a plain stack. Which equivalences hold: equal incoming rows (+bias) for any element-wise
+activation, negation for odd ones (tanh, identity, symmetric hardtanh), h -> 1 - h for sigmoid
+(not into a convolution, whose zero padding would not follow), positive scaling for the ReLU
+family. Forward mode and the paper's components are defined by the polynomial ODE, so for the
+activations it covers only (tanh, sigmoid, identity, ReLU family); elsewhere the backward merge
+path applies.
+
+Repair refits a chain's layers on its inputs by least squares where the chain is of Linear
+layers (tokens of a sequence are rows); convolution chains are not refit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import InvalidArgumentError, ShapeMismatchError, UnsupportedLayerError
+from .graph import Discovery, find_groups
+from .lump import Partition
+from .network import ODE_DEFINED, Network
+from .path import MergePath, merge_path
+from .repair import reduce_and_repair
+from . import surgery
+
+
+@dataclass
+class ChainSet:
+    """The accounting a joined merge path needs: the model's parameter count as the chains'
+    hidden widths change (everything outside the chains stays)."""
+
+    nets: list[Network]
+    costs: list[list[tuple[int, int]]]  # per chain layer: (taps, parameters per output unit)
+    fixed: int
+
+    @property
+    def num_params(self) -> int:
+        return self.num_params_with([l.out_features for n in self.nets for l in n.hidden])
+
+    def num_params_with(self, hidden_widths) -> int:
+        total, at = self.fixed, 0
+        for net, cost in zip(self.nets, self.costs):
+            k = len(net.hidden)
+            w = [net.widths[0]] + [int(v) for v in hidden_widths[at:at + k]] + [net.widths[-1]]
+            at += k
+            total += sum(w[i] * t * w[i + 1] + p * w[i + 1] for i, (t, p) in enumerate(cost))
+        return total
+
+    def split(self, part: Partition) -> list[Partition]:
+        """One partition per chain out of a partition of the joined layers."""
+        out, at = [], 0
+        for net in self.nets:
+            k = len(net.hidden)
+            sl = slice(at, at + k)
+            at += k
+            out.append(Partition(part.labels[sl], part.mode, part.eps, part.relative, part.eps_per_layer[sl],
+                                 method=part.method, signs=None if part.signs is None else part.signs[sl],
+                                 weights=None if part.weights is None else part.weights[sl]))
+        return out
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_setting(disc: Discovery, nets: list[Network], method: str, mode: str, not_a_stack: str = "") -> None:
+    if not disc.chains:
+        raise UnsupportedLayerError(
+            (f"not one plain stack ({not_a_stack}), " if not_a_stack else "") +
+            "and nothing inside it lumps: no hidden units pass through one element-wise activation into "
+            "exactly one Linear/convolution.\n" + disc.report())
+    if method == "components":
+        raise InvalidArgumentError("method='components' (the paper's eps-graph components) applies to plain "
+                                   "Linear stacks; use method='ward' or 'complete' for this model")
+    if mode == "forward":
+        for net in nets:
+            for l in net.hidden:
+                if l.activation not in ODE_DEFINED:
+                    raise InvalidArgumentError(
+                        f"mode='forward' is defined by the polynomial ODE, for {', '.join(ODE_DEFINED)}; {l.path} "
+                        f"uses {l.activation}: use mode='backward'")
+
+
+def as_model_input(model: nn.Module, data) -> torch.Tensor:
+    """Calibration data as a tensor the model takes (its parameters' dtype and device)."""
+    ref = next(model.parameters(), None)
+    t = data.detach() if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
+    if t.is_floating_point() and ref is not None:
+        t = t.to(dtype=ref.dtype)
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        from .errors import InvalidWeightsError
+
+        raise InvalidWeightsError("calibration data contain NaN or infinite values")
+    return t.to(ref.device) if ref is not None else t
+
+
+def _output(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        y = model(x)
+    if not isinstance(y, torch.Tensor):
+        raise ShapeMismatchError(f"{type(model).__name__} returns {type(y).__name__}; calibration errors need a tensor")
+    return y.detach().to("cpu", torch.float64).reshape(len(y), -1).numpy()
+
+
+def output_error(a: np.ndarray, b: np.ndarray) -> dict:
+    d = b - a
+    ref = float(np.mean((a - a.mean(axis=0)) ** 2)) if a.size else 0.0
+    mse = float(np.mean(d ** 2)) if d.size else 0.0
+    return {"max_abs": float(np.abs(d).max(initial=0.0)), "rms": float(np.sqrt(mse)),
+            "relative_mse": mse / ref if ref > 0 else mse, "n": int(len(a))}
+
+
+class ModelPath(MergePath):
+    """The joined merge path of every chain of a model: ``net`` is a :class:`ChainSet`, ``chains``
+    the groups and ``ins`` each chain layer's probe rows."""
+
+    chains: list
+    ins: list
+
+
+def model_path(model: nn.Module, disc: Discovery, *, method: str, mode: str, relative: bool, symmetry: bool,
+               calib: torch.Tensor | None, threads: int, not_a_stack: str = "") -> ModelPath:
+    """The joined merge path of the chains of ``disc`` (checked finite and supported)."""
+    nets = [surgery.chain_network(model, c) for c in disc.chains]
+    for n in nets:
+        n.check_finite(type(model).__name__)
+    check_setting(disc, nets, method, mode, not_a_stack)
+    captured = None
+    if calib is not None:
+        captured = surgery.capture(model, [a for c in disc.chains for a in surgery.chain_affines(c)], calib)
+    ins = [surgery.chain_inputs(model, c, captured) for c in disc.chains]
+    layers = []
+    for k, net in enumerate(nets):
+        if captured is None and all(l.taps == 1 for l in net.layers):
+            # a Linear chain without data: standard-normal inputs run through the chain itself, as
+            # for a plain stack; otherwise each layer's own rows
+            ins[k] = net.layer_inputs(ins[k][0])
+        p = merge_path(net, method=method, mode=mode, relative=relative, symmetry=symmetry, threads=threads,
+                       inputs=lambda r=ins[k]: r)
+        layers += p.layers
+    costs = [[surgery.unit_cost(model, a, c[k].norm if k < len(c) else None)
+              for k, a in enumerate(surgery.chain_affines(c))] for c in disc.chains]
+    cs = ChainSet(nets, costs, 0)
+    cs.fixed = count_params(model) - cs.num_params
+    mp = ModelPath(cs, layers, mode, method, bool(relative), bool(symmetry), calib is not None)
+    mp.chains, mp.ins = disc.chains, ins
+    return mp
+
+
+def apply(model: nn.Module, path: ModelPath, part: Partition, repair: bool) -> tuple[nn.Module, bool]:
+    """A copy of ``model`` reduced by ``part``, Linear chains refit on their probe rows when
+    ``repair`` and lossy; whether any chain was refit."""
+    out = surgery.copy_model(model)
+    ran_any = False
+    for net, chain, rows, p in zip(path.net.nets, path.chains, path.ins, path.net.split(part)):
+        probes = rows[0] if repair and all(l.taps == 1 for l in net.layers) else None
+        small, _, _, ran = reduce_and_repair(net, p, probes, None)
+        ran_any = ran_any or ran
+        surgery.write_back(out, chain, small)
+    return out, ran_any
+
+
+def compress_inside(model: nn.Module, eps, *, method, mode, relative, symmetry, calibration, repair,
+                    target_params, target_error, calibration_targets, threads, path, not_a_stack: str = ""):
+    """:func:`~afde_nb.compress.compress` for any model with lumpable groups (see the module docstring)."""
+    from .compress import Compression, LayerSummary, _repair_how
+
+    disc = find_groups(model)
+    calib = as_model_input(model, calibration) if calibration is not None else None
+    how = _repair_how(repair, calib)
+    if path is None:
+        path = model_path(model, disc, method=method, mode=mode, relative=relative, symmetry=symmetry,
+                          calib=calib, threads=threads, not_a_stack=not_a_stack)
+    elif not isinstance(path, ModelPath) or [g.name for c in path.chains for g in c] != [g.name for g in disc.groups] \
+            or (path.method, path.mode, path.relative, path.symmetry, path.calibrated) != \
+            (method, mode, bool(relative), bool(symmetry), calib is not None):
+        raise InvalidArgumentError("path was built for another model or setting; build a new one")
+    was_training = model.training
+    _train(model, False)
+    try:
+        before = _output(model, calib) if calib is not None else None
+        if target_params is not None:
+            ms = path.for_params(int(target_params))
+            part = path.partition_at(ms, path.eps_of(ms))
+        elif target_error is not None:
+            part = _for_error(model, path, calib, calibration_targets, float(target_error), how is not None)
+        else:
+            part = path.partition(0.0 if eps is None else eps)
+        reduced, ran = apply(model, path, part, how is not None)
+        err = output_error(before, _output(reduced, calib)) if calib is not None else None
+        _train(reduced, was_training)
+    finally:
+        _train(model, was_training)
+    layers, labels = [], []
+    for chain, p in zip(path.chains, path.net.split(part)):
+        for g, lab, e in zip(chain, p.labels, p.eps_per_layer):
+            sizes = np.bincount(lab) if lab.size else np.zeros(1, dtype=int)
+            layers.append(LayerSummary(g.name, g.activation, int(lab.size), int(lab.max()) + 1 if lab.size else 0,
+                                       int(sizes.max()), float(e)))
+            labels.append(np.array(lab))
+    target = {"params": target_params} if target_params is not None else (
+        {"error_increase": target_error} if target_error is not None else None)
+    return Compression(reduced, labels, count_params(model), count_params(reduced), layers, part.mode, part.eps,
+                       part.relative, err, None, target, method, bool(symmetry), how if ran else None, None, path,
+                       disc)
+
+
+def _train(model: nn.Module, mode: bool) -> None:
+    """model.train(mode), where the model allows it (a torch.export program's module does not)."""
+    if model.training != mode:
+        try:
+            model.train(mode)
+        except NotImplementedError:
+            pass
+
+
+def _for_error(model, path: ModelPath, calib, targets, max_increase: float, repair: bool) -> Partition:
+    """The most merges along the path whose model's MSE against ``targets`` on the calibration
+    inputs is within (1 + max_increase) of the original's."""
+    if calib is None or targets is None:
+        raise InvalidArgumentError("target_error needs calibration inputs and calibration_targets")
+    y = torch.as_tensor(np.asarray(targets.detach().cpu() if isinstance(targets, torch.Tensor) else targets),
+                        dtype=torch.float64).reshape(len(calib), -1).numpy()
+
+    def mse(m) -> float:
+        return float(np.mean((_output(m, calib) - y) ** 2))
+
+    bound = mse(model) * (1.0 + max_increase)
+    seq = path.sequence()
+    step = max(1, len(seq) // 50)
+    best = 0
+    for i in list(range(0, len(seq), step)):
+        if mse(apply(model, path, path.partition_at(seq[i]), repair)[0]) <= bound:
+            best = i
+    for i in range(best + 1, min(best + step, len(seq))):
+        if mse(apply(model, path, path.partition_at(seq[i]), repair)[0]) <= bound:
+            best = i
+    return path.partition_at(seq[best], path.eps_of(seq[best]))

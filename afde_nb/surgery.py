@@ -1,0 +1,230 @@
+"""Chains of groups (:mod:`afde_nb.graph`) as plain networks, and back into the user's model.
+
+A chain ``P0 -> act0 -> P1 -> act1 -> ... -> Pk`` reads as a :class:`~afde_nb.network.Network`
+whose layer i is producer P_i with its BatchNorm folded in (eval statistics) and the last layer
+the final consumer, every weight held as (out, in * taps) -- a convolution's kernel positions are
+its taps. The engine lumps it like any MLP; :func:`write_back` then puts the smaller weights into
+the model's own parameters (a copy's), so the model keeps its class, its forward and every other
+layer. A folded BatchNorm is left in place as an identity (unit scale, zero shift, variance
+1 - eps) that carries the merged bias in its running mean when the producer has no bias.
+
+Layer inputs on probe data come from the model itself (forward hooks, or an fx Interpreter for a
+``torch.export`` program): a Linear's input rows, a convolution's patches (``unfold``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import InvalidWeightsError, ShapeMismatchError, UnsupportedLayerError
+from .graph import Affine, Group, Norm
+from .network import Layer, Network
+
+#: probe rows kept per layer input (patches of a convolution are subsampled to this many)
+MAX_ROWS = 4096
+PSEUDO = 512
+
+
+def _owner(root: nn.Module, path: str) -> tuple[nn.Module, str]:
+    mod, _, leaf = path.rpartition(".")
+    return (root.get_submodule(mod) if mod else root), leaf
+
+
+def get_tensor(root: nn.Module, path: str) -> torch.Tensor:
+    owner, leaf = _owner(root, path)
+    return getattr(owner, leaf)
+
+
+def set_tensor(root: nn.Module, path: str, value: torch.Tensor) -> None:
+    """Replace a parameter (kept trainable as it was) or buffer of ``root`` by ``value``."""
+    owner, leaf = _owner(root, path)
+    old = getattr(owner, leaf)
+    value = value.to(dtype=old.dtype, device=old.device)
+    if isinstance(old, nn.Parameter):
+        setattr(owner, leaf, nn.Parameter(value, requires_grad=old.requires_grad))
+    else:
+        setattr(owner, leaf, value)
+
+
+def _np(t: torch.Tensor, name: str) -> np.ndarray:
+    a = t.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(a).all():
+        raise InvalidWeightsError(f"{name} contains NaN or infinite values; afde-nb needs finite weights")
+    return a
+
+
+def taps(root: nn.Module, a: Affine) -> int:
+    w = get_tensor(root, a.weight)
+    return int(math.prod(w.shape[2:])) if w.dim() > 2 else 1
+
+
+def _affine_layer(root: nn.Module, a: Affine, norm: Norm | None, group: Group | None) -> Layer:
+    w = get_tensor(root, a.weight)
+    W = _np(w, a.weight).reshape(w.shape[0], -1)
+    b = _np(get_tensor(root, a.bias), a.bias) if a.bias else np.zeros(w.shape[0])
+    if norm is not None:
+        mean, var = _np(get_tensor(root, norm.mean), norm.mean), _np(get_tensor(root, norm.var), norm.var)
+        gamma = _np(get_tensor(root, norm.weight), norm.weight) if norm.weight else np.ones_like(mean)
+        beta = _np(get_tensor(root, norm.bias), norm.bias) if norm.bias else np.zeros_like(mean)
+        scale = gamma / np.sqrt(var + norm.eps)
+        W, b = W * scale[:, None], (b - mean) * scale + beta
+    act = group.activation if group else "identity"
+    return Layer(W, b, act, group.negative_slope if group else 0.01, has_bias=bool(a.bias or norm), path=a.name,
+                 taps=taps(root, a), act_params=group.act_params if group else ())
+
+
+def chain_network(root: nn.Module, chain: list[Group]) -> Network:
+    """The chain as a network: producers (norms folded) with their activations, then the last consumer."""
+    layers = [_affine_layer(root, g.producer, g.norm, g) for g in chain]
+    layers.append(_affine_layer(root, chain[-1].consumer, None, None))
+    for k in range(1, len(layers)):
+        if layers[k].in_features != layers[k - 1].out_features:
+            raise UnsupportedLayerError(f"{layers[k].path} takes {layers[k].in_features} inputs but "
+                                     f"{layers[k - 1].path} gives {layers[k - 1].out_features}")
+    dtype = str(get_tensor(root, chain[0].producer.weight).dtype).replace("torch.", "")
+    return Network(layers, dtype=dtype)
+
+
+def chain_affines(chain: list[Group]) -> list[Affine]:
+    return [g.producer for g in chain] + [chain[-1].consumer]
+
+
+def unit_cost(root: nn.Module, a: Affine, norm: Norm | None) -> tuple[int, int]:
+    """(parameters per (input unit x output unit), parameters per output unit) of a layer:
+    its taps; its bias and its norm's scale and shift."""
+    per_out = (1 if a.bias else 0) + (2 if norm is not None and norm.weight else 0)
+    return taps(root, a), per_out
+
+
+# ---------------------------------------------------------------------------------------------
+# writing back
+
+
+def write_back(root: nn.Module, chain: list[Group], small: Network) -> None:
+    """Put the reduced chain ``small`` into ``root`` (modified in place: pass a copy)."""
+    affines = chain_affines(chain)
+    for k, (a, layer) in enumerate(zip(affines, small.layers)):
+        norm = chain[k].norm if k < len(chain) else None
+        old = get_tensor(root, a.weight)
+        W = torch.from_numpy(np.ascontiguousarray(layer.weight)).reshape(
+            layer.out_features, layer.in_features, *old.shape[2:])
+        set_tensor(root, a.weight, W)
+        b = torch.from_numpy(layer.bias.copy())
+        if a.bias:
+            set_tensor(root, a.bias, b)
+        if norm is not None:
+            n = layer.out_features
+            one = torch.ones(n, dtype=torch.float64)
+            if norm.weight:
+                set_tensor(root, norm.weight, one)
+            if norm.bias:
+                set_tensor(root, norm.bias, torch.zeros(n, dtype=torch.float64))
+            # identity normalisation: (x - mean) / sqrt(var + eps) with var + eps = 1; the bias,
+            # when the producer has none to hold it, rides in the mean as its negative
+            set_tensor(root, norm.mean, torch.zeros(n, dtype=torch.float64) if a.bias else -b)
+            set_tensor(root, norm.var, one * (1.0 - norm.eps))
+            _set_width(root, norm.name, "num_features", n)
+        if a.module:
+            m = root.get_submodule(a.module)
+            if isinstance(m, nn.Linear):
+                m.in_features, m.out_features = layer.in_features, layer.out_features
+            else:
+                m.in_channels, m.out_channels = layer.in_features, layer.out_features
+
+
+def _set_width(root: nn.Module, path: str, attr: str, n: int) -> None:
+    try:
+        m = root.get_submodule(path)
+    except AttributeError:
+        return
+    if hasattr(m, attr):
+        setattr(m, attr, n)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy: the user's model is never modified."""
+    return copy.deepcopy(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# layer inputs on probe data
+
+
+def capture(model: nn.Module, affines: list[Affine], x) -> dict[str, torch.Tensor]:
+    """The input of each layer in ``affines`` (by weight path) when ``model`` runs on ``x``."""
+    seen: dict[str, torch.Tensor] = {}
+    want = {a.weight: a for a in affines}
+    if all(a.module for a in affines):
+        handles = []
+        for a in affines:
+            def hook(mod, args, key=a.weight):
+                seen.setdefault(key, args[0].detach())
+            handles.append(model.get_submodule(a.module).register_forward_pre_hook(hook))
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            for h in handles:
+                h.remove()
+    else:
+        if not isinstance(model, fx.GraphModule):
+            raise ShapeMismatchError("layers without a module need a torch.export program to be traced")
+        prefix_free = {a.weight for a in affines}
+
+        class _Recorder(fx.Interpreter):
+            def run_node(self, n):
+                if n.op == "call_function" and len(n.args) > 1 and isinstance(n.args[1], fx.Node) \
+                        and n.args[1].op == "get_attr" and str(n.args[1].target) in prefix_free:
+                    seen.setdefault(str(n.args[1].target), self.env[n.args[0]].detach())
+                return super().run_node(n)
+
+        with torch.no_grad():
+            _Recorder(model).run(x)
+    missing = [k for k in want if k not in seen]
+    if missing:
+        raise ShapeMismatchError(f"the calibration run did not reach {', '.join(missing)}")
+    return seen
+
+
+def rows(t: torch.Tensor, a: Affine, weight: torch.Tensor, seed: int = 0) -> np.ndarray:
+    """A layer's input as rows of ``in * taps`` values (a convolution's patches), at most
+    :data:`MAX_ROWS` of them drawn with ``seed``."""
+    t = t.detach().to("cpu", torch.float64)
+    if a.kind == "linear":
+        R = t.reshape(-1, t.shape[-1])
+    else:
+        kernel = tuple(weight.shape[2:])
+        if a.kind == "conv1d":
+            t, kernel = t.unsqueeze(2), (1,) + kernel
+            stride, padding, dilation = (1,) + a.stride, (0,) + a.padding, (1,) + a.dilation
+        else:
+            stride, padding, dilation = a.stride, a.padding, a.dilation
+        if a.padding_mode != "zeros":
+            pad = [p for p in reversed(padding) for _ in (0, 1)]
+            t = nn.functional.pad(t, pad, mode=a.padding_mode)
+            padding = (0,) * len(padding)
+        P = nn.functional.unfold(t, kernel, dilation=dilation, padding=padding, stride=stride)
+        R = P.transpose(1, 2).reshape(-1, P.shape[1])
+    R = R.numpy()
+    if len(R) > MAX_ROWS:
+        R = R[np.sort(np.random.default_rng(seed).choice(len(R), MAX_ROWS, replace=False))]
+    return np.ascontiguousarray(R)
+
+
+def chain_inputs(model: nn.Module, chain: list[Group], captured: dict | None, seed: int = 0) -> list[np.ndarray]:
+    """Every chain layer's input rows: captured on calibration data, else standard-normal rows
+    (pseudo-inputs: the distribution of standardised inputs)."""
+    out = []
+    for k, a in enumerate(chain_affines(chain)):
+        w = get_tensor(model, a.weight)
+        if captured is not None:
+            out.append(rows(captured[a.weight], a, w, seed))
+        else:
+            d = int(math.prod(w.shape[1:]))
+            out.append(np.random.default_rng(seed + k).standard_normal((PSEUDO, d)))
+    return out
