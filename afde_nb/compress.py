@@ -57,6 +57,8 @@ class Compression:
     path: MergePath | None = field(default=None, repr=False)
     #: for a model that is not one plain stack: the groups lumped and the layers left alone
     groups: "Discovery | None" = field(default=None, repr=False)
+    #: a few calibration inputs (model-shaped), for exporting a model that is not a plain stack
+    example_inputs: object = field(default=None, repr=False)
 
     @property
     def kept(self) -> float:

@@ -361,7 +361,6 @@ def find_groups(model: nn.Module) -> Discovery:
                         uses[p] = uses.get(p, 0) + 1
             elif node.op in ("call_module", "call_function") and isinstance(r.module(node), (nn.Linear, nn.Conv1d, nn.Conv2d)):
                 skipped.append((_join(prefix, node.target), "grouped, depthwise or string-padded convolution"))
-    by_weight = {a.weight: a for _, _, a in found}
     for r, node, a in found:
         if uses[a.weight] > 1 or (a.bias and uses[a.bias] > 1):
             skipped.append((a.name, "its parameters are used by more than one operation (shared weights)"))
@@ -375,7 +374,9 @@ def find_groups(model: nn.Module) -> Discovery:
             skipped.append((a.name, f"its consumer {c.name} shares its parameters with another operation"))
             continue
         groups.append(group)
-    chains = _chains(groups, by_weight)
+    order = {k: i for i, k in enumerate(model.state_dict(keep_vars=True))}
+    chains = sorted(_chains(groups), key=lambda c: order.get(c[0].producer.weight, len(order)))
+    skipped.sort(key=lambda t: order.get(f"{t[0]}.weight", -1))
     return Discovery(chains, skipped, type(model).__name__)
 
 
@@ -399,6 +400,8 @@ def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
             act, cur = ac, nxt
             continue
         c = r.affine(nxt)
+        if c is None and isinstance(r.module(nxt), (nn.Conv1d, nn.Conv2d)):
+            return None, f"its outputs feed {nxt.target}, a grouped, depthwise or string-padded convolution"
         if c is None:
             where = "" if act else " before any activation"
             return None, f"its outputs feed {_describe(nxt)}{where}, not a Linear/convolution"
@@ -410,7 +413,7 @@ def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
         return Group(a, c, name, slope, params, norm), ""
 
 
-def _chains(groups: list[Group], by_weight: dict) -> list[list[Group]]:
+def _chains(groups: list[Group]) -> list[list[Group]]:
     """Groups linked where one's consumer is the next one's producer, in model order."""
     by_producer = {g.producer.weight: g for g in groups}
     consumers = {g.consumer.weight for g in groups}

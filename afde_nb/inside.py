@@ -210,7 +210,7 @@ def compress_inside(model: nn.Module, eps, *, method, mode, relative, symmetry, 
         {"error_increase": target_error} if target_error is not None else None)
     return Compression(reduced, labels, count_params(model), count_params(reduced), layers, part.mode, part.eps,
                        part.relative, err, None, target, method, bool(symmetry), how if ran else None, None, path,
-                       disc)
+                       disc, None if calib is None else calib[:2].clone())
 
 
 def _train(model: nn.Module, mode: bool) -> None:

@@ -1,0 +1,318 @@
+"""compress() inside models that are not one plain stack: residual MLPs, transformer encoder
+layers, CNNs, MLP heads after a frozen backbone, torch.export programs. eps = 0 keeps the
+function (float32, <= 1e-5) with planted duplicates found exactly; which equivalences hold depends
+on the activation."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import afde_nb
+from afde_nb.errors import InvalidArgumentError, UnsupportedLayerError
+
+TOL = 1e-5
+
+
+class Block(nn.Module):
+    def __init__(self, d, h, act):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(d, h), act, nn.Linear(h, d)
+
+    def forward(self, x):
+        return x + self.fc2(self.act(self.fc1(x)))
+
+
+class ResidualMLP(nn.Module):
+    def __init__(self, act=None, d=8, h=16):
+        super().__init__()
+        self.inp = nn.Linear(5, d)
+        self.b1, self.b2 = Block(d, h, act or nn.GELU()), Block(d, h, copy.deepcopy(act) or nn.GELU())
+        self.head = nn.Linear(d, 2)
+
+    def forward(self, x):
+        return self.head(self.b2(self.b1(self.inp(x))))
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn1, self.r1 = nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()
+        self.c2, self.r2 = nn.Conv2d(8, 6, 3, padding=1, bias=False), nn.ReLU()
+        self.c3 = nn.Conv2d(6, 4, 3)
+        self.flat, self.fc = nn.Flatten(), nn.Linear(4 * 36, 3)
+
+    def forward(self, x):
+        return self.fc(self.flat(self.c3(self.r2(self.c2(self.r1(self.bn1(self.c1(x))))))))
+
+
+class Encoder(nn.Module):
+    def __init__(self, act="gelu"):
+        super().__init__()
+        self.embed = nn.Linear(3, 16)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, batch_first=True,
+                                                                    activation=act), 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.head(self.enc(self.embed(x)).mean(1))
+
+
+class Backbone(nn.Module):
+    """A frozen feature extractor (not lumpable: its output feeds a reshape) and an MLP head."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 3))
+        for p in self.features.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def copy_unit(w, b, i, j, factor=1.0):
+    """Unit j := factor * unit i (rows of a Linear/conv weight and bias)."""
+    with torch.no_grad():
+        w[j] = factor * w[i]
+        if b is not None:
+            b[j] = factor * b[i]
+
+
+def max_diff(a, b, x) -> float:
+    with torch.no_grad():
+        return float((a(x) - b(x)).abs().max())
+
+
+def params(m) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def snapshot(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def unchanged(m, snap) -> bool:
+    return all(torch.equal(v, snap[k]) for k, v in m.state_dict().items())
+
+
+def test_residual_mlp_planted_duplicates_exact():
+    torch.manual_seed(0)
+    m = ResidualMLP().eval()
+    for i, j in [(0, 1), (2, 3), (2, 7)]:
+        copy_unit(m.b1.fc1.weight, m.b1.fc1.bias, i, j)
+    copy_unit(m.b2.fc1.weight, m.b2.fc1.bias, 4, 9)
+    snap = snapshot(m)
+    c = afde_nb.compress(m, 0.0)
+    assert unchanged(m, snap)
+    assert type(c.model) is ResidualMLP and c.model is not m
+    assert [(s.name, s.neurons_after) for s in c.layers] == [("b1.fc1", 13), ("b2.fc1", 15)]
+    assert c.model.b1.fc1.out_features == 13 and c.model.b1.fc2.in_features == 13
+    assert max_diff(c.model, m, torch.randn(64, 5)) <= TOL
+    assert c.params_after == params(c.model) == params(m) - 3 * (8 + 1 + 8) - (8 + 1 + 8)
+    # the residual stream and the head are reported, not lumped
+    left = dict(c.groups.skipped)
+    assert "residual" in left["b1.fc2"] and "inp" in left and "output" in left["head"]
+
+
+@pytest.mark.parametrize("act,factor,merges", [
+    (nn.Tanh(), -1.0, True),        # odd: a negated copy is the same unit
+    (nn.Hardtanh(), -1.0, True),    # symmetric hardtanh is odd
+    (nn.Hardtanh(-1.0, 2.0), -1.0, False),
+    (nn.Identity(), -1.0, True),
+    (nn.Identity(), -2.5, False),   # exact too (linear), but only negation is used
+    (nn.ReLU(), 2.0, True),         # positively homogeneous: a scaled copy
+    (nn.LeakyReLU(0.1), 0.5, True),
+    (nn.ReLU(), -1.0, False),
+    (nn.GELU(), -1.0, False),       # neither: only equal rows
+    (nn.GELU(), 2.0, False),
+    (nn.SiLU(), 1.0, True),
+    (nn.ELU(), 1.0, True),
+    (nn.Softplus(), 1.0, True),
+    (nn.Sigmoid(), -1.0, True),     # h -> 1 - h, into the next Linear's bias
+])
+def test_which_equivalences_hold(act, factor, merges):
+    torch.manual_seed(1)
+    m = ResidualMLP(act).eval()
+    copy_unit(m.b1.fc1.weight, m.b1.fc1.bias, 0, 1, factor)
+    c = afde_nb.compress(m, 0.0)
+    assert (c.layers[0].neurons_after == 15) is merges
+    assert max_diff(c.model, m, 3 * torch.randn(128, 5)) <= TOL
+
+
+def test_transformer_encoder_feed_forward(tmp_path):
+    torch.manual_seed(2)
+    m = Encoder().eval()
+    layers = m.enc.layers
+    copy_unit(layers[0].linear1.weight, layers[0].linear1.bias, 0, 1)
+    for j in (5, 7):
+        copy_unit(layers[1].linear1.weight, layers[1].linear1.bias, 4, j)
+    x = torch.randn(8, 6, 3)
+    c = afde_nb.compress(m, 0.0)
+    names = [s.name for s in c.layers]
+    assert names == ["enc.layers.0.linear1", "enc.layers.1.linear1"]
+    assert [s.neurons_after for s in c.layers] == [31, 30]
+    assert c.model.enc.layers[1].linear2.in_features == 30
+    assert max_diff(c.model, m, x) <= TOL  # eval + no_grad: torch's fused encoder fast path
+    with torch.enable_grad():  # the plain path
+        assert float((c.model(x) - m(x)).detach().abs().max()) <= TOL
+    left = dict(c.groups.skipped)
+    assert "attention" in left["enc.layers.0.self_attn"] and "not traceable" in left["enc"]
+
+
+def test_cnn_channels_with_batchnorm():
+    torch.manual_seed(3)
+    m = CNN()
+    bn = m.bn1
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    copy_unit(m.c1.weight, m.c1.bias, 0, 1)
+    for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias):
+        with torch.no_grad():
+            t[1] = t[0]
+    # channel 3 = 2 x channel 2 after the folded norm (ReLU: a positive scaling)
+    copy_unit(m.c1.weight, m.c1.bias, 2, 3)
+    with torch.no_grad():
+        bn.running_mean[3], bn.running_var[3] = bn.running_mean[2], bn.running_var[2]
+        bn.weight[3], bn.bias[3] = 2 * bn.weight[2], 2 * bn.bias[2]
+    copy_unit(m.c2.weight, None, 0, 5)  # a conv without bias
+    m.eval()
+    x = torch.randn(16, 2, 8, 8)
+    c = afde_nb.compress(m, 0.0)
+    assert [(s.name, s.neurons_after) for s in c.layers] == [("c1", 6), ("c2", 5)]
+    assert c.model.bn1.num_features == 6 and c.model.c2.in_channels == 6 and c.model.c3.in_channels == 5
+    assert max_diff(c.model, m, x) <= TOL
+    assert "c3" in dict(c.groups.skipped)  # feeds a Flatten
+
+
+def test_cnn_lossy_with_calibration_reports_error():
+    torch.manual_seed(4)
+    m = CNN().eval()
+    x = torch.randn(32, 2, 8, 8)
+    c = afde_nb.compress(m, 0.3, calibration=x)
+    assert c.params_after < c.params_before
+    assert c.calibration_error["n"] == 32
+    assert c.calibration_error["max_abs"] == pytest.approx(max_diff(c.model, m, x), rel=1e-4)
+    assert c.repaired is None  # convolution chains are not refit
+
+
+def test_frozen_backbone_mlp_head():
+    torch.manual_seed(5)
+    m = Backbone().eval()
+    copy_unit(m.head[0].weight, m.head[0].bias, 0, 1, -1.0)  # tanh: negated copy
+    copy_unit(m.head[2].weight, m.head[2].bias, 3, 4, 3.0)  # relu: scaled copy
+    c = afde_nb.compress(m, 0.0)
+    assert [(s.name, s.neurons_after) for s in c.layers] == [("head.0", 11), ("head.2", 9)]
+    assert max_diff(c.model, m, torch.randn(8, 1, 6, 6)) <= TOL
+    assert not c.model.features[0].weight.requires_grad  # frozen stays frozen
+    assert "features.0" in dict(c.groups.skipped)
+
+
+def test_export_program_module_compresses():
+    torch.manual_seed(6)
+    m = CNN().eval()
+    copy_unit(m.c2.weight, None, 1, 2)
+    x = torch.randn(4, 2, 8, 8)
+    gm = torch.export.export(m, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
+    c = afde_nb.compress(gm, 0.0)
+    assert [s.neurons_after for s in c.layers] == [8, 5]
+    assert max_diff(c.model, m, torch.randn(7, 2, 8, 8)) <= TOL
+
+
+def test_target_params_and_eps_order():
+    torch.manual_seed(7)
+    m = ResidualMLP().eval()
+    x = torch.randn(256, 5)
+    full = params(m)
+    prev = full + 1
+    for eps in (0.0, 0.05, 0.2, 0.5):
+        c = afde_nb.compress(m, eps, calibration=x)
+        assert c.params_after <= prev
+        prev = c.params_after
+    c = afde_nb.compress(m, target_params=int(0.8 * full), calibration=x)
+    assert c.params_after == params(c.model) <= int(0.8 * full)
+    again = afde_nb.compress(m, 0.2, calibration=x, path=c.path)
+    assert again.params_after == afde_nb.compress(m, 0.2, calibration=x).params_after
+
+
+def test_repair_lowers_error_on_linear_chains():
+    torch.manual_seed(8)
+    m = ResidualMLP().eval()
+    x = torch.randn(512, 5)
+    raw = afde_nb.compress(m, 0.4, calibration=x, repair=False)
+    fixed = afde_nb.compress(m, 0.4, calibration=x)
+    assert fixed.repaired == "calibration" and raw.repaired is None
+    assert fixed.params_after == raw.params_after
+    assert fixed.calibration_error["rms"] < raw.calibration_error["rms"]
+
+
+def test_target_error():
+    torch.manual_seed(9)
+    m = ResidualMLP().eval()
+    x = torch.randn(256, 5)
+    with torch.no_grad():
+        y = m(x) + 0.1 * torch.randn(256, 2)
+    c = afde_nb.compress(m, target_error=0.05, calibration=x, calibration_targets=y)
+    with torch.no_grad():
+        base = float(((m(x) - y) ** 2).mean())
+        got = float(((c.model(x) - y) ** 2).mean())
+    assert got <= base * 1.05 + 1e-9 and c.params_after < c.params_before
+
+
+def test_settings_the_ode_does_not_define_are_refused():
+    m = ResidualMLP().eval()
+    with pytest.raises(InvalidArgumentError, match="forward.*gelu"):
+        afde_nb.compress(m, 0.1, mode="forward")
+    with pytest.raises(InvalidArgumentError, match="components"):
+        afde_nb.compress(m, 0.1, method="components")
+    tanh = ResidualMLP(nn.Tanh()).eval()
+    c = afde_nb.compress(tanh, 0.0, mode="forward")  # defined for tanh
+    assert max_diff(c.model, tanh, torch.randn(16, 5)) <= TOL
+
+
+def test_nothing_lumpable_lists_what_was_found():
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return x + torch.tanh(self.fc(x))
+
+    with pytest.raises(UnsupportedLayerError, match=r"(?s)nothing inside it lumps.*left alone fc: its outputs feed"):
+        afde_nb.compress(Res(), 0.1)
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x))) + self.b(x)
+
+    with pytest.raises(UnsupportedLayerError, match="shares its parameters"):
+        afde_nb.compress(Shared(), 0.1)
+
+
+def test_bad_input_named():
+    m = ResidualMLP().eval()
+    with torch.no_grad():
+        m.b1.fc1.weight[0, 0] = float("nan")
+    with pytest.raises(afde_nb.InvalidWeightsError, match="NaN"):
+        afde_nb.compress(m, 0.1)
+    with pytest.raises(afde_nb.InvalidEpsError):
+        afde_nb.compress(ResidualMLP(), -1.0)
+    with pytest.raises(afde_nb.InvalidWeightsError, match="calibration"):
+        afde_nb.compress(ResidualMLP(), 0.1, calibration=torch.full((4, 5), float("nan")))
+
+
+def test_training_mode_and_model_untouched():
+    m = ResidualMLP()
+    m.train()
+    snap = snapshot(m)
+    c = afde_nb.compress(m, 0.1, calibration=torch.randn(64, 5))
+    assert m.training and c.model.training
+    assert unchanged(m, snap)
