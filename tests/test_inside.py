@@ -316,3 +316,42 @@ def test_training_mode_and_model_untouched():
     c = afde_nb.compress(m, 0.1, calibration=torch.randn(64, 5))
     assert m.training and c.model.training
     assert unchanged(m, snap)
+
+
+def test_baselines_on_the_same_groups():
+    from afde_nb.baselines import fold_prune, structured_prune
+
+    torch.manual_seed(10)
+    for m, x in ((ResidualMLP().eval(), torch.randn(64, 5)), (CNN().eval(), torch.randn(8, 2, 8, 8))):
+        full = params(m)
+        snap = snapshot(m)
+        s = structured_prune(m, 0.5)
+        f = fold_prune(m, 0.5)
+        w = structured_prune(m, 0.5, score="wanda", calibration=x)
+        assert unchanged(m, snap)
+        for p in (s, f, w):
+            assert type(p.model) is type(m) and p.params == params(p.model) < full
+            p.model(x)  # runs
+        assert s.params == f.params == w.params
+        # the groups lose half their units (a chain's last consumer keeps its outputs)
+        assert [g.out_features for g in (s.model.b1.fc1, s.model.b2.fc1)] == [8, 8] if isinstance(m, ResidualMLP) \
+            else [s.model.c1.out_channels, s.model.c2.out_channels] == [4, 3]
+    # folding keeps exact duplicates exact: a model with every unit doubled folds losslessly at 50 %
+    m = ResidualMLP().eval()
+    for i in range(8):
+        copy_unit(m.b1.fc1.weight, m.b1.fc1.bias, i, i + 8)
+        copy_unit(m.b2.fc1.weight, m.b2.fc1.bias, i, i + 8)
+    f = fold_prune(m, 0.5)
+    assert max_diff(f.model, m, torch.randn(32, 5)) <= TOL
+
+
+def test_baseline_repair_on_linear_chains():
+    from afde_nb.baselines.groups import fold_groups
+
+    torch.manual_seed(11)
+    m = ResidualMLP().eval()
+    x = torch.randn(256, 5)
+    raw = fold_groups(m, 0.6, calibration=x)
+    fixed = fold_groups(m, 0.6, calibration=x, repair=True)
+    assert fixed.repaired == "calibration" and raw.repaired is None
+    assert max_diff(fixed.model, m, x) < max_diff(raw.model, m, x)

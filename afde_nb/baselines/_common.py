@@ -76,6 +76,17 @@ def read(model: nn.Module) -> tuple[Network, torch.device]:
     return net, device
 
 
+def is_stack(model: nn.Module) -> bool:
+    """Whether ``model`` is one plain stack the Network-level algorithms read directly."""
+    from ..errors import UnsupportedLayerError
+
+    try:
+        to_network(model)
+    except UnsupportedLayerError:
+        return not isinstance(model, nn.Module)  # a non-module fails later with the stack's message
+    return True
+
+
 def build(net: Network, device: torch.device) -> nn.Sequential:
     return to_torch(net, device=device)
 

@@ -1,0 +1,109 @@
+"""Structured pruning and k-means folding on the same groups afde-nb lumps inside any model
+(:func:`afde_nb.graph.find_groups`), so a comparison on a residual MLP, a transformer or a CNN
+removes the same kind of units from the same layers.
+
+Each chain of groups is read as a network (:func:`afde_nb.surgery.chain_network`), the plain-stack
+algorithm runs on it unchanged (:func:`~afde_nb.baselines.structured.select_neurons` with
+:func:`~afde_nb.baselines.structured.neuron_scores`; :func:`~afde_nb.baselines.folding.kmeans` with
+:func:`~afde_nb.baselines.folding.fold_layer`: a convolution's unit is a channel, its row the
+kernel), and the result is written into a copy of the model. ``repair=True`` refits Linear chains
+on their calibration inputs exactly as :func:`afde_nb.compress` does; convolution chains are not
+refit by any method.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import surgery
+from ..errors import InvalidArgumentError, UnsupportedLayerError
+from ..graph import Discovery, find_groups
+from ..inside import as_model_input
+from ..network import Network, unit_norms
+from ..repair import repair as refit
+from ._common import Pruned, check_amount, count_params, n_kept
+from .folding import fold_layer, kmeans
+from .structured import SCORES, keep_indices, neuron_scores, select_neurons
+
+
+def _setup(model: nn.Module, calibration) -> tuple[Discovery, list[Network], list[list[np.ndarray]] | None, dict | None]:
+    disc = find_groups(model)
+    if not disc.chains:
+        raise UnsupportedLayerError("no lumpable groups to prune or fold:\n" + disc.report())
+    nets = [surgery.chain_network(model, c) for c in disc.chains]
+    captured, rows = None, None
+    if calibration is not None:
+        x = as_model_input(model, calibration)
+        captured = surgery.capture(model, [a for c in disc.chains for a in surgery.chain_affines(c)], x)
+        rows = [surgery.chain_inputs(model, c, captured) for c in disc.chains]
+    return disc, nets, rows, captured
+
+
+def _unit_norms(t: torch.Tensor, kind: str) -> np.ndarray:
+    """||h_i|| of each unit over a layer input (Linear: the last axis; convolution: channels)."""
+    t = t.detach().to("cpu", torch.float64)
+    t = t.reshape(-1, t.shape[-1]) if kind == "linear" else t.transpose(0, 1).reshape(t.shape[1], -1).T
+    return np.linalg.norm(t.numpy(), axis=0)
+
+
+def _finish(model, disc, nets, smalls, maps, rows, repair: bool, method: str, amount: float) -> Pruned:
+    out = surgery.copy_model(model)
+    ran = False
+    for chain, net, small, m, r in zip(disc.chains, nets, smalls, maps, rows or [None] * len(nets)):
+        if repair:
+            if r is None:
+                raise InvalidArgumentError("repair=True needs calibration inputs")
+            lossy = [h for h, (lab, _) in enumerate(m) if lab.size and (lab.max() + 1 < lab.size or (lab < 0).any())]
+            if lossy and all(l.taps == 1 for l in net.layers):
+                small, ran = refit(net, small, r[0], m, start=lossy[0] + 1), True
+        surgery.write_back(out, chain, small)
+    return Pruned(out, count_params(out), method, amount, True, None, 0, "calibration" if ran else None)
+
+
+def structured_prune_groups(model: nn.Module, amount: float, score: str = "norm", calibration=None,
+                            repair: bool = False) -> Pruned:
+    """Remove the lowest-scoring ``amount`` of the units of every group (scores as
+    :func:`~afde_nb.baselines.structured.neuron_scores`; ``"wanda"`` measures ||h_i|| on ``calibration``)."""
+    amount = check_amount(amount)
+    if score not in SCORES:
+        raise InvalidArgumentError(f"score must be one of {SCORES}, got {score!r}")
+    if score == "wanda" and calibration is None:
+        raise InvalidArgumentError("score='wanda' needs calibration inputs")
+    disc, nets, rows, captured = _setup(model, calibration)
+    smalls, maps = [], []
+    for chain, net in zip(disc.chains, nets):
+        if score == "wanda":  # ||outgoing|| x ||h_i|| on the calibration inputs, as for a plain stack
+            scores = [unit_norms(nxt.weight, nxt.taps) * _unit_norms(captured[g.consumer.weight], g.consumer.kind)
+                      for nxt, g in zip(net.layers[1:], chain)]
+        else:
+            scores = neuron_scores(net, "norm")
+        keep = [keep_indices(s, n_kept(len(s), amount)) for s in scores]
+        smalls.append(select_neurons(net, keep))
+        m = []
+        for k, s in zip(keep, scores):
+            lab = np.full(len(s), -1, dtype=np.int64)
+            lab[k] = np.arange(len(k))
+            m.append((lab, np.ones(len(s))))
+        maps.append(m)
+    return _finish(model, disc, nets, smalls, maps, rows, repair, f"structured-{score}", amount)
+
+
+def fold_groups(model: nn.Module, amount: float, seed: int = 0, calibration=None, repair: bool = False,
+                max_iter: int = 300) -> Pruned:
+    """Fold every group to ``n_kept(n, amount)`` units by k-means on the incoming rows (kernels of
+    a convolution, norms folded), front to back within each chain."""
+    amount = check_amount(amount)
+    disc, nets, rows, _ = _setup(model, calibration)
+    smalls, maps = [], []
+    for net in nets:
+        m = []
+        for l in range(len(net.hidden)):
+            layer = net.layers[l]
+            X = np.column_stack([layer.weight, layer.bias]) if layer.has_bias else layer.weight
+            labels = kmeans(X, n_kept(layer.out_features, amount), seed=seed, max_iter=max_iter)
+            m.append((labels, 1.0 / np.bincount(labels)[labels]))
+            net = fold_layer(net, l, labels)
+        smalls.append(net)
+        maps.append(m)
+    return _finish(model, disc, nets, smalls, maps, rows, repair, "folding", amount)
