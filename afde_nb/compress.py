@@ -84,8 +84,21 @@ class Compression:
                         f"max |diff| {e['max_abs']:.3g}, rms {e['rms']:.3g} over {e['n']} inputs")
         return "\n".join(rows)
 
-    def save(self, path: str | Path) -> list[Path]:
-        """Write the reduced model's state_dict (.pt/.pth or .safetensors) and its JSON architecture."""
+    def save(self, path: str | Path, example_inputs=None) -> list[Path]:
+        """Write the reduced model; returns the files written.
+
+        A plain stack: its state_dict (.pt/.pth or .safetensors) and its JSON architecture. A
+        ``.pt2`` name: a ``torch.export`` program with a dynamic batch dimension that stock torch
+        loads with ``torch.export.load(path).module()`` (:mod:`afde_nb.export`), traced on
+        ``example_inputs`` (a batch the model takes), else on ``self.example_inputs`` (two rows
+        kept when compressed with calibration data). A model that is not a plain stack has no
+        JSON architecture, so it is saved as ``.pt2`` only (another suffix is an error).
+        """
+        from .export import export_program, wants_program
+
+        if wants_program(self.model, path):
+            return [export_program(self.model, self.example_inputs if example_inputs is None else example_inputs,
+                                   path)]
         return save_model(self.model, path, method=self.method, mode=self.mode, eps=self.eps, relative=self.relative,
                           params_before=self.params_before, params_after=self.params_after)
 

@@ -49,3 +49,8 @@ class BudgetUnreachableError(AfdeError, ValueError):
 
 class MissingDependencyError(AfdeError, ImportError):
     """An optional dependency (an extra) is needed for this call and is not installed."""
+
+
+class ExportError(AfdeError, ValueError):
+    """torch.export cannot capture the model with the given example inputs (its reason is in the
+    message)."""

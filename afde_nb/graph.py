@@ -3,7 +3,8 @@
 A *group* is a producer (``Linear``, ``Conv1d``/``Conv2d`` with ``groups=1``) whose outputs pass
 only through an optional ``BatchNorm`` (eval statistics, folded), one element-wise activation and
 no-ops (``Dropout``, ``Identity``) into exactly one consuming layer of the same kind, as its data
-input. Its units (features, or channels) can be merged: the producer loses rows, the consumer the
+input; a convolution's channels may also pass channel-wise pooling (max: up to positive scaling
+only) and a ``Flatten`` into a ``Linear``, where each channel owns a run of its input columns. Its units (features, or channels) can be merged: the producer loses rows, the consumer the
 matching input columns, and nothing else in the model sees them. Units that feed anything else (a
 residual add, a reshape, two consumers, the model's output) are left alone and reported with why.
 
@@ -56,6 +57,15 @@ _DROPOUT_FUNCS = (F.dropout, aten.dropout.default)
 _LINEAR_FUNCS = (F.linear, aten.linear.default)
 _CONV_FUNCS = {F.conv1d: "conv1d", aten.conv1d.default: "conv1d", F.conv2d: "conv2d", aten.conv2d.default: "conv2d"}
 _BN_FUNCS = (aten.batch_norm.default, F.batch_norm)
+#: channel-wise pooling: commutes with merging channels (max: up to positive scaling only)
+_POOL_MODULES = {nn.MaxPool1d: "max_pool", nn.MaxPool2d: "max_pool", nn.AvgPool1d: "avg_pool", nn.AvgPool2d: "avg_pool",
+                 nn.AdaptiveAvgPool1d: "avg_pool", nn.AdaptiveAvgPool2d: "avg_pool",
+                 nn.AdaptiveMaxPool1d: "max_pool", nn.AdaptiveMaxPool2d: "max_pool"}
+_POOL_FUNCS = {F.max_pool1d: "max_pool", F.max_pool2d: "max_pool", F.avg_pool1d: "avg_pool", F.avg_pool2d: "avg_pool",
+               F.adaptive_avg_pool1d: "avg_pool", F.adaptive_avg_pool2d: "avg_pool",
+               aten.max_pool2d.default: "max_pool", aten.max_pool1d.default: "max_pool",
+               aten.avg_pool2d.default: "avg_pool", aten.avg_pool1d.default: "avg_pool",
+               aten.adaptive_avg_pool2d.default: "avg_pool", aten.adaptive_avg_pool1d.default: "avg_pool"}
 #: modules fx must not trace into
 _OPAQUE = (nn.MultiheadAttention,)
 ACTIVATIONS = tuple(sorted(set(_ACT_MODULES.values())))
@@ -99,10 +109,19 @@ class Group:
     negative_slope: float = 0.01
     act_params: tuple = ()
     norm: Norm | None = None
+    #: channel-wise pooling between the activation and the consumer (names), and whether a
+    #: Flatten turns the channels into a Linear's inputs (each channel then owns a run of columns)
+    pools: tuple = ()
+    flatten: bool = False
 
     @property
     def name(self) -> str:
         return self.producer.name
+
+    @property
+    def negation_ok(self) -> bool:
+        """A max-pool commutes with positive scaling, not with negation (max(-u) = -min(u))."""
+        return not any("max" in p for p in self.pools)
 
 
 @dataclass
@@ -319,6 +338,35 @@ class _Reader:
         slope = float(p.pop("negative_slope", 0.01))
         return name, slope, tuple(sorted(p.items()))
 
+    def pool(self, node: fx.Node) -> str | None:
+        """'max_pool' or 'avg_pool' for a channel-wise pooling (no indices returned), else None."""
+        m = self.module(node)
+        if m is not None:
+            if type(m) in _POOL_MODULES and not getattr(m, "return_indices", False):
+                if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)) and m.padding not in (0, (0,), (0, 0)):
+                    return None  # zero padding counted in the mean: a flipped sigmoid would not follow; keep it simple
+                return _POOL_MODULES[type(m)]
+            return None
+        if node.op == "call_function" and node.target in _POOL_FUNCS and not node.kwargs.get("return_indices"):
+            return _POOL_FUNCS[node.target]
+        return None
+
+    def flatten(self, node: fx.Node) -> bool:
+        """A flatten of everything after the channel axis: (n, C, ...) -> (n, C * ...)."""
+        m = self.module(node)
+        if m is not None:
+            return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
+        if node.op == "call_function" and node.target in (torch.flatten, aten.flatten.using_ints):
+            a = list(node.args) + [None, None]
+            start = node.kwargs.get("start_dim", a[1] if a[1] is not None else 0)
+            end = node.kwargs.get("end_dim", a[2] if a[2] is not None else -1)
+            return start == 1 and end == -1
+        if node.op == "call_method" and node.target == "flatten":
+            a = list(node.args) + [None, None]
+            return node.kwargs.get("start_dim", a[1] if a[1] is not None else 0) == 1 and \
+                node.kwargs.get("end_dim", a[2] if a[2] is not None else -1) == -1
+        return False
+
     def passthrough(self, node: fx.Node) -> bool:
         m = self.module(node)
         if m is not None:
@@ -382,7 +430,7 @@ def find_groups(model: nn.Module) -> Discovery:
 
 def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
     """The group that ``node``'s outputs form, or None and why not."""
-    cur, norm, act = node, None, None
+    cur, norm, act, pools, flat = node, None, None, [], False
     while True:
         users = list(cur.users)
         if len(users) != 1:
@@ -396,8 +444,15 @@ def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
         if r.passthrough(nxt):
             cur = nxt
             continue
-        if act is None and (ac := r.activation(nxt)) is not None:
+        if act is None and not pools and (ac := r.activation(nxt)) is not None:
             act, cur = ac, nxt
+            continue
+        if a.kind != "linear" and not flat and (pool := r.pool(nxt)) is not None:
+            pools.append(pool)
+            cur = nxt
+            continue
+        if a.kind != "linear" and not flat and r.flatten(nxt):
+            flat, cur = True, nxt
             continue
         c = r.affine(nxt)
         if c is None and isinstance(r.module(nxt), (nn.Conv1d, nn.Conv2d)):
@@ -407,10 +462,12 @@ def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
             return None, f"its outputs feed {_describe(nxt)}{where}, not a Linear/convolution"
         if nxt.args[0] is not cur:
             return None, f"its outputs are a parameter of {c.name}, not its input"
-        if c.kind != a.kind:
-            return None, f"its outputs ({a.kind}) feed a {c.kind} ({c.name}); only like to like is lumped"
+        if flat and c.kind != "linear":
+            return None, f"its channels are flattened into {c.name}, a {c.kind}"
+        if not flat and c.kind != a.kind:
+            return None, f"its outputs ({a.kind}) feed a {c.kind} ({c.name}) without a Flatten"
         name, slope, params = act or ("identity", 0.01, ())
-        return Group(a, c, name, slope, params, norm), ""
+        return Group(a, c, name, slope, params, norm, tuple(pools), flat), ""
 
 
 def _chains(groups: list[Group]) -> list[list[Group]]:

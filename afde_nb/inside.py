@@ -136,18 +136,15 @@ def model_path(model: nn.Module, disc: Discovery, *, method: str, mode: str, rel
     captured = None
     if calib is not None:
         captured = surgery.capture(model, [a for c in disc.chains for a in surgery.chain_affines(c)], calib)
-    ins = [surgery.chain_inputs(model, c, captured) for c in disc.chains]
+    ins = [surgery.chain_inputs(model, c, captured) if captured is not None else surgery.pseudo_inputs(net)
+           for c, net in zip(disc.chains, nets)]
     layers = []
     for k, net in enumerate(nets):
-        if captured is None and all(l.taps == 1 for l in net.layers):
-            # a Linear chain without data: standard-normal inputs run through the chain itself, as
-            # for a plain stack; otherwise each layer's own rows
-            ins[k] = net.layer_inputs(ins[k][0])
         p = merge_path(net, method=method, mode=mode, relative=relative, symmetry=symmetry, threads=threads,
                        inputs=lambda r=ins[k]: r)
         layers += p.layers
-    costs = [[surgery.unit_cost(model, a, c[k].norm if k < len(c) else None)
-              for k, a in enumerate(surgery.chain_affines(c))] for c in disc.chains]
+    costs = [[surgery.unit_cost(net.layers[k], a, c[k].norm if k < len(c) else None)
+              for k, a in enumerate(surgery.chain_affines(c))] for net, c in zip(nets, disc.chains)]
     cs = ChainSet(nets, costs, 0)
     cs.fixed = count_params(model) - cs.num_params
     mp = ModelPath(cs, layers, mode, method, bool(relative), bool(symmetry), calib is not None)

@@ -328,7 +328,8 @@ def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", re
         # a flipped sigmoid moves its column into the next layer's bias, which must exist; not into
         # a convolution's: its zero padding would not see the flipped 1 - u
         nxt = net.layers[h + 1]
-        signed = symmetry and symmetric(layer) and (act != "sigmoid" or (nxt.has_bias and nxt.taps == 1))
+        signed = symmetry and symmetric(layer) and (act != "sigmoid" or (nxt.has_bias and nxt.taps == 1)) \
+            and h not in net.meta.get("unsigned", ())
         R, b = incoming(layer.weight, layer.bias, src, layer.taps)
         A, c = aligned(R, b, act)
         lab0, s0 = exact_blocks(A, signed, EXACT_REL.get(net.dtype, 1e-12), threads)

@@ -63,7 +63,10 @@ def taps(root: nn.Module, a: Affine) -> int:
     return int(math.prod(w.shape[2:])) if w.dim() > 2 else 1
 
 
-def _affine_layer(root: nn.Module, a: Affine, norm: Norm | None, group: Group | None) -> Layer:
+def _affine_layer(root: nn.Module, a: Affine, norm: Norm | None, group: Group | None, units_in: int | None) -> Layer:
+    """Layer view of ``a``; ``units_in``: the units feeding it (the previous chain layer's outputs),
+    which fix its taps: a convolution's kernel size, or the positions per channel of a Linear
+    reading flattened channels."""
     w = get_tensor(root, a.weight)
     W = _np(w, a.weight).reshape(w.shape[0], -1)
     b = _np(get_tensor(root, a.bias), a.bias) if a.bias else np.zeros(w.shape[0])
@@ -74,31 +77,42 @@ def _affine_layer(root: nn.Module, a: Affine, norm: Norm | None, group: Group | 
         scale = gamma / np.sqrt(var + norm.eps)
         W, b = W * scale[:, None], (b - mean) * scale + beta
     act = group.activation if group else "identity"
+    t = taps(root, a)
+    if units_in is not None:
+        if W.shape[1] % units_in:
+            raise UnsupportedLayerError(f"{a.name} takes {W.shape[1]} inputs, not a multiple of the {units_in} units feeding it")
+        t = W.shape[1] // units_in
     return Layer(W, b, act, group.negative_slope if group else 0.01, has_bias=bool(a.bias or norm), path=a.name,
-                 taps=taps(root, a), act_params=group.act_params if group else ())
+                 taps=t, act_params=group.act_params if group else ())
 
 
 def chain_network(root: nn.Module, chain: list[Group]) -> Network:
     """The chain as a network: producers (norms folded) with their activations, then the last consumer."""
-    layers = [_affine_layer(root, g.producer, g.norm, g) for g in chain]
-    layers.append(_affine_layer(root, chain[-1].consumer, None, None))
-    for k in range(1, len(layers)):
-        if layers[k].in_features != layers[k - 1].out_features:
-            raise UnsupportedLayerError(f"{layers[k].path} takes {layers[k].in_features} inputs but "
-                                     f"{layers[k - 1].path} gives {layers[k - 1].out_features}")
+    layers: list[Layer] = []
+    for k, a in enumerate(chain_affines(chain)):
+        g = chain[k] if k < len(chain) else None
+        prev = chain[k - 1] if k else None
+        units = int(get_tensor(root, prev.producer.weight).shape[0]) if prev else None
+        if prev is not None and not prev.flatten and prev.producer.kind == a.kind:
+            have = int(get_tensor(root, a.weight).shape[1])
+            if have != units:
+                raise UnsupportedLayerError(f"{a.name} takes {have} inputs but {prev.producer.name} gives {units}")
+        layers.append(_affine_layer(root, a, g.norm if g else None, g, units))
     dtype = str(get_tensor(root, chain[0].producer.weight).dtype).replace("torch.", "")
-    return Network(layers, dtype=dtype)
+    # a max-pool between a layer and its consumer does not commute with negation
+    unsigned = tuple(k for k, g in enumerate(chain) if not g.negation_ok)
+    return Network(layers, dtype=dtype, meta={"unsigned": unsigned} if unsigned else {})
 
 
 def chain_affines(chain: list[Group]) -> list[Affine]:
     return [g.producer for g in chain] + [chain[-1].consumer]
 
 
-def unit_cost(root: nn.Module, a: Affine, norm: Norm | None) -> tuple[int, int]:
-    """(parameters per (input unit x output unit), parameters per output unit) of a layer:
+def unit_cost(layer: Layer, a: Affine, norm: Norm | None) -> tuple[int, int]:
+    """(parameters per (input unit x output unit), parameters per output unit) of a chain layer:
     its taps; its bias and its norm's scale and shift."""
     per_out = (1 if a.bias else 0) + (2 if norm is not None and norm.weight else 0)
-    return taps(root, a), per_out
+    return layer.taps, per_out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,8 +125,9 @@ def write_back(root: nn.Module, chain: list[Group], small: Network) -> None:
     for k, (a, layer) in enumerate(zip(affines, small.layers)):
         norm = chain[k].norm if k < len(chain) else None
         old = get_tensor(root, a.weight)
-        W = torch.from_numpy(np.ascontiguousarray(layer.weight)).reshape(
-            layer.out_features, layer.in_features, *old.shape[2:])
+        W = torch.from_numpy(np.ascontiguousarray(layer.weight))
+        if old.dim() > 2:
+            W = W.reshape(layer.out_features, layer.in_features, *old.shape[2:])
         set_tensor(root, a.weight, W)
         b = torch.from_numpy(layer.bias.copy())
         if a.bias:
@@ -132,7 +147,7 @@ def write_back(root: nn.Module, chain: list[Group], small: Network) -> None:
         if a.module:
             m = root.get_submodule(a.module)
             if isinstance(m, nn.Linear):
-                m.in_features, m.out_features = layer.in_features, layer.out_features
+                m.in_features, m.out_features = int(W.shape[1]), layer.out_features
             else:
                 m.in_channels, m.out_channels = layer.in_features, layer.out_features
 
@@ -216,15 +231,24 @@ def rows(t: torch.Tensor, a: Affine, weight: torch.Tensor, seed: int = 0) -> np.
     return np.ascontiguousarray(R)
 
 
-def chain_inputs(model: nn.Module, chain: list[Group], captured: dict | None, seed: int = 0) -> list[np.ndarray]:
-    """Every chain layer's input rows: captured on calibration data, else standard-normal rows
-    (pseudo-inputs: the distribution of standardised inputs)."""
-    out = []
-    for k, a in enumerate(chain_affines(chain)):
-        w = get_tensor(model, a.weight)
-        if captured is not None:
-            out.append(rows(captured[a.weight], a, w, seed))
-        else:
-            d = int(math.prod(w.shape[1:]))
-            out.append(np.random.default_rng(seed + k).standard_normal((PSEUDO, d)))
+def chain_inputs(model: nn.Module, chain: list[Group], captured: dict) -> list[np.ndarray]:
+    """Every chain layer's input rows captured on calibration data."""
+    return [rows(captured[a.weight], a, get_tensor(model, a.weight)) for a in chain_affines(chain)]
+
+
+def pseudo_inputs(net: Network, seed: int = 0) -> list[np.ndarray]:
+    """Every chain layer's input rows without data: standard-normal rows (the distribution of
+    standardised inputs) into the first layer, run through the chain; where a layer reads several
+    positions per unit (taps), each position is an independent row of the layer before, so the
+    rows have the units' real marginals (a ReLU's are non-negative) without spatial correlation."""
+    rng = np.random.default_rng(seed)
+    first = net.layers[0]
+    out = [rng.standard_normal((PSEUDO, first.in_features * first.taps))]
+    for k in range(1, len(net.layers)):
+        prev = net.layers[k - 1]
+        h = prev.apply(out[-1] @ prev.weight.T + prev.bias)  # (PSEUDO, units)
+        t = net.layers[k].taps
+        if t > 1:
+            h = np.stack([h[rng.permutation(len(h))] if j else h for j in range(t)], axis=2).reshape(len(h), -1)
+        out.append(h)
     return out

@@ -355,3 +355,37 @@ def test_baseline_repair_on_linear_chains():
     fixed = fold_groups(m, 0.6, calibration=x, repair=True)
     assert fixed.repaired == "calibration" and raw.repaired is None
     assert max_diff(fixed.model, m, x) < max_diff(raw.model, m, x)
+
+
+class PoolNet(nn.Module):
+    """conv -> act -> pool -> flatten -> Linear: each channel owns a run of the Linear's columns."""
+
+    def __init__(self, act, pool):
+        super().__init__()
+        self.c1, self.act, self.pool = nn.Conv2d(1, 6, 3, padding=1), act, pool
+        self.flat, self.fc1, self.r, self.fc2 = nn.Flatten(), nn.Linear(6 * 16, 10), nn.ReLU(), nn.Linear(10, 2)
+
+    def forward(self, x):
+        return self.fc2(self.r(self.fc1(self.flat(self.pool(self.act(self.c1(x)))))))
+
+
+@pytest.mark.parametrize("act,pool,factor,merges", [
+    (nn.ReLU(), nn.MaxPool2d(2), 3.0, True),      # max-pool commutes with positive scaling
+    (nn.Tanh(), nn.MaxPool2d(2), -1.0, False),    # but not with negation
+    (nn.Tanh(), nn.AvgPool2d(2), -1.0, True),     # an average does
+    (nn.Tanh(), nn.AdaptiveAvgPool2d(4), 1.0, True),
+])
+def test_channels_through_pooling_into_a_linear(act, pool, factor, merges):
+    torch.manual_seed(12)
+    m = PoolNet(act, pool).eval()
+    copy_unit(m.c1.weight, m.c1.bias, 0, 3, factor)
+    c = afde_nb.compress(m, 0.0)
+    assert c.layers[0].name == "c1" and (c.layers[0].neurons_after == 5) is merges
+    assert c.model.fc1.in_features == c.model.c1.out_channels * 16 == c.model.fc1.weight.shape[1]
+    assert max_diff(c.model, m, torch.randn(16, 1, 8, 8)) <= TOL
+    # lossy, calibrated and data-free: the model runs and shrinks
+    x = torch.randn(64, 1, 8, 8)
+    for calib in (x, None):
+        small = afde_nb.compress(m, 0.5, calibration=calib)
+        assert small.params_after < small.params_before
+        small.model(x)

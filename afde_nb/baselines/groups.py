@@ -40,11 +40,15 @@ def _setup(model: nn.Module, calibration) -> tuple[Discovery, list[Network], lis
     return disc, nets, rows, captured
 
 
-def _unit_norms(t: torch.Tensor, kind: str) -> np.ndarray:
-    """||h_i|| of each unit over a layer input (Linear: the last axis; convolution: channels)."""
+def _unit_norms(t: torch.Tensor, kind: str, units: int) -> np.ndarray:
+    """||h_i|| of each of ``units`` units over a layer input: a Linear's last axis (a run of
+    columns per unit after a Flatten), a convolution's channels."""
     t = t.detach().to("cpu", torch.float64)
-    t = t.reshape(-1, t.shape[-1]) if kind == "linear" else t.transpose(0, 1).reshape(t.shape[1], -1).T
-    return np.linalg.norm(t.numpy(), axis=0)
+    if kind == "linear":
+        a = t.reshape(-1, units, t.shape[-1] // units)
+    else:
+        a = t.transpose(0, 1).reshape(units, -1).T[:, :, None]
+    return np.sqrt((a.numpy() ** 2).sum(axis=(0, 2)))
 
 
 def _finish(model, disc, nets, smalls, maps, rows, repair: bool, method: str, amount: float) -> Pruned:
@@ -74,7 +78,7 @@ def structured_prune_groups(model: nn.Module, amount: float, score: str = "norm"
     smalls, maps = [], []
     for chain, net in zip(disc.chains, nets):
         if score == "wanda":  # ||outgoing|| x ||h_i|| on the calibration inputs, as for a plain stack
-            scores = [unit_norms(nxt.weight, nxt.taps) * _unit_norms(captured[g.consumer.weight], g.consumer.kind)
+            scores = [unit_norms(nxt.weight, nxt.taps) * _unit_norms(captured[g.consumer.weight], g.consumer.kind, nxt.in_features)
                       for nxt, g in zip(net.layers[1:], chain)]
         else:
             scores = neuron_scores(net, "norm")
