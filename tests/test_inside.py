@@ -182,10 +182,11 @@ def test_cnn_channels_with_batchnorm():
     m.eval()
     x = torch.randn(16, 2, 8, 8)
     c = afde_nb.compress(m, 0.0)
-    assert [(s.name, s.neurons_after) for s in c.layers] == [("c1", 6), ("c2", 5)]
+    # c3 has no activation (identity) and is flattened into fc: its channels lump too
+    assert [(s.name, s.neurons_after) for s in c.layers] == [("c1", 6), ("c2", 5), ("c3", 4)]
     assert c.model.bn1.num_features == 6 and c.model.c2.in_channels == 6 and c.model.c3.in_channels == 5
     assert max_diff(c.model, m, x) <= TOL
-    assert "c3" in dict(c.groups.skipped)  # feeds a Flatten
+    assert "fc" in dict(c.groups.skipped)  # the output
 
 
 def test_cnn_lossy_with_calibration_reports_error():
@@ -205,10 +206,11 @@ def test_frozen_backbone_mlp_head():
     copy_unit(m.head[0].weight, m.head[0].bias, 0, 1, -1.0)  # tanh: negated copy
     copy_unit(m.head[2].weight, m.head[2].bias, 3, 4, 3.0)  # relu: scaled copy
     c = afde_nb.compress(m, 0.0)
-    assert [(s.name, s.neurons_after) for s in c.layers] == [("head.0", 11), ("head.2", 9)]
+    # the backbone's channels are pooled and flattened into the head: they lump too
+    assert [(s.name, s.neurons_after) for s in c.layers] == [("features.0", 4), ("head.0", 11), ("head.2", 9)]
     assert max_diff(c.model, m, torch.randn(8, 1, 6, 6)) <= TOL
     assert not c.model.features[0].weight.requires_grad  # frozen stays frozen
-    assert "features.0" in dict(c.groups.skipped)
+    assert c.model.head[0].weight.requires_grad
 
 
 def test_export_program_module_compresses():
@@ -218,7 +220,7 @@ def test_export_program_module_compresses():
     x = torch.randn(4, 2, 8, 8)
     gm = torch.export.export(m, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
     c = afde_nb.compress(gm, 0.0)
-    assert [s.neurons_after for s in c.layers] == [8, 5]
+    assert [s.neurons_after for s in c.layers] == [8, 5, 4]
     assert max_diff(c.model, m, torch.randn(7, 2, 8, 8)) <= TOL
 
 
