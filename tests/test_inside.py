@@ -60,7 +60,7 @@ class Encoder(nn.Module):
 
 
 class Backbone(nn.Module):
-    """A frozen feature extractor (not lumpable: its output feeds a reshape) and an MLP head."""
+    """A frozen feature extractor (its channels pooled and flattened into the head) and an MLP head."""
 
     def __init__(self):
         super().__init__()
@@ -391,3 +391,48 @@ def test_channels_through_pooling_into_a_linear(act, pool, factor, merges):
         small = afde_nb.compress(m, 0.5, calibration=calib)
         assert small.params_after < small.params_before
         small.model(x)
+
+
+def _plant_everywhere(model: nn.Module) -> dict[str, int]:
+    """In every lumpable group of ``model``, make unit 1 a copy of unit 0 (and units 3, 4 copies of
+    unit 2); returns the number of units each group should lose at eps = 0."""
+    from afde_nb.graph import find_groups
+    from afde_nb.surgery import get_tensor
+
+    want = {}
+    for g in find_groups(model).groups:
+        w = get_tensor(model, g.producer.weight)
+        b = get_tensor(model, g.producer.bias) if g.producer.bias else None
+        for i, j in ((0, 1), (2, 3), (2, 4)):
+            copy_unit(w, b, i, j)
+            if g.norm is not None:
+                for path in (g.norm.weight, g.norm.bias, g.norm.mean, g.norm.var):
+                    t = get_tensor(model, path)
+                    with torch.no_grad():
+                        t[j] = t[i]
+        want[g.name] = 3
+    return want
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "residual_mlp", "transformer"])
+def test_zoo_examples_planted_duplicates_exact(name):
+    """The real example architectures (random weights, running statistics drawn): every group's
+    planted duplicates are found and eps = 0 keeps the function to 1e-5."""
+    from afde_nb import zoo
+
+    torch.manual_seed(13)
+    model, x = {
+        "digits_cnn": lambda: (zoo.DigitsCNN(), torch.rand(32, 1, 8, 8)),
+        "residual_mlp": lambda: (zoo.ResidualMLP(6, 2), torch.randn(32, 6)),
+        "transformer": lambda: (zoo.TinySequenceTransformer(3, 2), torch.randn(8, 16, 3)),
+    }[name]()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    want = _plant_everywhere(model)
+    c = afde_nb.compress(model, 0.0)
+    got = {s.name: s.neurons_before - s.neurons_after for s in c.layers}
+    assert got == want and len(got) == {"digits_cnn": 3, "residual_mlp": 2, "transformer": 2}[name]
+    assert max_diff(c.model, model, x) <= TOL
