@@ -8,22 +8,35 @@ from pathlib import Path
 from . import __version__
 from .compress import compress
 from .errors import AfdeError, InvalidArgumentError
+from .export import PROGRAM_SUFFIX, example_inputs_of, is_program_path, read_program
 from .serialize import (FORMAT, find_architecture, load_state_dict, load_tensor, model_from_state_dict,
                         read_architecture, weights_format)
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    if args.output:
-        weights_format(args.output)  # an unknown file type fails now, not after the compression
+    path = Path(args.model)
+    program = is_program_path(path)
+    if args.output:  # a wrong file type fails now, not after the compression
+        if program and not is_program_path(args.output):
+            raise InvalidArgumentError(f"a {PROGRAM_SUFFIX} program compresses to a {PROGRAM_SUFFIX} program: give "
+                                       f"-o OUT{PROGRAM_SUFFIX}, got {args.output!r}")
+        if not is_program_path(args.output):
+            weights_format(args.output)
     if args.keep is not None and not 0 < args.keep <= 1:
         raise InvalidArgumentError(f"--keep must be a fraction in (0, 1], got {args.keep}")
     if args.data_aware and not args.calibration:
         raise InvalidArgumentError("--data-aware needs calibration inputs (--calibration FILE)")
-    path = Path(args.model)
-    state = load_state_dict(path)
-    # an explicit --arch must exist; else the architecture saved with the model; else inferred
-    arch = read_architecture(args.arch) if args.arch else find_architecture(path)
-    model = model_from_state_dict(state, arch, activation=args.activation)
+    example = None
+    if program:
+        if args.arch:
+            raise InvalidArgumentError(f"--arch describes a state_dict; a {PROGRAM_SUFFIX} program carries its own graph")
+        exported = read_program(path)
+        model, example = exported.module(), example_inputs_of(exported)
+    else:
+        state = load_state_dict(path)
+        # an explicit --arch must exist; else the architecture saved with the model; else inferred
+        arch = read_architecture(args.arch) if args.arch else find_architecture(path)
+        model = model_from_state_dict(state, arch, activation=args.activation)
     calib = load_tensor(Path(args.calibration)) if args.calibration else None
     target = args.target_params
     if args.keep is not None:
@@ -33,8 +46,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
                  relative=args.relative, symmetry=args.symmetry, calibration=calib, repair=repair,
                  threads=args.threads, target_params=target, data_aware=args.data_aware)
     print(c.table())
+    if c.groups is not None:
+        print(c.groups.report())
     if args.output:
-        for p in c.save(args.output):
+        for p in c.save(args.output, example_inputs=example):
             print(f"wrote {p}")
     return 0
 
@@ -75,8 +90,10 @@ def parser() -> argparse.ArgumentParser:
                                 parents=[debug])
     p.add_argument("--version", action="version", version=f"afde-nb {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compress", help="compress a saved MLP state_dict (.pt/.pth/.safetensors)", parents=[debug])
-    c.add_argument("model", help="state_dict file; its architecture is --arch if given, else the one saved with "
+    c = sub.add_parser("compress", help="compress a saved MLP state_dict (.pt/.pth/.safetensors) or any model "
+                       "saved as a torch.export program (.pt2)", parents=[debug])
+    c.add_argument("model", help="a torch.export program (.pt2: any model with lumpable groups inside), or a "
+                   "state_dict file; its architecture is --arch if given, else the one saved with "
                    f"it (safetensors metadata or MODEL.json, {FORMAT}), else inferred: its Linear layers in "
                    "numeric order of their names (bias optional) with --activation between them")
     c.add_argument("--arch", help="architecture JSON (as written by afde compress -o); must exist")
@@ -101,9 +118,11 @@ def parser() -> argparse.ArgumentParser:
                    "pseudo = data-free on standard-normal pseudo-inputs")
     c.add_argument("--data-aware", action="store_true", help="components only: weight coefficients by "
                    "calibration RMS (needs --calibration)")
-    c.add_argument("--calibration", help="tensor file of calibration inputs (n, in_features)")
+    c.add_argument("--calibration", help="tensor file (.npy/.pt/.safetensors) of calibration inputs: (n, in_features), "
+                   "or for a .pt2 program a batch shaped as the model's input")
     c.add_argument("--threads", type=int, default=0)
-    c.add_argument("-o", "--output", help="write the reduced model (.pt/.pth/.safetensors + .json)")
+    c.add_argument("-o", "--output", help="write the reduced model (.pt/.pth/.safetensors + .json, or a .pt2 "
+                   "program; a .pt2 input needs a .pt2 output)")
     c.set_defaults(func=cmd_compress)
     d = sub.add_parser("demo", help="train a small tanh MLP on a bundled data set and compress it over eps",
                        parents=[debug])

@@ -35,8 +35,9 @@ from .errors import ExportError, InvalidArgumentError, UnsafeFileError, Unsuppor
 from .serialize import _fsync, _readable, _short, architecture
 
 PROGRAM_SUFFIX = ".pt2"
-#: archive members (below the archive's root folder) that torch.export.load would unpickle or run
+#: archive folders (below the archive's root folder) of compiled code, which torch.export.load would load
 _NATIVE_CODE = ("data/aotinductor/",)
+#: the file-name prefix of a constant stored as raw tensor data (others are pickled objects)
 _TENSOR_CONSTANT = "tensor_"
 
 
@@ -151,8 +152,11 @@ def to_program(model: nn.Module, example_inputs=None) -> torch.export.ExportedPr
             return torch.export.export(frozen, args, dynamic_shapes=tuple({0: batch} for _ in args))
     except Exception as exc:  # torch raises many kinds (UserError, ConstraintViolation, TypeError, ...)
         shapes = ", ".join(str(tuple(a.shape)) for a in args)
+        hint = ("; a torch.export program exported without dynamic_shapes keeps its batch size fixed: export the "
+                "original with dynamic_shapes=({0: torch.export.Dim('batch')},)"
+                if isinstance(model, torch.fx.GraphModule) and "specialized" in str(exc) else "")
         raise ExportError(f"torch.export cannot export {type(model).__name__} on inputs shaped {shapes} with a "
-                          f"dynamic batch dimension: {_reason(exc)}") from exc
+                          f"dynamic batch dimension: {_reason(exc)}{hint}") from exc
 
 
 def export_program(model: nn.Module, example_inputs, path: str | os.PathLike) -> Path:

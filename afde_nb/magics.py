@@ -94,7 +94,7 @@ def open_panel(line: str, ns: dict):
 
         if not isinstance(model, torch.nn.Module):
             raise AfdeMagicError(f"{names[0]!r} is a {type(model).__name__}, not a torch model "
-                                 "(an nn.Sequential of Linear and Tanh/Sigmoid/ReLU/LeakyReLU layers)")
+                                 "(a torch.nn.Module: a Linear stack, or any model with lumpable groups inside)")
         if not args:
             data = None
         elif len(args) == 1:

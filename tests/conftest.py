@@ -52,3 +52,52 @@ def assert_unchanged(model: nn.Module, snap: dict[str, torch.Tensor]) -> None:
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
+
+
+# ------------------------------------------------------------------ models that are not one plain stack
+class ResidualMLP(nn.Module):
+    """in -> z; z + fc2(gelu(fc1(z))) -> out: only fc1's units lump (the others feed the residual add)."""
+
+    def __init__(self, d_in: int = 4, width: int = 8, hidden: int = 16, d_out: int = 2):
+        super().__init__()
+        self.inp = nn.Linear(d_in, width)
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, width)
+        self.out = nn.Linear(width, d_out)
+
+    def forward(self, x):
+        z = self.inp(x)
+        return self.out(z + self.fc2(self.act(self.fc1(z))))
+
+
+def duplicate_units(producer: nn.Module, rows: slice, src: int, norm: nn.Module | None = None) -> None:
+    """Plant copies of unit ``src`` of ``producer`` (and of its BatchNorm's statistics) in ``rows``,
+    so that eps = 0 merges them."""
+    with torch.no_grad():
+        producer.weight[rows] = producer.weight[src]
+        producer.bias[rows] = producer.bias[src]
+        if norm is not None:
+            for name in ("running_mean", "running_var", "weight", "bias"):
+                getattr(norm, name)[rows] = getattr(norm, name)[src]
+
+
+def residual_mlp(seed: int = 0) -> nn.Module:
+    """A residual GELU MLP with three copies of one fc1 unit."""
+    torch.manual_seed(seed)
+    m = ResidualMLP()
+    duplicate_units(m.fc1, slice(3, 6), 2)
+    return m.eval()
+
+
+def small_cnn(seed: int = 2) -> nn.Sequential:
+    """Conv2d-BatchNorm2d-ReLU-Conv2d and a Linear head on (n, 3, 6, 6) images, with three copies
+    of one channel (BatchNorm statistics that are not the identity, so its folding counts)."""
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3),
+                      nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    with torch.no_grad():
+        m[1].running_mean.uniform_(-0.3, 0.3)
+        m[1].running_var.uniform_(0.5, 2.0)
+    duplicate_units(m[0], slice(4, 7), 1, m[1])
+    return m.eval()

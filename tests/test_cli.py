@@ -250,3 +250,79 @@ def test_compress_to_a_parameter_budget(saved_model, tmp_path, capsys):
     assert "--keep" in capsys.readouterr().err
     assert main(["compress", str(path), "--data-aware"]) == 2
     assert "calibration" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ torch.export programs (.pt2)
+def _export(model, x, path):
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, path)
+    return path
+
+
+def _params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_compress_a_program(tmp_path, capsys):
+    from conftest import small_cnn
+
+    model = small_cnn()
+    torch.manual_seed(3)
+    x = torch.randn(16, 3, 6, 6)
+    src = _export(model, x, tmp_path / "cnn.pt2")
+    np.save(tmp_path / "calib.npy", x.numpy())
+    out = tmp_path / "reduced.pt2"
+    assert main(["compress", str(src), "--eps", "0", "--calibration", str(tmp_path / "calib.npy"),
+                 "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = [line.split() for line in text.splitlines()]
+    assert ["0", "relu", "8", "5", "4", "0"] in rows  # the group by its parameter path: 4 copies of a channel
+    assert "lumpable group(s)" in text and "lumps 0 (conv2d) -> 1 (folded) -> relu -> 3" in text  # the report
+    assert f"wrote {out}" in text and out.is_file()
+    reduced = torch.export.load(out).module()
+    assert _params(reduced) < _params(model)
+    for n in (2, 9):
+        xs = torch.randn(n, 3, 6, 6)
+        with torch.no_grad():
+            assert float((reduced(xs) - model(xs)).abs().max()) <= 1e-5
+    # data-free: the program's own example inputs trace the reduced one
+    assert main(["compress", str(src), "--keep", "0.8", "-o", str(tmp_path / "small.pt2")]) == 0
+    assert _params(torch.export.load(tmp_path / "small.pt2").module()) <= 0.8 * _params(model)
+
+
+def test_a_program_with_nothing_to_lump(tmp_path, capsys):
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Softmax(dim=1), torch.nn.Linear(6, 2)).eval()
+    src = _export(model, torch.randn(8, 4), tmp_path / "softmax.pt2")
+    assert main(["compress", str(src), "--eps", "0.1", "-o", str(tmp_path / "out.pt2")]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert len(err) == 1 and err[0].startswith("afde: error: ") and captured.out == ""
+    assert "0 lumpable group(s)" in err[0] and "left alone" in err[0]  # what was found, and why not
+    assert not (tmp_path / "out.pt2").exists()
+
+
+def test_program_files_fail_early_and_in_one_line(tmp_path, capsys):
+    from conftest import small_cnn
+
+    src = _export(small_cnn(), torch.randn(4, 3, 6, 6), tmp_path / "cnn.pt2")
+    assert main(["compress", str(src), "-o", str(tmp_path / "out.pt")]) == 2
+    captured = capsys.readouterr()
+    assert "compresses to a .pt2 program" in captured.err and captured.out == ""  # before compressing
+    assert main(["compress", str(src), "--arch", str(tmp_path / "a.json")]) == 2
+    assert "--arch describes a state_dict" in capsys.readouterr().err
+    (tmp_path / "garbage.pt2").write_bytes(np.random.default_rng(0).bytes(2000))
+    assert main(["compress", str(tmp_path / "garbage.pt2")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "is not a readable torch.export program" in err[0]
+
+
+def test_a_program_with_a_fixed_batch_says_how_to_export_it(tmp_path, capsys):
+    from conftest import small_cnn
+
+    program = torch.export.export(small_cnn(), (torch.randn(4, 3, 6, 6),))  # no dynamic_shapes
+    torch.export.save(program, tmp_path / "static.pt2")
+    assert main(["compress", str(tmp_path / "static.pt2"), "--eps", "0", "-o", str(tmp_path / "out.pt2")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "batch size fixed" in err[0] and "dynamic_shapes" in err[0]
+    assert not (tmp_path / "out.pt2").exists()

@@ -732,3 +732,97 @@ def test_extension_entry_points():
     # re-exported so that %load_ext afde_nb works
     assert afde_nb.load_ipython_extension is magics.load_ipython_extension
     assert afde_nb.unload_ipython_extension is magics.unload_ipython_extension
+
+
+# ============================================================================ a model that is not one stack
+@pytest.fixture(scope="module")
+def residual():
+    from conftest import residual_mlp
+
+    return residual_mlp()
+
+
+def test_state_general_model(residual, data, tmp_path):
+    """A residual GELU MLP: compressed by compress() as it is, merges named by module path, what
+    only plain stacks have left out with notes, exported as a .pt2 program."""
+    X, y = data
+    snap = snapshot(residual)
+    s = PanelState(residual, (X, y), eps=0.0, method="components")
+    assert s.general and s.method == "ward" and "components" in s.notes[0]  # a visible note, not an error
+    assert s.methods == ("ward", "complete") and s.formats == (".pt2",) and not s.data_aware_possible
+    c = s.update()
+    want = afde_nb.compress(residual, eps=0.0, calibration=X)
+    _same_partition(c, want)
+    assert c.params_after < c.params_before and s.figures["calib_max_abs"] <= 1e-5
+    assert [m["layer"] for m in s.merges] == ["fc1"] and s.merges[0]["after"] == want.layers[0].neurons_after
+    assert "lumps fc1 (linear) -> gelu -> fc2" in s.groups_report and "left alone inp" in s.groups_report
+    assert s.figures["mse"] == metrics.mse(want.model, X, y)
+    s.set_eps(0.5)  # a slider move: the merge path of the last call is reused
+    c2 = s.update()
+    _same_partition(c2, afde_nb.compress(residual, eps=0.5, calibration=X))
+    assert c2.params_after < c.params_after
+    pts = s.curve()
+    assert pts[0][0] == 0.0 and len(pts) > 2
+    s.set_target_kept(0.8)
+    assert s.compression.params_after <= 0.8 * c.params_before
+    # the trade-off: afde-nb's own curve, and a note that the pruning baselines take plain stacks only
+    s.eps_values = [0.0, 0.5, 2.0]
+    assert s.tradeoff_baselines == () and "plain Linear stacks" in s.tradeoff_note
+    rows = s.tradeoff()
+    assert {r["method"] for r in rows} == {"original", "afde-backward+repair"} and len(rows) == 4
+    # export: a .pt2 program (any other suffix becomes .pt2), loaded by stock torch
+    assert s.export_choice("reduced.pt") == ("reduced.pt2", ".pt2")
+    (written,) = s.export(tmp_path / "m.pt")
+    assert written == (tmp_path / "m.pt2").resolve()
+    loaded = torch.export.load(written).module()
+    x = torch.as_tensor(X[:7])
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), s.compression.model(x), atol=1e-5)
+    with pytest.raises(InvalidArgumentError, match="format must be one of"):
+        s.export(tmp_path / "m.pt", ".safetensors")
+    assert_unchanged(residual, snap)
+
+
+def test_state_general_model_data_errors(residual, data):
+    X, y = data
+    with pytest.raises(ShapeMismatchError, match=r"ResidualMLP does not run on X shaped \(300, 3\)"):
+        PanelState(residual, (X[:, :3], y))
+    softmax = nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1), nn.Linear(3, 1))
+    with pytest.raises(afde_nb.UnsupportedLayerError, match="nothing inside it lumps"):
+        PanelState(softmax, (X, y[:, :1]))
+    assert PanelState(residual).formats == (".pt2",)  # no data: nothing to check yet
+
+
+def test_panel_general_model(Panel, residual, data, tmp_path):
+    X, y = data
+    p = Panel(residual, (X, y), eps=0.5, eps_values=[0.0, 0.5, 2.0], export_path=str(tmp_path / "small.pt"))
+    assert p.errors == [] and p.compression is not None
+    assert p.method_dd.options == ("ward", "complete") and p.data_box.disabled
+    # the per-group merges, by module path, and what was found
+    assert "<code>fc1</code> gelu" in p.merges_html.value and "afde-groups-report" in p.merges_html.value
+    assert "left alone" in p.merges_html.value
+    # the trade-off: drawn without the baselines, with a visible note
+    assert {r["method"] for r in p.curve} == {"original", "afde-backward+repair"}
+    png, note = p.tradeoff_out.outputs
+    assert "image/png" in png["data"] and "plain Linear stacks" in note["data"]["text/html"]
+    before = p.compression.params_after
+    p.eps_slider.value = 2.0  # what the browser sends
+    assert p.errors == [] and p.compression.eps == 2.0 and p.compression.params_after < before
+    assert f"current: eps 2, {100 * p.compression.kept:.1f}% kept" in p.eps_path_html.value
+    # export through the widgets: the only format is .pt2
+    assert p.format_dd.options == (".pt2",) and p.path_text.value == str(tmp_path / "small.pt2")
+    p.export_button.click()
+    assert p.errors == [] and (tmp_path / "small.pt2").is_file()
+    assert str((tmp_path / "small.pt2").resolve()) in p.export_result.value
+    loaded = torch.export.load(tmp_path / "small.pt2").module()
+    x = torch.as_tensor(X[:5])
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), p.compression.model(x), atol=1e-5)
+    assert p.export(tmp_path / "small.pt", fmt=".safetensors") is None and "format must be" in p.errors[-1]
+    # forward mode is defined by the polynomial ODE, not for GELU: an error shown, not raised
+    p.set_mode("forward")
+    assert p.compression is None and "mode='forward'" in p.errors[-1] and "gelu" in p.error_area.value
+    p.set_mode("backward")
+    assert p.compression is not None and p.error_area.value == ""
+    p = Panel(residual, (X, y), method="components", tradeoff=False)
+    assert p.method_dd.value == "ward" and "components" in p.notes_html.value and p.errors == []

@@ -58,6 +58,11 @@ class Panel(W.VBox):
     ``method``, ``repair``: as in ``compress`` (None: its defaults; each used where ``compress``
     has it; the data-aware switch needs ``method="components"`` and calibration data).
     ``eps_path``: draw the eps path (``False``: never).
+
+    A model that is not one plain Linear stack (a residual MLP, a transformer, a CNN) works the
+    same way: each merge row is a group by its module path, and what only plain stacks have (the
+    components method, the pruning baselines, the JSON export) is left out with a note; it exports
+    as a ``.pt2`` program.
     """
 
     def __init__(self, model, data=None, *, eps: float = DEFAULT_EPS, mode: str = "backward", relative: bool = True,
@@ -103,8 +108,8 @@ class Panel(W.VBox):
                                            layout=W.Layout(width="420px"))
         self.zero_box = W.Checkbox(value=(eps == 0), description="eps = 0 (exact)", indent=False,
                                    layout=W.Layout(width="140px"))
-        self.method_dd = W.Dropdown(options=list(METHODS) if has_method else ["components"],
-                                    value=method if has_method else "components", disabled=not has_method,
+        self.method_dd = W.Dropdown(options=list(self.state.methods) if has_method else ["components"],
+                                    value=self.state.method if has_method else "components", disabled=not has_method,
                                     description="method", tooltip="ward/complete: cut a merge path (eps bounds the "
                                     "error); components: the paper's eps-graph components",
                                     layout=W.Layout(width="200px"))
@@ -126,14 +131,16 @@ class Panel(W.VBox):
         self.progress = W.IntProgress(value=0, min=0, max=1, bar_style="info",
                                       layout=W.Layout(width="180px", visibility="hidden"))
         self.error_area = W.HTML("")
+        self.notes_html = W.HTML("")
         self.figures_html = W.HTML("")
         self.eps_path_html = W.HTML("")
         self.merges_html = W.HTML("")
         self.tradeoff_out = W.Output(layout=W.Layout(min_height="40px"))
         self.tradeoff_button = W.Button(description="Draw trade-off", icon="line-chart",
                                         tooltip="size/error trade-off vs magnitude pruning and Wanda")
+        export_path, export_fmt = self.state.export_choice(export_path)
         self.path_text = W.Text(value=export_path, description="export to", layout=W.Layout(width="340px"))
-        self.format_dd = W.Dropdown(options=list(FORMATS), value=format_of(export_path),
+        self.format_dd = W.Dropdown(options=list(self.state.formats), value=export_fmt,
                                     layout=W.Layout(width="120px"))
         self.export_button = W.Button(description="Export", icon="download", button_style="primary")
         self.keep_text = W.BoundedFloatText(value=50.0, min=0.1, max=100.0, step=5.0, description="keep %",
@@ -146,6 +153,7 @@ class Panel(W.VBox):
                        (self.method_dd, "afde-method"),
                        (self.repair_box, "afde-repair"), (self.status, "afde-status"),
                        (self.progress, "afde-progress"), (self.error_area, "afde-error"),
+                       (self.notes_html, "afde-notes"),
                        (self.figures_html, "afde-figures"), (self.eps_path_html, "afde-eps-path"),
                        (self.merges_html, "afde-merges"),
                        (self.tradeoff_out, "afde-tradeoff"), (self.tradeoff_button, "afde-tradeoff-button"),
@@ -162,7 +170,7 @@ class Panel(W.VBox):
         merges_box = W.VBox([W.HTML("<b>merges per layer</b>"), self.merges_html])
         curve_box = W.VBox([self.tradeoff_out, self.tradeoff_button])
         export_row = W.HBox([self.path_text, self.format_dd, self.export_button])
-        super().__init__(children=[head, controls, status_row, self.error_area, numbers_row, curve_box,
+        super().__init__(children=[head, controls, status_row, self.error_area, self.notes_html, numbers_row, curve_box,
                                    merges_box, export_row, self.export_result])
         self.add_class("afde-panel")
 
@@ -296,7 +304,8 @@ class Panel(W.VBox):
             return self.compression
 
     def export(self, path: str | None = None, fmt: str | None = None) -> list[Path] | None:
-        """Save the current compression (``Compression.save``): the weights and the JSON architecture."""
+        """Save the current compression (``Compression.save``): the weights and the JSON architecture, or
+        a ``.pt2`` program."""
         return self._guard(self._export, path, fmt) or None
 
     def draw_tradeoff(self) -> list[dict] | None:
@@ -388,7 +397,8 @@ class Panel(W.VBox):
     def _render(self) -> None:
         s = self.state
         self.figures_html.value = render.figures_html(s.figures, s.data_label)
-        self.merges_html.value = render.merges_html(s.merges)
+        self.merges_html.value = render.merges_html(s.merges, s.groups_report)
+        self.notes_html.value = render.notes_html(s.notes)
         self._show_eps_path()
         self._show_tradeoff()
 
@@ -447,7 +457,7 @@ class Panel(W.VBox):
         if path is not None:
             self.path_text.value = str(path)
         if fmt is not None:
-            self.format_dd.value = check_format(fmt)  # the observer puts the suffix on the path
+            self.format_dd.value = check_format(fmt, self.state.formats)  # the observer puts the suffix on the path
         with self._busy("export", slow=False):
             self.last_export = self.state.export(self.path_text.value, self.format_dd.value)
         self.export_result.value = render.export_html(self.last_export, self.state.compression.params_after)
@@ -482,7 +492,7 @@ class Panel(W.VBox):
     def _draw_tradeoff(self):
         self._read_widgets()
         s = self.state
-        with self._busy(f"trade-off curve ({s.mode}) vs {', '.join(s.baselines) or 'nothing'}",
+        with self._busy(f"trade-off curve ({s.mode}) vs {', '.join(s.tradeoff_baselines) or 'nothing'}",
                         slow=True, steps=s.tradeoff_steps()):
             s.tradeoff(progress=self._tick)
             self.progress.value = self.progress.max
@@ -497,10 +507,13 @@ class Panel(W.VBox):
                 msg = "give test data, Panel(model, (X, y)), to draw the size/error trade-off"
             elif self._tradeoff_opt is False:
                 msg = "trade-off curve switched off"
-            else:
+            elif s.tradeoff_baselines:
                 msg = "press <b>Draw trade-off</b> to compare with magnitude pruning and Wanda"
+            else:
+                msg = "press <b>Draw trade-off</b> for the size/error curve"
             self.tradeoff_out.outputs = ({"output_type": "display_data", "metadata": {},
-                                          "data": {"text/html": render.message_html(msg), "text/plain": msg}},)
+                                          "data": {"text/html": render.message_html(msg), "text/plain": msg}},
+                                         *self._tradeoff_note())
             self.tradeoff_button.disabled = s.y is None or self._tradeoff_opt is False
             return
         if self._plot is None or self._plot.rows is not s.tradeoff_rows:
@@ -513,4 +526,13 @@ class Panel(W.VBox):
         png = self._plot.png((f["eps"], f["kept"], f["mse"]) if "mse" in f else None)
         self.tradeoff_out.outputs = ({"output_type": "display_data", "metadata": {},
                                       "data": {"image/png": base64.b64encode(png).decode("ascii"),
-                                               "text/plain": f"<size/error trade-off, {len(s.tradeoff_rows)} points>"}},)
+                                               "text/plain": f"<size/error trade-off, {len(s.tradeoff_rows)} points>"}},
+                                     *self._tradeoff_note())
+
+    def _tradeoff_note(self) -> tuple[dict, ...]:
+        """The state's note on what the trade-off leaves out for this model, as an output (or none)."""
+        note = self.state.tradeoff_note
+        if not note:
+            return ()
+        return ({"output_type": "display_data", "metadata": {},
+                 "data": {"text/html": render.notes_html([note]), "text/plain": f"note: {note}"}},)

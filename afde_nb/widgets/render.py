@@ -103,8 +103,10 @@ def figures_html(f: dict, data_label: str = "") -> str:
     return f"<table class='afde-figures-table'>{body}</table>"
 
 
-def merges_html(merges: Sequence[dict]) -> str:
-    """Per hidden layer: neurons before/after, blocks, and the strip of which neurons merged."""
+def merges_html(merges: Sequence[dict], report: str = "") -> str:
+    """Per hidden layer (for a model that is not one plain stack: per group, by module path):
+    neurons before/after, blocks, and the strip of which neurons merged; ``report`` (what was
+    found and left alone) folded below."""
     rows = []
     for m in merges:
         rows.append(
@@ -119,7 +121,9 @@ def merges_html(merges: Sequence[dict]) -> str:
     head = ("<tr style='color:#555'><th align='left'>layer</th><th align='left'>neurons</th>"
             "<th align='left'>blocks</th><th align='left'>neurons in order, coloured by block "
             "(grey: not merged)</th></tr>")
-    return f"<table class='afde-merges-table'>{head}{''.join(rows)}</table>"
+    found = (f"<details class='afde-groups-report'><summary style='color:#555'>groups found, and what was left "
+             f"alone</summary><pre style='font-size:11px'>{html.escape(report)}</pre></details>") if report else ""
+    return f"<table class='afde-merges-table'>{head}{''.join(rows)}</table>{found}"
 
 
 def message_html(msg: str) -> str:
@@ -128,6 +132,11 @@ def message_html(msg: str) -> str:
 
 
 NO_COMPRESSION = message_html("no compression: see the error above")
+
+
+def notes_html(notes: Sequence[str]) -> str:
+    """What the panel leaves out for this model, one grey line each (``notes`` are plain text)."""
+    return "".join(f"<div class='afde-note'>{message_html('note: ' + html.escape(n))}</div>" for n in notes)
 
 
 def error_html(exc: BaseException, note: str = "") -> str:

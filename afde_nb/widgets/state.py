@@ -8,6 +8,12 @@ size/error trade-off (:meth:`PanelState.tradeoff`). Everything goes through the 
 input check ``compress`` makes), :mod:`afde_nb.metrics`, :func:`afde_nb.bench.tradeoff` and
 :meth:`Compression.save`. Errors are raised, not shown: showing them is the panel's job.
 
+A model that is not one plain Linear stack (a residual MLP, a transformer, a CNN: ``general``)
+is compressed the same way, ``compress`` lumping the groups it finds inside; each merge row names
+its group by module path. What only plain stacks have is left out with a note in ``notes``: the
+paper's components (so data-aware distances), the pruning baselines of the trade-off curve, and
+the state_dict + JSON export (such a model exports as a ``.pt2`` program).
+
     >>> s = PanelState(model, (X, y), eps=0.05)
     >>> c = s.update()                  # compress at the current settings
     >>> s.figures["kept"], s.figures["mse"], s.merges[0]["after"]
@@ -24,15 +30,21 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from torch import nn
 
 from .. import metrics
 from ..adapters import to_network
 from ..compress import Compression, compress
-from ..errors import InvalidArgumentError, ShapeMismatchError
+from ..errors import InvalidArgumentError, ShapeMismatchError, UnsupportedLayerError
+from ..export import PROGRAM_SUFFIX
+from ..graph import find_groups
 from ..lump import METHODS, MODES, check_eps, check_method, check_mode
 from ..network import as_inputs
 
-FORMATS = (".pt", ".safetensors")
+FORMATS = (".pt", ".safetensors", PROGRAM_SUFFIX)
+#: what a model that is not one plain stack allows
+GENERAL_METHODS = tuple(m for m in METHODS if m != "components")
+GENERAL_FORMATS = (PROGRAM_SUFFIX,)
 DEFAULT_EPS_RANGE = (1e-3, 10.0)
 #: where the slider starts: about a 5 % error estimate per layer (afde_nb.path), a moderate cut
 DEFAULT_EPS = 0.05
@@ -78,6 +90,8 @@ def resolve_data(data, calibration=None):
     if y is not None:
         if y.ndim == 1:
             y = y.reshape(-1, 1)
+        if y.ndim > 2:  # per-token or per-pixel targets: compared entry by entry, as the predictions
+            y = y.reshape(len(y), -1)
         if y.ndim != 2 or X.ndim < 1 or len(X) != len(y):
             raise ShapeMismatchError(f"X and y must have the same number of rows, y shaped (n,) or (n, targets); "
                                      f"got {X.shape} and {y.shape}")
@@ -101,16 +115,16 @@ def merges_of(c: Compression) -> list[dict]:
     return out
 
 
-def check_format(fmt) -> str:
-    if fmt not in FORMATS:
-        raise InvalidArgumentError(f"format must be one of {FORMATS}, got {fmt!r}")
+def check_format(fmt, formats: tuple[str, ...] = FORMATS) -> str:
+    if fmt not in formats:
+        raise InvalidArgumentError(f"format must be one of {formats}, got {fmt!r}")
     return fmt
 
 
-def format_of(path: str) -> str:
-    """The export format a file name asks for (``.pt`` unless it ends in ``.safetensors``)."""
+def format_of(path: str, formats: tuple[str, ...] = FORMATS) -> str:
+    """The export format a file name asks for (the first of ``formats`` unless it ends in another)."""
     s = Path(str(path)).suffix
-    return s if s in FORMATS else ".pt"
+    return s if s in formats else formats[0]
 
 
 def with_format(raw: str, fmt: str) -> str:
@@ -130,7 +144,8 @@ def export_target(raw, fmt: str) -> Path:
     if not raw:
         raise InvalidArgumentError("give a file name to export to")
     p = Path(raw).expanduser()
-    return p.with_suffix(fmt) if p.suffix in (".pt", ".pth", ".safetensors", "") else p.with_name(p.name + fmt)
+    return p.with_suffix(fmt) if p.suffix in (".pt", ".pth", ".safetensors", PROGRAM_SUFFIX, "") \
+        else p.with_name(p.name + fmt)
 
 
 def compress_supports(name: str) -> bool:
@@ -139,8 +154,38 @@ def compress_supports(name: str) -> bool:
 
 
 def reduced_network_of(c: Compression):
-    """The reduced :class:`~afde_nb.Network` of a compression."""
+    """The reduced :class:`~afde_nb.Network` of a compression (None for a model that is not one
+    plain stack)."""
     return c.reduced_network
+
+
+def is_general(model) -> bool:
+    """Whether ``model`` is a torch module that is not one plain stack (``compress`` lumps the
+    groups it finds inside it)."""
+    if not isinstance(model, nn.Module):
+        return False
+    try:
+        to_network(model)
+    except UnsupportedLayerError:
+        return True
+    except Exception:  # noqa: BLE001 - a stack with another fault (NaN weights): compress reports it, the panel shows it
+        pass
+    return False
+
+
+def check_general_inputs(model, X: np.ndarray, what: str) -> np.ndarray:
+    """``X`` if ``model`` has something to lump and runs on (two rows of) it: the checks
+    :func:`~afde_nb.network.as_inputs` makes for a plain stack."""
+    disc = find_groups(model)
+    if not disc.chains:
+        raise UnsupportedLayerError(f"{type(model).__name__} is not one plain stack and nothing inside it lumps:\n"
+                                    f"{disc.report()}")
+    try:
+        metrics.predict(model, X[:2])
+    except Exception as exc:  # noqa: BLE001 - the model's own error says what does not fit
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ShapeMismatchError(f"{type(model).__name__} does not run on {what} shaped {X.shape}: {reason}") from exc
+    return X
 
 
 class PanelState:
@@ -151,7 +196,8 @@ class PanelState:
     ``calibration`` overrides the calibration inputs. Settings are checked as ``compress`` checks
     them (:func:`afde_nb.lump.check_eps`, :func:`~afde_nb.lump.check_mode`,
     :func:`~afde_nb.lump.check_method`) and passed to it by keyword; ``method`` and ``repair``
-    (None: compress's defaults) only where its signature has them (:meth:`supports`).
+    (None: compress's defaults) only where its signature has them (:meth:`supports`). For a
+    ``general`` model (not one plain stack) ``method="components"`` becomes Ward's, with a note.
 
     Results, refreshed by :meth:`update`: ``compression``, ``figures`` (the numbers shown),
     ``merges`` (per hidden layer); :meth:`curve` the eps path; :meth:`tradeoff` the trade-off rows
@@ -163,6 +209,8 @@ class PanelState:
                  eps_range: tuple[float, float] = DEFAULT_EPS_RANGE, eps_values=None,
                  baselines=("magnitude", "wanda"), path_points: int = PATH_POINTS):
         self.model = model
+        self.general = is_general(model)
+        self.notes: list[str] = []
         self.eps = eps
         self.method = method
         self.mode = mode
@@ -182,6 +230,7 @@ class PanelState:
         self.compression: Compression | None = None
         self.figures: dict = {}
         self.merges: list[dict] = []
+        self.groups_report = ""  # a general model's groups and what was left alone (Discovery.report)
         self.compress_s = 0.0
         self._compression_key = None
         self._curve: list[tuple[float, float]] | None = None
@@ -206,7 +255,27 @@ class PanelState:
 
     @method.setter
     def method(self, value) -> None:
-        self._method = None if value is None else check_method(value)
+        value = None if value is None else check_method(value)
+        if self.general and value not in (None, *GENERAL_METHODS):
+            self._note(f"method {value!r} (the paper's eps-graph components) applies to plain Linear stacks; "
+                       f"showing {GENERAL_METHODS[0]!r}")
+            value = GENERAL_METHODS[0]
+        self._method = value
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods this model allows."""
+        return GENERAL_METHODS if self.general else METHODS
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The export formats this model allows (a model that is not one plain stack has no JSON
+        architecture: it exports as a ``.pt2`` program)."""
+        return GENERAL_FORMATS if self.general else FORMATS
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
     @property
     def mode(self) -> str:
@@ -228,7 +297,8 @@ class PanelState:
     def data_aware_possible(self) -> bool:
         """Data-aware distances need calibration data and (where compress has methods) the
         paper's ``method="components"``."""
-        return self.X_cal is not None and (not self.supports("method") or self.method == "components")
+        return self.X_cal is not None and not self.general and (not self.supports("method")
+                                                                  or self.method == "components")
 
     @property
     def data_aware(self) -> bool:
@@ -301,7 +371,10 @@ class PanelState:
         reads them (its input ``Flatten`` applies to image-shaped rows)."""
         X, y, cal, label = resolve_data(data, calibration)
         flat = {}
-        if X is not None or cal is not None:
+        if self.general and (X is not None or cal is not None):
+            flat = {k: check_general_inputs(self.model, v, name)
+                    for k, v, name in (("X", X, "X"), ("cal", cal, "calibration")) if v is not None}
+        elif X is not None or cal is not None:
             net = to_network(self.model)
             width, flatten = net.widths[0], net.meta.get("flatten")
             if X is not None:
@@ -342,13 +415,14 @@ class PanelState:
             self.compress_s = time.perf_counter() - t0
             self._show(c)
         except Exception:
-            self.compression, self.figures, self.merges = None, {}, []
+            self.compression, self.figures, self.merges, self.groups_report = None, {}, [], ""
             raise
         return c
 
     def _show(self, c: Compression) -> None:
         figures, merges = self._figures(c), merges_of(c)
         self.compression, self.figures, self.merges = c, figures, merges
+        self.groups_report = c.groups.report() if getattr(c, "groups", None) is not None else ""
         self._compression_key = self.curve_key()
 
     def _figures(self, c: Compression) -> dict:
@@ -486,10 +560,27 @@ class PanelState:
         # baselines come as they are ("" ; Wanda on the calibration data)
         return {"variants": (variant, "") if variant == "+calib" else (variant,)}
 
+    @property
+    def tradeoff_baselines(self) -> tuple[str, ...]:
+        """The baselines the trade-off compares with: :func:`afde_nb.bench.tradeoff` matches them to
+        afde-nb's sizes on plain Linear stacks only, so none for a general model
+        (:attr:`tradeoff_note` says so)."""
+        return () if self.general else self.baselines
+
+    @property
+    def tradeoff_note(self) -> str:
+        """What the trade-off curve leaves out for this model, or ``""``."""
+        if not self.general or not self.baselines:
+            return ""
+        return (f"the curve's baselines ({', '.join(self.baselines)}) are matched to afde-nb's sizes on plain Linear "
+                "stacks only, so it shows afde-nb's own "
+                "size/error trade-off; structured pruning and k-means folding of the same groups are compared "
+                "in the benchmark (afde_nb.bench.examples, docs/results.md)")
+
     def tradeoff_steps(self) -> int:
         """About how many models :meth:`tradeoff` evaluates (for a progress bar)."""
         n_afde = len(self.eps_values) if self.eps_values is not None else 9
-        return n_afde * (1 + len(self.baselines))
+        return n_afde * (1 + len(self.tradeoff_baselines))
 
     def tradeoff(self, progress: Callable[[], None] | None = None) -> list[dict]:
         """The size/error trade-off against the baselines (:func:`afde_nb.bench.tradeoff` rows) on
@@ -502,20 +593,29 @@ class PanelState:
         key = self.tradeoff_mode()
         entry, variant, relative = key
         rows = tradeoff(self.model, self._flat["X"], self.y, calibration=self._flat.get("cal"),
-                        eps_values=self.eps_values, mode=entry, relative=relative, baselines=self.baselines,
+                        eps_values=self.eps_values, mode=entry, relative=relative, baselines=self.tradeoff_baselines,
                         progress=progress, **self._variants(variant))
         self.tradeoff_rows = [dict(r) for r in rows]
         self.tradeoff_key = key
         return self.tradeoff_rows
 
     # ---------------------------------------------------------------- export
+    def export_choice(self, path: str) -> tuple[str, str]:
+        """(path, format) to offer for the export: ``path`` with a suffix this model allows."""
+        fmt = format_of(path, self.formats)
+        return with_format(path, fmt) if Path(str(path)).suffix != fmt else str(path), fmt
+
     def export(self, path, fmt: str | None = None) -> list[Path]:
         """Save the current compression (``Compression.save``) to ``path`` in format ``fmt``
-        (default: from the suffix); returns the files written, resolved."""
+        (default: from the suffix); returns the files written, resolved. A ``.pt2`` program is
+        traced on two calibration rows."""
         if self.compression is None:
             raise RuntimeError("nothing to export: the compression failed (see the error above)")
-        target = export_target(path, format_of(str(path)) if fmt is None else fmt)
-        return [Path(w).resolve() for w in self.compression.save(target)]
+        fmt = format_of(str(path), self.formats) if fmt is None else check_format(fmt, self.formats)
+        target = export_target(path, fmt)
+        example = None if self.X_cal is None else self.X_cal[:2]
+        return [Path(w).resolve() for w in self.compression.save(target, example_inputs=example)]
 
 
-__all__ = ["FORMATS", "METHODS", "MODES", "PanelState", "export_target", "merges_of", "resolve_data"]
+__all__ = ["FORMATS", "GENERAL_FORMATS", "GENERAL_METHODS", "METHODS", "MODES", "PanelState", "export_target",
+           "is_general", "merges_of", "resolve_data"]
