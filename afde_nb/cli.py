@@ -66,6 +66,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench.run import PROFILES, run
 
+    if args.examples:  # the models that are not plain stacks (afde_nb.zoo), baselines on the same groups
+        from .bench.examples import run_examples
+
+        out = Path(args.out)
+        run_examples(out, seeds=tuple(args.seeds) if args.seeds else ((0, 1, 2) if args.full else (0,)))
+        print(f"wrote {out / 'examples.md'}, {out / 'examples.csv'}")
+        return 0
     profile = PROFILES["full" if args.full else "quick"]
     if args.datasets:
         profile = replace(profile, datasets=tuple(args.datasets))
@@ -143,6 +150,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--full", action="store_true", help="every data set, three seeds, wider networks")
     b.add_argument("--datasets", nargs="+", help="override the profile's data sets")
     b.add_argument("--seeds", nargs="+", type=int, help="override the profile's seeds")
+    b.add_argument("--examples", action="store_true", help="instead: the digits CNN, residual GELU MLP and "
+                   "transformer encoder (afde_nb.zoo) against structured pruning and folding of the same groups "
+                   "(--quick: seed 0; --full: seeds 0-2); writes OUT/examples.md and OUT/examples.csv")
     b.add_argument("--from-points", action="store_true", help="only re-render OUT/results.md and the plot "
                    "from OUT/points.csv")
     b.set_defaults(func=cmd_bench)

@@ -103,8 +103,7 @@ def as_model_input(model: nn.Module, data) -> torch.Tensor:
 
 
 def _output(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        y = model(x)
+    y = surgery.run(model, x)
     if not isinstance(y, torch.Tensor):
         raise ShapeMismatchError(f"{type(model).__name__} returns {type(y).__name__}; calibration errors need a tensor")
     return y.detach().to("cpu", torch.float64).reshape(len(y), -1).numpy()
@@ -152,12 +151,15 @@ def model_path(model: nn.Module, disc: Discovery, *, method: str, mode: str, rel
     return mp
 
 
-def apply(model: nn.Module, path: ModelPath, part: Partition, repair: bool) -> tuple[nn.Module, bool]:
-    """A copy of ``model`` reduced by ``part``, Linear chains refit on their probe rows when
-    ``repair`` and lossy; whether any chain was refit."""
+def apply(model: nn.Module, path: ModelPath, part: Partition, repair: str | None) -> tuple[nn.Module, bool]:
+    """A copy of ``model`` reduced by ``part``, lossy Linear chains refit (``repair``:
+    "calibration" on the path's probe rows, "pseudo" on pseudo-inputs run through each chain);
+    whether any chain was refit."""
     out = surgery.copy_model(model)
     ran_any = False
     for net, chain, rows, p in zip(path.net.nets, path.chains, path.ins, path.net.split(part)):
+        if repair == "pseudo" and path.calibrated:
+            rows = surgery.pseudo_inputs(net)
         probes = rows[0] if repair and all(l.taps == 1 for l in net.layers) else None
         small, _, _, ran = reduce_and_repair(net, p, probes, None)
         ran_any = ran_any or ran
@@ -188,10 +190,10 @@ def compress_inside(model: nn.Module, eps, *, method, mode, relative, symmetry, 
             ms = path.for_params(int(target_params))
             part = path.partition_at(ms, path.eps_of(ms))
         elif target_error is not None:
-            part = _for_error(model, path, calib, calibration_targets, float(target_error), how is not None)
+            part = _for_error(model, path, calib, calibration_targets, float(target_error), how)
         else:
             part = path.partition(0.0 if eps is None else eps)
-        reduced, ran = apply(model, path, part, how is not None)
+        reduced, ran = apply(model, path, part, how)
         err = output_error(before, _output(reduced, calib)) if calib is not None else None
         _train(reduced, was_training)
     finally:
@@ -219,7 +221,7 @@ def _train(model: nn.Module, mode: bool) -> None:
             pass
 
 
-def _for_error(model, path: ModelPath, calib, targets, max_increase: float, repair: bool) -> Partition:
+def _for_error(model, path: ModelPath, calib, targets, max_increase: float, repair: str | None) -> Partition:
     """The most merges along the path whose model's MSE against ``targets`` on the calibration
     inputs is within (1 + max_increase) of the original's."""
     if calib is None or targets is None:

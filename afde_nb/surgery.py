@@ -170,6 +170,18 @@ def copy_model(model: nn.Module) -> nn.Module:
 # layer inputs on probe data
 
 
+def run(fn, x: torch.Tensor, name: str | None = None):
+    """``fn(x)`` without gradients; a model that does not run on ``x`` (a shape it does not take, a
+    batch size an exported program is fixed to) is a :class:`ShapeMismatchError` naming both."""
+    try:
+        with torch.no_grad():
+            return fn(x)
+    except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ShapeMismatchError(f"{name or type(fn).__name__} does not run on calibration shaped "
+                                 f"{tuple(x.shape)}: {first}") from exc
+
+
 def capture(model: nn.Module, affines: list[Affine], x) -> dict[str, torch.Tensor]:
     """The input of each layer in ``affines`` (by weight path) when ``model`` runs on ``x``."""
     seen: dict[str, torch.Tensor] = {}
@@ -181,8 +193,7 @@ def capture(model: nn.Module, affines: list[Affine], x) -> dict[str, torch.Tenso
                 seen.setdefault(key, args[0].detach())
             handles.append(model.get_submodule(a.module).register_forward_pre_hook(hook))
         try:
-            with torch.no_grad():
-                model(x)
+            run(model, x)
         finally:
             for h in handles:
                 h.remove()
@@ -198,8 +209,7 @@ def capture(model: nn.Module, affines: list[Affine], x) -> dict[str, torch.Tenso
                     seen.setdefault(str(n.args[1].target), self.env[n.args[0]].detach())
                 return super().run_node(n)
 
-        with torch.no_grad():
-            _Recorder(model).run(x)
+        run(_Recorder(model).run, x, type(model).__name__)
     missing = [k for k in want if k not in seen]
     if missing:
         raise ShapeMismatchError(f"the calibration run did not reach {', '.join(missing)}")

@@ -212,3 +212,34 @@ def test_a_failing_cell_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
     rows = run(profile, tmp_path / "out", log=said.append)
     assert any("resuming: 4 of 5" in s for s in said)
     assert sum(r["method"] == "magnitude" for r in rows) == 2
+
+
+def test_examples_bench_at_equal_size(tmp_path, monkeypatch):
+    """The models that are not plain stacks: every method at most the baselines' parameters, the
+    same setting pairs, latency ratios, and the Markdown table."""
+    from afde_nb.bench.examples import run_examples
+
+    monkeypatch.setenv("AFDE_NB_CACHE", str(tmp_path / "cache"))
+    rows = run_examples(tmp_path / "out", seeds=(0,), amounts=(0.5,), names=("residual_mlp",), reps=3)
+    by = {(r["setting"], r["method"]): r for r in rows}
+    assert set(by) == {("original", "original"), ("data-free", "structured-norm"), ("data-free", "folding"),
+                       ("data-free", "afde-nb"), ("calibrated", "afde-nb"), ("calibrated", "structured-wanda"),
+                       ("repaired", "afde-nb"), ("repaired", "structured-norm"), ("repaired", "structured-wanda"),
+                       ("repaired", "folding")}
+    budget = by[("data-free", "folding")]["params"]
+    assert budget < by[("original", "original")]["params"]
+    for (setting, method), r in by.items():
+        if setting != "original":
+            assert r["params"] <= budget, (setting, method)
+            assert r["latency_1"] > 0 and r["latency_256"] > 0
+    text = (tmp_path / "out" / "examples.md").read_text()
+    assert "## residual_mlp" in text and "| 0.50 | repaired | folding |" in text
+
+
+@pytest.mark.slow
+def test_examples_bench_from_the_command_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AFDE_NB_CACHE", str(tmp_path / "cache"))
+    assert main(["bench", "--examples", "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "examples.md").read_text()
+    assert all(f"## {name}" in text for name in ("digits_cnn", "residual_mlp", "transformer"))
+    assert "examples.md" in capsys.readouterr().out

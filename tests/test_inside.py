@@ -436,3 +436,28 @@ def test_zoo_examples_planted_duplicates_exact(name):
     got = {s.name: s.neurons_before - s.neurons_after for s in c.layers}
     assert got == want and len(got) == {"digits_cnn": 3, "residual_mlp": 2, "transformer": 2}[name]
     assert max_diff(c.model, model, x) <= TOL
+
+
+def test_calibration_the_model_does_not_take_is_named():
+    with pytest.raises(afde_nb.ShapeMismatchError, match=r"ResidualMLP does not run on calibration shaped \(8, 3\)"):
+        afde_nb.compress(ResidualMLP().eval(), 0.1, calibration=torch.randn(8, 3))
+    m = CNN().eval()
+    gm = torch.export.export(m, (torch.randn(4, 2, 8, 8),)).module()  # batch fixed to 4
+    with pytest.raises(afde_nb.ShapeMismatchError, match=r"does not run on calibration shaped \(16, 2, 8, 8\)"):
+        afde_nb.compress(gm, 0.1, calibration=torch.randn(16, 2, 8, 8))
+
+
+def test_pseudo_repair_and_baseline_repair_through_repair_pruned():
+    from afde_nb.baselines import match_params, repair_pruned, structured_prune
+
+    torch.manual_seed(14)
+    m = ResidualMLP().eval()
+    x = torch.randn(256, 5)
+    c = afde_nb.compress(m, 0.4, repair="pseudo")
+    assert c.repaired == "pseudo"
+    p = match_params(structured_prune, m, c.params_after)
+    assert p.params == params(p.model) <= c.params_after
+    fixed = repair_pruned(p, m, x)
+    assert fixed.repaired == "calibration" and fixed.params == p.params
+    assert max_diff(fixed.model, m, x) < max_diff(p.model, m, x)
+    assert repair_pruned(p, m, pseudo=True).repaired == "pseudo"

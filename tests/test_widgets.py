@@ -765,11 +765,15 @@ def test_state_general_model(residual, data, tmp_path):
     assert pts[0][0] == 0.0 and len(pts) > 2
     s.set_target_kept(0.8)
     assert s.compression.params_after <= 0.8 * c.params_before
-    # the trade-off: afde-nb's own curve, and a note that the pruning baselines take plain stacks only
+    # the trade-off: magnitude/Wanda have no groups to act on; structured pruning and folding of the
+    # same groups stand in, at afde-nb's sizes, with the same repair, and a note says so
     s.eps_values = [0.0, 0.5, 2.0]
-    assert s.tradeoff_baselines == () and "plain Linear stacks" in s.tradeoff_note
+    assert s.tradeoff_baselines == ("structured-norm", "kmeans-fold") and "plain Linear stacks" in s.tradeoff_note
     rows = s.tradeoff()
-    assert {r["method"] for r in rows} == {"original", "afde-backward+repair"} and len(rows) == 4
+    assert {r["method"] for r in rows} == {"original", "afde-backward+repair", "structured-norm+repair",
+                                           "kmeans-fold+repair"}
+    afde = {r["params"] for r in rows if r["method"] == "afde-backward+repair"}
+    assert {r["params"] for r in rows if r["method"] == "kmeans-fold+repair"} <= afde
     # export: a .pt2 program (any other suffix becomes .pt2), loaded by stock torch
     assert s.export_choice("reduced.pt") == ("reduced.pt2", ".pt2")
     (written,) = s.export(tmp_path / "m.pt")
@@ -801,8 +805,9 @@ def test_panel_general_model(Panel, residual, data, tmp_path):
     # the per-group merges, by module path, and what was found
     assert "<code>fc1</code> gelu" in p.merges_html.value and "afde-groups-report" in p.merges_html.value
     assert "left alone" in p.merges_html.value
-    # the trade-off: drawn without the baselines, with a visible note
-    assert {r["method"] for r in p.curve} == {"original", "afde-backward+repair"}
+    # the trade-off: against the baselines acting on the same groups, with a visible note
+    assert {r["method"] for r in p.curve} == {"original", "afde-backward+repair", "structured-norm+repair",
+                                              "kmeans-fold+repair"}
     png, note = p.tradeoff_out.outputs
     assert "image/png" in png["data"] and "plain Linear stacks" in note["data"]["text/html"]
     before = p.compression.params_after

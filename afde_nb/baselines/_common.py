@@ -1,7 +1,7 @@
 """Shared pieces of the baselines: a fresh copy of the model, calibration handling, counts."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ class Pruned:
     maps: list | None = None
     start: int = 0
     repaired: str | None = None
+    #: for a model that is not a plain stack: ``refit(calibration, pseudo)`` reruns the method
+    #: with the repair of its groups (:mod:`afde_nb.baselines.groups`)
+    refit: object = field(default=None, repr=False)
 
 
 def count_params(model: nn.Module, nonzero: bool = False) -> int:
@@ -116,7 +119,12 @@ def bias_count(net: Network) -> int:
 
 
 def dense_counter(model: nn.Module):
-    """params(amount) of a method that keeps ``n_kept(n, amount)`` neurons per hidden layer."""
+    """params(amount) of a method that keeps ``n_kept(n, amount)`` neurons per hidden layer (of
+    every group, for a model that is not a plain stack)."""
+    if not is_stack(model):
+        from .groups import groups_counter
+
+        return groups_counter(model)
     net, _ = read(model)
     sizes = [l.out_features for l in net.hidden]
     return lambda amount: dense_count(net, [n_kept(n, amount) for n in sizes])

@@ -7,8 +7,8 @@ algorithm runs on it unchanged (:func:`~afde_nb.baselines.structured.select_neur
 :func:`~afde_nb.baselines.structured.neuron_scores`; :func:`~afde_nb.baselines.folding.kmeans` with
 :func:`~afde_nb.baselines.folding.fold_layer`: a convolution's unit is a channel, its row the
 kernel), and the result is written into a copy of the model. ``repair=True`` refits Linear chains
-on their calibration inputs exactly as :func:`afde_nb.compress` does; convolution chains are not
-refit by any method.
+on their calibration inputs exactly as :func:`afde_nb.compress` does (``"pseudo"``: on pseudo-inputs
+run through each chain); convolution chains are not refit by any method.
 """
 from __future__ import annotations
 
@@ -51,22 +51,44 @@ def _unit_norms(t: torch.Tensor, kind: str, units: int) -> np.ndarray:
     return np.sqrt((a.numpy() ** 2).sum(axis=(0, 2)))
 
 
-def _finish(model, disc, nets, smalls, maps, rows, repair: bool, method: str, amount: float) -> Pruned:
+def _finish(model, disc, nets, smalls, maps, rows, repair, method: str, amount: float, again) -> Pruned:
+    """The pruned copy; ``repair`` (True: on the calibration rows, "pseudo": on pseudo-inputs run
+    through each chain) refits lossy Linear chains; ``again(calibration, repair)`` reruns the method."""
     out = surgery.copy_model(model)
     ran = False
     for chain, net, small, m, r in zip(disc.chains, nets, smalls, maps, rows or [None] * len(nets)):
         if repair:
-            if r is None:
+            if repair == "pseudo":
+                r = surgery.pseudo_inputs(net)
+            elif r is None:
                 raise InvalidArgumentError("repair=True needs calibration inputs")
             lossy = [h for h, (lab, _) in enumerate(m) if lab.size and (lab.max() + 1 < lab.size or (lab < 0).any())]
             if lossy and all(l.taps == 1 for l in net.layers):
                 small, ran = refit(net, small, r[0], m, start=lossy[0] + 1), True
         surgery.write_back(out, chain, small)
-    return Pruned(out, count_params(out), method, amount, True, None, 0, "calibration" if ran else None)
+    how = ("pseudo" if repair == "pseudo" else "calibration") if ran else None
+    return Pruned(out, count_params(out), method, amount, True, None, 0, how,
+                  lambda calibration, pseudo: again(calibration, "pseudo" if pseudo else True))
+
+
+def groups_counter(model: nn.Module):
+    """params(amount) of a method keeping ``n_kept(n, amount)`` units of every group, in closed form."""
+    from ..inside import ChainSet, count_params as total
+
+    disc = find_groups(model)
+    if not disc.chains:
+        raise UnsupportedLayerError("no lumpable groups to prune or fold:\n" + disc.report())
+    nets = [surgery.chain_network(model, c) for c in disc.chains]
+    costs = [[surgery.unit_cost(net.layers[k], a, c[k].norm if k < len(c) else None)
+              for k, a in enumerate(surgery.chain_affines(c))] for net, c in zip(nets, disc.chains)]
+    cs = ChainSet(nets, costs, 0)
+    cs.fixed = total(model) - cs.num_params
+    sizes = [l.out_features for n in nets for l in n.hidden]
+    return lambda amount: cs.num_params_with([n_kept(n, amount) for n in sizes])
 
 
 def structured_prune_groups(model: nn.Module, amount: float, score: str = "norm", calibration=None,
-                            repair: bool = False) -> Pruned:
+                            repair: bool | str = False) -> Pruned:
     """Remove the lowest-scoring ``amount`` of the units of every group (scores as
     :func:`~afde_nb.baselines.structured.neuron_scores`; ``"wanda"`` measures ||h_i|| on ``calibration``)."""
     amount = check_amount(amount)
@@ -90,10 +112,11 @@ def structured_prune_groups(model: nn.Module, amount: float, score: str = "norm"
             lab[k] = np.arange(len(k))
             m.append((lab, np.ones(len(s))))
         maps.append(m)
-    return _finish(model, disc, nets, smalls, maps, rows, repair, f"structured-{score}", amount)
+    return _finish(model, disc, nets, smalls, maps, rows, repair, f"structured-{score}", amount,
+                   lambda cal, rep: structured_prune_groups(model, amount, score, cal if cal is not None else calibration, rep))
 
 
-def fold_groups(model: nn.Module, amount: float, seed: int = 0, calibration=None, repair: bool = False,
+def fold_groups(model: nn.Module, amount: float, seed: int = 0, calibration=None, repair: bool | str = False,
                 max_iter: int = 300) -> Pruned:
     """Fold every group to ``n_kept(n, amount)`` units by k-means on the incoming rows (kernels of
     a convolution, norms folded), front to back within each chain."""
@@ -110,4 +133,5 @@ def fold_groups(model: nn.Module, amount: float, seed: int = 0, calibration=None
             net = fold_layer(net, l, labels)
         smalls.append(net)
         maps.append(m)
-    return _finish(model, disc, nets, smalls, maps, rows, repair, "folding", amount)
+    return _finish(model, disc, nets, smalls, maps, rows, repair, "folding", amount,
+                   lambda cal, rep: fold_groups(model, amount, seed, cal, rep, max_iter))

@@ -23,6 +23,10 @@ from ._common import Pruned, as_calibration, build, count_params, read
 def repair_pruned(pruned: Pruned, model: nn.Module, calibration=None, pseudo: bool = False) -> Pruned:
     """``pruned`` (made from ``model``) refit on ``calibration`` inputs, or data-free on
     standard-normal pseudo-inputs with ``pseudo=True``; a new :class:`Pruned`."""
+    if pruned.refit is not None:  # made inside a model that is not a plain stack
+        if pseudo == (calibration is not None):
+            raise InvalidArgumentError("give calibration inputs or pseudo=True (not both)")
+        return pruned.refit(calibration, pseudo)
     original, device = read(model)
     small, _ = read(pruned.model)
     if pseudo == (calibration is not None):

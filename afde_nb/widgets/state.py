@@ -562,20 +562,23 @@ class PanelState:
 
     @property
     def tradeoff_baselines(self) -> tuple[str, ...]:
-        """The baselines the trade-off compares with: :func:`afde_nb.bench.tradeoff` matches them to
-        afde-nb's sizes on plain Linear stacks only, so none for a general model
-        (:attr:`tradeoff_note` says so)."""
-        return () if self.general else self.baselines
+        """The baselines the trade-off compares with. For a model that is not a plain stack the
+        unstructured ones (magnitude, Wanda) have no groups to act on: structured pruning and
+        k-means folding of the same groups afde-nb lumps stand in (:attr:`tradeoff_note` says so)."""
+        if not self.general:
+            return self.baselines
+        return tuple(b for b in self.baselines if b in GROUP_BASELINES) or GROUP_BASELINES_DEFAULT
 
     @property
     def tradeoff_note(self) -> str:
         """What the trade-off curve leaves out for this model, or ``""``."""
         if not self.general or not self.baselines:
             return ""
-        return (f"the curve's baselines ({', '.join(self.baselines)}) are matched to afde-nb's sizes on plain Linear "
-                "stacks only, so it shows afde-nb's own "
-                "size/error trade-off; structured pruning and k-means folding of the same groups are compared "
-                "in the benchmark (afde_nb.bench.examples, docs/results.md)")
+        dropped = [b for b in self.baselines if b not in GROUP_BASELINES]
+        if not dropped:
+            return ""
+        return (f"{', '.join(dropped)} prune single weights of plain Linear stacks; on this model's groups the curve "
+                f"compares with {', '.join(self.tradeoff_baselines)} (the same units afde-nb lumps)")
 
     def tradeoff_steps(self) -> int:
         """About how many models :meth:`tradeoff` evaluates (for a progress bar)."""
@@ -617,5 +620,10 @@ class PanelState:
         return [Path(w).resolve() for w in self.compression.save(target, example_inputs=example)]
 
 
-__all__ = ["FORMATS", "GENERAL_FORMATS", "GENERAL_METHODS", "METHODS", "MODES", "PanelState", "export_target",
+#: baselines that act on the groups of a model that is not a plain stack (afde_nb.baselines.groups)
+GROUP_BASELINES = ("structured-norm", "structured-wanda", "kmeans-fold")
+GROUP_BASELINES_DEFAULT = ("structured-norm", "kmeans-fold")
+
+
+__all__ = ["GROUP_BASELINES", "FORMATS", "GENERAL_FORMATS", "GENERAL_METHODS", "METHODS", "MODES", "PanelState", "export_target",
            "is_general", "merges_of", "resolve_data"]
