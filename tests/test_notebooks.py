@@ -1,4 +1,4 @@
-"""Execute notebooks/quickstart.ipynb and notebooks/study.ipynb top to bottom and check what they print."""
+"""Execute the notebooks top to bottom and check what they print."""
 from __future__ import annotations
 
 import os
@@ -45,7 +45,7 @@ def _mimes(nb) -> list[str]:
     return [m for c in nb.cells for o in c.get("outputs", []) for m in o.get("data", {})]
 
 
-@pytest.mark.parametrize("name", ["quickstart.ipynb", "study.ipynb"])
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "study.ipynb", "beyond_stacks.ipynb"])
 def test_committed_without_outputs(name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(nb)
@@ -78,3 +78,18 @@ def test_study(tmp_path, monkeypatch):
     assert text.count(want) == 2
     assert "image/png" in _mimes(nb)
     assert "study finished in" in text
+
+
+@pytest.mark.slow
+def test_beyond_stacks(tmp_path, monkeypatch):
+    nb, text = _execute("beyond_stacks.ipynb", tmp_path, monkeypatch)
+    assert "lumps conv2 (conv2d) -> bn2 (folded) -> relu -> fc1" in text
+    assert "left alone encoder.0.self_attn: attention" in text
+    for name in ("digits_cnn", "residual_mlp", "transformer"):
+        assert f"{name}: " in text and "afde-nb" in text
+    assert "baselines on the curve: ['afde-backward+repair', 'kmeans-fold+repair', 'structured-norm+repair']" in text
+    assert "panel errors: []" in text
+    # the CLI printed its report as section 1 did, and the .pt2 program reloads equal to the reduced model
+    assert text.count("lumps conv1 (conv2d) -> bn1 (folded) -> relu -> conv2") == 2
+    assert "max |loaded - reduced| = 0.0" in text
+    assert "notebook finished in" in text
