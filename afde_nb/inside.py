@@ -17,6 +17,7 @@ layers (tokens of a sequence are rows); convolution chains are not refit.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -187,8 +188,7 @@ def compress_inside(model: nn.Module, eps, *, method, mode, relative, symmetry, 
     try:
         before = _output(model, calib) if calib is not None else None
         if target_params is not None:
-            ms = path.for_params(int(target_params))
-            part = path.partition_at(ms, path.eps_of(ms))
+            part = _for_params(model, path, int(target_params), calib, how)
         elif target_error is not None:
             part = _for_error(model, path, calib, calibration_targets, float(target_error), how)
         else:
@@ -219,6 +219,38 @@ def _train(model: nn.Module, mode: bool) -> None:
             model.train(mode)
         except NotImplementedError:
             pass
+
+
+def _for_params(model: nn.Module, path: ModelPath, target: int, calib, repair: str | None) -> Partition:
+    """The partition within ``target`` parameters. Without calibration data (or with fewer than 8
+    samples): the path's global order. With it, as for plain stacks (method.md §8.6), the split of
+    the budget between layers is chosen by measured error: the global order, each layer's bound
+    scaled by 1/4..4 in turn, and the same fraction of every layer, each applied (and repaired on
+    3/4 of the calibration samples when repair is on) and scored on the other 1/4."""
+    from .compress import _split
+    from .target import pick, scale_candidates
+
+    cands = scale_candidates(len(path.layers))
+    if calib is None or len(calib) < 8 or len(cands) == 1:
+        ms = path.for_params(target)
+        return path.partition_at(ms, path.eps_of(ms))
+    fit, held = (torch.as_tensor(i) for i in _split(len(calib)))
+    fit_path = path
+    if repair == "calibration":  # refit on the fit samples only, so the held ones score it fairly
+        fit_path = copy.copy(path)
+        captured = surgery.capture(model, [a for c in path.chains for a in surgery.chain_affines(c)], calib[fit])
+        fit_path.ins = [surgery.chain_inputs(model, c, captured) for c in path.chains]
+    x_held = calib[held]
+    want = _output(model, x_held)
+    options = [path.for_params(target, scale) for scale in cands] + [path.uniform(target)]
+
+    def score(ms) -> float:
+        small, _ = apply(model, fit_path, path.partition_at(ms), repair)
+        _train(small, False)
+        return output_error(want, _output(small, x_held))["relative_mse"]
+
+    best = pick(options, score)
+    return path.partition_at(best, path.eps_of(best))
 
 
 def _for_error(model, path: ModelPath, calib, targets, max_increase: float, repair: str | None) -> Partition:
