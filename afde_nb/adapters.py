@@ -3,6 +3,12 @@
 ``to_network`` reads a feed-forward stack of ``Linear`` layers and element-wise activations out
 of an ``nn.Sequential`` or of any ``nn.Module`` whose forward is such a stack (traced with
 ``torch.fx``); ``to_torch`` builds the plain ``nn.Sequential`` that stock torch loads.
+
+float32 end to end (issue 10): a CPU float32 or float64 model is read as read-only numpy views of
+its tensors (no copy); the quotient writes the reduced layers once into fresh arrays of the
+model's dtype, which ``to_torch`` wraps with ``torch.from_numpy`` instead of copying again. numpy
+allocates them (with transparent huge pages where the kernel allows: several times fewer page
+faults than torch's allocator on a fresh 100M-parameter model).
 """
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import torch
 from torch import nn
 
 from .errors import InvalidWeightsError, UnsupportedLayerError
-from .network import Layer, Network
+from .network import Layer, Network, finite
 
 _ACT_MODULES = {
     nn.Tanh: "tanh",
@@ -43,6 +49,20 @@ def _ops_sequential(model: nn.Sequential) -> list[tuple[str, object]]:
         else:
             ops.append((name, mod))
     return ops
+
+
+def _plain_sequential(model: nn.Module) -> bool:
+    """An ``nn.Sequential`` (no subclass) of nested ``nn.Sequential``s and torch's own leaf modules:
+    fx would trace exactly its leaves in order, so the trace (~10 ms) is skipped."""
+    if type(model) is not nn.Sequential:
+        return False
+    for m in model.modules():
+        if isinstance(m, nn.Sequential):
+            if type(m) is not nn.Sequential:
+                return False
+        elif not type(m).__module__.startswith("torch.nn.modules."):
+            return False
+    return True
 
 
 def _ops_traced(model: nn.Module) -> list[tuple[str, object]]:
@@ -89,24 +109,43 @@ def _ops_traced(model: nn.Module) -> list[tuple[str, object]]:
     return ops
 
 
-def _finite(name: str, t: torch.Tensor) -> np.ndarray:
-    a = t.detach().to("cpu", torch.float64).numpy().copy()
-    if not np.isfinite(a).all():
+#: dtypes read in place (as numpy views); others are copied to float64
+_IN_PLACE = (torch.float32, torch.float64)
+
+
+def _array(name: str, t: torch.Tensor, check: bool) -> np.ndarray:
+    """A read-only array of ``t``: a view for a CPU float32/float64 tensor, else a float64 copy
+    (float16, bfloat16) or a copy in the same dtype (another device)."""
+    t = t.detach()
+    if t.dtype in _IN_PLACE:
+        a = t.cpu().numpy() if t.device.type != "cpu" else t.resolve_conj().resolve_neg().numpy()
+    else:
+        a = t.to("cpu", torch.float64).numpy()
+    a = a.view()
+    a.flags.writeable = False  # nothing in afde-nb may write into the user's tensors
+    if check and not finite(a):
         bad = "NaN" if np.isnan(a).any() else "infinite"
         raise InvalidWeightsError(f"{name} contains {bad} values; afde-nb needs finite weights")
     return a
 
 
-def to_network(model: nn.Module) -> Network:
-    """Read ``model`` into float64 arrays; the model itself is not modified."""
+def to_network(model: nn.Module, *, check: bool = True) -> Network:
+    """Read ``model`` into a Network of read-only arrays in its dtype (views of CPU float32/float64
+    tensors, see the module docstring); the model itself is not modified. ``check=False`` leaves
+    the finiteness check to the first pass of :func:`~afde_nb.path.merge_path` (or of the
+    quotient), which names the tensor the same way; ``compress`` uses it so the weights are read
+    once fewer."""
     if not isinstance(model, nn.Module):
         raise UnsupportedLayerError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    try:
-        ops = _ops_traced(model)
-    except UnsupportedLayerError:
-        if not isinstance(model, nn.Sequential):
-            raise
+    if _plain_sequential(model):  # its forward is the chain of its leaves: what fx would trace
         ops = _ops_sequential(model)
+    else:
+        try:
+            ops = _ops_traced(model)
+        except UnsupportedLayerError:
+            if not isinstance(model, nn.Sequential):
+                raise
+            ops = _ops_sequential(model)
     layers: list[Layer] = []
     dtype = None
     flatten = None  # (start_dim, end_dim) of a Flatten on the inputs
@@ -118,8 +157,12 @@ def to_network(model: nn.Module) -> Network:
             flatten = (int(op.start_dim), int(op.end_dim))
             continue
         if isinstance(op, nn.Linear):
-            w = _finite(f"{path}.weight", op.weight)
-            b = _finite(f"{path}.bias", op.bias) if op.bias is not None else np.zeros(w.shape[0])
+            w = _array(f"{path}.weight", op.weight, check)
+            if op.bias is not None:
+                b = _array(f"{path}.bias", op.bias, check)
+            else:
+                b = np.zeros(w.shape[0], dtype=w.dtype)
+                b.flags.writeable = False
             if layers and layers[-1].out_features != w.shape[1]:
                 raise UnsupportedLayerError(
                     f"Linear {path!r} takes {w.shape[1]} inputs but the layer before gives "
@@ -146,24 +189,64 @@ def to_network(model: nn.Module) -> Network:
         open_linear = False
     if not layers:
         raise UnsupportedLayerError(f"{type(model).__name__} has no Linear layer")
-    return Network(layers, dtype=dtype or "float32", meta={"flatten": flatten} if flatten else {})
+    meta = {"flatten": flatten} if flatten else {}
+    meta["versions"] = versions(model)
+    return Network(layers, dtype=dtype or "float32", meta=meta, finite_checked=check)
+
+
+def versions(model: nn.Module) -> tuple | None:
+    """What changes when a parameter of ``model`` is replaced or written in place by torch (its
+    storage and version counter): the Network holds views, not a snapshot, so a merge path reused
+    with ``path=`` must have been built from the same versions (compress checks it)."""
+    try:
+        return tuple((p.data_ptr(), p._version) for p in model.parameters())
+    except RuntimeError:  # inference tensors keep no version counter
+        return None
 
 
 _ACT_CLASS = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU}
 
 
+def _tensor(a: np.ndarray, dtype: torch.dtype, adopt: bool) -> torch.Tensor:
+    """``a`` as a CPU tensor of ``dtype`` that shares nothing with anything but ``a`` when
+    ``adopt`` (a fresh buffer handed over), else with nothing: wrapped without a copy when adopted
+    and already of ``dtype``, else one copy made by numpy (huge pages) and wrapped."""
+    want = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype)
+    if want is None:  # float16 / bfloat16: torch converts
+        return torch.from_numpy(np.array(a, dtype=np.float64)).to(dtype)
+    if adopt and isinstance(a, np.ndarray) and a.dtype == want and a.flags.c_contiguous and a.flags.owndata \
+            and a.flags.writeable:
+        t = torch.from_numpy(a)
+        a.flags.writeable = False  # the Network still holds it: it may no longer write into the model
+        return t
+    return torch.from_numpy(np.array(a, dtype=want, order="C", copy=True))
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A stock ``nn.Linear`` holding these tensors, built without ``Linear.__init__``: it would
+    allocate and randomly initialise weights that are replaced next (even on the meta device its
+    initialisation costs ~1.5 ms a layer)."""
+    lin = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(lin)
+    lin.out_features, lin.in_features = int(weight.shape[0]), int(weight.shape[1])
+    lin.weight = nn.Parameter(weight)
+    lin.register_parameter("bias", None if bias is None else nn.Parameter(bias))
+    return lin
+
+
 def to_torch(net: Network, device: torch.device | str | None = None) -> nn.Sequential:
-    """A plain ``nn.Sequential`` of stock torch modules computing ``net``."""
+    """A plain ``nn.Sequential`` of stock torch modules computing ``net``, in ``net.dtype``.
+
+    The model never shares storage with the arrays of a Network that does not own them (one copy
+    each, e.g. of :func:`to_network`'s views of the user's model). The quotient's own output
+    (``net.owned``) is handed over instead: its arrays become the tensors, with no copy, and the
+    Network keeps them as read-only views of the new model (``owned`` is cleared, so a second
+    call copies)."""
     dtype = getattr(torch, net.dtype)
+    adopt, net.owned = net.owned, False
     mods: list[nn.Module] = []
     for l in net.layers:
-        # skip_init: no random initialisation of weights that are overwritten next (seconds at 100M)
-        lin = torch.nn.utils.skip_init(nn.Linear, l.in_features, l.out_features, bias=l.has_bias, dtype=dtype)
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(l.weight))
-            if l.has_bias:
-                lin.bias.copy_(torch.from_numpy(l.bias))
-        mods.append(lin)
+        mods.append(_linear(_tensor(l.weight, dtype, adopt), _tensor(l.bias, dtype, adopt) if l.has_bias else None))
         if l.activation == "leaky_relu":
             mods.append(nn.LeakyReLU(l.negative_slope))
         elif l.activation != "identity":

@@ -153,7 +153,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         raise InvalidArgumentError("data_aware=True applies to method='components'; the merge paths "
                                    "measure their bounds on the calibration inputs already")
     try:
-        net = to_network(model)
+        net = to_network(model, check=False)  # finiteness: merge_path's first pass (else quotient/lump)
     except UnsupportedLayerError as exc:
         if not isinstance(model, nn.Module):
             raise
@@ -216,7 +216,9 @@ def _check_path(path: MergePath, net: Network, method, mode, relative, symmetry,
     got = {k: getattr(path, k) for k in want}
     if got != want:
         raise InvalidArgumentError(f"path was built for {got}, this call asks for {want}")
-    same = path.net.widths == net.widths and all(
+    # to_network's arrays are views of the model: equal arrays can be the same memory written since
+    stale = path.net.meta.get("versions") != net.meta.get("versions") or net.meta.get("versions", ()) is None
+    same = not stale and path.net.widths == net.widths and all(
         np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias) for a, b in zip(path.net.layers, net.layers))
     if not same:
         raise InvalidArgumentError("path was built for another model (its weights differ); build a new one")

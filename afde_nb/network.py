@@ -1,8 +1,11 @@
 """The plain-array view of a feed-forward network that the engine works on.
 
 A :class:`Network` is a list of :class:`Layer` (Linear + element-wise activation). Layers
-``0..L-1`` produce hidden neurons; the last layer produces the outputs. Arrays are float64 copies:
-the user's model is never touched.
+``0..L-1`` produce hidden neurons; the last layer produces the outputs. Arrays are in the model's
+dtype: :func:`~afde_nb.adapters.to_network` holds read-only numpy *views* of a CPU float32/float64
+model's tensors (no copy, issue 10) and float64 copies of anything else; nothing here writes into
+them, so the user's model is never touched. Code that needs float64 precision (repair solves,
+probe forwards) converts locally; numpy's promotion does it for ``x @ W.T`` with float64 ``x``.
 """
 from __future__ import annotations
 
@@ -65,6 +68,13 @@ class Network:
     layers: list[Layer]
     dtype: str = "float32"
     meta: dict = field(default_factory=dict)
+    #: the arrays are fresh buffers that nothing else references (the quotient's output):
+    #: :func:`~afde_nb.adapters.to_torch` may then hand them to the torch model instead of copying
+    #: (once; it clears the flag)
+    owned: bool = field(default=False, repr=False, compare=False)
+    #: set once every array was found finite while all were read-only (they cannot have changed
+    #: through this Network since): :meth:`check_finite` then skips its pass over the weights
+    finite_checked: bool = field(default=False, repr=False, compare=False)
 
     @property
     def hidden(self) -> list[Layer]:
@@ -86,23 +96,26 @@ class Network:
         return sum(widths[k] * l.taps * widths[k + 1] + (widths[k + 1] if l.has_bias else 0)
                    for k, l in enumerate(self.layers))
 
-    def check_finite(self, what: str = "network") -> "Network":
+    def check_finite(self, what: str = "network", layers=None) -> "Network":
         """Raise :class:`~afde_nb.errors.InvalidWeightsError` naming the first layer with a NaN or
         infinite weight or bias: NaN would otherwise reach the engine's sort comparators and turn
-        every distance into "no merge" silently."""
-        from .errors import InvalidWeightsError
-
-        for k, l in enumerate(self.layers):
+        every distance into "no merge" silently. ``layers``: only these layer indices (the caller
+        checked the others). Skipped when :attr:`finite_checked` still holds (see :meth:`readonly`)."""
+        if self.finite_checked and self.readonly():
+            return self
+        for k in range(len(self.layers)) if layers is None else layers:
+            l = self.layers[k]
             for name, a in (("weight", l.weight), ("bias", l.bias)):
-                # a sum is finite iff every entry is, unless it overflows: one pass at the memory
-                # floor with no temporary; only a non-finite sum pays for the element-wise check
-                with np.errstate(over="ignore", invalid="ignore"):
-                    total = np.sum(a)
-                if not np.isfinite(total) and not np.all(np.isfinite(a)):
-                    raise InvalidWeightsError(
-                        f"{what}: layer {k} ({l.path or 'Linear'}) has a NaN or infinite {name}; "
-                        "afde-nb needs finite weights")
+                if not finite(a):
+                    raise non_finite_error(what, k, l, name)
+        if layers is None:
+            self.finite_checked = self.readonly()
         return self
+
+    def readonly(self) -> bool:
+        """Whether no array can be written through this Network (to_network's views and copies)."""
+        return all(not (isinstance(a, np.ndarray) and a.flags.writeable)
+                   for l in self.layers for a in (l.weight, l.bias))
 
     def engine_args(self) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
         """(weights, biases, activation codes) as the C++ engine takes them."""
@@ -127,6 +140,52 @@ class Network:
         return h
 
 
+def finite(a: np.ndarray) -> bool:
+    """Every entry finite. A sum is finite iff every entry is, unless it overflows: one pass at the
+    memory floor with no temporary; only a non-finite sum pays for the element-wise check."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.sum(a)
+    return bool(np.isfinite(total) or np.all(np.isfinite(a)))
+
+
+def non_finite_error(what: str, k: int, layer: Layer, name: str):
+    """The InvalidWeightsError naming tensor ``name`` of layer ``k``."""
+    from .errors import InvalidWeightsError
+
+    where = f"{layer.path}.{name}" if layer.path else f"layer {k} {name}"
+    return InvalidWeightsError(f"{what}: {where} (layer {k}) contains NaN or infinite values; "
+                               "afde-nb needs finite weights")
+
+
+def engine_layer(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) as the engine reads them: ``W`` in place when it is a C-contiguous float32/float64
+    array (a to_network view), else one float64 copy; ``b`` as float64 (one value per row)."""
+    w = layer.weight
+    if not (isinstance(w, np.ndarray) and w.dtype in (np.float32, np.float64) and w.flags.c_contiguous):
+        w = np.ascontiguousarray(w, dtype=np.float64)
+    return w, np.ascontiguousarray(layer.bias, dtype=np.float64)
+
+
+def column_map(labels: np.ndarray, signs: np.ndarray, scales: np.ndarray, activation: str, taps: int = 1):
+    """How a layer's weight columns map onto reduced source neurons (:class:`afde_nb.path.Source`:
+    source k is ``signs[k] * scales[k] * u_{labels[k]}``, a sigmoid with sign -1 is ``1 - u``), as
+    the engine takes it: (column labels or None for the identity, coefficients or None for all 1,
+    flips or None, reduced columns). ``taps`` columns per source neuron."""
+    labels = np.asarray(labels, dtype=np.int64)
+    k = int(labels.max()) + 1 if labels.size else 0
+    coef = np.asarray(signs) * np.asarray(scales, dtype=np.float64)
+    flip = (np.asarray(signs) < 0) if activation == "sigmoid" else None
+    if taps > 1:
+        labels = (labels[:, None] * taps + np.arange(taps)).reshape(-1)
+        coef = np.repeat(coef, taps)
+        flip = None if flip is None else np.repeat(flip, taps)
+        k *= taps
+    ident = k == labels.size and np.array_equal(labels, np.arange(k))
+    return (None if ident else labels,
+            None if np.all(coef == 1.0) else np.ascontiguousarray(coef, dtype=np.float64),
+            None if flip is None or not flip.any() else flip.astype(np.uint8), k)
+
+
 def unit_columns(units: np.ndarray, taps: int) -> np.ndarray:
     """The weight columns of input units ``units`` in a layer with ``taps`` columns per unit."""
     units = np.asarray(units, dtype=np.int64)
@@ -134,8 +193,15 @@ def unit_columns(units: np.ndarray, taps: int) -> np.ndarray:
 
 
 def unit_norms(weight: np.ndarray, taps: int = 1) -> np.ndarray:
-    """||outgoing weights|| of each input unit: the norm over its ``taps`` columns."""
-    sq = (np.asarray(weight) ** 2).sum(axis=0)
+    """||outgoing weights|| of each input unit: the norm over its ``taps`` columns. Squares summed
+    in float64 for a float32 weight, a block of rows at a time (no float64 copy of the layer)."""
+    weight = np.asarray(weight)
+    if weight.dtype == np.float64 or weight.size == 0:
+        sq = (weight ** 2).sum(axis=0)
+    else:
+        sq = np.zeros(weight.shape[1])
+        for r in range(0, len(weight), 256):
+            sq += np.square(weight[r:r + 256], dtype=np.float64).sum(axis=0)
     return np.sqrt(sq.reshape(-1, taps).sum(axis=1) if taps > 1 else sq)
 
 

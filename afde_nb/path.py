@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _core
-from .network import HOMOGENEOUS, Network, unit_norms
+from .network import HOMOGENEOUS, Network, column_map, engine_layer, non_finite_error, unit_norms
 
 LINKAGES = ("ward", "complete")
 #: symmetries the exact step may use, per activation (ReLU family: positive scaling only)
@@ -301,25 +301,41 @@ class MergePath:
 
 def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", relative: bool = True,
                symmetry: bool = True, calibration: np.ndarray | None = None, threads: int = 0,
-               inputs=None) -> MergePath:
+               inputs=None, approx: int | None = None) -> MergePath:
     """The merge path of ``net`` (checked finite): exact blocks at once, one pass over the hidden
     layers; each layer's agglomeration on first use beyond its exact merges.
 
     ``inputs``: a callable returning every layer's inputs on the probes (the original network's;
     a convolution's as patch rows of ``in * taps`` values), for a network that is part of a larger
-    model; default: ``net`` run on the calibration (else pseudo-) inputs."""
+    model; default: ``net`` run on the calibration (else pseudo-) inputs.
+
+    ``approx``: None (default) builds the path above. An int r builds an *approximate* path for
+    speed at scale: the masses, the metric and the relative denominator come from r probe rows (a
+    seeded subsample of the calibration rows or of each layer's ``inputs``, else the first r of
+    the pseudo-inputs), computed in float32; the probes' forward and the Gram products then take
+    about r / 512 of their time (the chain does not shrink). Fewer probes estimate the metric
+    worse: partitions can cost more error. The exact blocks (eps = 0) are decided on the rows as
+    always.
+    Recorded in ``MergePath.meta["approx"]``; docs/performance.md §8 measures what it costs."""
     from .errors import InvalidArgumentError
 
     if method not in LINKAGES:
         raise InvalidArgumentError(f"merge paths are built by {LINKAGES}, got method={method!r}")
-    net.check_finite()
+    if approx is not None and (isinstance(approx, bool) or not isinstance(approx, (int, np.integer)) or approx < 2):
+        raise InvalidArgumentError(f"approx must be None or a number of probe rows >= 2, got {approx!r}")
     probes: dict = {}
 
     def ins() -> list[np.ndarray]:  # the original network on the probes: x, then each hidden layer
         if not probes:
-            probes["ins"] = inputs() if inputs is not None else net.layer_inputs(probe_inputs(net, calibration))
+            if inputs is not None:
+                probes["ins"] = [_fewer(x, approx) for x in inputs()] if approx else inputs()
+            else:
+                x = probe_inputs(net, calibration)
+                probes["ins"] = _forward(net, _fewer(x, approx, calibration is None) if approx else x, ins,
+                                         np.float32 if approx else np.float64)
         return probes["ins"]
 
+    ins._approx = bool(approx)  # read by _pre: an approximate path computes in float32
     src = Source.inputs(net.widths[0])
     layers: list[LayerPath] = []
     for h, layer in enumerate(net.hidden):
@@ -330,16 +346,17 @@ def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", re
         nxt = net.layers[h + 1]
         signed = symmetry and symmetric(layer) and (act != "sigmoid" or (nxt.has_bias and nxt.taps == 1)) \
             and h not in net.meta.get("unsigned", ())
-        R, b = incoming(layer.weight, layer.bias, src, layer.taps)
-        A, c = aligned(R, b, act)
-        lab0, s0 = exact_blocks(A, signed, EXACT_REL.get(net.dtype, 1e-12), threads)
-        del R, b, A
+        lab0, s0, c = _exact_layer(net, h, src, signed, threads)
         e_pairs, e_signs = _exact_merges(lab0, s0)
         build = _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mode, relative, threads)
         layers.append(LayerPath(n, e_pairs, e_signs, act, build))
         lab, s = _core.replay(n, e_pairs, e_signs, len(e_pairs))
         src = Source(np.asarray(lab), np.asarray(s) if signed else np.ones(n, dtype=np.int64), c, act)
-    return MergePath(net, layers, mode, method, bool(relative), bool(symmetry), calibration is not None)
+    # the engine's first pass checked every hidden layer; the output layer is checked here
+    net.check_finite(layers=[len(net.layers) - 1])
+    net.finite_checked = net.readonly()
+    meta = {"approx": int(approx)} if approx else {}
+    return MergePath(net, layers, mode, method, bool(relative), bool(symmetry), calibration is not None, meta)
 
 
 def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mode, relative, threads):
@@ -349,35 +366,21 @@ def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mo
         layer, nxt = net.layers[h], net.layers[h + 1]
         n, act = layer.out_features, layer.activation
         H = ins()
-        R, b = incoming(layer.weight, layer.bias, src, layer.taps)
-        A, _ = aligned(R, b, act)
-        del R, b
         mass = (c * unit_norms(nxt.weight, nxt.taps)) ** 2
         # a saturated neuron's row matters less: weight by its mean squared slope on the probes
-        z = H[h] @ layer.weight.T + layer.bias  # the original network's pre-activations on the probes
+        z = _pre(ins, net, h)  # the original network's pre-activations on the probes
         mass = mass * (np.mean(slope(z, act, layer.negative_slope, layer.act_params) ** 2, axis=0) if len(z) else 1.0)
         mass = np.maximum(mass, 1e-12 * max(float(mass.max(initial=0.0)), 1e-300))
-        # rows in the metric of the layer's inputs: ||e||_C^2 = e^T C e, C the second moment of the
-        # (reduced-exact) augmented inputs, with a tiny ridge (exactness is decided on the raw rows)
-        U = _reduced_values(H[h], src.expand(layer.taps))
-        Ua = np.column_stack([U, np.ones(len(U))])
-        N = max(len(Ua), 1)
-        if len(Ua) < Ua.shape[1]:
-            # fewer probes than inputs: e^T C e = ||Ua e||^2 / N, so the rows seen through the probes,
-            # A Ua^T / sqrt(N) (n x N), carry the metric exactly and make every later product N/d
-            # times cheaper than the Cholesky route (no ridge needed: nothing is factorised)
-            A = (A @ Ua.T) / np.sqrt(N)
-        else:
-            Cm = Ua.T @ Ua / N
-            Cm[np.diag_indices_from(Cm)] += RIDGE * max(float(np.trace(Cm)) / max(len(Cm), 1), 1e-300)
-            A = A @ np.linalg.cholesky(Cm)  # e^T C e = ||e L||^2 with C = L L^T
-        znext = H[h + 1] @ nxt.weight.T + nxt.bias
+        if mode == "backward":
+            A = _metric_rows(H[h], z, layer, src, act, c)
+        znext = _pre(ins, net, h + 1)
         denom = float(np.sqrt(np.mean(np.sum(znext ** 2, axis=1)))) if relative else 1.0
         denom = denom if denom > 0 else 1.0
         exact = len(e_pairs)
         ones = np.ones(n, dtype=np.int64)
         if mode == "backward":
             p2, s2, ht = _core.agglomerate(A * s0[:, None], mass, lab0, ones, method, signed, threads)
+            del A
             if method == "ward":
                 bounds = np.sqrt(np.maximum(np.concatenate([[0.0], np.zeros(exact), np.cumsum(ht)]), 0.0))
             else:
@@ -402,39 +405,127 @@ def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mo
         sg = np.concatenate([e_signs, s2]).astype(np.int64)
         ht = np.concatenate([np.zeros(exact), ht])
         bounds[: exact + 1] = 0.0
+        _done(ins, net, h)
         return pairs, sg, ht, np.maximum.accumulate(bounds), mass
 
     return build
+
+
+def _metric_rows(Hh: np.ndarray, z: np.ndarray, layer, src: Source, act: str, c: np.ndarray) -> np.ndarray:
+    """The aligned rows in the metric of the layer's inputs: ||e||_C^2 = e^T C e, C the second
+    moment of the (reduced-exact) augmented inputs, with a tiny ridge (exactness is decided on the
+    raw rows)."""
+    N = max(len(Hh), 1)
+    d = (int(src.labels.max()) + 1 if src.labels.size else 0) * layer.taps + 1
+    if len(Hh) < d and np.array_equal(src.labels, np.arange(src.labels.size)):
+        # fewer probes than inputs, and no source merged: the rows seen through the probes,
+        # A Ua^T / sqrt(N), are the pre-activations themselves (R u = W h, bias included, to
+        # rounding), so the probes' forward already computed them: no n x d x N product
+        return np.ascontiguousarray(z.T) * (1.0 / (np.where(c > 0, c, 1.0) * np.sqrt(N)))[:, None]
+    R, b = incoming(layer.weight, layer.bias, src, layer.taps)
+    A, _ = aligned(R, b, act)
+    del R, b
+    U = _reduced_values(Hh, src.expand(layer.taps))
+    Ua = np.column_stack([U, np.ones(len(U))])
+    if len(Ua) < Ua.shape[1]:
+        # fewer probes than inputs: e^T C e = ||Ua e||^2 / N, so the rows seen through the probes,
+        # A Ua^T / sqrt(N) (n x N), carry the metric exactly and make every later product N/d
+        # times cheaper than the Cholesky route (no ridge needed: nothing is factorised)
+        return (A @ Ua.T) / np.sqrt(N)
+    Cm = Ua.T @ Ua / N
+    Cm[np.diag_indices_from(Cm)] += RIDGE * max(float(np.trace(Cm)) / max(len(Cm), 1), 1e-300)
+    return A @ np.linalg.cholesky(Cm)  # e^T C e = ||e L||^2 with C = L L^T
+
+
+def _fewer(x: np.ndarray, r: int, first: bool = False) -> np.ndarray:
+    """r of the probe rows (approximate paths), in float32: the first r (pseudo-inputs: the same
+    draw as the first r of the full set) or a seeded subsample in the original order."""
+    if r < len(x):
+        x = x[:r] if first else x[np.sort(np.random.default_rng(0).choice(len(x), r, replace=False))]
+    return np.asarray(x, dtype=np.float32)
+
+
+def _forward(net: Network, x: np.ndarray, key, dtype=np.float64) -> list[np.ndarray]:
+    """Every layer's input on the probes (``net.layer_inputs``), keeping each layer's
+    pre-activations for :func:`_pre` under ``key``: the merge path needs them all (masses, metric
+    rows, the relative denominator), and recomputing them would double the probes' flops."""
+    pre = key.__dict__.setdefault("_pre", {})
+    ins = [np.asarray(x, dtype=dtype)]
+    for k, l in enumerate(net.layers):
+        pre[k] = ins[-1] @ np.asarray(l.weight, dtype=dtype).T + np.asarray(l.bias, dtype=dtype)
+        if k < len(net.layers) - 1:
+            ins.append(l.apply(pre[k]))
+    return ins
+
+
+def _pre(ins, net: Network, h: int) -> np.ndarray:
+    """Layer h's pre-activations on the probes, computed once per merge path (``ins``: its probes'
+    callable, which holds the cache): layer h's own path and layer h - 1's denominator share them."""
+    pre = ins.__dict__.setdefault("_pre", {})
+    if h not in pre:
+        l = net.layers[h]
+        H = ins()[h]
+        dt = np.float32 if ins.__dict__.get("_approx") else np.result_type(H.dtype, l.weight.dtype)
+        pre[h] = np.asarray(H, dtype=dt) @ np.asarray(l.weight, dtype=dt).T + np.asarray(l.bias, dtype=dt)
+    return pre[h]
+
+
+def _done(ins, net: Network, h: int) -> None:
+    """Drop the cached pre-activations no later build needs: layer k's serve layer k's own build
+    (hidden layers) and layer k - 1's relative denominator, so each goes once both are built."""
+    pre, built = ins.__dict__.setdefault("_pre", {}), ins.__dict__.setdefault("_built", set())
+    built.add(h)
+    for k in (h, h + 1):
+        own = k >= len(net.hidden) or k in built
+        if k in pre and own and (k == 0 or k - 1 in built):
+            del pre[k]
 
 
 def exact_blocks(A: np.ndarray, signed: bool, rel: float, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Blocks of rows equal up to the symmetry, to relative precision ``rel`` of the largest row
     (the model dtype's rounding), and each row's orientation: rows are flipped so their first
     significant entry is positive (``signed``), then grouped by the engine at L1 threshold
-    ``rel * max ||a||_1``. Decided on the rows alone, never on probe data, so eps = 0 stays exact."""
-    n = len(A)
-    s0 = np.ones(n, dtype=np.int64)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64), s0
-    scale = float(np.abs(A).sum(axis=1).max(initial=0.0))
-    if signed:
-        big = np.abs(A) > 1e3 * rel * max(scale, 1e-300)
-        first = np.where(big.any(axis=1), big.argmax(axis=1), 0)
-        s0 = np.where(A[np.arange(n), first] < 0, -1, 1).astype(np.int64)
-    lab = _core.cluster_l1(np.ascontiguousarray(A * s0[:, None]), rel * scale, threads)
-    return np.asarray(lab, dtype=np.int64), s0
+    ``rel * max ||a||_1``. Decided on the rows alone, never on probe data, so eps = 0 stays exact.
+    ``A``: aligned rows, bias last (float32 or float64); the engine (``_core.exact_rows``) reads them
+    in place, sums in double. ``merge_path`` calls it on the layer's own weight and bias instead."""
+    A = np.asarray(A)
+    if len(A) == 0:
+        return np.zeros(0, dtype=np.int64), np.ones(0, dtype=np.int64)
+    lab, s0, _, bad = _core.exact_rows(A[:, :-1], A[:, -1], False, signed, rel, threads)
+    if bad >= 0:
+        from .errors import InvalidWeightsError
+
+        raise InvalidWeightsError(f"row {bad} holds NaN or infinite values")
+    return lab, s0
+
+
+def _exact_layer(net: Network, h: int, src: Source, signed: bool, threads: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, orientations, scales c) of hidden layer h's exact blocks (:func:`exact_blocks` on
+    its aligned rows against the reduced source ``src``), computed by the engine on the weights in
+    place (float32 stays float32; the rows are merged over the columns first, into one buffer of
+    the layer's dtype, only when ``src`` merged or scaled something). The engine's first pass is
+    also the finiteness check: a NaN or inf raises InvalidWeightsError naming the tensor."""
+    layer = net.layers[h]
+    W, b = engine_layer(layer)
+    cl, cc, cf, k = column_map(src.labels, src.signs, src.scales, src.activation, layer.taps)
+    if cl is not None or cc is not None or cf is not None:
+        W, b = _core.merge_columns(W, b, cl, cc, cf, k, threads)
+    lab, s0, c, bad = _core.exact_rows(W, b, layer.activation in HOMOGENEOUS, signed,
+                                       EXACT_REL.get(net.dtype, 1e-12), threads)
+    if bad >= 0:
+        net.check_finite(layers=[h])  # names the tensor
+        raise non_finite_error("network", h, layer, "weight or bias")  # merged rows overflowed
+    return lab, s0, c
 
 
 def _exact_merges(lab: np.ndarray, s0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Merges joining each member of an exact block to its first member (relative orientation)."""
-    first = np.full(int(lab.max()) + 1 if lab.size else 0, -1, dtype=np.int64)
-    pairs = []
-    for i, l in enumerate(lab):
-        if first[l] < 0:
-            first[l] = i
-        else:
-            pairs.append((first[l], i))
-    p = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    lab = np.asarray(lab, dtype=np.int64)
+    first = np.full(int(lab.max()) + 1 if lab.size else 0, lab.size, dtype=np.int64)
+    np.minimum.at(first, lab, np.arange(lab.size))  # each block's first member (vectorised: n ~ 4096)
+    rest = np.flatnonzero(first[lab] != np.arange(lab.size))  # the others, in index order
+    p = np.column_stack([first[lab[rest]], rest]).astype(np.int64).reshape(-1, 2)
     return p, (s0[p[:, 0]] * s0[p[:, 1]]).astype(np.int64)
 
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ShapeMismatchError
-from .network import HOMOGENEOUS, Layer, Network
-from .path import Source, aligned, block_sums, incoming
+from . import _core
+from .network import HOMOGENEOUS, Layer, Network, column_map, engine_layer
+from .path import Source
 
 
 def _check_labels(lab: np.ndarray, h: int, n: int) -> int:
@@ -64,8 +65,14 @@ def reduce(net: Network, labels, signs=None, weights=None) -> Network:
     return quotient(net, labels, signs, weights)[0]
 
 
-def quotient(net: Network, labels, signs=None, weights=None) -> tuple[Network, list[Block]]:
-    """:func:`reduce`, also returning how each reduced hidden layer stands for the original."""
+def quotient(net: Network, labels, signs=None, weights=None, threads: int = 0) -> tuple[Network, list[Block]]:
+    """:func:`reduce`, also returning how each reduced hidden layer stands for the original.
+
+    Each layer is written once, by the engine (``_core.quotient_layer``), into fresh arrays of the
+    weight's dtype (float32 stays float32; sums in double): the column merge of the reduced source
+    layer and the row merge of this layer's blocks in one pass over the weights, read in place. The
+    result owns its arrays (``Network.owned``), so ``to_torch`` can take them over uncopied; it
+    never aliases ``net``. ``tests/reference.py`` keeps the numpy version this replaced."""
     if hasattr(labels, "labels"):
         part = labels
         labels = part.labels
@@ -78,40 +85,24 @@ def quotient(net: Network, labels, signs=None, weights=None) -> tuple[Network, l
     out: list[Layer] = []
     blocks: list[Block] = []
     for h, layer in enumerate(net.layers):
-        R, b = incoming(layer.weight, layer.bias, src, layer.taps)
-        if h == len(net.hidden):  # outputs are never merged
-            out.append(layer.with_weights(R, b))
-            break
+        W, b = engine_layer(layer)
+        cl, cc, cf, kc = column_map(src.labels, src.signs, src.scales, src.activation, layer.taps)
         n = layer.out_features
+        if h == len(net.hidden):  # outputs are never merged
+            M, bo, *_ = _core.quotient_layer(W, b, cl, cc, cf, kc, np.arange(n), n, None, False, None, threads)
+            out.append(layer.with_weights(M, bo))
+            break
         lab = np.asarray(labels[h], dtype=np.int64)
         k = _check_labels(lab, h, n)
         s = np.ones(n, dtype=np.int64) if signs is None or signs[h] is None else np.asarray(signs[h], dtype=np.int64)
         if s.shape != (n,) or not np.all(np.abs(s) == 1):
             raise ShapeMismatchError(f"signs for hidden layer {h} must be {n} values of +1 or -1")
-        if layer.activation not in HOMOGENEOUS and k == n and np.array_equal(lab, np.arange(n)) and np.all(s == 1):
-            # nothing merged or flipped: the layer as it is. (Not for ReLU-like layers: their scales
-            # c_i carry into the next layer's rows, where a dead neuron's c_i = 0 makes later merges exact.)
-            ones = np.ones(n)
-            out.append(layer.with_weights(R, b))
-            src = Source(lab, s, ones, layer.activation)
-            blocks.append(Block(lab, s, ones, ones, 0.0))
-            continue
-        A, c = aligned(R, b, layer.activation, s)
-        m = c.copy() if weights is None or weights[h] is None else np.asarray(weights[h], dtype=np.float64)
-        if m.shape != (n,):
+        m = None if weights is None or weights[h] is None else np.asarray(weights[h], dtype=np.float64)
+        if m is not None and m.shape != (n,):
             raise ShapeMismatchError(f"weights for hidden layer {h} must have shape ({n},)")
-        tot = np.bincount(lab, weights=m, minlength=k)
-        cnt = np.bincount(lab, minlength=k)
-        # a block of zero total mass (dead neurons only) takes the plain mean
-        use = np.where(tot[lab] > 0, m, 1.0)
-        den = np.where(tot > 0, tot, cnt)
-        if k == n and np.array_equal(lab, np.arange(n)):
-            M = A
-        else:
-            M = block_sums(A * use[:, None], lab, k, axis=0) / den[:, None]
-        out.append(layer.with_weights(M[:, :-1], M[:, -1].copy()))
+        M, bo, c, m, diff, amax = _core.quotient_layer(W, b, cl, cc, cf, kc, lab, k, s,
+                                                       layer.activation in HOMOGENEOUS, m, threads)
+        out.append(layer.with_weights(M, bo))
         src = Source(lab, s, c, layer.activation)
-        scale = float(np.abs(A).max(initial=0.0)) or 1.0
-        spread = float(np.abs(A - M[lab]).max(initial=0.0)) / scale
-        blocks.append(Block(lab, s, c, m, spread))
-    return Network(out, dtype=net.dtype, meta=dict(net.meta)), blocks
+        blocks.append(Block(lab, s, c, m, float(diff) / (float(amax) or 1.0)))
+    return Network(out, dtype=net.dtype, meta=dict(net.meta), owned=True), blocks

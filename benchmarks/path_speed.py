@@ -1,11 +1,18 @@
 """How long the default compression takes (method.md §8; issue 8's target: widths of 128 in < 20 ms
 without repair), split into building the merge path and cutting it, and what repair adds.
 
-    python benchmarks/path_speed.py
+    python benchmarks/path_speed.py            # both tables
+    python benchmarks/path_speed.py slider     # the slider table only
 
-Prints a Markdown table; figures are the best of 5 runs on this machine, in one run.
+Prints Markdown tables; the first's figures are the best of 5 runs on this machine, in one run. The
+second times the panel's slider (issue 10: < 50 ms at width 1024): the first update of a fresh
+state, then 15 moves, each from the new eps to the figures the panel shows (:func:`slider_moves`).
 """
 from __future__ import annotations
+
+import os
+import sys
+import time
 
 import numpy as np
 import torch
@@ -49,30 +56,77 @@ def main() -> None:
     print(table(["widths", "merge path ms", "cut ms", "compress(eps) ms", "compress(target_params) ms",
                  "compress + calibration + repair ms"], rows))
     print(f"\nOpenMP threads: {afde_nb._core.openmp_threads()}")
-    # a slider move in the panel's state: the first compression builds the merge path, later moves
-    # at the same setting reuse it (only the cut, the quotient and the figures)
-    from afde_nb.widgets.state import PanelState
+    print()
+    print(slider_table())
 
-    rows = []
+
+#: the slider moves timed after the first update (eps; repeated ROUNDS times)
+MOVES = (0.02, 0.1, 0.03, 0.2, 0.05)
+ROUNDS = 3
+
+
+def panel_render(s, plot, render) -> None:
+    """What the panel's ``_render`` computes after ``s.update()``: the figures table, the merges
+    per layer, the notes, the eps path with the current point, and the trade-off plot's PNG with
+    the current star (``plot``: a :class:`~afde_nb.widgets.render.TradeoffPlot`, or None)."""
+    f = s.figures
+    render.figures_html(f, s.data_label)
+    render.merges_html(s.merges, s.groups_report)
+    render.notes_html(s.notes)
+    render.eps_path_svg(s.curve(), (f["eps"], 100 * f["kept"]), relative=s.relative)
+    if plot is not None:
+        plot.png((f["eps"], f["kept"], f["mse"]) if "mse" in f else None)
+
+
+def slider_moves(width: int, repair, state_cls=None, render=None, rows: int = 2000):
+    """(first update s, [slider move s, ...]) on an 8-width-width-2 tanh MLP with ``rows`` test rows
+    and 512 calibration rows: each time is value -> updated figures, i.e. ``state.update()`` plus
+    :func:`panel_render`. The trade-off plot is drawn once (not timed) from a small
+    ``state.tradeoff()`` so that every move re-paints its star, as the panel does."""
+    if state_cls is None:
+        from afde_nb.widgets.state import PanelState as state_cls
+    if render is None:
+        from afde_nb.widgets import render
+    model = mlp([8, width, width, 2])
     rng = np.random.default_rng(0)
+    X = rng.standard_normal((rows, 8)).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.as_tensor(X)).numpy() + 0.01 * rng.standard_normal((rows, 2)).astype(np.float32)
+    s = state_cls(model, (X, y), calibration=X[:512], eps=0.05, repair=repair, eps_values=(0.05, 0.2),
+                  baselines=("magnitude",))
+    t = time.perf_counter()
+    s.update()
+    panel_render(s, None, render)
+    first = time.perf_counter() - t
+    s.tradeoff()
+    plot = render.TradeoffPlot(s.tradeoff_rows, title="trade-off", base_mse=s.base.get("mse"))
+    moves = []
+    for _ in range(ROUNDS):
+        for e in MOVES:
+            s.eps = e
+            t = time.perf_counter()
+            s.update()
+            panel_render(s, plot, render)
+            moves.append(time.perf_counter() - t)
+    return first, moves
+
+
+def slider_table() -> str:
+    """Issue 10's target: a slider move on a width-1024 net in < 50 ms, value -> updated figures."""
+    rows = []
     for width in (128, 1024):
-        model = mlp([8, width, width, 2])
-        X = rng.standard_normal((2000, 8)).astype(np.float32)
-        with torch.no_grad():
-            y = model(torch.as_tensor(X)).numpy()
         for repair in (False, None):
-            s = PanelState(model, (X, y), calibration=X[:512], eps=0.05, repair=repair, path_points=0)
-            first = best_time(s.update, repeat=1)
-            moves = []
-            for e in (0.02, 0.1, 0.03, 0.2, 0.05):
-                s.eps = e
-                moves.append(best_time(s.update, repeat=1))
+            first, moves = slider_moves(width, repair)
             rows.append([f"8-{width}-{width}-2", "on" if repair is None else "off", f"{1e3 * first:.0f}",
                          f"{1e3 * float(np.median(moves)):.0f}", f"{1e3 * max(moves):.0f}"])
-    print()
-    print(table(["widths", "repair", "first update ms (builds the path)", "slider move ms (median)",
-                 "slider move ms (max)"], rows))
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (table(["widths", "repair", "first update ms (builds the path)", f"slider move ms (median of {len(MOVES) * ROUNDS})",
+                   "slider move ms (max)"], rows)
+            + f"\n\nvalue -> updated figures (state.update() + what the panel renders); load average after: {load}")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["slider"]:
+        print(slider_table())
+    else:
+        main()

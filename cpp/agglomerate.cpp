@@ -84,9 +84,8 @@ void replay(std::int64_t n, const std::vector<Merge>& merges, std::int64_t m, st
   }
 }
 
-std::vector<Merge> agglomerate(const Eigen::Ref<const RowMat>& X, const std::vector<double>& w,
-                               const std::vector<std::int64_t>& labels0, const std::vector<int>& signs0,
-                               Linkage linkage, bool symmetric, int threads) {
+Blocks block_centroids(const Eigen::Ref<const RowMat>& X, const std::vector<double>& w,
+                       const std::vector<std::int64_t>& labels0, const std::vector<int>& signs0) {
   const Eigen::Index n = X.rows();
   const auto un = static_cast<std::size_t>(n);
   if (w.size() != un || labels0.size() != un || signs0.size() != un)
@@ -99,55 +98,229 @@ std::vector<Merge> agglomerate(const Eigen::Ref<const RowMat>& X, const std::vec
     if (signs0[i] != 1 && signs0[i] != -1) throw std::invalid_argument("signs must be +1 or -1");
   }
   if (!X.allFinite()) throw std::invalid_argument("features must be finite");
+  Blocks B;
+  const auto uk = static_cast<std::size_t>(k);
+  B.rep.assign(uk, -1);
+  B.mass.assign(uk, 0.0);
+  B.C = RowMat::Zero(k, X.cols());
+  for (std::size_t i = 0; i < un; ++i) {
+    auto b = static_cast<std::size_t>(labels0[i]);
+    if (B.rep[b] < 0) B.rep[b] = static_cast<std::int64_t>(i);
+    B.mass[b] += w[i];
+    B.C.row(static_cast<Eigen::Index>(b)) += (w[i] * signs0[i]) * X.row(static_cast<Eigen::Index>(i));
+  }
+  for (std::size_t b = 0; b < uk; ++b) B.C.row(static_cast<Eigen::Index>(b)) /= B.mass[b];
+  return B;
+}
+
+namespace {
+
+// Sort by height (stable) and make the heights monotone (running maximum against rounding).
+void finish(std::vector<Merge>& out) {
+  std::stable_sort(out.begin(), out.end(), [](const Merge& p, const Merge& q) { return p.height < q.height; });
+  for (std::size_t t = 1; t < out.size(); ++t) out[t].height = std::max(out[t].height, out[t - 1].height);
+}
+
+}  // namespace
+
+std::vector<Merge> ward_chain(double* G, std::int64_t k, std::vector<double> mass, const std::vector<std::int64_t>& rep0,
+                              bool symmetric, int threads) {
   std::vector<Merge> out;
+  if (k <= 1) return out;
+  std::size_t uk = static_cast<std::size_t>(k);  // the matrix's current order (shrinks, below)
+  if (mass.size() != uk || rep0.size() != uk) throw std::invalid_argument("masses and representatives need one entry per block");
+  // One k x k matrix of centroid inner products replaces a cost matrix per sign: both signs' costs
+  // come from the same g = c_a . c_b (f (n_a + n_b -+ 2 g)), and a merge updates g linearly
+  // (one row and column), so a chain step reads one row instead of two. The chain itself is
+  // serial: a step is O(k) (microseconds at k = 4096), too short for a parallel region, which
+  // on a loaded machine waits for descheduled threads (two threads were slower than one here).
+#ifdef AFDE_HAVE_OPENMP
+  const int nt = threads > 0 ? threads : omp_get_max_threads();
+  const bool par = parallel_worth(static_cast<double>(k) * static_cast<double>(k), 1 << 20);
+#else
+  (void)threads;
+#endif
+  // exact symmetry (the chain's reciprocity test relies on it): the upper triangle wins, tile by tile
+  constexpr std::size_t T = 64;
+#ifdef AFDE_HAVE_OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (par)
+#endif
+  for (std::int64_t ib = 0; ib < static_cast<std::int64_t>((uk + T - 1) / T); ++ib)
+    for (std::size_t jb = static_cast<std::size_t>(ib); jb * T < uk; ++jb)
+      for (std::size_t a = static_cast<std::size_t>(ib) * T; a < std::min(uk, (static_cast<std::size_t>(ib) + 1) * T); ++a)
+        for (std::size_t b = std::max(a + 1, jb * T); b < std::min(uk, (jb + 1) * T); ++b) G[b * uk + a] = G[a * uk + b];
+  std::vector<double> norm(uk);
+  for (std::size_t a = 0; a < uk; ++a) {
+    norm[a] = G[a * uk + a];
+    if (!std::isfinite(norm[a])) throw std::invalid_argument("features must be finite");
+  }
+  std::vector<std::int64_t> rep = rep0;
+  const double inf = std::numeric_limits<double>::infinity();
+
+  // the merge cost of blocks a and b and its sign: exactly the expression of the two-matrix
+  // scheme (f max(0, n_a + n_b -+ 2 g), the negated one only where strictly smaller)
+  auto cost = [&](std::size_t a, std::size_t b, int* s) {
+    const double f = mass[a] * mass[b] / (mass[a] + mass[b]);
+    const double g = G[a * uk + b], nn = norm[a] + norm[b];
+    const double p = f * std::max(0.0, nn - 2.0 * g);
+    if (symmetric) {
+      const double q = f * std::max(0.0, nn + 2.0 * g);
+      if (q < p) {
+        if (s) *s = -1;
+        return q;
+      }
+    }
+    if (s) *s = 1;
+    return p;
+  };
+  // nearest neighbour of a among the others (inactive blocks have norm +inf, so cost +inf): the
+  // smallest cost, ties to the smallest index. The costs go to a buffer in a branch-free loop
+  // (vectorised), then the argmin: the division per pair is most of a scan.
+  std::vector<double> buf(uk);
+  auto nearest = [&](std::size_t a, double& bd) {
+    const double* Ga = G + a * uk;
+    const double ma = mass[a], na = norm[a];
+    double* d = buf.data();
+    const double* ms = mass.data();
+    const double* ns = norm.data();
+    if (symmetric) {
+      for (std::size_t c = 0; c < uk; ++c)
+        d[c] = ma * ms[c] / (ma + ms[c]) * std::max(0.0, (na + ns[c]) - 2.0 * std::abs(Ga[c]));
+    } else {
+      for (std::size_t c = 0; c < uk; ++c) d[c] = ma * ms[c] / (ma + ms[c]) * std::max(0.0, (na + ns[c]) - 2.0 * Ga[c]);
+    }
+    d[a] = inf;
+    std::size_t best = uk;
+    bd = inf;
+    for (std::size_t c = 0; c < uk; ++c)
+      if (d[c] < bd) bd = d[c], best = c;
+    return best;
+  };
+
+  std::vector<char> active(uk, 1);
+  std::vector<std::size_t> chain;
+  chain.reserve(uk);
+  out.reserve(uk - 1);
+  std::size_t left = uk, first_active = 0;
+  std::vector<std::size_t> keep;
+  while (left > 1) {
+    if (left <= uk / 2 && uk >= 256) {
+      // compaction: the active blocks move to the front in their order (so every tie-break by
+      // index is unchanged) and G shrinks to left x left in place (row-major, each entry moves to
+      // a position no later than its own): later scans and updates touch only active blocks
+      keep.clear();
+      for (std::size_t a = 0; a < uk; ++a)
+        if (active[a]) keep.push_back(a);
+      const std::size_t m = keep.size();
+      std::vector<std::size_t> to(uk, uk);
+      for (std::size_t i = 0; i < m; ++i) to[keep[i]] = i;
+      for (std::size_t i = 0; i < m; ++i) {
+        const double* src = G + keep[i] * uk;
+        double* dst = G + i * m;
+        for (std::size_t j = 0; j < m; ++j) dst[j] = src[keep[j]];
+      }
+      for (std::size_t i = 0; i < m; ++i) {
+        mass[i] = mass[keep[i]];
+        norm[i] = norm[keep[i]];
+        rep[i] = rep[keep[i]];
+      }
+      for (auto& c : chain) c = to[c];
+      uk = m;
+      mass.resize(m);
+      norm.resize(m);
+      rep.resize(m);
+      active.assign(m, 1);
+      first_active = 0;
+    }
+    if (chain.empty()) {
+      while (!active[first_active]) ++first_active;
+      chain.push_back(first_active);
+    }
+    const std::size_t a = chain.back();
+    const std::size_t prev = chain.size() >= 2 ? chain[chain.size() - 2] : uk;
+    // nearest neighbour of a; ties go to the previous chain element (keeps the chain finite),
+    // then to the smallest index
+    double bd = inf;
+    std::size_t best = nearest(a, bd);
+    if (prev < uk && !(cost(a, prev, nullptr) > bd)) best = prev;
+    if (best != prev) {
+      chain.push_back(best);
+      continue;
+    }
+    // a and prev are reciprocal nearest neighbours: merge them into the smaller slot
+    chain.pop_back();
+    chain.pop_back();
+    const std::size_t x = std::min(a, prev), y = std::max(a, prev);
+    int s = 1;
+    const double h = cost(x, y, &s);
+    out.push_back({rep[x], rep[y], s, h});
+    const double mx = mass[x], my = mass[y], M = mx + my;
+    const double gxy = G[x * uk + y];
+    double* Gx = G + x * uk;
+    const double* Gy = G + y * uk;
+    // c_new = (m_x c_x + s m_y c_y) / M, so c_new . c_c is the same combination of the rows x, y
+    for (std::size_t c = 0; c < uk; ++c) {
+      if (!active[c] || c == x || c == y) continue;
+      const double g = (mx * Gx[c] + s * my * Gy[c]) / M;
+      Gx[c] = g;
+      G[c * uk + x] = g;
+    }
+    norm[x] = (mx * mx * norm[x] + my * my * norm[y] + 2.0 * s * mx * my * gxy) / (M * M);
+    Gx[x] = norm[x];
+    mass[x] = M;
+    active[y] = 0;
+    norm[y] = inf;
+    --left;
+  }
+  finish(out);
+  return out;
+}
+
+std::vector<Merge> agglomerate(const Eigen::Ref<const RowMat>& X, const std::vector<double>& w,
+                               const std::vector<std::int64_t>& labels0, const std::vector<int>& signs0,
+                               Linkage linkage, bool symmetric, int threads) {
+  Blocks B = block_centroids(X, w, labels0, signs0);
+  const std::int64_t k = static_cast<std::int64_t>(B.rep.size());
+  if (k <= 1) return {};
+  if (linkage == Linkage::Ward) {
+    // Eigen's GEMM here; the Python binding passes numpy's (BLAS) Gram to ward_chain instead
+    const bool par_gemm = parallel_worth(static_cast<double>(k) * static_cast<double>(k) * static_cast<double>(X.cols()), 1 << 24);
+#ifdef AFDE_HAVE_OPENMP
+    Eigen::setNbThreads(par_gemm ? (threads > 0 ? threads : omp_get_max_threads()) : 1);
+#else
+    (void)par_gemm;
+#endif
+    RowMat G(k, k);
+    G.noalias() = B.C * B.C.transpose();
+#ifdef AFDE_HAVE_OPENMP
+    Eigen::setNbThreads(0);
+#endif
+    B.C.resize(0, 0);
+    return ward_chain(G.data(), k, std::move(B.mass), B.rep, symmetric, threads);
+  }
+  return complete_linkage(X, labels0, signs0, B.rep, symmetric, threads);
+}
+
+std::vector<Merge> complete_linkage(const Eigen::Ref<const RowMat>& X, const std::vector<std::int64_t>& labels0,
+                                    const std::vector<int>& signs0, const std::vector<std::int64_t>& rep,
+                                    bool symmetric, int threads) {
+  const Eigen::Index n = X.rows();
+  std::vector<Merge> out;
+  const std::int64_t k = static_cast<std::int64_t>(rep.size());
   if (k <= 1) return out;
   const auto uk = static_cast<std::size_t>(k);
   const Eigen::Index d = X.cols();
-
-  // blocks: representative (first member), mass, oriented centroid
-  std::vector<std::int64_t> rep(uk, -1);
-  std::vector<double> mass(uk, 0.0);
-  RowMat C = RowMat::Zero(k, d);
-  for (std::size_t i = 0; i < un; ++i) {
-    auto b = static_cast<std::size_t>(labels0[i]);
-    if (rep[b] < 0) rep[b] = static_cast<std::int64_t>(i);
-    mass[b] += w[i];
-    C.row(static_cast<Eigen::Index>(b)) += (w[i] * signs0[i]) * X.row(static_cast<Eigen::Index>(i));
-  }
-  for (std::size_t b = 0; b < uk; ++b) C.row(static_cast<Eigen::Index>(b)) /= mass[b];
-
-  // Dp[a][b] = cost with s = +1, Dm = with s = -1 (k x k, row-major). Pairwise squared distances
-  // come from one Gram product (Eigen's blocked GEMM, 2 k^2 d flops: the floor of exact pairwise
-  // costs): ||x -+ y||^2 = ||x||^2 + ||y||^2 -+ 2 x.y, clamped at 0 against rounding.
+  // Dp[a][b] = diameter with s = +1, Dm = with s = -1 (k x k, row-major), from element distances
+  // (one Gram product of the oriented rows, ||x -+ y||^2 = ||x||^2 + ||y||^2 -+ 2 x.y, clamped at 0)
+  // and the maximum over block pairs
   std::vector<double> Dp(uk * uk, 0.0), Dm(symmetric ? uk * uk : 0, 0.0);
-  const bool ward = linkage == Linkage::Ward;
-  const bool par = parallel_worth(static_cast<double>(k) * static_cast<double>(k), 1 << 16);
-  // Eigen's GEMM threads: only where the product is big enough to pay for them (small products
-  // interleaved with numpy's BLAS otherwise wait on each other's spinning threads)
-  const bool par_gemm = parallel_worth(static_cast<double>(k) * static_cast<double>(k) * static_cast<double>(d), 1 << 24);
+  const bool par_gemm = parallel_worth(static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(d), 1 << 24);
 #ifdef AFDE_HAVE_OPENMP
   Eigen::setNbThreads(par_gemm ? (threads > 0 ? threads : omp_get_max_threads()) : 1);
 #else
-  (void)par, (void)par_gemm, (void)threads;  // the serial engine has no threads to size
+  (void)par_gemm, (void)threads;  // the serial engine has no threads to size
 #endif
-  if (ward) {
-    Eigen::Map<RowMat> G(Dp.data(), k, k);
-    G.noalias() = C * C.transpose();
-    Eigen::VectorXd nrm = C.rowwise().squaredNorm();
-#ifdef AFDE_HAVE_OPENMP
-#pragma omp parallel for schedule(dynamic, 16) num_threads(threads > 0 ? threads : omp_get_max_threads()) if (par)
-#endif
-    for (std::int64_t a = 0; a < k; ++a)
-      for (std::int64_t b = a + 1; b < k; ++b) {
-        auto ua = static_cast<std::size_t>(a), ub = static_cast<std::size_t>(b);
-        const double f = mass[ua] * mass[ub] / (mass[ua] + mass[ub]);
-        const double g = Dp[ua * uk + ub], nn = nrm(a) + nrm(b);
-        Dp[ua * uk + ub] = Dp[ub * uk + ua] = f * std::max(0.0, nn - 2.0 * g);
-        if (symmetric) Dm[ua * uk + ub] = Dm[ub * uk + ua] = f * std::max(0.0, nn + 2.0 * g);
-      }
-    for (std::size_t a = 0; a < uk; ++a) Dp[a * uk + a] = 0.0;
-  } else {
-    // element distances (oriented rows), then the maximum over block pairs
+  {
     const std::vector<std::int64_t>& lab = labels0;
     RowMat Y(n, d);
     for (Eigen::Index i = 0; i < n; ++i) Y.row(i) = static_cast<double>(signs0[static_cast<std::size_t>(i)]) * X.row(i);
@@ -227,20 +400,16 @@ std::vector<Merge> agglomerate(const Eigen::Ref<const RowMat>& X, const std::vec
     chain.pop_back();
     std::size_t x = std::min(a, prev), y = std::max(a, prev);
     int s = 1;
-    double h = cost(x, y, &s);
+    const double h = cost(x, y, &s);
     out.push_back({rep[x], rep[y], s, h});
-    const double mx = mass[x], my = mass[y];
     for (std::size_t c = 0; c < uk; ++c) {
       if (!active[c] || c == x || c == y) continue;
-      const double mc = mass[c];
       for (int t : {1, -1}) {
         if (t == -1 && !symmetric) break;
         std::vector<double>& Dt = t == 1 ? Dp : Dm;
         std::vector<double>& Dts = t * s == 1 ? Dp : Dm;
         double dxc = Dt[x * uk + c], dyc = Dts[y * uk + c];
-        double v = ward ? ((mx + mc) * dxc + (my + mc) * dyc - mc * h) / (mx + my + mc) : std::max(dxc, dyc);
-        if (v < 0.0) v = 0.0;
-        Dt[x * uk + c] = v;  // written after both reads of this t
+        Dt[x * uk + c] = std::max(dxc, dyc);  // written after both reads of this t
       }
       for (int t : {1, -1}) {
         if (t == -1 && !symmetric) break;
@@ -248,12 +417,10 @@ std::vector<Merge> agglomerate(const Eigen::Ref<const RowMat>& X, const std::vec
         Dt[c * uk + x] = Dt[x * uk + c];
       }
     }
-    mass[x] = mx + my;
     active[y] = 0;
     --left;
   }
-  std::stable_sort(out.begin(), out.end(), [](const Merge& p, const Merge& q) { return p.height < q.height; });
-  for (std::size_t t = 1; t < out.size(); ++t) out[t].height = std::max(out[t].height, out[t - 1].height);
+  finish(out);
   return out;
 }
 

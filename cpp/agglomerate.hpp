@@ -24,12 +24,35 @@ struct Merge {
 //             of the oriented rows; the total within-block scatter grows by exactly this cost.
 //   Complete: cost(A, B) = min_s max_{i in A, j in B} ||s_i x_i - s s_j x_j||_2 (block diameter).
 // With `symmetric` false only s = +1 is allowed. Nearest-neighbour chain (both linkages are
-// reducible, also with the sign minimum), O(n^2) memory and O(n^2 d + n^2) time. Returns the
-// k0 - 1 merges between block representatives (smallest member), sorted by height (stable) and
-// made monotone (running maximum against rounding).
+// reducible, also with the sign minimum), O(k^2) memory (Ward: one k x k matrix) and O(n^2 d + k^2)
+// time. Returns the k0 - 1 merges between block representatives (smallest member), sorted by
+// height (stable) and made monotone (running maximum against rounding).
 std::vector<Merge> agglomerate(const Eigen::Ref<const RowMat>& X, const std::vector<double>& w,
                                const std::vector<std::int64_t>& labels0, const std::vector<int>& signs0,
                                Linkage linkage, bool symmetric, int threads);
+
+// The initial blocks of agglomerate(): validated inputs, each block's representative (first
+// member), mass and mass-weighted centroid of the oriented rows (k x d).
+struct Blocks {
+  std::vector<std::int64_t> rep;
+  std::vector<double> mass;
+  RowMat C;
+};
+Blocks block_centroids(const Eigen::Ref<const RowMat>& X, const std::vector<double>& w,
+                       const std::vector<std::int64_t>& labels0, const std::vector<int>& signs0);
+
+// Ward's nearest-neighbour chain on the centroids' Gram matrix G (k x k, row-major, overwritten):
+// one matrix for both signs (cost f (n_a + n_b -+ 2 g_ab), f = W_a W_b / (W_a + W_b)), a merge
+// updates one row and column of G linearly. The Gram product itself is the caller's (the Python
+// binding uses numpy's BLAS, several times faster than Eigen's portable kernels), so this is
+// O(k^2) after it. Same merges as the Lance-Williams form, to rounding.
+std::vector<Merge> ward_chain(double* G, std::int64_t k, std::vector<double> mass, const std::vector<std::int64_t>& rep,
+                              bool symmetric, int threads);
+
+// Complete linkage from element distances (agglomerate() with Linkage::Complete).
+std::vector<Merge> complete_linkage(const Eigen::Ref<const RowMat>& X, const std::vector<std::int64_t>& labels0,
+                                    const std::vector<int>& signs0, const std::vector<std::int64_t>& rep,
+                                    bool symmetric, int threads);
 
 // Canonical labels and orientations after the first m merges of a sequence over n elements.
 void replay(std::int64_t n, const std::vector<Merge>& merges, std::int64_t m,

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -11,6 +12,7 @@
 #include "cluster.hpp"
 #include "lumping.hpp"
 #include "polyode.hpp"
+#include "quotient.hpp"
 
 #ifdef AFDE_HAVE_OPENMP
 #include <omp.h>
@@ -52,6 +54,150 @@ py::array_t<std::int64_t> to_numpy(std::vector<std::int64_t> v) {
   py::array_t<std::int64_t> a(static_cast<py::ssize_t>(v.size()));
   std::copy(v.begin(), v.end(), a.mutable_data());
   return a;
+}
+
+template <class T>
+using CArr = py::array_t<T, py::array::c_style | py::array::forcecast>;
+using I64 = CArr<std::int64_t>;
+
+py::array_t<double> to_numpy(const std::vector<double>& v) {
+  py::array_t<double> a(static_cast<py::ssize_t>(v.size()));
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+// float32 arrays are read as float (in place when C-contiguous); anything else as double.
+bool is_float32(const py::array& a) { return a.dtype().equal(py::dtype::of<float>()); }
+
+template <class T>
+CArr<T> as_rows(const py::array& W, const char* what) {
+  auto a = CArr<T>::ensure(W);
+  if (!a) throw std::invalid_argument(std::string(what) + " must be a numeric array");
+  if (a.ndim() != 2) throw std::invalid_argument(std::string(what) + " must be 2-D");
+  return a;
+}
+
+// A layer's weight and bias (bias length = rows), as the engine reads them.
+template <class T>
+afde::LayerView<T> layer_view(const CArr<T>& W, const CArr<double>& b) {
+  if (b.ndim() != 1 || b.shape(0) != W.shape(0)) throw std::invalid_argument("bias must have one value per weight row");
+  afde::LayerView<T> L;
+  L.W = W.data();
+  L.n = W.shape(0);
+  L.d = W.shape(1);
+  L.ld = W.shape(1);
+  L.b = b.data();
+  return L;
+}
+
+// Optional column map (labels, coef, flip over the weight's columns), checked against d and k.
+struct MapArgs {
+  std::optional<I64> labels;
+  std::optional<CArr<double>> coef;
+  std::optional<CArr<std::uint8_t>> flip;
+  afde::ColumnMap map(Eigen::Index d, Eigen::Index k) const {
+    afde::ColumnMap m;
+    m.k = k;
+    if (labels) {
+      if (labels->ndim() != 1 || labels->shape(0) != d) throw std::invalid_argument("column labels must have one entry per weight column");
+      for (py::ssize_t q = 0; q < d; ++q)
+        if (labels->data()[q] < 0 || labels->data()[q] >= k) throw std::invalid_argument("column label out of range");
+      m.labels = labels->data();
+    } else if (k != d) {
+      throw std::invalid_argument("without column labels the reduced columns are the weight's columns");
+    }
+    if (coef) {
+      if (coef->ndim() != 1 || coef->shape(0) != d) throw std::invalid_argument("column coefficients must have one entry per weight column");
+      m.coef = coef->data();
+    }
+    if (flip) {
+      if (flip->ndim() != 1 || flip->shape(0) != d) throw std::invalid_argument("column flips must have one entry per weight column");
+      m.flip = flip->data();
+    }
+    return m;
+  }
+};
+
+template <class T>
+py::tuple merge_columns_t(const py::array& Wa, const CArr<double>& b, const MapArgs& args, std::int64_t k, int threads) {
+  auto W = as_rows<T>(Wa, "W");
+  const auto L = layer_view(W, b);
+  const auto map = args.map(L.d, k);
+  py::array_t<T> R({static_cast<py::ssize_t>(L.n), static_cast<py::ssize_t>(k)});
+  py::array_t<double> bo(static_cast<py::ssize_t>(L.n));
+  T* r = R.mutable_data();
+  double* bp = bo.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    afde::merge_columns(L, map, r, bp, threads);
+  }
+  return py::make_tuple(R, bo);
+}
+
+template <class T>
+py::tuple exact_rows_t(const py::array& Wa, const CArr<double>& b, bool homogeneous, bool signed_, double rel,
+                       int threads) {
+  auto W = as_rows<T>(Wa, "W");
+  const auto L = layer_view(W, b);
+  if (!(rel >= 0.0) || !std::isfinite(rel)) throw std::invalid_argument("rel must be a finite number >= 0");
+  afde::ExactBlocks eb;
+  {
+    py::gil_scoped_release nogil;
+    eb = afde::exact_blocks(L, homogeneous, signed_, rel, threads);
+  }
+  return py::make_tuple(to_numpy(std::move(eb.labels)), to_numpy(std::move(eb.signs)), to_numpy(eb.scales),
+                        eb.bad_row);
+}
+
+template <class T>
+py::tuple quotient_layer_t(const py::array& Wa, const CArr<double>& b, const MapArgs& args, std::int64_t kc,
+                           const I64& labels, std::int64_t k, const std::optional<I64>& signs, bool homogeneous,
+                           const std::optional<CArr<double>>& masses, int threads) {
+  auto W = as_rows<T>(Wa, "W");
+  const auto L = layer_view(W, b);
+  const auto map = args.map(L.d, kc);
+  const Eigen::Index n = L.n;
+  if (labels.ndim() != 1 || labels.shape(0) != n) throw std::invalid_argument("labels must have one entry per row");
+  if (k < 0 || (n > 0 && k < 1) || k > n) throw std::invalid_argument("k must be the number of blocks");
+  {
+    std::vector<char> seen(static_cast<std::size_t>(k), 0);
+    for (Eigen::Index i = 0; i < n; ++i) {
+      const auto l = labels.data()[i];
+      if (l < 0 || l >= k) throw std::invalid_argument("label out of range");
+      seen[l] = 1;
+    }
+    for (char c : seen)
+      if (!c) throw std::invalid_argument("labels must number blocks 0..k-1 with none empty");
+  }
+  if (signs && (signs->ndim() != 1 || signs->shape(0) != n)) throw std::invalid_argument("signs must have one entry per row");
+  if (masses && (masses->ndim() != 1 || masses->shape(0) != n)) throw std::invalid_argument("masses must have one entry per row");
+  py::array_t<T> M({static_cast<py::ssize_t>(k), static_cast<py::ssize_t>(kc)});
+  py::array_t<T> bo(static_cast<py::ssize_t>(k));
+  T* mp = M.mutable_data();
+  T* bp = bo.mutable_data();
+  afde::QuotientLayer q;
+  {
+    py::gil_scoped_release nogil;
+    q = afde::quotient_layer(L, map, labels.data(), k, signs ? signs->data() : nullptr, homogeneous,
+                             masses ? masses->data() : nullptr, mp, bp, threads);
+  }
+  return py::make_tuple(M, bo, to_numpy(q.scales), to_numpy(q.masses), q.max_diff, q.max_abs);
+}
+
+template <class T>
+py::array_t<std::int64_t> cluster_l1_t(const py::array& Fa, double eps, int threads, bool allpairs) {
+  auto F = as_rows<T>(Fa, "F");
+  afde::RowSet<T> rs;
+  rs.data = F.data();
+  rs.n = F.shape(0);
+  rs.d = F.shape(1);
+  rs.ld = F.shape(1);
+  std::vector<std::int64_t> lab;
+  {
+    py::gil_scoped_release nogil;
+    lab = allpairs ? afde::cluster_rows_allpairs(rs, eps) : afde::cluster_rows(rs, eps, threads);
+  }
+  return to_numpy(std::move(lab));
 }
 
 }  // namespace
@@ -126,7 +272,22 @@ PYBIND11_MODULE(_core, m) {
         else throw std::invalid_argument("linkage must be 'ward' or 'complete'");
         afde::MapMat M(X.data(), X.shape(0), X.shape(1));
         std::vector<afde::Merge> mg;
-        {
+        if (lk == afde::Linkage::Ward) {
+          // Ward: the centroids' Gram product by numpy's BLAS (the floor of the exact costs, several
+          // times faster than Eigen's portable kernels), then the chain on it in place
+          afde::Blocks B = afde::block_centroids(M, w, labels0, signs0);
+          const auto k = static_cast<py::ssize_t>(B.rep.size());
+          if (k > 1) {
+            Arr C({k, static_cast<py::ssize_t>(B.C.cols())});
+            std::copy(B.C.data(), B.C.data() + B.C.size(), C.mutable_data());
+            B.C.resize(0, 0);
+            Arr G = py::module_::import("numpy").attr("matmul")(C, C.attr("T"));  // dsyrk: C and C.T share data
+            C = Arr();
+            double* g = G.mutable_data();
+            py::gil_scoped_release nogil;
+            mg = afde::ward_chain(g, k, std::move(B.mass), B.rep, symmetric, threads);
+          }
+        } else {
           py::gil_scoped_release nogil;
           mg = afde::agglomerate(M, w, labels0, signs0, lk, symmetric, threads);
         }
@@ -168,19 +329,55 @@ PYBIND11_MODULE(_core, m) {
 
   m.def(
       "cluster_l1",
-      [](const Arr& F, double eps, int threads, bool allpairs) {
+      [](const py::array& F, double eps, int threads, bool allpairs) {
         if (F.ndim() != 2) throw std::invalid_argument("F must be 2-D");
         if (!(eps >= 0.0)) throw std::invalid_argument("eps must be >= 0");
-        afde::MapMat M(F.data(), F.shape(0), F.shape(1));
-        std::vector<std::int64_t> lab;
-        {
-          py::gil_scoped_release nogil;
-          lab = allpairs ? afde::cluster_allpairs(M, nullptr, eps) : afde::cluster(M, nullptr, eps, threads);
-        }
-        return to_numpy(std::move(lab));
+        return is_float32(F) ? cluster_l1_t<float>(F, eps, threads, allpairs)
+                             : cluster_l1_t<double>(F, eps, threads, allpairs);
       },
       py::arg("F"), py::arg("eps"), py::arg("threads") = 0, py::arg("allpairs") = false,
-      "Single-linkage components of the rows of F under L1 at threshold eps (canonical labels).");
+      "Single-linkage components of the rows of F under L1 at threshold eps (canonical labels); "
+      "float32 rows are read in place, sums in double.");
+
+  m.def(
+      "merge_columns",
+      [](const py::array& W, const CArr<double>& b, const std::optional<I64>& labels,
+         const std::optional<CArr<double>>& coef, const std::optional<CArr<std::uint8_t>>& flip, std::int64_t k,
+         int threads) {
+        const MapArgs args{labels, coef, flip};
+        return is_float32(W) ? merge_columns_t<float>(W, b, args, k, threads)
+                             : merge_columns_t<double>(W, b, args, k, threads);
+      },
+      py::arg("W"), py::arg("b"), py::arg("labels"), py::arg("coef"), py::arg("flip"), py::arg("k"),
+      py::arg("threads") = 0,
+      "(R, b'): W's columns merged (R[:, B] = sum_{q: labels_q = B} coef_q W[:, q]; flipped columns "
+      "added to the bias b'), R in W's dtype (float32 stays float32).");
+
+  m.def(
+      "exact_rows",
+      [](const py::array& W, const CArr<double>& b, bool homogeneous, bool signed_, double rel, int threads) {
+        return is_float32(W) ? exact_rows_t<float>(W, b, homogeneous, signed_, rel, threads)
+                             : exact_rows_t<double>(W, b, homogeneous, signed_, rel, threads);
+      },
+      py::arg("W"), py::arg("b"), py::arg("homogeneous"), py::arg("signed"), py::arg("rel"), py::arg("threads") = 0,
+      "Exact blocks of the aligned rows (W_i, b_i) / c_i read in place: (labels, signs, scales c, bad_row); "
+      "bad_row >= 0 names the first row holding NaN or inf (the rest is then empty).");
+
+  m.def(
+      "quotient_layer",
+      [](const py::array& W, const CArr<double>& b, const std::optional<I64>& col_labels,
+         const std::optional<CArr<double>>& col_coef, const std::optional<CArr<std::uint8_t>>& col_flip,
+         std::int64_t kc, const I64& labels, std::int64_t k, const std::optional<I64>& signs, bool homogeneous,
+         const std::optional<CArr<double>>& masses, int threads) {
+        const MapArgs args{col_labels, col_coef, col_flip};
+        return is_float32(W) ? quotient_layer_t<float>(W, b, args, kc, labels, k, signs, homogeneous, masses, threads)
+                             : quotient_layer_t<double>(W, b, args, kc, labels, k, signs, homogeneous, masses, threads);
+      },
+      py::arg("W"), py::arg("b"), py::arg("col_labels"), py::arg("col_coef"), py::arg("col_flip"), py::arg("kc"),
+      py::arg("labels"), py::arg("k"), py::arg("signs"), py::arg("homogeneous"), py::arg("masses"),
+      py::arg("threads") = 0,
+      "One layer of the quotient, written once into fresh arrays of W's dtype: (M, bias, scales c, masses m, "
+      "max |a_i - M_B| over merged blocks, max |a_i|); see quotient.hpp.");
 
   m.def("openmp_threads", []() {
 #ifdef AFDE_HAVE_OPENMP

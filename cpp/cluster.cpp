@@ -14,7 +14,6 @@
 namespace afde {
 namespace {
 
-constexpr Eigen::Index kPool = 64;  // stripes of the pooled lower bound, checked 16 at a time
 
 // set_parallel_threshold(): < 0 keeps each loop's own default
 std::atomic<double> g_parallel_threshold{-1.0};
@@ -27,19 +26,46 @@ double l1norm(const double* x, Eigen::Index d) {
   return s;
 }
 
+template <class T>
+RowSet<T> rowset(const RefMat& F) {
+  RowSet<T> r;
+  r.data = F.data();
+  r.n = F.rows();
+  r.d = F.cols();
+  r.ld = F.outerStride();
+  return r;
+}
+
+// L1 norm of row i of F (factor and bias column included).
+template <class T>
+double l1row(const RowSet<T>& F, Eigen::Index i) {
+  return std::abs(F.f(i)) * sum_abs8(F.row(i), F.d) + std::abs(F.extra(i));
+}
+
 // L1 distance plus self term; returns early with a value > eps once the partial sum passes it.
-double distance(const RefMat& F, const SelfTerm* self, Eigen::Index i, Eigen::Index j, double eps) {
-  const double* a = F.row(i).data();
-  const double* b = F.row(j).data();
-  const Eigen::Index d = F.cols();
+template <class T>
+double distance(const RowSet<T>& F, const SelfTerm* self, Eigen::Index i, Eigen::Index j, double eps) {
+  const T* a = F.row(i);
+  const T* b = F.row(j);
+  const Eigen::Index d = F.d;
   double s = 0.0;
   Eigen::Index k = 0;
   constexpr Eigen::Index kChunk = 32;
-  for (; k + kChunk <= d; k += kChunk) {
-    for (Eigen::Index q = k; q < k + kChunk; ++q) s += std::abs(a[q] - b[q]);
-    if (s > eps) return s;
+  if (F.factor == nullptr) {
+    for (; k + kChunk <= d; k += kChunk) {
+      for (Eigen::Index q = k; q < k + kChunk; ++q) s += std::abs(static_cast<double>(a[q]) - static_cast<double>(b[q]));
+      if (s > eps) return s;
+    }
+    for (; k < d; ++k) s += std::abs(static_cast<double>(a[k]) - static_cast<double>(b[k]));
+  } else {
+    const double fi = F.factor[i], fj = F.factor[j];
+    for (; k + kChunk <= d; k += kChunk) {
+      for (Eigen::Index q = k; q < k + kChunk; ++q) s += std::abs(fi * a[q] - fj * b[q]);
+      if (s > eps) return s;
+    }
+    for (; k < d; ++k) s += std::abs(fi * a[k] - fj * b[k]);
   }
-  for (; k < d; ++k) s += std::abs(a[k] - b[k]);
+  if (F.bias) s += std::abs(F.extra(i) - F.extra(j));
   if (s > eps || self == nullptr) return s;
   const RefMat& X = self->X;
   const double* x = X.row(i).data();
@@ -112,7 +138,8 @@ struct ConcurrentUnionFind {
 };
 
 // Rows whose self term alone exceeds eps can join nothing (self >= w_max * |x_i|_1).
-std::vector<char> candidates(const RefMat& F, const SelfTerm* self, double eps) {
+template <class T>
+std::vector<char> candidates(const RowSet<T>& F, const SelfTerm* self, double eps) {
   std::vector<char> ok(F.rows(), 1);
   if (self == nullptr) return ok;
   for (Eigen::Index i = 0; i < F.rows(); ++i) {
@@ -129,23 +156,26 @@ std::vector<std::int64_t> singletons(Eigen::Index n) {
   return lab;
 }
 
-std::vector<std::int64_t> cluster_exact(const RefMat& F, const SelfTerm* self) {
+template <class T>
+std::vector<std::int64_t> cluster_exact(const RowSet<T>& F, const SelfTerm* self) {
   const Eigen::Index n = F.rows();
   const auto ok = candidates(F, self, 0.0);
   std::vector<std::int64_t> order;
   for (Eigen::Index i = 0; i < n; ++i)
     if (ok[i]) order.push_back(i);
   const Eigen::Index d = F.cols();
+  auto at = [&](Eigen::Index i, Eigen::Index k) {
+    return k < F.d ? F.f(i) * static_cast<double>(F.row(i)[k]) : F.extra(i);
+  };
   // Lexicographic with NaN after every number: a strict weak order even on NaN rows (plain `<`
   // is not, and std::sort may then run off the range). NaN == NaN is false below, so a row with a
   // NaN joins nothing, as in the definition (d = NaN <= 0 is false).
   auto less = [&](std::int64_t i, std::int64_t j) {
-    const double* a = F.row(i).data();
-    const double* b = F.row(j).data();
     for (Eigen::Index k = 0; k < d; ++k) {
-      if (a[k] < b[k]) return true;
-      if (a[k] > b[k]) return false;
-      const bool na = std::isnan(a[k]), nb = std::isnan(b[k]);
+      const double a = at(i, k), b = at(j, k);
+      if (a < b) return true;
+      if (a > b) return false;
+      const bool na = std::isnan(a), nb = std::isnan(b);
       if (na != nb) return nb;
     }
     return i < j;
@@ -153,10 +183,12 @@ std::vector<std::int64_t> cluster_exact(const RefMat& F, const SelfTerm* self) {
   std::sort(order.begin(), order.end(), less);
   std::vector<std::int64_t> lab = singletons(n);
   for (std::size_t p = 1; p < order.size(); ++p) {
-    const double* a = F.row(order[p - 1]).data();
-    const double* b = F.row(order[p]).data();
+    const std::int64_t i = order[p - 1], j = order[p];
     bool same = true;  // inf - inf is NaN: rows holding an inf are at distance NaN, as in cluster_allpairs
-    for (Eigen::Index k = 0; k < d && same; ++k) same = (a[k] == b[k]) && std::isfinite(a[k]);
+    for (Eigen::Index k = 0; k < d && same; ++k) {
+      const double a = at(i, k);
+      same = (a == at(j, k)) && std::isfinite(a);
+    }
     if (same) lab[order[p]] = lab[order[p - 1]];
   }
   // Candidates at eps = 0 have x == 0, so the self term of two of them is exactly 0.
@@ -194,7 +226,10 @@ std::vector<std::int64_t> canonical(const std::vector<std::int64_t>& labels) {
   return out;
 }
 
-std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double eps, int threads) {
+namespace {
+
+template <class T>
+std::vector<std::int64_t> cluster_impl(const RowSet<T>& F, const SelfTerm* self, double eps, int threads) {
   const Eigen::Index n = F.rows(), d = F.cols();
   g_last_threads.store(1, std::memory_order_relaxed);
   if (n == 0) return {};
@@ -210,24 +245,27 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
   for (Eigen::Index i = 0; i < n; ++i)
     if (ok[i]) order.push_back(i);
   const std::int64_t m = static_cast<std::int64_t>(order.size());
-  const Eigen::Index P = std::min<Eigen::Index>(kPool, std::max<Eigen::Index>(d, 1));
+  const Eigen::Index P = pool_stripes(d);
   std::vector<double> pool(static_cast<std::size_t>(m) * P, 0.0), key(m), absrow(m);
-  std::vector<Eigen::Index> lo(P + 1);  // stripe q holds the columns c with floor(c P / d) == q
-  for (Eigen::Index q = 0; q <= P; ++q) lo[q] = (q * d + P - 1) / P;
+  const std::vector<Eigen::Index> lo = pool_bounds(d);  // stripe q: columns c with floor(c P / d) == q
   // Parallel only above a size threshold (set_parallel_threshold() overrides it, for tests).
   const bool par = parallel_worth(static_cast<double>(m) * static_cast<double>(d), 4e6);
 #ifdef AFDE_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : omp_get_max_threads()) if (par)
+#pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : omp_get_max_threads()) if (par && !F.raw_pools)
 #endif
   for (std::int64_t p = 0; p < m; ++p) {
-    const double* a = F.row(order[p]).data();
+    const T* a = F.row(order[p]);
+    const double fi = F.f(order[p]);
     double* out = pool.data() + static_cast<std::size_t>(p) * P;
+    const double* raw = F.raw_pools ? F.raw_pools + static_cast<std::size_t>(order[p]) * P : nullptr;
     for (Eigen::Index q = 0; q < P; ++q) {
-      double sq = 0.0;
-      for (Eigen::Index c = lo[q]; c < lo[q + 1]; ++c) sq += a[c];
+      const Eigen::Index hi = std::min<Eigen::Index>(lo[q + 1], F.d);
+      double sq = raw ? raw[q] : hi > lo[q] ? sum8(a + lo[q], hi - lo[q]) : 0.0;
+      sq *= fi;  // exact when there is no factor (fi = 1)
+      if (F.bias && lo[q] <= F.d && F.d < lo[q + 1]) sq += F.extra(order[p]);  // the bias column
       out[q] = sq;
     }
-    absrow[p] = l1norm(a, d);
+    absrow[p] = F.raw_abs ? std::abs(fi) * F.raw_abs[order[p]] + std::abs(F.extra(order[p])) : l1row(F, order[p]);
     double k = 0.0;
     for (Eigen::Index q = 0; q < P; ++q) k += out[q];
     key[p] = k;
@@ -257,6 +295,7 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
     for (std::size_t t = 0; t < K; ++t)
       for (Eigen::Index q = static_cast<Eigen::Index>(t) * P / 3; q < static_cast<Eigen::Index>(t + 1) * P / 3; ++q)
         coord[static_cast<std::size_t>(p) * K + t] += pool[static_cast<std::size_t>(p) * P + q];
+  double scan_share = 1.0;  // the share of the rows a row's window holds
   {  // the grid pays when its neighbourhood (3 cells per coordinate) holds fewer rows than the window
     auto range_of = [&](const std::vector<double>& v, std::size_t stride, std::size_t t) {
       double lo_v = std::numeric_limits<double>::infinity(), hi_v = -lo_v;
@@ -281,7 +320,10 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
     }
     const double key_range = (m && finite) ? range_of(key, 1, 0) : 0.0;
     const double window_share = key_range > 0 ? std::min(1.0, 2.0 * window / key_range) : 1.0;
-    if (K > 0 && !(grid_share < 0.5 * window_share)) K = 0;
+    scan_share = window_share;
+    // ... and when the window holds more than a few rows at all: else one comparison per row ends
+    // the window scan, cheaper than the grid's 27 binary searches per row
+    if (K > 0 && !(grid_share < 0.5 * window_share && window_share * static_cast<double>(m) > 4.0)) K = 0;
   }
   std::vector<std::int64_t> cell(static_cast<std::size_t>(m) * K);
   for (std::int64_t p = 0; p < m; ++p)
@@ -357,7 +399,10 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
   }
 #ifdef AFDE_HAVE_OPENMP
   const int nt = threads > 0 ? threads : omp_get_max_threads();
-#pragma omp parallel for schedule(dynamic, 8) num_threads(nt) if (nt > 1 && par)
+  // a window of a few rows is done before a second thread has started (under load, a parallel
+  // region whose thread gets no core costs a scheduler tick, milliseconds): then serially
+  const bool par_scan = par && (K > 0 || scan_share * static_cast<double>(m) > 8.0 || parallel_threshold() >= 0);
+#pragma omp parallel for schedule(dynamic, 8) num_threads(nt) if (nt > 1 && par_scan)
 #else
   (void)threads;
   (void)par;
@@ -420,6 +465,37 @@ std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double 
   return uf.labels();
 }
 
+template <class T>
+std::vector<std::int64_t> allpairs_impl(const RowSet<T>& F, const SelfTerm* self, double eps) {
+  const Eigen::Index n = F.rows();
+  UnionFind uf(n);
+  for (Eigen::Index i = 0; i < n; ++i)
+    for (Eigen::Index j = i + 1; j < n; ++j)
+      if (distance(F, self, i, j, std::numeric_limits<double>::infinity()) <= eps) uf.unite(i, j);
+  return uf.labels();
+}
+
+}  // namespace
+
+std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double eps, int threads) {
+  return cluster_impl(rowset<double>(F), self, eps, threads);
+}
+
+template <class T>
+std::vector<std::int64_t> cluster_rows(const RowSet<T>& F, double eps, int threads) {
+  return cluster_impl(F, nullptr, eps, threads);
+}
+
+template <class T>
+std::vector<std::int64_t> cluster_rows_allpairs(const RowSet<T>& F, double eps) {
+  return allpairs_impl(F, nullptr, eps);
+}
+
+template std::vector<std::int64_t> cluster_rows<float>(const RowSet<float>&, double, int);
+template std::vector<std::int64_t> cluster_rows<double>(const RowSet<double>&, double, int);
+template std::vector<std::int64_t> cluster_rows_allpairs<float>(const RowSet<float>&, double);
+template std::vector<std::int64_t> cluster_rows_allpairs<double>(const RowSet<double>&, double);
+
 double mean_norm(const RefMat& F, const SelfTerm* self) {
   if (F.rows() == 0) return 0.0;
   double total = 0.0;
@@ -434,12 +510,7 @@ double mean_norm(const RefMat& F, const SelfTerm* self) {
 }
 
 std::vector<std::int64_t> cluster_allpairs(const RefMat& F, const SelfTerm* self, double eps) {
-  const Eigen::Index n = F.rows();
-  UnionFind uf(n);
-  for (Eigen::Index i = 0; i < n; ++i)
-    for (Eigen::Index j = i + 1; j < n; ++j)
-      if (distance(F, self, i, j, std::numeric_limits<double>::infinity()) <= eps) uf.unite(i, j);
-  return uf.labels();
+  return allpairs_impl(rowset<double>(F), self, eps);
 }
 
 }  // namespace afde

@@ -1,7 +1,13 @@
 // Single-linkage components under an L1 threshold: the block split at the heart of eps-lumping.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "polyode.hpp"
 
@@ -25,6 +31,201 @@ struct SelfTerm {
 // exits each distance early once it passes eps, and skips pairs already joined. The result is
 // identical to cluster_allpairs for every input; threads never change it.
 std::vector<std::int64_t> cluster(const RefMat& F, const SelfTerm* self, double eps, int threads);
+
+// Rows read in place, in the caller's dtype (float or double): row i is
+//   factor[i] * (data[i * ld + 0 .. d-1], bias[i])
+// with the bias column present only when `bias` is given and factor 1 when `factor` is null.
+// Lets the engine cluster a float32 model's weight rows (and their biases, and a per-row sign or
+// 1 / norm) without a float64 copy; every sum is accumulated in double.
+template <class T>
+struct RowSet {
+  const T* data = nullptr;
+  Eigen::Index n = 0, d = 0, ld = 0;  // rows, stored columns, row stride (elements)
+  const double* bias = nullptr;
+  const double* factor = nullptr;
+  // Optional, from a pass the caller made anyway (exact_blocks): per row, the stripe sums of the
+  // stored columns (pool_stripes(cols()) of them, pool_bounds) and sum |stored entries|, both
+  // without factor and bias. cluster_rows then reads each row only where a distance needs it.
+  const double* raw_pools = nullptr;
+  const double* raw_abs = nullptr;
+  Eigen::Index rows() const { return n; }
+  Eigen::Index cols() const { return d + (bias ? 1 : 0); }
+  const T* row(Eigen::Index i) const { return data + i * ld; }
+  double f(Eigen::Index i) const { return factor ? factor[i] : 1.0; }
+  double extra(Eigen::Index i) const { return bias ? f(i) * bias[i] : 0.0; }
+};
+
+// Sums of n values read as double, in 8 interleaved partial sums: independent additions the
+// compiler vectorises (one running sum is bound by the latency of each addition, ~4x slower than
+// reading the memory). Any order is as exact as another for the bounds that use them.
+template <class T>
+inline double sum8(const T* x, Eigen::Index n) {
+  double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  Eigen::Index q = 0;
+  for (; q + 8 <= n; q += 8)
+    for (int r = 0; r < 8; ++r) a[r] += static_cast<double>(x[q + r]);
+  double s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+  for (; q < n; ++q) s += static_cast<double>(x[q]);
+  return s;
+}
+template <class T>
+inline double sum_abs8(const T* x, Eigen::Index n) {
+  double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  Eigen::Index q = 0;
+  for (; q + 8 <= n; q += 8)
+    for (int r = 0; r < 8; ++r) a[r] += std::abs(static_cast<double>(x[q + r]));
+  double s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+  for (; q < n; ++q) s += std::abs(static_cast<double>(x[q]));
+  return s;
+}
+// sum x and sum |x| in one pass
+template <class T>
+inline void sum_sumabs8(const T* x, Eigen::Index n, double& s0, double& s1) {
+  double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  Eigen::Index q = 0;
+  for (; q + 8 <= n; q += 8)
+    for (int r = 0; r < 8; ++r) {
+      const double v = static_cast<double>(x[q + r]);
+      a[r] += v;
+      b[r] += std::abs(v);
+    }
+  s0 = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+  s1 = ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
+  for (; q < n; ++q) {
+    const double v = static_cast<double>(x[q]);
+    s0 += v;
+    s1 += std::abs(v);
+  }
+}
+
+// sum |x| and sum x^2 in one pass
+template <class T>
+inline void sum_abs_sq8(const T* x, Eigen::Index n, double& s1, double& s2) {
+  double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  Eigen::Index q = 0;
+  for (; q + 8 <= n; q += 8)
+    for (int r = 0; r < 8; ++r) {
+      const double v = static_cast<double>(x[q + r]);
+      a[r] += std::abs(v);
+      b[r] += v * v;
+    }
+  s1 = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+  s2 = ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
+  for (; q < n; ++q) {
+    const double v = static_cast<double>(x[q]);
+    s1 += std::abs(v);
+    s2 += v * v;
+  }
+}
+
+#if defined(__SSE2__)
+// float rows: the same sums with explicit SSE2 conversions (the compiler leaves the templates
+// above scalar for float, a conversion per element). 8 floats per step into 4 pairs of doubles.
+namespace simd {
+inline __m128d abs_pd(__m128d v) { return _mm_andnot_pd(_mm_set1_pd(-0.0), v); }
+inline double hsum(__m128d a, __m128d b, __m128d c, __m128d d) {
+  const __m128d s = _mm_add_pd(_mm_add_pd(a, b), _mm_add_pd(c, d));
+  return _mm_cvtsd_f64(_mm_add_pd(s, _mm_unpackhi_pd(s, s)));
+}
+// (sum, sum |x|, sum x^2) of x[0 .. n8), n8 a multiple of 8; which ones: template flags
+template <bool S, bool A, bool Q>
+inline void sums(const float* x, Eigen::Index n8, double& s, double& a, double& q) {
+  __m128d s0 = _mm_setzero_pd(), s1 = s0, s2 = s0, s3 = s0, a0 = s0, a1 = s0, a2 = s0, a3 = s0;
+  __m128d q0 = s0, q1 = s0, q2 = s0, q3 = s0;
+  for (Eigen::Index k = 0; k < n8; k += 8) {
+    const __m128 lo = _mm_loadu_ps(x + k), hi = _mm_loadu_ps(x + k + 4);
+    const __m128d v0 = _mm_cvtps_pd(lo), v1 = _mm_cvtps_pd(_mm_movehl_ps(lo, lo));
+    const __m128d v2 = _mm_cvtps_pd(hi), v3 = _mm_cvtps_pd(_mm_movehl_ps(hi, hi));
+    if (S) { s0 = _mm_add_pd(s0, v0); s1 = _mm_add_pd(s1, v1); s2 = _mm_add_pd(s2, v2); s3 = _mm_add_pd(s3, v3); }
+    if (A) {
+      a0 = _mm_add_pd(a0, abs_pd(v0)); a1 = _mm_add_pd(a1, abs_pd(v1));
+      a2 = _mm_add_pd(a2, abs_pd(v2)); a3 = _mm_add_pd(a3, abs_pd(v3));
+    }
+    if (Q) {
+      q0 = _mm_add_pd(q0, _mm_mul_pd(v0, v0)); q1 = _mm_add_pd(q1, _mm_mul_pd(v1, v1));
+      q2 = _mm_add_pd(q2, _mm_mul_pd(v2, v2)); q3 = _mm_add_pd(q3, _mm_mul_pd(v3, v3));
+    }
+  }
+  s = hsum(s0, s1, s2, s3);
+  a = hsum(a0, a1, a2, a3);
+  q = hsum(q0, q1, q2, q3);
+}
+}  // namespace simd
+
+inline double sum8(const float* x, Eigen::Index n) {
+  const Eigen::Index n8 = n - n % 8;
+  double s, a, q;
+  simd::sums<true, false, false>(x, n8, s, a, q);
+  for (Eigen::Index k = n8; k < n; ++k) s += static_cast<double>(x[k]);
+  return s;
+}
+inline double sum_abs8(const float* x, Eigen::Index n) {
+  const Eigen::Index n8 = n - n % 8;
+  double s, a, q;
+  simd::sums<false, true, false>(x, n8, s, a, q);
+  for (Eigen::Index k = n8; k < n; ++k) a += std::abs(static_cast<double>(x[k]));
+  return a;
+}
+inline void sum_sumabs8(const float* x, Eigen::Index n, double& s0, double& s1) {
+  const Eigen::Index n8 = n - n % 8;
+  double q;
+  simd::sums<true, true, false>(x, n8, s0, s1, q);
+  for (Eigen::Index k = n8; k < n; ++k) {
+    const double v = static_cast<double>(x[k]);
+    s0 += v;
+    s1 += std::abs(v);
+  }
+}
+inline void sum_abs_sq8(const float* x, Eigen::Index n, double& s1, double& s2) {
+  const Eigen::Index n8 = n - n % 8;
+  double s;
+  simd::sums<false, true, true>(x, n8, s, s1, s2);
+  for (Eigen::Index k = n8; k < n; ++k) {
+    const double v = static_cast<double>(x[k]);
+    s1 += std::abs(v);
+    s2 += v * v;
+  }
+}
+inline double max_abs8(const float* x, Eigen::Index n) {
+  const Eigen::Index n8 = n - n % 8;
+  const __m128 sign = _mm_set1_ps(-0.0f);
+  __m128 m0 = _mm_setzero_ps(), m1 = m0;
+  for (Eigen::Index k = 0; k < n8; k += 8) {
+    m0 = _mm_max_ps(m0, _mm_andnot_ps(sign, _mm_loadu_ps(x + k)));
+    m1 = _mm_max_ps(m1, _mm_andnot_ps(sign, _mm_loadu_ps(x + k + 4)));
+  }
+  float t[4];
+  _mm_storeu_ps(t, _mm_max_ps(m0, m1));
+  float m = std::max(std::max(t[0], t[1]), std::max(t[2], t[3]));
+  for (Eigen::Index k = n8; k < n; ++k) m = std::max(m, std::abs(x[k]));
+  return static_cast<double>(m);
+}
+#endif
+
+// max |x| (NaN-free rows)
+template <class T>
+inline double max_abs8(const T* x, Eigen::Index n) {
+  double m = 0.0;
+  for (Eigen::Index q = 0; q < n; ++q) m = std::max(m, std::abs(static_cast<double>(x[q])));
+  return m;
+}
+
+// The stripes of the pooled lower bound: P = min(64, max(D, 1)) stripes over D columns, stripe q
+// holding columns lo[q] .. lo[q + 1] - 1.
+inline Eigen::Index pool_stripes(Eigen::Index D) { return std::min<Eigen::Index>(64, std::max<Eigen::Index>(D, 1)); }
+inline std::vector<Eigen::Index> pool_bounds(Eigen::Index D) {
+  const Eigen::Index P = pool_stripes(D);
+  std::vector<Eigen::Index> lo(P + 1);
+  for (Eigen::Index q = 0; q <= P; ++q) lo[q] = (q * D + P - 1) / P;
+  return lo;
+}
+
+// cluster() on a RowSet (no self term): the same algorithm and the same labels as cluster() on
+// the rows materialised in double.
+template <class T>
+std::vector<std::int64_t> cluster_rows(const RowSet<T>& F, double eps, int threads);
+template <class T>
+std::vector<std::int64_t> cluster_rows_allpairs(const RowSet<T>& F, double eps);
 
 // Mean distance of a row from the zero row (a neuron with no weights): the scale of a relative eps.
 double mean_norm(const RefMat& F, const SelfTerm* self);

@@ -181,3 +181,38 @@ def symmetric_bde_distance(ode, labels: np.ndarray, alpha: np.ndarray, beta: np.
         for j in members[1:]:
             worst = max(worst, bde_distance(g, labels, members[0], j))
     return worst
+
+
+# --------------------------------------------------------------------------------------------
+# The quotient as the numpy code computed it before the engine did (issue 10): the slow reference
+# for afde_nb.reduce.quotient (tests/test_float32.py). Everything in float64.
+
+def quotient_numpy(net, labels, signs=None, weights=None):
+    """(reduced Network in float64, [(labels, signs, scales, masses, spread)] per hidden layer)."""
+    from afde_nb.network import Network
+    from afde_nb.path import Source, aligned, block_sums, incoming
+
+    src = Source.inputs(net.widths[0])
+    out, blocks = [], []
+    for h, layer in enumerate(net.layers):
+        R, b = incoming(np.asarray(layer.weight, dtype=np.float64), np.asarray(layer.bias, dtype=np.float64),
+                        src, layer.taps)
+        if h == len(net.hidden):
+            out.append(layer.with_weights(R, b))
+            break
+        n = layer.out_features
+        lab = np.asarray(labels[h], dtype=np.int64)
+        k = int(lab.max()) + 1 if lab.size else 0
+        s = np.ones(n, dtype=np.int64) if signs is None or signs[h] is None else np.asarray(signs[h], dtype=np.int64)
+        A, c = aligned(R, b, layer.activation, s)
+        m = c.copy() if weights is None or weights[h] is None else np.asarray(weights[h], dtype=np.float64)
+        tot = np.bincount(lab, weights=m, minlength=k)
+        cnt = np.bincount(lab, minlength=k)
+        use = np.where(tot[lab] > 0, m, 1.0)
+        den = np.where(tot > 0, tot, cnt)
+        M = block_sums(A * use[:, None], lab, k, axis=0) / den[:, None]
+        out.append(layer.with_weights(M[:, :-1], M[:, -1].copy()))
+        src = Source(lab, s, c, layer.activation)
+        scale = float(np.abs(A).max(initial=0.0)) or 1.0
+        blocks.append((lab, s, c, m, float(np.abs(A - M[lab]).max(initial=0.0)) / scale))
+    return Network(out, dtype=net.dtype, meta=dict(net.meta)), blocks

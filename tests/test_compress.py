@@ -141,7 +141,8 @@ def test_compression_report_and_calibration(rng):
     model = planted_backward_model(rng)
     x = rng.normal(size=(64, 5))
     c = afde_nb.compress(model, eps=0, mode="backward", calibration=x)
-    assert c.calibration_error["n"] == 64 and c.calibration_error["max_abs"] <= 1e-9
+    # a float32 model reduced in float32: exact to float32 rounding of the merged columns
+    assert c.calibration_error["n"] == 64 and c.calibration_error["max_abs"] <= 1e-5
     text = c.table()
     assert "before" in text and "5" in text and "% kept" in text
     assert "backward" in repr(c)

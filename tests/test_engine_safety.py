@@ -303,3 +303,116 @@ def test_cluster_threads_at_threshold_zero_equal_allpairs(d, eps, spread):
         for threads in (1, 2, 4):
             for _ in range(2):  # interleavings differ from run to run
                 np.testing.assert_array_equal(_core.cluster_l1(F, eps, threads=threads), want)
+
+
+# ------------------------------------------------- float32 end to end (issue 10): the new entry points
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(F=row_sets(poison=False), eps=st.sampled_from(EPS))
+def test_cluster_l1_on_float32_rows_equals_its_definition(F, eps):
+    """float32 rows read in place: the labels of the same values in float64, and the definition."""
+    with np.errstate(over="ignore"):
+        F32 = F.astype(np.float32)  # 1e307 overflows to inf: a row at distance NaN, as defined
+    want = _core.cluster_l1(F32.astype(np.float64), eps, allpairs=True)
+    np.testing.assert_array_equal(_core.cluster_l1(F32, eps, allpairs=True), want)
+    np.testing.assert_array_equal(_core.cluster_l1(F32, eps), want)
+    if HAS_OPENMP:
+        with parallel_threshold(0):
+            np.testing.assert_array_equal(_core.cluster_l1(F32, eps, threads=2), want)
+
+
+def _exact_reference(W, b, homogeneous, signed, rel):
+    """path.exact_blocks as numpy computed it before the engine did: aligned rows in float64,
+    orientation by the first entry above 1e3 rel scale, cluster at rel * scale (the definition)."""
+    from afde_nb.path import aligned
+
+    A, c = aligned(np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64),
+                   "relu" if homogeneous else "tanh")
+    n = len(A)
+    scale = float(np.abs(A).sum(axis=1).max(initial=0.0))
+    s0 = np.ones(n, dtype=np.int64)
+    if signed and n:
+        big = np.abs(A) > 1e3 * rel * max(scale, 1e-300)
+        first = np.where(big.any(axis=1), big.argmax(axis=1), 0)
+        s0 = np.where(A[np.arange(n), first] < 0, -1, 1).astype(np.int64)
+    return _core.cluster_l1(A * s0[:, None], rel * scale, allpairs=True), s0, c
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(F=row_sets(poison=False), homogeneous=st.booleans(), signed=st.booleans(),
+       rel=st.sampled_from((0.0, 1e-12, 1e-6)), f32=st.booleans(), neg=st.booleans())
+def test_exact_rows_equal_the_numpy_exact_blocks(F, homogeneous, signed, rel, f32, neg):
+    """_core.exact_rows (one pass in place, sums in double) gives the numpy algorithm's blocks,
+    orientations and scales on hostile rows (0-wide, zero rows, copies, 1e-300 .. 1e307)."""
+    assume(F.shape[1] >= 1 and np.all(np.isfinite(F)))
+    if f32:
+        assume(np.abs(F).max(initial=0.0) < 1e30)  # representable in float32
+        F = F.astype(np.float32)
+    if neg and len(F) > 1:
+        F = F.copy()
+        F[-1] = -F[0]  # a negated copy: one block when signed
+    W, b = np.ascontiguousarray(F[:, :-1]), F[:, -1].astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # norms that overflow: not this test's
+        assume(np.abs(F).sum(axis=1, dtype=np.float64).max(initial=0.0) < 1e308)
+        assume(np.all(np.isfinite(np.sqrt((F.astype(np.float64) ** 2).sum(axis=1)))))
+        lab_ref, s_ref, c_ref = _exact_reference(W, b, homogeneous, signed, rel)
+    lab, s, c, bad = _core.exact_rows(W, b, homogeneous, signed, rel)
+    assert bad == -1
+    assert_canonical(lab, len(F))
+    np.testing.assert_array_equal(lab, lab_ref)
+    if signed:
+        np.testing.assert_array_equal(s, s_ref)
+    np.testing.assert_allclose(c, c_ref, rtol=1e-12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(F=row_sets(), f32=st.booleans(), homogeneous=st.booleans())
+def test_exact_rows_name_the_first_non_finite_row(F, f32, homogeneous):
+    assume(F.shape[1] >= 1)
+    with np.errstate(over="ignore"):
+        G = F.astype(np.float32) if f32 else F
+    W, b = np.ascontiguousarray(G[:, :-1]), G[:, -1].astype(np.float64)
+    bad_rows = np.flatnonzero(~np.isfinite(G.astype(np.float64)).all(axis=1))
+    lab, s, c, bad = _core.exact_rows(W, b, homogeneous, True, 1e-6)
+    assert bad == (bad_rows[0] if bad_rows.size else -1)
+    if bad >= 0:
+        assert lab.size == 0
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ns=networks(scales=MODERATE), seed=st.integers(0, 2**16), f32=st.booleans())
+def test_engine_quotient_on_any_network_equals_the_numpy_one(ns, seed, f32):
+    """reduce.quotient (the engine, in the weights' dtype) against the numpy reference on random
+    partitions, orientations and masses, 0- and 1-wide layers included."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from reference import quotient_numpy
+
+    from afde_nb.reduce import quotient
+
+    net = ns[0] if isinstance(ns, tuple) else ns
+    if f32:
+        net = Network([l.with_weights(l.weight.astype(np.float32), l.bias.astype(np.float32)) for l in net.layers])
+    rng = np.random.default_rng(seed)
+    labels, signs, weights = [], [], []
+    for l in net.hidden:
+        n = l.out_features
+        k = int(rng.integers(1, n + 1)) if n else 0
+        lab = np.concatenate([np.arange(k), rng.integers(0, max(k, 1), n - k)]).astype(np.int64) if n else np.zeros(0, np.int64)
+        rng.shuffle(lab)
+        labels.append(lab)
+        signs.append(rng.choice([-1, 1], n).astype(np.int64) if l.activation in ("tanh", "identity", "sigmoid") else None)
+        weights.append(rng.uniform(0.0, 2.0, n) if rng.random() < 0.5 else None)
+    with np.errstate(all="ignore"):
+        small, blocks = quotient(net, labels, signs, weights)
+        ref, ref_blocks = quotient_numpy(net, labels, signs, weights)
+    tol = 2e-6 if f32 else 1e-12
+    for a, r in zip(small.layers, ref.layers):
+        assert a.weight.dtype == (np.float32 if f32 else np.float64)
+        scale = max(float(np.abs(r.weight).max(initial=0.0)), float(np.abs(r.bias).max(initial=0.0)), 1e-300)
+        np.testing.assert_allclose(a.weight, r.weight, rtol=0, atol=tol * scale)
+        np.testing.assert_allclose(a.bias, r.bias, rtol=0, atol=tol * scale)
+    for blk, (lab, s, c, m, spread) in zip(blocks, ref_blocks):
+        np.testing.assert_allclose(blk.scales, c, rtol=1e-12)
+        assert blk.spread == pytest.approx(spread, rel=1e-9, abs=1e-12)

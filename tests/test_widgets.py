@@ -63,6 +63,13 @@ def image_data():
     return rng.normal(size=(64, 3, 2, 2)).astype(np.float32), rng.normal(size=(64, 3)).astype(np.float32)
 
 
+def close(x):
+    """Equal to float rounding: a slider move computes the figures on cached rows in the model's
+    dtype (float32 here) and refits in float64, where ``compress`` runs its torch model and
+    measures the calibration deviation in float64 (afde_nb.widgets.state.SliderCache)."""
+    return pytest.approx(x, rel=1e-5, abs=1e-6)
+
+
 def _same_partition(a, b) -> None:
     assert len(a.partition) == len(b.partition)
     for la, lb in zip(a.partition, b.partition):
@@ -86,9 +93,9 @@ def test_state_matches_compress(model, data, method, mode):
         f = s.figures
         assert (f["eps"], f["method"], f["mode"], f["relative"]) == (eps, method, mode, True)
         assert f["kept"] == want.kept and f["widths_after"] == [l.neurons_after for l in want.layers]
-        assert f["mse"] == metrics.mse(want.model, X, y) and f["r2"] == metrics.r2(want.model, X, y)
+        assert f["mse"] == close(metrics.mse(want.model, X, y)) and f["r2"] == close(metrics.r2(want.model, X, y))
         assert f["mse_before"] == metrics.mse(model, X, y)
-        assert f["calib_max_abs"] == want.calibration_error["max_abs"] and f["calib_n"] == len(X)
+        assert f["calib_max_abs"] == close(want.calibration_error["max_abs"]) and f["calib_n"] == len(X)
         assert [m["labels"] for m in s.merges] == [lab.tolist() for lab in want.partition]
         seen.add(c.params_after)
     assert len(seen) >= 2, "the eps grid should reach several sizes"
@@ -138,7 +145,7 @@ def test_state_image_shaped_data(image_model, image_data):
     c = s.update()
     want = afde_nb.compress(image_model, eps=0.5, calibration=X)
     _same_partition(c, want)
-    assert s.figures["calib_n"] == len(X) and s.figures["mse"] == metrics.mse(want.model, X, y)
+    assert s.figures["calib_n"] == len(X) and s.figures["mse"] == close(metrics.mse(want.model, X, y))
     s = PanelState(image_model, None, calibration=X[:20], eps=0.5)  # calibration only
     assert s.update().calibration_error["n"] == 20
     with pytest.raises(ShapeMismatchError):
@@ -211,7 +218,10 @@ def test_state_repair(model, data):
     assert s.repair is None and s.repair_in_force and "repair" not in s.compress_kwargs()
     c = s.update()
     assert s.figures["repair"] == c.repaired == "calibration"
-    assert s.figures["calib_max_abs_before_repair"] == c.calibration_error_before_repair["max_abs"]
+    want = afde_nb.compress(model, eps=1.0, calibration=X)
+    assert s.figures["calib_max_abs_before_repair"] == c.calibration_error_before_repair["max_abs"] \
+        == close(want.calibration_error_before_repair["max_abs"])
+    assert s.figures["calib_rms"] == c.calibration_error["rms"] == close(want.calibration_error["rms"])
     s.repair = False
     c0 = s.update()
     assert c0.repaired is None and s.figures["repair"] is None and "calib_max_abs_before_repair" not in s.figures
@@ -342,9 +352,9 @@ def _check_matches(p, model, X, y, eps, mode, relative=True, data_aware=False, m
     assert f["kept"] == c.kept
     assert f["widths_before"] == [s.neurons_before for s in c.layers]
     assert f["widths_after"] == [s.neurons_after for s in c.layers]
-    assert f["mse"] == metrics.mse(c.model, X, y) and f["r2"] == metrics.r2(c.model, X, y)
+    assert f["mse"] == close(metrics.mse(c.model, X, y)) and f["r2"] == close(metrics.r2(c.model, X, y))
     assert f["mse_before"] == metrics.mse(model, X, y)
-    assert f["calib_max_abs"] == c.calibration_error["max_abs"]
+    assert f["calib_max_abs"] == close(c.calibration_error["max_abs"])
     # the merge view: numbers and the strip of each layer
     assert [m["after"] for m in p.merges] == [s.neurons_after for s in c.layers]
     assert [m["largest"] for m in p.merges] == [s.largest_block for s in c.layers]
@@ -480,7 +490,7 @@ def test_image_shaped_data(Panel, image_model, image_data):
     assert p.errors == [] and p.compression is not None
     want = afde_nb.compress(image_model, eps=0.5, calibration=X)
     _same_partition(p.compression, want)
-    assert p.figures["mse"] == metrics.mse(want.model, X, y) and p.figures["calib_n"] == len(X)
+    assert p.figures["mse"] == close(metrics.mse(want.model, X, y)) and p.figures["calib_n"] == len(X)
     p = Panel(image_model, X, eps=0.5, tradeoff=False)  # inputs only: calibration
     assert p.errors == [] and p.figures["calib_n"] == len(X) and "mse" not in p.figures
 
@@ -831,3 +841,176 @@ def test_panel_general_model(Panel, residual, data, tmp_path):
     assert p.compression is not None and p.error_area.value == ""
     p = Panel(residual, (X, y), method="components", tradeoff=False)
     assert p.method_dd.value == "ward" and "components" in p.notes_html.value and p.errors == []
+
+
+# ============================================================ slider moves (issue 10: < 50 ms at width 1024)
+def _figures_close(a: dict, b: dict) -> None:
+    """Two figures dicts equal to float rounding (the timing aside)."""
+    assert set(a) == set(b)
+    for k in a:
+        if k == "compress_ms":
+            continue
+        if isinstance(a[k], float):
+            assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12), k
+        else:
+            assert a[k] == b[k], k
+
+
+@pytest.mark.parametrize("repair", [None, False, "pseudo"])
+@pytest.mark.parametrize("method,mode", [("ward", "backward"), ("ward", "forward"), ("complete", "backward")])
+def test_slider_move_matches_a_fresh_state(model, data, repair, method, mode):
+    """A move after the cached path (SliderCache: the path, the original's outputs, the rows)
+    shows the figures, merges and per-layer table of a fresh state at that eps, and those of
+    compress() to float rounding; moving back and forth too."""
+    import afde_nb.widgets.state as state_mod
+
+    X, y = data
+    s = PanelState(model, (X, y), eps=0.5, method=method, mode=mode, repair=repair)
+    s.update()
+    cache = s._slider
+    assert isinstance(cache, state_mod.SliderCache)
+    seen = set()
+    for eps in (0.2, 1.5, 0.0, 0.8, 3.0, 0.2, 1.0):
+        s.set_eps(eps)
+        c = s.update()
+        assert s._slider is cache, "a move at the same setting reuses the cache"
+        fresh = PanelState(model, (X, y), eps=eps, method=method, mode=mode, repair=repair)
+        cf = fresh.update()
+        assert fresh._slider is not cache
+        _figures_close(s.figures, fresh.figures)
+        assert s.merges == fresh.merges
+        assert c.table() == cf.table() or c.calibration_error is None
+        want = afde_nb.compress(model, eps=eps, method=method, mode=mode, calibration=X,
+                                **({} if repair is None else {"repair": repair}))
+        _same_partition(c, want)
+        assert c.repaired == want.repaired and c.params_after == want.params_after
+        assert [(l.name, l.neurons_after, l.largest_block, l.eps) for l in c.layers] == \
+            [(l.name, l.neurons_after, l.largest_block, l.eps) for l in want.layers]
+        f = s.figures
+        assert f["mse"] == close(metrics.mse(want.model, X, y)) and f["r2"] == close(metrics.r2(want.model, X, y))
+        for key in ("max_abs", "rms"):
+            assert f[f"calib_{key}"] == close(want.calibration_error[key])
+        if want.calibration_error_before_repair is not None:
+            assert f["calib_max_abs_before_repair"] == close(want.calibration_error_before_repair["max_abs"])
+        else:
+            assert "calib_max_abs_before_repair" not in f
+        # the reduced model, built on first use, is compress's to float rounding
+        with torch.no_grad():
+            xt = torch.as_tensor(X)
+            np.testing.assert_allclose(c.model(xt).numpy(), want.model(xt).numpy(), rtol=1e-4, atol=1e-4)
+        seen.add((c.params_after, c.repaired))
+    assert len(seen) >= 3
+
+
+def test_slider_cache_follows_the_model_and_the_data(model, data):
+    """Weights written in place, new data or another setting: the next update does not reuse stale
+    cached outputs."""
+    import copy
+
+    X, y = data
+    m = copy.deepcopy(model)
+    s = PanelState(m, (X, y), eps=0.5)
+    s.update()
+    cache = s._slider
+    with torch.no_grad():
+        m[2].weight.mul_(0.5)  # the model changes under the panel
+    s.set_eps(0.8)
+    s.update()
+    assert s._slider is not cache
+    fresh = PanelState(copy.deepcopy(m), (X, y), eps=0.8)
+    fresh.update()
+    _figures_close(s.figures, fresh.figures)
+    cache = s._slider
+    s.set_data((X[:200], y[:200]))
+    s.update()
+    assert s._slider is not cache and s.figures["calib_n"] == 200
+    cache = s._slider
+    s.mode = "forward"
+    s.update()
+    assert s._slider is not cache and s._slider.key[1] == "forward"
+
+
+def test_test_error_on_a_fixed_sample(model, data, monkeypatch):
+    """Over EVAL_ROWS test rows the error is measured on a fixed sample of them (the original's, every
+    reduced model's and the trade-off's alike), and the figures say so."""
+    import afde_nb.widgets.state as state_mod
+
+    X, y = data
+    monkeypatch.setattr(state_mod, "EVAL_ROWS", 120)
+    s = PanelState(model, (X, y), eps=0.8)
+    idx = state_mod.eval_rows(len(X))
+    assert len(idx) == 120 and np.array_equal(idx, np.sort(np.unique(idx))) and np.array_equal(s.X_eval, X[idx])
+    c = s.update()
+    f = s.figures
+    assert (f["test_n"], f["test_rows"]) == (120, 300)
+    assert f["mse"] == close(metrics.mse(c.model, X[idx], y[idx])) and f["mse_before"] == metrics.mse(model, X[idx], y[idx])
+    assert f["mse"] != close(metrics.mse(c.model, X, y))
+    assert "a fixed sample of 120 of 300 rows" in render.figures_html(f, s.data_label)
+    assert f["calib_n"] == 300  # calibration and repair keep every row
+    s2 = PanelState(model, (X, y), eps=0.8)
+    assert np.array_equal(s2.X_eval, s.X_eval)  # the same rows every time
+    monkeypatch.setattr(state_mod, "EVAL_ROWS", 512)
+    s3 = PanelState(model, (X, y), eps=0.8)
+    s3.update()
+    assert s3.figures["test_n"] == 300 and "fixed sample" not in render.figures_html(s3.figures)
+
+
+@pytest.mark.parametrize("rows,bias", [(20, True), (20, False), (60, True)])
+def test_refit_is_repairs_fit(rows, bias):
+    """The slider's refit (the dual form when rows < inputs) is afde_nb.repair's _fit to rounding:
+    its weights, its fitted values and its values on other rows."""
+    from afde_nb.repair import _fit
+    from afde_nb.widgets.state import apply_fit, fit_weights, refit
+
+    rng = np.random.default_rng(1)
+    H, Z, Hn = rng.normal(size=(rows, 40)), rng.normal(size=(rows, 7)), rng.normal(size=(9, 40))
+    W, b = _fit(H, Z, bias, None, 1e-6)
+    fit, fitted = refit(torch.from_numpy(H), torch.from_numpy(Z), bias)
+    assert fit[0] == ("dual" if rows < 41 else "primal")
+    W2, b2 = fit_weights(fit)
+    np.testing.assert_allclose(W2, W, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(b2, b, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(fitted.numpy(), H @ W.T + b, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(apply_fit(fit, torch.from_numpy(Hn)).numpy(), Hn @ W.T + b, rtol=1e-6, atol=1e-8)
+
+
+def test_tradeoff_plot_repaints_only_the_star():
+    """The trade-off PNG is the kept bitmap of the curve with the star painted over it: the same
+    point gives the same image whatever was shown before, another point another image."""
+    rows = [{"method": "original", "kept": 1.0, "mse": 0.1}] + [
+        {"method": m, "kept": k, "mse": 0.1 / k} for m in ("afde-backward", "magnitude") for k in (0.25, 0.5, 1.0)]
+    plot = render.TradeoffPlot(rows, title="t", base_mse=0.1)
+    a = plot.png((0.1, 0.5, 0.2))
+    b = plot.png((0.3, 0.3, 0.4))
+    none = plot.png(None)
+    assert a != b and none not in (a, b)
+    assert plot.png((0.1, 0.5, 0.2)) == a and plot.png(None) == none  # nothing left behind
+    far = plot.png((5.0, 0.01, 50.0))  # off the drawn axes: they widen
+    lo, hi = plot.figure.axes[0].get_ylim()
+    assert lo <= 50.0 <= hi and far != a
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Sigmoid, lambda: nn.LeakyReLU(0.1)])
+def test_slider_move_other_activations(data, act):
+    """ReLU's scales, sigmoid's flipped neurons (into the next bias), LeakyReLU's slope: a cached
+    move shows compress()'s figures to float rounding."""
+    X, y = data
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Linear(4, 20), act(), nn.Linear(20, 12), act(), nn.Linear(12, 2)).eval()
+    with torch.no_grad():
+        m[0].weight[6:9] = m[0].weight[5] * (2.0 if act is nn.ReLU else 1.0)
+        m[0].bias[6:9] = m[0].bias[5] * (2.0 if act is nn.ReLU else 1.0)
+    s = PanelState(m, (X, y), eps=0.3)
+    s.update()
+    for eps in (0.0, 0.8, 2.0, 0.1):
+        s.set_eps(eps)
+        c = s.update()
+        want = afde_nb.compress(m, eps=eps, calibration=X)
+        _same_partition(c, want)
+        f = s.figures
+        assert f["params_after"] == want.params_after and c.repaired == want.repaired
+        assert f["mse"] == close(metrics.mse(want.model, X, y))
+        assert f["calib_rms"] == close(want.calibration_error["rms"])
+        with torch.no_grad():
+            np.testing.assert_allclose(c.model(torch.as_tensor(X)).numpy(), want.model(torch.as_tensor(X)).numpy(),
+                                       rtol=1e-4, atol=1e-4)

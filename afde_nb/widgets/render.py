@@ -76,7 +76,10 @@ def figures_html(f: dict, data_label: str = "") -> str:
             ("hidden widths", f"{'-'.join(map(str, f['widths_before']))} &rarr; "
                               f"<b>{'-'.join(map(str, f['widths_after']))}</b>")]
     if "mse" in f:
-        rows.append((f"test MSE ({html.escape(data_label)})" if data_label else "test MSE",
+        where = [html.escape(data_label)] if data_label else []
+        if f.get("test_n") is not None and f.get("test_rows") is not None and f["test_n"] < f["test_rows"]:
+            where.append(f"a fixed sample of {f['test_n']:,} of {f['test_rows']:,} rows")  # state.EVAL_ROWS
+        rows.append((f"test MSE ({', '.join(where)})" if where else "test MSE",
                      f"{fmt(f.get('mse_before'))} &rarr; <b class='afde-mse'>{fmt(f['mse'])}</b>"))
         rows.append(("test R&sup2;", f"{fmt(f.get('r2_before'), '.4f')} &rarr; <b class='afde-r2'>{fmt(f['r2'], '.4f')}</b>"))
     if "calib_max_abs_before_repair" in f:
@@ -231,13 +234,17 @@ def eps_path_svg(points: Sequence[tuple[float, float]], current: tuple[float, fl
 
 class TradeoffPlot:
     """The size/error trade-off (``afde_nb.bench.tradeoff`` rows) as a PNG; the curve is drawn once
-    per list of rows, only the current point moves. Needs matplotlib."""
+    per list of rows, only the current point moves: the drawn curve is kept as a bitmap and each
+    :meth:`png` paints the star and its eps over it (matplotlib's blitting) and encodes the PNG,
+    instead of redrawing the figure. Needs matplotlib (and Pillow, which it requires)."""
 
     def __init__(self, rows: Sequence[dict], *, title: str, ylabel: str = "test MSE", base_mse: float | None = None):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         self.rows = rows
         fig = Figure(figsize=(6.4, 3.4), dpi=80)
+        self.canvas = FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
         styles = {"magnitude": ("s", "#7f7f7f"), "wanda": ("^", "#2ca02c")}
         methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "original"]
@@ -253,25 +260,56 @@ class TradeoffPlot:
         base = orig[0]["mse"] if orig else base_mse
         if base is not None:
             ax.axhline(max(base, 1e-12), color="#999", ls=":", lw=1, label="original")
-        (self._star,) = ax.plot([], [], marker="*", ms=14, color=CURRENT, ls="none", zorder=5, label="current")
+        (self._star,) = ax.plot([], [], marker="*", ms=14, color=CURRENT, ls="none", zorder=5, label="current",
+                                animated=True)
         ax.set_yscale("log")
         ax.set_xlabel("% parameters kept")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         fig.tight_layout()
+        ax.set_autoscale_on(False)  # the limits the curve gave stay (the star is painted over a bitmap of them)
         self.figure = fig
+        # the curve with and without the star's legend entry, drawn once each: a move paints the
+        # star and its eps label over one of them
+        self._note = ax.annotate("", (0.0, 0.0), xytext=(7, 5), textcoords="offset points", fontsize=8,
+                                 color=CURRENT, animated=True)
+        self._draw_backgrounds()
+
+    def _draw_backgrounds(self) -> None:
+        ax = self.figure.axes[0]
+        self._background = {}
+        for with_star in (False, True):
+            handles, labels = ax.get_legend_handles_labels()
+            keep = [(h, l) for h, l in zip(handles, labels) if with_star or h is not self._star]
+            if keep:
+                ax.legend([h for h, _ in keep], [l for _, l in keep], fontsize=8)
+            self.canvas.draw()
+            self._background[with_star] = self.canvas.copy_from_bbox(self.figure.bbox)
 
     def png(self, current: tuple[float, float, float] | None = None) -> bytes:
-        """The figure with ``current`` = (eps, fraction kept, test MSE) as a star (None: no star)."""
+        """The figure with ``current`` = (eps, fraction kept, test MSE) as a star labelled with its
+        eps (None: no star)."""
+        import numpy as np
+        from PIL import Image
+
+        ax = self.figure.axes[0]
         if current is not None:
             eps, kept, err = current
-            self._star.set_data([100 * kept], [max(err, 1e-12)])
-            self._star.set_label(f"current (eps={eps:.3g})")
-            self._star.set_visible(True)
-        else:
-            self._star.set_visible(False)
-        self.figure.axes[0].legend(fontsize=8)
+            x, y = 100 * kept, max(err, 1e-12)
+            (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+            if not (x0 <= x <= x1 and y0 <= y <= y1):  # off the drawn axes: widen them, draw the curve again
+                ax.set_xlim(min(x0, x - 2), max(x1, x + 2))
+                ax.set_ylim(min(y0, y / 2), max(y1, y * 2))
+                self._draw_backgrounds()
+        self.canvas.restore_region(self._background[current is not None])
+        if current is not None:
+            self._star.set_data([x], [y])
+            self._note.xy = (x, y)
+            self._note.set_text(f"eps={eps:.3g}")
+            ax.draw_artist(self._star)
+            ax.draw_artist(self._note)
+        img = Image.fromarray(np.asarray(self.canvas.buffer_rgba()))
         buf = io.BytesIO()
-        self.figure.savefig(buf, format="png")
+        img.save(buf, format="png", compress_level=1)
         return buf.getvalue()

@@ -3,10 +3,14 @@
 A plain Python object (no ipywidgets, no matplotlib) holding the model, the data, the settings
 (eps, method, mode, relative, data-aware, repair), the current :class:`~afde_nb.Compression` and the
 numbers drawn from it: figures, merges per layer, the eps path (:meth:`PanelState.curve`) and the
-size/error trade-off (:meth:`PanelState.tradeoff`). Everything goes through the public API:
+size/error trade-off (:meth:`PanelState.tradeoff`). Everything goes through the library:
 :func:`afde_nb.compress`, :func:`afde_nb.to_network` / :func:`afde_nb.network.as_inputs` (the same
 input check ``compress`` makes), :mod:`afde_nb.metrics`, :func:`afde_nb.bench.tradeoff` and
-:meth:`Compression.save`. Errors are raised, not shown: showing them is the panel's job.
+:meth:`Compression.save`; a plain stack's eps moves go through :class:`SliderCache`, which does
+what ``compress(model, eps, path=...)`` does (the merge path's cut, :func:`afde_nb.reduce.quotient`,
+:mod:`afde_nb.repair`'s refit) with the figures' forwards on cached rows (issue 10: a move in
+< 50 ms at width 1024). The test error is measured on at most :data:`EVAL_ROWS` test rows (a fixed
+sample of a larger test set). Errors are raised, not shown: showing them is the panel's job.
 
 A model that is not one plain Linear stack (a residual MLP, a transformer, a CNN: ``general``)
 is compressed the same way, ``compress`` lumping the groups it finds inside; each merge row names
@@ -30,16 +34,20 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from torch import nn
 
 from .. import metrics
-from ..adapters import to_network
-from ..compress import Compression, compress
+from ..adapters import to_network, to_torch
+from ..compress import Compression, LayerSummary, _repair_how, compress
 from ..errors import InvalidArgumentError, ShapeMismatchError, UnsupportedLayerError
 from ..export import PROGRAM_SUFFIX
 from ..graph import find_groups
 from ..lump import METHODS, MODES, check_eps, check_method, check_mode
-from ..network import as_inputs
+from ..network import Network, as_inputs
+from ..path import LINKAGES, merge_path, probe_inputs
+from ..reduce import quotient
+from ..repair import LOSSY, RIDGE
 
 FORMATS = (".pt", ".safetensors", PROGRAM_SUFFIX)
 #: what a model that is not one plain stack allows
@@ -49,6 +57,11 @@ DEFAULT_EPS_RANGE = (1e-3, 10.0)
 #: where the slider starts: about a 5 % error estimate per layer (afde_nb.path), a moderate cut
 DEFAULT_EPS = 0.05
 CALIBRATION_ROWS = 512  # rows of a Dataset's training split used for calibration
+#: the test error is measured on at most this many test rows: a fixed sample (seed 0, the same rows
+#: for the original, every reduced model and the trade-off curve). The reduced model's forward on
+#: them is most of a slider move's cost (2,000 rows of a width-1024 net: ~4 GFLOP, more than the
+#: 50 ms budget of a move on two cores; docs/performance.md §5)
+EVAL_ROWS = 512
 PATH_POINTS = 48        # at most this many compress() calls for the eps path
 PATH_STEP = 2.0         # refine the eps path where % kept jumps by more than this
 
@@ -188,6 +201,267 @@ def check_general_inputs(model, X: np.ndarray, what: str) -> np.ndarray:
     return X
 
 
+def eval_rows(n: int, rows: int | None = None) -> np.ndarray | None:
+    """The test rows the error is measured on: None (all ``n``) or a fixed sorted sample of ``rows``
+    (default :data:`EVAL_ROWS`; seed 0), the same for every model and setting."""
+    rows = EVAL_ROWS if rows is None else rows
+    if n <= rows:
+        return None
+    return np.sort(np.random.default_rng(0).choice(n, rows, replace=False))
+
+
+#: activations of a plain stack, as torch functions on the reduced layers' pre-activations
+_TORCH_ACT = {"identity": lambda z, l: z, "tanh": lambda z, l: torch.tanh(z), "sigmoid": lambda z, l: torch.sigmoid(z),
+              "relu": lambda z, l: torch.relu(z),
+              "leaky_relu": lambda z, l: torch.nn.functional.leaky_relu(z, l.negative_slope)}
+
+
+def _versions(model) -> tuple:
+    """What changes when a parameter of ``model`` is replaced or written in place."""
+    params = getattr(model, "parameters", None)
+    return tuple((id(p), p._version) for p in params()) if callable(params) else ()
+
+
+def _same_weights(a: Network, b: Network) -> bool:
+    return a.widths == b.widths and all(np.array_equal(x.weight, y.weight) and np.array_equal(x.bias, y.bias)
+                                        for x, y in zip(a.layers, b.layers))
+
+
+def deviation(a: np.ndarray, b: np.ndarray) -> dict:
+    """:func:`afde_nb.repair.probe_error` from the outputs: ``a`` the original's, ``b`` the reduced
+    model's on the same rows."""
+    d = np.asarray(b, dtype=np.float64) - a
+    ref = float(np.mean((a - a.mean(axis=0)) ** 2)) if a.size else 0.0
+    mse = float(np.mean(d ** 2)) if d.size else 0.0
+    return {"max_abs": float(np.abs(d).max(initial=0.0)), "rms": float(np.sqrt(mse)),
+            "relative_mse": mse / ref if ref > 0 else mse, "n": int(len(a))}
+
+
+def refit(H: torch.Tensor, Z: torch.Tensor, bias: bool, ridge: float = RIDGE) -> tuple[tuple, torch.Tensor]:
+    """The least-squares refit of :func:`afde_nb.repair.repair` (its ``_fit``, dense, in torch;
+    float64 tensors) and its fitted values ``H W^T + b``. With fewer rows n than inputs k it solves the same
+    ridge problem in its dual form, ``W^T = H~^T (H~ H~^T + lambda I)^-1 Z~`` (an n x n Cholesky
+    instead of a k x k solve; the same W to rounding), and keeps W implicit:
+    ``("dual", H~, S, mean(H), mean(Z), bias)`` with ``S = (H~ H~^T + lambda I)^-1 Z~``, whose
+    fitted values are ``Z - lambda S``. Torch, not numpy: the float32 forwards around it run on
+    torch's threads, and handing two cores back and forth between two thread pools costs more than
+    the products."""
+    n, k = H.shape
+    if bias:
+        hm, zm = H.mean(dim=0), Z.mean(dim=0)
+        Hc, Zc = H - hm, Z - zm
+    else:
+        hm, zm = torch.zeros(k, dtype=H.dtype), torch.zeros(Z.shape[1], dtype=H.dtype)
+        Hc, Zc = H, Z
+    if n >= k:  # _fit itself (in torch)
+        G = Hc.T @ Hc
+        lam = ridge * float(torch.trace(G)) / max(k, 1)
+        G.diagonal().add_(lam if lam > 0 else ridge)
+        W = torch.linalg.solve(G, Hc.T @ Zc).T
+        b = zm - W @ hm if bias else torch.zeros(Z.shape[1], dtype=H.dtype)
+        return ("primal", W, b), torch.nn.functional.linear(H, W, b)
+    K = Hc @ Hc.T
+    lam = ridge * float(torch.trace(K)) / max(k, 1)
+    lam = lam if lam > 0 else ridge
+    K.diagonal().add_(lam)
+    S = torch.cholesky_solve(Zc, torch.linalg.cholesky(K))
+    return ("dual", Hc, S, hm, zm, bias), Z - lam * S
+
+
+def apply_fit(fit: tuple, H: torch.Tensor) -> torch.Tensor:
+    """A refit layer's pre-activations on other rows ``H`` (float64)."""
+    if fit[0] == "primal":
+        return torch.nn.functional.linear(H, fit[1], fit[2])
+    _, Hc, S, hm, zm, _ = fit
+    (n, k_in), k_out = Hc.shape, S.shape[1]
+    if k_out * n * k_in + len(H) * k_in * k_out < len(H) * n * (k_in + k_out):  # W itself is cheaper (few outputs)
+        return torch.nn.functional.linear(H, *(torch.from_numpy(a) for a in fit_weights(fit)))
+    return ((H - hm) @ Hc.T) @ S + zm
+
+
+def fit_weights(fit: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) of a refit layer, as float64 arrays."""
+    if fit[0] == "primal":
+        return fit[1].numpy(), fit[2].numpy()
+    _, Hc, S, hm, zm, bias = fit
+    W = S.T @ Hc
+    return W.numpy(), (zm - W @ hm if bias else torch.zeros(S.shape[1], dtype=S.dtype)).numpy()
+
+
+def targets(Z: torch.Tensor, block) -> torch.Tensor:
+    """Repair's targets of a reduced hidden layer: the original pre-activations ``Z`` mapped to the
+    reduced neurons (:meth:`afde_nb.reduce.Block.target_map`)."""
+    lab, coef = block.target_map()
+    keep = np.flatnonzero(lab >= 0)
+    k = int(lab.max()) + 1 if lab.size else 0
+    cols = torch.from_numpy(keep)
+    T = torch.zeros((len(Z), k), dtype=Z.dtype)
+    return T.index_add_(1, torch.from_numpy(lab[keep]), Z[:, cols] * torch.from_numpy(coef[keep]))
+
+
+class LazyCompression(Compression):
+    """A :class:`~afde_nb.Compression` whose reduced network and torch model are built on first use
+    (``.model``, ``.reduced_network``, ``save``): a slider move shows figures computed without them."""
+
+    def __init__(self, build: Callable[[], tuple], **fields):
+        self.__dict__["_build"] = build
+        super().__init__(model=None, reduced_network=None, **fields)
+
+    def _built(self, name: str):
+        if self.__dict__.get("_build") is not None:
+            net, model = self.__dict__["_build"]()
+            self.__dict__.update(_build=None, _reduced_network=net, _model=model)
+        return self.__dict__.get(name)
+
+    @property
+    def model(self):
+        return self._built("_model")
+
+    @model.setter
+    def model(self, value):
+        self.__dict__["_model"] = value
+
+    @property
+    def reduced_network(self):
+        return self._built("_reduced_network")
+
+    @reduced_network.setter
+    def reduced_network(self, value):
+        self.__dict__["_reduced_network"] = value
+
+
+class SliderCache:
+    """What every slider move at one setting of a plain stack reuses: the network, its merge path,
+    the original model's outputs on the calibration rows and its pre-activations on the repair's
+    probes, and the calibration and test rows as one torch batch (the model's dtype, on the CPU).
+
+    :meth:`move` answers one eps as ``compress(model, eps, path=path, ...)`` does (the path's cut,
+    :func:`~afde_nb.reduce.quotient`, the repair of :mod:`afde_nb.repair` when a merge was lossy),
+    with the figures' forwards on the cached rows instead of the torch model's: the test rows and the
+    calibration deviations run in the model's dtype (float32 for a float32 model: the deviations then
+    carry its rounding, ~1e-7, where ``compress`` reports float64), the refit layers in float64
+    (the repair's own arithmetic). The reduced torch model is built only when asked for
+    (:class:`LazyCompression`)."""
+
+    def __init__(self, model, net: Network, path, calib: np.ndarray | None, X_eval: np.ndarray | None):
+        self.key = (path.method, path.mode, path.relative, path.calibrated)
+        self.net, self.path, self.model = net, path, model
+        self.versions = _versions(model)
+        p = next(iter(model.parameters()), None)
+        self.device = p.device if p is not None else None
+        self.dtype = getattr(torch, net.dtype)
+        self.calib = calib
+        self.n_cal = 0 if calib is None else len(calib)
+        rows = [r for r in (calib, X_eval) if r is not None]
+        # on the CPU, with the quotient and the refit (a model on another device gets its copy on export)
+        self.rows = torch.as_tensor(np.concatenate(rows), dtype=self.dtype) if rows else None
+        self.orig_cal = net.forward(calib) if calib is not None else None
+        self._probes: dict = {}
+
+    @staticmethod
+    def fits(net: Network) -> bool:
+        return all(l.activation in _TORCH_ACT and l.taps == 1 for l in net.layers)
+
+    def fresh(self, model) -> bool:
+        """Whether ``model``'s parameters are still the ones this cache was built from."""
+        return model is self.model and _versions(model) == self.versions
+
+    def probes(self, how: str | None):
+        """(probes, the original's pre-activations on them per layer) of a repair ``how``, as float64
+        tensors."""
+        if how is None:
+            return None, None
+        if how not in self._probes:
+            X = self.calib if how == "calibration" else probe_inputs(self.net, None)
+            ins = self.net.layer_inputs(X)
+            self._probes[how] = (torch.from_numpy(np.ascontiguousarray(X, dtype=np.float64)),
+                                 [torch.from_numpy(h @ l.weight.T + l.bias) for h, l in zip(ins, self.net.layers)])
+        return self._probes[how]
+
+    def move(self, eps: float, how: str | None) -> tuple[LazyCompression, np.ndarray | None]:
+        """The compression at ``eps`` (repair ``how``: None, "calibration" or "pseudo") and the
+        predictions on the test rows (None without)."""
+        net, path = self.net, self.path
+        part = path.partition(eps)
+        small, blocks = quotient(net, part)
+        probes, Zp = self.probes(how)
+        lossy = [h for h, b in enumerate(blocks) if b.spread > LOSSY]
+        ran = probes is not None and bool(lossy)
+        layers = small.layers
+        L = len(layers)
+        start = lossy[0] + 1 if ran else L
+        wt = [(torch.from_numpy(np.asarray(l.weight)).to(self.dtype), torch.from_numpy(np.asarray(l.bias)).to(self.dtype))
+              for l in layers]
+
+        def act(z, layer):
+            return _TORCH_ACT[layer.activation](z, layer)
+
+        def run(H, ks):
+            for k in ks:
+                H = act(torch.nn.functional.linear(H, *wt[k]), layers[k])
+            return H
+
+        def w64(k):
+            return (torch.from_numpy(np.asarray(layers[k].weight)).to(torch.float64),
+                    torch.from_numpy(np.asarray(layers[k].bias)).to(torch.float64))
+
+        n = self.n_cal
+        before = after = pred = None
+        fits: list[tuple] = []
+        with torch.no_grad():
+            H = run(self.rows, range(start)) if self.rows is not None else None
+            if not ran:
+                if n:
+                    after = deviation(self.orig_cal, H[:n].double().cpu().numpy())
+                if H is not None and len(H) > n:
+                    pred = H[n:].double().cpu().numpy()
+            else:
+                if n:
+                    before = deviation(self.orig_cal, run(H[:n], range(start, L)).double().cpu().numpy())
+                Hp = probes  # the repair, as afde_nb.repair.repair: float64 on the probes
+                for k in range(start):
+                    Hp = act(torch.nn.functional.linear(Hp, *w64(k)), layers[k])
+                for k in range(start, L):
+                    Z = targets(Zp[k], blocks[k]) if k < len(blocks) else Zp[k]
+                    fit, fitted = refit(Hp, Z, layers[k].has_bias)
+                    fits.append(fit)
+                    Hp = act(fitted, layers[k])
+
+                def rerun(Hr):
+                    Hr = Hr.to(torch.float64)
+                    for k, fit in zip(range(start, L), fits):
+                        Hr = act(apply_fit(fit, Hr), layers[k])
+                    return Hr.cpu().numpy()
+
+                if n:
+                    after = deviation(self.orig_cal, Hp.numpy() if how == "calibration" else rerun(H[:n]))
+                if H is not None and len(H) > n:
+                    pred = rerun(H[n:])
+        if pred is not None:
+            pred = pred.reshape(len(pred), -1)
+
+        device, fixed_layers = self.device, list(layers)
+
+        def build():
+            out = list(fixed_layers)
+            for k, fit in zip(range(start, L), fits):
+                out[k] = out[k].with_weights(*fit_weights(fit))
+            fixed = Network(out, dtype=small.dtype, meta=dict(small.meta)) if fits else small
+            return fixed, to_torch(fixed, device=device)
+
+        summaries = []
+        for h, lab in enumerate(part.labels):
+            sizes = np.bincount(lab) if lab.size else np.zeros(1, dtype=int)
+            summaries.append(LayerSummary(net.layers[h].path or str(h), net.layers[h].activation, int(lab.size),
+                                          int(part.num_blocks[h]), int(sizes.max()), float(part.eps_per_layer[h])))
+        c = LazyCompression(build, partition=[np.array(l) for l in part.labels], params_before=net.num_params,
+                            params_after=small.num_params, layers=summaries, mode=part.mode, eps=part.eps,
+                            relative=part.relative, calibration_error=after, target=None, method=path.method,
+                            symmetry=bool(path.symmetry), repaired=how if ran else None,
+                            calibration_error_before_repair=before, path=path)
+        return c, pred
+
+
 class PanelState:
     """The panel's model, data, settings and results, as plain Python.
 
@@ -224,7 +498,10 @@ class PanelState:
         self.eps_values = None if eps_values is None else [check_eps(e) for e in eps_values]
         self.baselines = tuple(baselines)
         self.X = self.y = self.X_cal = None
+        self.X_eval = self.y_eval = None  # the test rows the error is measured on (EVAL_ROWS)
         self.data_label = ""
+        self._slider: SliderCache | None = None
+        self._shown_versions = None
         self.base: dict = {}
         self._flat: dict = {}
         self.compression: Compression | None = None
@@ -370,6 +647,11 @@ class PanelState:
         """Read and check ``data`` (see the class): the inputs must fit the model as ``compress``
         reads them (its input ``Flatten`` applies to image-shaped rows)."""
         X, y, cal, label = resolve_data(data, calibration)
+        X_eval, y_eval = X, y
+        if X is not None and y is not None:
+            idx = eval_rows(len(X))
+            if idx is not None:
+                X_eval, y_eval = X[idx], y[idx]
         flat = {}
         if self.general and (X is not None or cal is not None):
             flat = {k: check_general_inputs(self.model, v, name)
@@ -379,13 +661,19 @@ class PanelState:
             width, flatten = net.widths[0], net.meta.get("flatten")
             if X is not None:
                 flat["X"] = as_inputs(X, width, "X", flatten)
+                flat["X_eval"] = flat["X"] if X_eval is X else as_inputs(X_eval, width, "X", flatten)
             if cal is not None:
                 flat["cal"] = as_inputs(cal, width, "calibration", flatten)
+        if self.general and X is not None:
+            flat["X_eval"] = X_eval
         base = {}
         if y is not None:
-            base = {"mse": metrics.mse(self.model, X, y), "r2": metrics.r2(self.model, X, y)}
+            base = {"mse": metrics.mse(self.model, X_eval, y_eval), "r2": metrics.r2(self.model, X_eval, y_eval)}
         self.X, self.y, self.X_cal, self.data_label = X, y, cal, label
+        self.X_eval, self.y_eval = X_eval, y_eval
         self._flat, self.base = flat, base
+        self._base_versions = _versions(self.model) if isinstance(self.model, nn.Module) else None
+        self._slider = None
         self._curve_key = self._compression_key = None
         self.tradeoff_rows = self.tradeoff_key = None
 
@@ -403,14 +691,30 @@ class PanelState:
 
     def update(self) -> Compression:
         """``compress`` at the current settings; refreshes ``compression``, ``figures``, ``merges``.
-        On an error these are cleared and the error is raised."""
+        On an error these are cleared and the error is raised.
+
+        A plain stack with a merge path (Ward's or complete linkage) goes through its
+        :class:`SliderCache`: the first update builds the path, every later one at the same setting
+        (a slider move) costs the cut, the quotient, the repair and the figures' forwards on cached
+        rows; the reduced torch model is built when asked for (``compression.model``, export)."""
         t0 = time.perf_counter()
-        kw = self.compress_kwargs()
-        last = self.compression
-        if (last is not None and self._compression_key == self.curve_key() and getattr(last, "path", None) is not None
-                and self.supports("path")):
-            kw["path"] = last.path  # same setting: only the cut and the quotient change (a slider move)
         try:
+            if self.y is not None and self._base_versions is not None and self._base_versions != _versions(self.model):
+                # the model's weights changed under the panel: the original's figures too
+                self.base = {"mse": metrics.mse(self.model, self.X_eval, self.y_eval),
+                             "r2": metrics.r2(self.model, self.X_eval, self.y_eval)}
+                self._base_versions = _versions(self.model)
+            cache = self._slider_cache()
+            if cache is not None:
+                c, pred = cache.move(self.eps, _repair_how(self.repair, self._flat.get("cal")))
+                self.compress_s = time.perf_counter() - t0
+                self._show(c, pred)
+                return c
+            kw = self.compress_kwargs()
+            last = self.compression
+            if (last is not None and self._compression_key == self.curve_key()
+                    and getattr(last, "path", None) is not None and self.supports("path")):
+                kw["path"] = last.path  # same setting: only the cut and the quotient change (a slider move)
             c = compress(self.model, eps=self.eps, **kw)
             self.compress_s = time.perf_counter() - t0
             self._show(c)
@@ -419,13 +723,41 @@ class PanelState:
             raise
         return c
 
-    def _show(self, c: Compression) -> None:
-        figures, merges = self._figures(c), merges_of(c)
+    def _slider_cache(self) -> SliderCache | None:
+        """The :class:`SliderCache` of the current setting (built with its merge path on first use),
+        or None where ``compress`` answers instead: a model that is not one plain stack, the paper's
+        components, a ``compress`` without ``path=``/``method=``/``repair=``."""
+        if self.general or self.data_aware or not all(self.supports(k) for k in ("path", "method", "repair")):
+            return None
+        method = self.method if self.method is not None else inspect.signature(compress).parameters["method"].default
+        if method not in LINKAGES:
+            return None
+        calib = self._flat.get("cal")
+        key = (method, self.mode, self.relative, calib is not None)
+        cache = self._slider
+        if cache is not None and cache.key == key and cache.fresh(self.model):
+            return cache
+        self._slider = None
+        net = to_network(self.model)
+        if not SliderCache.fits(net):
+            return None
+        last = self.compression
+        path = getattr(last, "path", None) if last is not None else None
+        if path is None or (path.method, path.mode, path.relative, path.calibrated) != key or not path.symmetry \
+                or self._shown_versions != _versions(self.model) or not _same_weights(path.net, net):
+            # compress's own path: merge_path(to_network(model), ...) on its calibration inputs
+            path = merge_path(net, method=method, mode=self.mode, relative=self.relative, calibration=calib)
+        self._slider = SliderCache(self.model, net, path, calib, self._flat.get("X_eval"))
+        return self._slider
+
+    def _show(self, c: Compression, pred: np.ndarray | None = None) -> None:
+        figures, merges = self._figures(c, pred), merges_of(c)
         self.compression, self.figures, self.merges = c, figures, merges
+        self._shown_versions = _versions(self.model)  # the weights c (and its path) were computed from
         self.groups_report = c.groups.report() if getattr(c, "groups", None) is not None else ""
         self._compression_key = self.curve_key()
 
-    def _figures(self, c: Compression) -> dict:
+    def _figures(self, c: Compression, pred: np.ndarray | None = None) -> dict:
         f = {"eps": c.eps, "method": getattr(c, "method", None), "mode": c.mode, "relative": c.relative,
              "data_aware": self.data_aware,
              "params_before": c.params_before, "params_after": c.params_after, "kept": c.kept,
@@ -437,9 +769,11 @@ class PanelState:
         if getattr(c, "target", None):
             f["target"] = dict(c.target)
         if self.y is not None:
-            pred = metrics.predict(c.model, self.X)  # one forward for both figures
-            f.update(mse=metrics.mse_score(pred, self.y), r2=metrics.r2_score(pred, self.y),
-                     mse_before=self.base["mse"], r2_before=self.base["r2"])
+            if pred is None:
+                pred = metrics.predict(c.model, self.X_eval)  # one forward for both figures
+            f.update(mse=metrics.mse_score(pred, self.y_eval), r2=metrics.r2_score(pred, self.y_eval),
+                     mse_before=self.base["mse"], r2_before=self.base["r2"], test_n=len(self.y_eval),
+                     test_rows=len(self.y))
         before = getattr(c, "calibration_error_before_repair", None)
         if before and before != c.calibration_error:
             f.update(calib_max_abs_before_repair=before["max_abs"], calib_rms_before_repair=before["rms"],
@@ -595,7 +929,7 @@ class PanelState:
 
         key = self.tradeoff_mode()
         entry, variant, relative = key
-        rows = tradeoff(self.model, self._flat["X"], self.y, calibration=self._flat.get("cal"),
+        rows = tradeoff(self.model, self._flat["X_eval"], self.y_eval, calibration=self._flat.get("cal"),
                         eps_values=self.eps_values, mode=entry, relative=relative, baselines=self.tradeoff_baselines,
                         progress=progress, **self._variants(variant))
         self.tradeoff_rows = [dict(r) for r in rows]
