@@ -29,7 +29,7 @@ from .graph import Discovery, find_groups
 from .lump import Partition
 from .network import ODE_DEFINED, Network
 from .path import MergePath, merge_path
-from .repair import reduce_and_repair
+from .repair import deviation, reduce_and_repair
 from . import surgery
 
 
@@ -111,11 +111,8 @@ def _output(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def output_error(a: np.ndarray, b: np.ndarray) -> dict:
-    d = b - a
-    ref = float(np.mean((a - a.mean(axis=0)) ** 2)) if a.size else 0.0
-    mse = float(np.mean(d ** 2)) if d.size else 0.0
-    return {"max_abs": float(np.abs(d).max(initial=0.0)), "rms": float(np.sqrt(mse)),
-            "relative_mse": mse / ref if ref > 0 else mse, "n": int(len(a))}
+    """Deviation of the reduced model's outputs ``b`` from the original's ``a``."""
+    return deviation(a, b)
 
 
 class ModelPath(MergePath):

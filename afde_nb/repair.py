@@ -16,6 +16,7 @@ stay fair.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .network import Network
 from .reduce import quotient
@@ -78,12 +79,18 @@ def repair(original: Network, reduced: Network, X: np.ndarray, maps: list[tuple[
 
 def probe_error(original: Network, reduced: Network, X: np.ndarray) -> dict:
     """Deviation of ``reduced`` from ``original`` on ``X``: max |diff|, RMS and relative MSE."""
-    a, b = original.forward(X), reduced.forward(X)
-    d = b - a
+    return deviation(original.forward(X), reduced.forward(X))
+
+
+def deviation(a: np.ndarray, b: np.ndarray) -> dict:
+    """Deviation of outputs ``b`` from the original's ``a`` on the same rows: max |diff|, RMS and
+    relative MSE (MSE over the variance of ``a``)."""
+    a = np.asarray(a, dtype=np.float64)
+    d = np.asarray(b, dtype=np.float64) - a
     ref = float(np.mean((a - a.mean(axis=0)) ** 2)) if a.size else 0.0
     mse = float(np.mean(d ** 2)) if d.size else 0.0
     return {"max_abs": float(np.abs(d).max(initial=0.0)), "rms": float(np.sqrt(mse)),
-            "relative_mse": mse / ref if ref > 0 else mse, "n": int(len(X))}
+            "relative_mse": mse / ref if ref > 0 else mse, "n": int(len(a))}
 
 
 #: an aligned row farther than this (relative) from its merged row makes the layer lossy
@@ -101,3 +108,67 @@ def reduce_and_repair(net: Network, part: Partition, probes, calib
         return small, None, err, False
     fixed = repair(net, small, probes, [b.target_map() for b in blocks], start=lossy[0] + 1)
     return fixed, err, probe_error(net, fixed, calib) if calib is not None else None, True
+
+
+# ---- the same refit in torch, for answering many cuts of one merge path (afde_nb.moves) ----
+
+def refit(H: torch.Tensor, Z: torch.Tensor, bias: bool, ridge: float = RIDGE) -> tuple[tuple, torch.Tensor]:
+    """The least-squares refit of :func:`repair` (its ``_fit``, dense, in torch;
+    float64 tensors) and its fitted values ``H W^T + b``. With fewer rows n than inputs k it solves the same
+    ridge problem in its dual form, ``W^T = H~^T (H~ H~^T + lambda I)^-1 Z~`` (an n x n Cholesky
+    instead of a k x k solve; the same W to rounding), and keeps W implicit:
+    ``("dual", H~, S, mean(H), mean(Z), bias)`` with ``S = (H~ H~^T + lambda I)^-1 Z~``, whose
+    fitted values are ``Z - lambda S``. Torch, not numpy: the float32 forwards around it run on
+    torch's threads, and handing two cores back and forth between two thread pools costs more than
+    the products."""
+    n, k = H.shape
+    if bias:
+        hm, zm = H.mean(dim=0), Z.mean(dim=0)
+        Hc, Zc = H - hm, Z - zm
+    else:
+        hm, zm = torch.zeros(k, dtype=H.dtype), torch.zeros(Z.shape[1], dtype=H.dtype)
+        Hc, Zc = H, Z
+    if n >= k:  # _fit itself (in torch)
+        G = Hc.T @ Hc
+        lam = ridge * float(torch.trace(G)) / max(k, 1)
+        G.diagonal().add_(lam if lam > 0 else ridge)
+        W = torch.linalg.solve(G, Hc.T @ Zc).T
+        b = zm - W @ hm if bias else torch.zeros(Z.shape[1], dtype=H.dtype)
+        return ("primal", W, b), torch.nn.functional.linear(H, W, b)
+    K = Hc @ Hc.T
+    lam = ridge * float(torch.trace(K)) / max(k, 1)
+    lam = lam if lam > 0 else ridge
+    K.diagonal().add_(lam)
+    S = torch.cholesky_solve(Zc, torch.linalg.cholesky(K))
+    return ("dual", Hc, S, hm, zm, bias), Z - lam * S
+
+
+def apply_fit(fit: tuple, H: torch.Tensor) -> torch.Tensor:
+    """A refit layer's pre-activations on other rows ``H`` (float64)."""
+    if fit[0] == "primal":
+        return torch.nn.functional.linear(H, fit[1], fit[2])
+    _, Hc, S, hm, zm, _ = fit
+    (n, k_in), k_out = Hc.shape, S.shape[1]
+    if k_out * n * k_in + len(H) * k_in * k_out < len(H) * n * (k_in + k_out):  # W itself is cheaper (few outputs)
+        return torch.nn.functional.linear(H, *(torch.from_numpy(a) for a in fit_weights(fit)))
+    return ((H - hm) @ Hc.T) @ S + zm
+
+
+def fit_weights(fit: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) of a refit layer, as float64 arrays."""
+    if fit[0] == "primal":
+        return fit[1].numpy(), fit[2].numpy()
+    _, Hc, S, hm, zm, bias = fit
+    W = S.T @ Hc
+    return W.numpy(), (zm - W @ hm if bias else torch.zeros(S.shape[1], dtype=S.dtype)).numpy()
+
+
+def targets(Z: torch.Tensor, block) -> torch.Tensor:
+    """Repair's targets of a reduced hidden layer: the original pre-activations ``Z`` mapped to the
+    reduced neurons (:meth:`afde_nb.reduce.Block.target_map`)."""
+    lab, coef = block.target_map()
+    keep = np.flatnonzero(lab >= 0)
+    k = int(lab.max()) + 1 if lab.size else 0
+    cols = torch.from_numpy(keep)
+    T = torch.zeros((len(Z), k), dtype=Z.dtype)
+    return T.index_add_(1, torch.from_numpy(lab[keep]), Z[:, cols] * torch.from_numpy(coef[keep]))

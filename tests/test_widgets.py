@@ -66,7 +66,7 @@ def image_data():
 def close(x):
     """Equal to float rounding: a slider move computes the figures on cached rows in the model's
     dtype (float32 here) and refits in float64, where ``compress`` runs its torch model and
-    measures the calibration deviation in float64 (afde_nb.widgets.state.SliderCache)."""
+    measures the calibration deviation in float64 (afde_nb.moves.SliderCache)."""
     return pytest.approx(x, rel=1e-5, abs=1e-6)
 
 
@@ -960,7 +960,7 @@ def test_refit_is_repairs_fit(rows, bias):
     """The slider's refit (the dual form when rows < inputs) is afde_nb.repair's _fit to rounding:
     its weights, its fitted values and its values on other rows."""
     from afde_nb.repair import _fit
-    from afde_nb.widgets.state import apply_fit, fit_weights, refit
+    from afde_nb.repair import apply_fit, fit_weights, refit
 
     rng = np.random.default_rng(1)
     H, Z, Hn = rng.normal(size=(rows, 40)), rng.normal(size=(rows, 7)), rng.normal(size=(9, 40))

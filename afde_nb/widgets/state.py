@@ -6,7 +6,7 @@ numbers drawn from it: figures, merges per layer, the eps path (:meth:`PanelStat
 size/error trade-off (:meth:`PanelState.tradeoff`). Everything goes through the library:
 :func:`afde_nb.compress`, :func:`afde_nb.to_network` / :func:`afde_nb.network.as_inputs` (the same
 input check ``compress`` makes), :mod:`afde_nb.metrics`, :func:`afde_nb.bench.tradeoff` and
-:meth:`Compression.save`; a plain stack's eps moves go through :class:`SliderCache`, which does
+:meth:`Compression.save`; a plain stack's eps moves go through :class:`afde_nb.moves.SliderCache`, which does
 what ``compress(model, eps, path=...)`` does (the merge path's cut, :func:`afde_nb.reduce.quotient`,
 :mod:`afde_nb.repair`'s refit) with the figures' forwards on cached rows (issue 10: a move in
 < 50 ms at width 1024). The test error is measured on at most :data:`EVAL_ROWS` test rows (a fixed
@@ -34,20 +34,18 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from torch import nn
 
 from .. import metrics
-from ..adapters import to_network, to_torch
-from ..compress import Compression, LayerSummary, _repair_how, compress
+from ..adapters import to_network
+from ..compress import Compression, _repair_how, compress
 from ..errors import InvalidArgumentError, ShapeMismatchError, UnsupportedLayerError
 from ..export import PROGRAM_SUFFIX
 from ..graph import find_groups
 from ..lump import METHODS, MODES, check_eps, check_method, check_mode
-from ..network import Network, as_inputs
-from ..path import LINKAGES, merge_path, probe_inputs
-from ..reduce import quotient
-from ..repair import LOSSY, RIDGE
+from ..moves import SliderCache, _same_weights, _versions
+from ..network import as_inputs
+from ..path import LINKAGES, merge_path
 
 FORMATS = (".pt", ".safetensors", PROGRAM_SUFFIX)
 #: what a model that is not one plain stack allows
@@ -208,258 +206,6 @@ def eval_rows(n: int, rows: int | None = None) -> np.ndarray | None:
     if n <= rows:
         return None
     return np.sort(np.random.default_rng(0).choice(n, rows, replace=False))
-
-
-#: activations of a plain stack, as torch functions on the reduced layers' pre-activations
-_TORCH_ACT = {"identity": lambda z, l: z, "tanh": lambda z, l: torch.tanh(z), "sigmoid": lambda z, l: torch.sigmoid(z),
-              "relu": lambda z, l: torch.relu(z),
-              "leaky_relu": lambda z, l: torch.nn.functional.leaky_relu(z, l.negative_slope)}
-
-
-def _versions(model) -> tuple:
-    """What changes when a parameter of ``model`` is replaced or written in place."""
-    params = getattr(model, "parameters", None)
-    return tuple((id(p), p._version) for p in params()) if callable(params) else ()
-
-
-def _same_weights(a: Network, b: Network) -> bool:
-    return a.widths == b.widths and all(np.array_equal(x.weight, y.weight) and np.array_equal(x.bias, y.bias)
-                                        for x, y in zip(a.layers, b.layers))
-
-
-def deviation(a: np.ndarray, b: np.ndarray) -> dict:
-    """:func:`afde_nb.repair.probe_error` from the outputs: ``a`` the original's, ``b`` the reduced
-    model's on the same rows."""
-    d = np.asarray(b, dtype=np.float64) - a
-    ref = float(np.mean((a - a.mean(axis=0)) ** 2)) if a.size else 0.0
-    mse = float(np.mean(d ** 2)) if d.size else 0.0
-    return {"max_abs": float(np.abs(d).max(initial=0.0)), "rms": float(np.sqrt(mse)),
-            "relative_mse": mse / ref if ref > 0 else mse, "n": int(len(a))}
-
-
-def refit(H: torch.Tensor, Z: torch.Tensor, bias: bool, ridge: float = RIDGE) -> tuple[tuple, torch.Tensor]:
-    """The least-squares refit of :func:`afde_nb.repair.repair` (its ``_fit``, dense, in torch;
-    float64 tensors) and its fitted values ``H W^T + b``. With fewer rows n than inputs k it solves the same
-    ridge problem in its dual form, ``W^T = H~^T (H~ H~^T + lambda I)^-1 Z~`` (an n x n Cholesky
-    instead of a k x k solve; the same W to rounding), and keeps W implicit:
-    ``("dual", H~, S, mean(H), mean(Z), bias)`` with ``S = (H~ H~^T + lambda I)^-1 Z~``, whose
-    fitted values are ``Z - lambda S``. Torch, not numpy: the float32 forwards around it run on
-    torch's threads, and handing two cores back and forth between two thread pools costs more than
-    the products."""
-    n, k = H.shape
-    if bias:
-        hm, zm = H.mean(dim=0), Z.mean(dim=0)
-        Hc, Zc = H - hm, Z - zm
-    else:
-        hm, zm = torch.zeros(k, dtype=H.dtype), torch.zeros(Z.shape[1], dtype=H.dtype)
-        Hc, Zc = H, Z
-    if n >= k:  # _fit itself (in torch)
-        G = Hc.T @ Hc
-        lam = ridge * float(torch.trace(G)) / max(k, 1)
-        G.diagonal().add_(lam if lam > 0 else ridge)
-        W = torch.linalg.solve(G, Hc.T @ Zc).T
-        b = zm - W @ hm if bias else torch.zeros(Z.shape[1], dtype=H.dtype)
-        return ("primal", W, b), torch.nn.functional.linear(H, W, b)
-    K = Hc @ Hc.T
-    lam = ridge * float(torch.trace(K)) / max(k, 1)
-    lam = lam if lam > 0 else ridge
-    K.diagonal().add_(lam)
-    S = torch.cholesky_solve(Zc, torch.linalg.cholesky(K))
-    return ("dual", Hc, S, hm, zm, bias), Z - lam * S
-
-
-def apply_fit(fit: tuple, H: torch.Tensor) -> torch.Tensor:
-    """A refit layer's pre-activations on other rows ``H`` (float64)."""
-    if fit[0] == "primal":
-        return torch.nn.functional.linear(H, fit[1], fit[2])
-    _, Hc, S, hm, zm, _ = fit
-    (n, k_in), k_out = Hc.shape, S.shape[1]
-    if k_out * n * k_in + len(H) * k_in * k_out < len(H) * n * (k_in + k_out):  # W itself is cheaper (few outputs)
-        return torch.nn.functional.linear(H, *(torch.from_numpy(a) for a in fit_weights(fit)))
-    return ((H - hm) @ Hc.T) @ S + zm
-
-
-def fit_weights(fit: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """(W, b) of a refit layer, as float64 arrays."""
-    if fit[0] == "primal":
-        return fit[1].numpy(), fit[2].numpy()
-    _, Hc, S, hm, zm, bias = fit
-    W = S.T @ Hc
-    return W.numpy(), (zm - W @ hm if bias else torch.zeros(S.shape[1], dtype=S.dtype)).numpy()
-
-
-def targets(Z: torch.Tensor, block) -> torch.Tensor:
-    """Repair's targets of a reduced hidden layer: the original pre-activations ``Z`` mapped to the
-    reduced neurons (:meth:`afde_nb.reduce.Block.target_map`)."""
-    lab, coef = block.target_map()
-    keep = np.flatnonzero(lab >= 0)
-    k = int(lab.max()) + 1 if lab.size else 0
-    cols = torch.from_numpy(keep)
-    T = torch.zeros((len(Z), k), dtype=Z.dtype)
-    return T.index_add_(1, torch.from_numpy(lab[keep]), Z[:, cols] * torch.from_numpy(coef[keep]))
-
-
-class LazyCompression(Compression):
-    """A :class:`~afde_nb.Compression` whose reduced network and torch model are built on first use
-    (``.model``, ``.reduced_network``, ``save``): a slider move shows figures computed without them."""
-
-    def __init__(self, build: Callable[[], tuple], **fields):
-        self.__dict__["_build"] = build
-        super().__init__(model=None, reduced_network=None, **fields)
-
-    def _built(self, name: str):
-        if self.__dict__.get("_build") is not None:
-            net, model = self.__dict__["_build"]()
-            self.__dict__.update(_build=None, _reduced_network=net, _model=model)
-        return self.__dict__.get(name)
-
-    @property
-    def model(self):
-        return self._built("_model")
-
-    @model.setter
-    def model(self, value):
-        self.__dict__["_model"] = value
-
-    @property
-    def reduced_network(self):
-        return self._built("_reduced_network")
-
-    @reduced_network.setter
-    def reduced_network(self, value):
-        self.__dict__["_reduced_network"] = value
-
-
-class SliderCache:
-    """What every slider move at one setting of a plain stack reuses: the network, its merge path,
-    the original model's outputs on the calibration rows and its pre-activations on the repair's
-    probes, and the calibration and test rows as one torch batch (the model's dtype, on the CPU).
-
-    :meth:`move` answers one eps as ``compress(model, eps, path=path, ...)`` does (the path's cut,
-    :func:`~afde_nb.reduce.quotient`, the repair of :mod:`afde_nb.repair` when a merge was lossy),
-    with the figures' forwards on the cached rows instead of the torch model's: the test rows and the
-    calibration deviations run in the model's dtype (float32 for a float32 model: the deviations then
-    carry its rounding, ~1e-7, where ``compress`` reports float64), the refit layers in float64
-    (the repair's own arithmetic). The reduced torch model is built only when asked for
-    (:class:`LazyCompression`)."""
-
-    def __init__(self, model, net: Network, path, calib: np.ndarray | None, X_eval: np.ndarray | None):
-        self.key = (path.method, path.mode, path.relative, path.calibrated)
-        self.net, self.path, self.model = net, path, model
-        self.versions = _versions(model)
-        p = next(iter(model.parameters()), None)
-        self.device = p.device if p is not None else None
-        self.dtype = getattr(torch, net.dtype)
-        self.calib = calib
-        self.n_cal = 0 if calib is None else len(calib)
-        rows = [r for r in (calib, X_eval) if r is not None]
-        # on the CPU, with the quotient and the refit (a model on another device gets its copy on export)
-        self.rows = torch.as_tensor(np.concatenate(rows), dtype=self.dtype) if rows else None
-        self.orig_cal = net.forward(calib) if calib is not None else None
-        self._probes: dict = {}
-
-    @staticmethod
-    def fits(net: Network) -> bool:
-        return all(l.activation in _TORCH_ACT and l.taps == 1 for l in net.layers)
-
-    def fresh(self, model) -> bool:
-        """Whether ``model``'s parameters are still the ones this cache was built from."""
-        return model is self.model and _versions(model) == self.versions
-
-    def probes(self, how: str | None):
-        """(probes, the original's pre-activations on them per layer) of a repair ``how``, as float64
-        tensors."""
-        if how is None:
-            return None, None
-        if how not in self._probes:
-            X = self.calib if how == "calibration" else probe_inputs(self.net, None)
-            ins = self.net.layer_inputs(X)
-            self._probes[how] = (torch.from_numpy(np.ascontiguousarray(X, dtype=np.float64)),
-                                 [torch.from_numpy(h @ l.weight.T + l.bias) for h, l in zip(ins, self.net.layers)])
-        return self._probes[how]
-
-    def move(self, eps: float, how: str | None) -> tuple[LazyCompression, np.ndarray | None]:
-        """The compression at ``eps`` (repair ``how``: None, "calibration" or "pseudo") and the
-        predictions on the test rows (None without)."""
-        net, path = self.net, self.path
-        part = path.partition(eps)
-        small, blocks = quotient(net, part)
-        probes, Zp = self.probes(how)
-        lossy = [h for h, b in enumerate(blocks) if b.spread > LOSSY]
-        ran = probes is not None and bool(lossy)
-        layers = small.layers
-        L = len(layers)
-        start = lossy[0] + 1 if ran else L
-        wt = [(torch.from_numpy(np.asarray(l.weight)).to(self.dtype), torch.from_numpy(np.asarray(l.bias)).to(self.dtype))
-              for l in layers]
-
-        def act(z, layer):
-            return _TORCH_ACT[layer.activation](z, layer)
-
-        def run(H, ks):
-            for k in ks:
-                H = act(torch.nn.functional.linear(H, *wt[k]), layers[k])
-            return H
-
-        def w64(k):
-            return (torch.from_numpy(np.asarray(layers[k].weight)).to(torch.float64),
-                    torch.from_numpy(np.asarray(layers[k].bias)).to(torch.float64))
-
-        n = self.n_cal
-        before = after = pred = None
-        fits: list[tuple] = []
-        with torch.no_grad():
-            H = run(self.rows, range(start)) if self.rows is not None else None
-            if not ran:
-                if n:
-                    after = deviation(self.orig_cal, H[:n].double().cpu().numpy())
-                if H is not None and len(H) > n:
-                    pred = H[n:].double().cpu().numpy()
-            else:
-                if n:
-                    before = deviation(self.orig_cal, run(H[:n], range(start, L)).double().cpu().numpy())
-                Hp = probes  # the repair, as afde_nb.repair.repair: float64 on the probes
-                for k in range(start):
-                    Hp = act(torch.nn.functional.linear(Hp, *w64(k)), layers[k])
-                for k in range(start, L):
-                    Z = targets(Zp[k], blocks[k]) if k < len(blocks) else Zp[k]
-                    fit, fitted = refit(Hp, Z, layers[k].has_bias)
-                    fits.append(fit)
-                    Hp = act(fitted, layers[k])
-
-                def rerun(Hr):
-                    Hr = Hr.to(torch.float64)
-                    for k, fit in zip(range(start, L), fits):
-                        Hr = act(apply_fit(fit, Hr), layers[k])
-                    return Hr.cpu().numpy()
-
-                if n:
-                    after = deviation(self.orig_cal, Hp.numpy() if how == "calibration" else rerun(H[:n]))
-                if H is not None and len(H) > n:
-                    pred = rerun(H[n:])
-        if pred is not None:
-            pred = pred.reshape(len(pred), -1)
-
-        device, fixed_layers = self.device, list(layers)
-
-        def build():
-            out = list(fixed_layers)
-            for k, fit in zip(range(start, L), fits):
-                out[k] = out[k].with_weights(*fit_weights(fit))
-            fixed = Network(out, dtype=small.dtype, meta=dict(small.meta)) if fits else small
-            return fixed, to_torch(fixed, device=device)
-
-        summaries = []
-        for h, lab in enumerate(part.labels):
-            sizes = np.bincount(lab) if lab.size else np.zeros(1, dtype=int)
-            summaries.append(LayerSummary(net.layers[h].path or str(h), net.layers[h].activation, int(lab.size),
-                                          int(part.num_blocks[h]), int(sizes.max()), float(part.eps_per_layer[h])))
-        c = LazyCompression(build, partition=[np.array(l) for l in part.labels], params_before=net.num_params,
-                            params_after=small.num_params, layers=summaries, mode=part.mode, eps=part.eps,
-                            relative=part.relative, calibration_error=after, target=None, method=path.method,
-                            symmetry=bool(path.symmetry), repaired=how if ran else None,
-                            calibration_error_before_repair=before, path=path)
-        return c, pred
 
 
 class PanelState:
