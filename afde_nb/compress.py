@@ -111,7 +111,8 @@ class Compression:
 def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward", mode: str = "backward",
              relative: bool = True, symmetry: bool = True, calibration=None, repair: bool | str | None = None,
              target_params: int | None = None, target_error: float | None = None, calibration_targets=None,
-             data_aware: bool = False, threads: int = 0, path: MergePath | None = None) -> Compression:
+             data_aware: bool = False, threads: int = 0, path: MergePath | None = None,
+             approx: int | None = None) -> Compression:
     """Lump the hidden neurons of ``model`` that behave alike; return the smaller dense model.
 
     ``method="ward"`` (default) cuts a Ward merge path of aligned neurons, symmetries included
@@ -134,7 +135,9 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     ``data_aware=True`` (components only) weights each incoming coefficient by the calibration RMS
     of its source neuron. ``path``: the :class:`~afde_nb.path.MergePath` of an earlier call with the
     same model and setting (``Compression.path``), reused so a new eps or budget costs only the cut
-    and the quotient (a slider). ``model`` is never modified.
+    and the quotient (a slider). ``approx=r`` (plain stacks, merge paths): an approximate merge
+    path from r probe rows in float32 (:func:`~afde_nb.path.merge_path`), for speed at scale;
+    eps = 0 stays exact. ``model`` is never modified.
     """
     mode = check_mode(mode)
     method = check_method(method)
@@ -152,11 +155,16 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     if data_aware and method != "components":
         raise InvalidArgumentError("data_aware=True applies to method='components'; the merge paths "
                                    "measure their bounds on the calibration inputs already")
+    if approx is not None and method == "components":
+        raise InvalidArgumentError("approx applies to the merge paths (method='ward' or 'complete')")
     try:
         net = to_network(model, check=False)  # finiteness: merge_path's first pass (else quotient/lump)
     except UnsupportedLayerError as exc:
         if not isinstance(model, nn.Module):
             raise
+        if approx is not None:
+            raise InvalidArgumentError(f"approx applies to plain Linear stacks; {type(model).__name__} is not one "
+                                       f"({exc})") from exc
         # not one plain stack: lump the groups found inside it (afde_nb.inside)
         return compress_inside(model, eps, method=method, mode=mode, relative=relative, symmetry=symmetry,
                                calibration=calibration, repair=repair, target_params=target_params,
@@ -170,9 +178,12 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     probes = None if how is None else (calib if how == "calibration" else probe_inputs(net, None))
     if path is not None:
         _check_path(path, net, method, mode, relative, symmetry, calib)
+        if approx is not None and path.meta.get("approx") != approx:
+            raise InvalidArgumentError(f"path was built with approx={path.meta.get('approx')}, this call asks for "
+                                       f"approx={approx}")
     elif method != "components":
         path = merge_path(net, method=method, mode=mode, relative=relative, symmetry=symmetry,
-                          calibration=calib, threads=threads)
+                          calibration=calib, threads=threads, approx=approx)
     if target_params is not None:
         part = _for_params(net, path, int(target_params), calib, probes, mode, relative, threads)
     elif target_error is not None:

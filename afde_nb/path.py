@@ -379,7 +379,8 @@ def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mo
         exact = len(e_pairs)
         ones = np.ones(n, dtype=np.int64)
         if mode == "backward":
-            p2, s2, ht = _core.agglomerate(A * s0[:, None], mass, lab0, ones, method, signed, threads)
+            p2, s2, ht = _core.agglomerate(A * s0[:, None].astype(A.dtype), mass, lab0, ones, method, signed, threads,
+                                           bool(ins.__dict__.get("_approx")))
             del A
             if method == "ward":
                 bounds = np.sqrt(np.maximum(np.concatenate([[0.0], np.zeros(exact), np.cumsum(ht)]), 0.0))

@@ -264,7 +264,7 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "agglomerate",
       [](const Arr& X, const std::vector<double>& w, const std::vector<std::int64_t>& labels0,
-         const std::vector<int>& signs0, const std::string& linkage, bool symmetric, int threads) {
+         const std::vector<int>& signs0, const std::string& linkage, bool symmetric, int threads, bool gram32) {
         if (X.ndim() != 2) throw std::invalid_argument("X must be 2-D");
         afde::Linkage lk;
         if (linkage == "ward") lk = afde::Linkage::Ward;
@@ -281,8 +281,16 @@ PYBIND11_MODULE(_core, m) {
             Arr C({k, static_cast<py::ssize_t>(B.C.cols())});
             std::copy(B.C.data(), B.C.data() + B.C.size(), C.mutable_data());
             B.C.resize(0, 0);
-            Arr G = py::module_::import("numpy").attr("matmul")(C, C.attr("T"));  // dsyrk: C and C.T share data
-            C = Arr();
+            py::module_ np = py::module_::import("numpy");
+            Arr G;
+            if (gram32) {  // approximate paths: the product in float32 (ssyrk), costs in double from there
+              py::object C32 = C.attr("astype")(np.attr("float32"));
+              C = Arr();
+              G = Arr(np.attr("matmul")(C32, C32.attr("T")));
+            } else {
+              G = np.attr("matmul")(C, C.attr("T"));  // dsyrk: C and C.T share data
+              C = Arr();
+            }
             double* g = G.mutable_data();
             py::gil_scoped_release nogil;
             mg = afde::ward_chain(g, k, std::move(B.mass), B.rep, symmetric, threads);
@@ -305,8 +313,9 @@ PYBIND11_MODULE(_core, m) {
         return py::make_tuple(ab, sg, ht);
       },
       py::arg("X"), py::arg("weights"), py::arg("labels0"), py::arg("signs0"), py::arg("linkage") = "ward",
-      py::arg("symmetric") = true, py::arg("threads") = 0,
-      "Agglomerative merge sequence (pairs[T,2], signs[T], heights[T]) sorted by height; see agglomerate.hpp.");
+      py::arg("symmetric") = true, py::arg("threads") = 0, py::arg("gram32") = false,
+      "Agglomerative merge sequence (pairs[T,2], signs[T], heights[T]) sorted by height; see agglomerate.hpp. "
+      "gram32: Ward's centroid Gram product in float32 (approximate paths).");
 
   m.def(
       "replay",

@@ -367,3 +367,31 @@ def test_flatten_on_the_inputs_is_kept(tmp_path, rng):
         assert torch.equal(afde_nb.load_model(path)(x), c.model(x))
     with pytest.raises(afde_nb.UnsupportedLayerError, match="before the first Linear"):
         afde_nb.compress(nn.Sequential(nn.Linear(4, 4), nn.Flatten(), nn.Linear(4, 1)))
+
+
+def test_approx_through_compress(rng):
+    """compress(approx=r) builds the approximate merge path (recorded on the path), keeps eps = 0
+    exact with planted duplicates, is refused where it does not apply, and a path of another
+    approx is not reused."""
+    model = planted_backward_model(rng)
+    n_in = model[0].in_features
+    c0 = afde_nb.compress(model, 0.0, approx=32)
+    assert c0.path.meta["approx"] == 32 and c0.params_after < c0.params_before
+    assert _max_diff(model, c0.model, n_in) < 1e-5
+    c = afde_nb.compress(model, 0.2, approx=32)
+    assert c.params_after <= c0.params_after
+    with pytest.raises(afde_nb.errors.InvalidArgumentError, match="approx"):
+        afde_nb.compress(model, 0.2, approx=64, path=c.path)
+    with pytest.raises(afde_nb.errors.InvalidArgumentError, match="approx"):
+        afde_nb.compress(model, 0.2, method="components", approx=32)
+
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 3)
+
+        def forward(self, x):
+            return x + self.b(torch.tanh(self.a(x)))
+
+    with pytest.raises(afde_nb.errors.InvalidArgumentError, match="plain Linear stacks"):
+        afde_nb.compress(Res(), 0.1, approx=32)
