@@ -35,6 +35,9 @@ the matching bound on the column part alone: RMS ||sum_i (f_i - f_B) h_i|| <= sq
 """
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -224,8 +227,24 @@ class MergePath:
     calibrated: bool = False
     meta: dict = field(default_factory=dict)
 
+    def build(self) -> "MergePath":
+        """Build every layer's agglomeration now, two layers at a time where there are cores: the
+        layers are independent once the probes' forward is done, and each chain is serial, so a
+        second layer's Gram product and chain overlap the first's (the result is the same)."""
+        todo = [lp for lp in self.layers if not lp.built]
+        workers = min(len(todo), max(1, min(2, os.cpu_count() or 1)))
+        if workers <= 1:
+            for lp in todo:
+                lp._get()
+        else:
+            with ThreadPoolExecutor(workers) as ex:
+                list(ex.map(LayerPath._get, todo))
+        return self
+
     def partition(self, eps: float, scale: list[float] | None = None):
         """The partition at eps (per layer eps * scale[h] when ``scale`` is given)."""
+        if eps > 0:
+            self.build()
         ms = [lp.merges_within(eps * (1.0 if scale is None else scale[h])) for h, lp in enumerate(self.layers)]
         return self.partition_at(ms, eps)
 
@@ -248,6 +267,7 @@ class MergePath:
     def sequence(self, scale: list[float] | None = None) -> list[list[int]]:
         """All partitions ordered by eps, one merge at a time: the merge counts per layer after
         each step of the global order of (scaled) bounds. Every budget lies on it."""
+        self.build()
         events = []
         for h, lp in enumerate(self.layers):
             s = 1.0 if scale is None else scale[h]
@@ -324,8 +344,13 @@ def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", re
     if approx is not None and (isinstance(approx, bool) or not isinstance(approx, (int, np.integer)) or approx < 2):
         raise InvalidArgumentError(f"approx must be None or a number of probe rows >= 2, got {approx!r}")
     probes: dict = {}
+    once = threading.Lock()  # layers may be built in parallel (MergePath.build): one forward
 
     def ins() -> list[np.ndarray]:  # the original network on the probes: x, then each hidden layer
+        with once:
+            return _ins()
+
+    def _ins() -> list[np.ndarray]:
         if not probes:
             if inputs is not None:
                 probes["ins"] = [_fewer(x, approx) for x in inputs()] if approx else inputs()
@@ -478,8 +503,8 @@ def _done(ins, net: Network, h: int) -> None:
     built.add(h)
     for k in (h, h + 1):
         own = k >= len(net.hidden) or k in built
-        if k in pre and own and (k == 0 or k - 1 in built):
-            del pre[k]
+        if own and (k == 0 or k - 1 in built):
+            pre.pop(k, None)  # builds may finish in parallel threads (MergePath.build)
 
 
 def exact_blocks(A: np.ndarray, signed: bool, rel: float, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:

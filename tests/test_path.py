@@ -449,3 +449,23 @@ def test_approximate_path_is_explicit_and_keeps_eps_zero_exact(rng):
             merge_path(net, approx=bad)
     c = afde_nb.compress(model, target_params=300, calibration=X, path=p)
     assert c.params_after <= 300
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_layers_built_in_parallel_give_the_same_path(rng, calibrated):
+    """MergePath.build builds the layers two at a time (threads): the same merges, signs, heights,
+    bounds and masses as building them one by one, for a deep net where the cached pre-activations
+    are shared between neighbouring layers."""
+    widths = [6, 40, 40, 40, 40, 2]
+    Ws = [rng.normal(size=(widths[k + 1], widths[k])) / np.sqrt(widths[k]) for k in range(5)]
+    bs = [rng.normal(size=widths[k + 1]) for k in range(5)]
+    Ws[1][7], bs[1][7] = -Ws[1][3], -bs[1][3]  # one exact (negated) copy
+    net = to_network(set_weights(mlp(widths, ["tanh"] * 4), Ws, bs))
+    X = rng.normal(size=(32, 6)) if calibrated else None
+    serial = merge_path(net, calibration=X)
+    for lp in reversed(serial.layers):  # one by one, out of order
+        lp.pairs
+    par = merge_path(net, calibration=X).build()
+    for a, b in zip(serial.layers, par.layers):
+        for f in ("pairs", "signs", "heights", "bounds", "weights"):
+            np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
