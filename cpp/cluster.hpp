@@ -78,44 +78,35 @@ inline double sum_abs8(const T* x, Eigen::Index n) {
   for (; q < n; ++q) s += std::abs(static_cast<double>(x[q]));
   return s;
 }
-// sum x and sum |x| in one pass
-template <class T>
-inline void sum_sumabs8(const T* x, Eigen::Index n, double& s0, double& s1) {
+// two sums, of f(x) and of g(x), in one pass, 8 partial sums each (a fixed order: the same
+// result for any thread count)
+template <class T, class F, class G>
+inline void two_sums8(const T* x, Eigen::Index n, F f, G g, double& s0, double& s1) {
   double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   Eigen::Index q = 0;
   for (; q + 8 <= n; q += 8)
     for (int r = 0; r < 8; ++r) {
       const double v = static_cast<double>(x[q + r]);
-      a[r] += v;
-      b[r] += std::abs(v);
+      a[r] += f(v);
+      b[r] += g(v);
     }
   s0 = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
   s1 = ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
   for (; q < n; ++q) {
     const double v = static_cast<double>(x[q]);
-    s0 += v;
-    s1 += std::abs(v);
+    s0 += f(v);
+    s1 += g(v);
   }
 }
-
+// sum x and sum |x| in one pass
+template <class T>
+inline void sum_sumabs8(const T* x, Eigen::Index n, double& s0, double& s1) {
+  two_sums8(x, n, [](double v) { return v; }, [](double v) { return std::abs(v); }, s0, s1);
+}
 // sum |x| and sum x^2 in one pass
 template <class T>
 inline void sum_abs_sq8(const T* x, Eigen::Index n, double& s1, double& s2) {
-  double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  Eigen::Index q = 0;
-  for (; q + 8 <= n; q += 8)
-    for (int r = 0; r < 8; ++r) {
-      const double v = static_cast<double>(x[q + r]);
-      a[r] += std::abs(v);
-      b[r] += v * v;
-    }
-  s1 = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-  s2 = ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
-  for (; q < n; ++q) {
-    const double v = static_cast<double>(x[q]);
-    s1 += std::abs(v);
-    s2 += v * v;
-  }
+  two_sums8(x, n, [](double v) { return std::abs(v); }, [](double v) { return v * v; }, s1, s2);
 }
 
 #if defined(__SSE2__)
