@@ -143,39 +143,35 @@ inline void sums(const float* x, Eigen::Index n8, double& s, double& a, double& 
 }
 }  // namespace simd
 
-inline double sum8(const float* x, Eigen::Index n) {
+// the SIMD sums over whole 8-float steps, then the tail in the same accumulators
+template <bool S, bool A, bool Q>
+inline void float_sums(const float* x, Eigen::Index n, double& s, double& a, double& q) {
   const Eigen::Index n8 = n - n % 8;
+  simd::sums<S, A, Q>(x, n8, s, a, q);
+  for (Eigen::Index k = n8; k < n; ++k) {
+    const double v = static_cast<double>(x[k]);
+    if (S) s += v;
+    if (A) a += std::abs(v);
+    if (Q) q += v * v;
+  }
+}
+inline double sum8(const float* x, Eigen::Index n) {
   double s, a, q;
-  simd::sums<true, false, false>(x, n8, s, a, q);
-  for (Eigen::Index k = n8; k < n; ++k) s += static_cast<double>(x[k]);
+  float_sums<true, false, false>(x, n, s, a, q);
   return s;
 }
 inline double sum_abs8(const float* x, Eigen::Index n) {
-  const Eigen::Index n8 = n - n % 8;
   double s, a, q;
-  simd::sums<false, true, false>(x, n8, s, a, q);
-  for (Eigen::Index k = n8; k < n; ++k) a += std::abs(static_cast<double>(x[k]));
+  float_sums<false, true, false>(x, n, s, a, q);
   return a;
 }
 inline void sum_sumabs8(const float* x, Eigen::Index n, double& s0, double& s1) {
-  const Eigen::Index n8 = n - n % 8;
   double q;
-  simd::sums<true, true, false>(x, n8, s0, s1, q);
-  for (Eigen::Index k = n8; k < n; ++k) {
-    const double v = static_cast<double>(x[k]);
-    s0 += v;
-    s1 += std::abs(v);
-  }
+  float_sums<true, true, false>(x, n, s0, s1, q);
 }
 inline void sum_abs_sq8(const float* x, Eigen::Index n, double& s1, double& s2) {
-  const Eigen::Index n8 = n - n % 8;
   double s;
-  simd::sums<false, true, true>(x, n8, s, s1, s2);
-  for (Eigen::Index k = n8; k < n; ++k) {
-    const double v = static_cast<double>(x[k]);
-    s1 += std::abs(v);
-    s2 += v * v;
-  }
+  float_sums<false, true, true>(x, n, s, s1, s2);
 }
 inline double max_abs8(const float* x, Eigen::Index n) {
   const Eigen::Index n8 = n - n % 8;
