@@ -34,6 +34,13 @@ class LayerSummary:
     largest_block: int
     eps: float
 
+    @classmethod
+    def of(cls, name: str, activation: str, labels: np.ndarray, eps: float) -> "LayerSummary":
+        """The figures of one layer's partition (canonical block labels 0..k-1)."""
+        sizes = np.bincount(labels) if labels.size else np.zeros(1, dtype=int)
+        return cls(name, activation, int(labels.size), int(labels.max()) + 1 if labels.size else 0,
+                   int(sizes.max()), float(eps))
+
 
 @dataclass
 class Compression:
@@ -204,18 +211,19 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     small, before, after, ran = reduce_and_repair(net, part, probes, calib)
     device = next((p.device for p in model.parameters()), None)
     reduced = to_torch(small, device=device)
-    layers = []
-    for h, lab in enumerate(part.labels):
-        sizes = np.bincount(lab) if lab.size else np.zeros(1, dtype=int)
-        layers.append(LayerSummary(net.layers[h].path or str(h), net.layers[h].activation,
-                                   int(lab.size), int(part.num_blocks[h]), int(sizes.max()),
-                                   float(part.eps_per_layer[h])))
+    layers = layer_summaries(net, part)
     target = None
     if target_params is not None or target_error is not None:
         target = {"params": target_params} if target_params is not None else {"error_increase": target_error}
     return Compression(reduced, [np.array(l) for l in part.labels], net.num_params, small.num_params,
                        layers, part.mode, part.eps, part.relative, after, small, target, method, bool(symmetry),
                        how if ran else None, before, path)
+
+
+def layer_summaries(net: Network, part: Partition) -> list[LayerSummary]:
+    """One :class:`LayerSummary` per hidden layer of ``net`` cut by ``part``."""
+    return [LayerSummary.of(net.layers[h].path or str(h), net.layers[h].activation, lab, part.eps_per_layer[h])
+            for h, lab in enumerate(part.labels)]
 
 
 def _check_path(path: MergePath, net: Network, method, mode, relative, symmetry, calib) -> None:

@@ -198,9 +198,7 @@ def compress_inside(model: nn.Module, eps, *, method, mode, relative, symmetry, 
     layers, labels = [], []
     for chain, p in zip(path.chains, path.net.split(part)):
         for g, lab, e in zip(chain, p.labels, p.eps_per_layer):
-            sizes = np.bincount(lab) if lab.size else np.zeros(1, dtype=int)
-            layers.append(LayerSummary(g.name, g.activation, int(lab.size), int(lab.max()) + 1 if lab.size else 0,
-                                       int(sizes.max()), float(e)))
+            layers.append(LayerSummary.of(g.name, g.activation, lab, e))
             labels.append(np.array(lab))
     target = {"params": target_params} if target_params is not None else (
         {"error_increase": target_error} if target_error is not None else None)

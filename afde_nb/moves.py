@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .adapters import to_torch
-from .compress import Compression, LayerSummary
+from .compress import Compression, layer_summaries
 from .network import Network
 from .path import probe_inputs
 from .reduce import quotient
@@ -191,11 +191,7 @@ class SliderCache:
             fixed = Network(out, dtype=small.dtype, meta=dict(small.meta)) if fits else small
             return fixed, to_torch(fixed, device=device)
 
-        summaries = []
-        for h, lab in enumerate(part.labels):
-            sizes = np.bincount(lab) if lab.size else np.zeros(1, dtype=int)
-            summaries.append(LayerSummary(net.layers[h].path or str(h), net.layers[h].activation, int(lab.size),
-                                          int(part.num_blocks[h]), int(sizes.max()), float(part.eps_per_layer[h])))
+        summaries = layer_summaries(net, part)
         c = LazyCompression(build, partition=[np.array(l) for l in part.labels], params_before=net.num_params,
                             params_after=small.num_params, layers=summaries, mode=part.mode, eps=part.eps,
                             relative=part.relative, calibration_error=after, target=None, method=path.method,
