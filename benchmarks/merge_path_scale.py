@@ -55,7 +55,7 @@ def main() -> None:
     import afde_nb
     from afde_nb import _core
     from afde_nb.adapters import to_network
-    from afde_nb.path import _forward, merge_path, probe_inputs
+    from afde_nb.path import _Probes, merge_path, probe_inputs
 
     print(f"# merge path at width {args.width} x {args.depth} ({time.strftime('%Y-%m-%d %H:%M')})\n")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; OpenMP threads "
@@ -80,9 +80,8 @@ def main() -> None:
 
     # the parts, measured on their own
     x = probe_inputs(net, None)
-    key = lambda: None  # noqa: E731 (a function object holds _forward's cache)
-    t_fwd, _ = _t(lambda: _forward(net, x, key))
-    pre = key.__dict__["_pre"]
+    probes = _Probes(net, lambda: x, None)  # the merge path's forward, every layer's pre-activations kept
+    t_fwd, pre = _t(lambda: {h: probes.pre(h) for h in range(len(net.layers))})
     rows = []
     sums = dict(gram64=0.0, agg=0.0, floor_a=0.0, floor_b=0.0)
     for h, layer in enumerate(net.hidden):
@@ -106,7 +105,7 @@ def main() -> None:
         sums["floor_b"] += fb
         rows.append([h, f"{n} x {F.shape[1]}", f"{1000 * fa:.0f}", "-" if np.isnan(fb) else f"{1000 * fb:.0f}",
                      f"{1000 * t_g64:.0f}", f"{1000 * t_ag:.0f}", f"{1000 * (t_ag - t_g64):.0f}"])
-    del pre, key
+    del pre, probes
     print(table(["hidden layer", "metric rows", "floor (a): f32 Gram of the metric rows ms",
                  "floor (b): f32 Gram of [W b] ms", "f64 Gram (numpy) ms", "_core.agglomerate ms",
                  "of it beyond the Gram ms"], rows))

@@ -123,17 +123,55 @@ void finish(std::vector<Merge>& out) {
 
 }  // namespace
 
-std::vector<Merge> ward_chain(double* G, std::int64_t k, std::vector<double> mass, const std::vector<std::int64_t>& rep0,
-                              bool symmetric, int threads) {
+// The chain's scan: d[j] = f_j max(0, (n_a + n_j) - 2 |g_j|) (or 2 g_j without the symmetry),
+// f_j = m_a m_j / (m_a + m_j), for the column slots j < n. Most of a chain step; its division is
+// the bottleneck, so x86-64 gets an AVX2 clone chosen at load time (4 divisions a vector instead
+// of 2). No FMA in either clone (and no contraction in this file): both give the same bits as the
+// scalar cost of two blocks, which the chain compares against the scan's minimum.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define AFDE_SCAN_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define AFDE_SCAN_CLONES
+#endif
+template <class T>
+AFDE_SCAN_CLONES void scan_costs(const T* g, const double* ms, const double* ns, double ma, double na, std::size_t n,
+                                 bool symmetric, double* d) {
+  if (symmetric) {
+    for (std::size_t j = 0; j < n; ++j)
+      d[j] = ma * ms[j] / (ma + ms[j]) * std::max(0.0, (na + ns[j]) - 2.0 * std::abs(static_cast<double>(g[j])));
+  } else {
+    for (std::size_t j = 0; j < n; ++j) d[j] = ma * ms[j] / (ma + ms[j]) * std::max(0.0, (na + ns[j]) - 2.0 * static_cast<double>(g[j]));
+  }
+}
+
+std::int64_t ward_stride(std::int64_t k) {
+  // room for k / 4 (at least 64) merged blocks' columns before the matrix is compacted, rounded to
+  // a cache line of floats: fewer compactions (a quarter fewer entries moved than with k / 8)
+  const std::int64_t s = k + std::max<std::int64_t>(64, k / 4);
+  return (s + 15) / 16 * 16;
+}
+
+template <class T>
+std::vector<Merge> ward_chain(T* G, std::int64_t k, std::int64_t stride, std::vector<double> mass,
+                              const std::vector<std::int64_t>& rep0, bool symmetric, int threads) {
   std::vector<Merge> out;
   if (k <= 1) return out;
-  std::size_t uk = static_cast<std::size_t>(k);  // the matrix's current order (shrinks, below)
+  std::size_t uk = static_cast<std::size_t>(k);  // row slots in use (shrinks at compaction)
+  const std::size_t S = static_cast<std::size_t>(stride);
+  if (stride < k) throw std::invalid_argument("ward_chain: the row stride must be at least k");
   if (mass.size() != uk || rep0.size() != uk) throw std::invalid_argument("masses and representatives need one entry per block");
-  // One k x k matrix of centroid inner products replaces a cost matrix per sign: both signs' costs
-  // come from the same g = c_a . c_b (f (n_a + n_b -+ 2 g)), and a merge updates g linearly
-  // (one row and column), so a chain step reads one row instead of two. The chain itself is
-  // serial: a step is O(k) (microseconds at k = 4096), too short for a parallel region, which
-  // on a loaded machine waits for descheduled threads (two threads were slower than one here).
+  // One matrix of centroid inner products serves both signs: their costs come from the same
+  // g = c_a . c_b (f (n_a + n_b -+ 2 g)), and a merge's new inner products are the same linear
+  // combination of two rows. The chain itself is serial: a step is O(k) (microseconds at k = 4096),
+  // too short for a parallel region, which on a loaded machine waits for descheduled threads.
+  //
+  // Layout: block a owns row slot a (a merged block reuses the smaller of its two rows) and a
+  // *column* slot col[a]; a merged block gets a fresh column slot at the end (the scratch columns
+  // [k, S)). Writing a merged block's inner products into every other row (one entry per row, a
+  // cache line each) was most of the chain's time; they are now written for up to B merged blocks
+  // at once, whose fresh column slots are adjacent (one or two cache lines per row per B merges).
+  // Until then such a block is "pending": its own row holds the inner products with every block
+  // older than it, and a scan of another row takes that entry from the pending block's row.
 #ifdef AFDE_HAVE_OPENMP
   const int nt = threads > 0 ? threads : omp_get_max_threads();
   const bool par = parallel_worth(static_cast<double>(k) * static_cast<double>(k), 1 << 20);
@@ -141,27 +179,45 @@ std::vector<Merge> ward_chain(double* G, std::int64_t k, std::vector<double> mas
   (void)threads;
 #endif
   // exact symmetry (the chain's reciprocity test relies on it): the upper triangle wins, tile by tile
-  constexpr std::size_t T = 64;
+  constexpr std::size_t tile = 64;
 #ifdef AFDE_HAVE_OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (par)
 #endif
-  for (std::int64_t ib = 0; ib < static_cast<std::int64_t>((uk + T - 1) / T); ++ib)
-    for (std::size_t jb = static_cast<std::size_t>(ib); jb * T < uk; ++jb)
-      for (std::size_t a = static_cast<std::size_t>(ib) * T; a < std::min(uk, (static_cast<std::size_t>(ib) + 1) * T); ++a)
-        for (std::size_t b = std::max(a + 1, jb * T); b < std::min(uk, (jb + 1) * T); ++b) G[b * uk + a] = G[a * uk + b];
+  for (std::int64_t ib = 0; ib < static_cast<std::int64_t>((uk + tile - 1) / tile); ++ib) {
+    for (std::size_t jb = static_cast<std::size_t>(ib); jb * tile < uk; ++jb)
+      for (std::size_t a = static_cast<std::size_t>(ib) * tile; a < std::min(uk, (static_cast<std::size_t>(ib) + 1) * tile); ++a)
+        for (std::size_t b = std::max(a + 1, jb * tile); b < std::min(uk, (jb + 1) * tile); ++b) G[b * S + a] = G[a * S + b];
+    for (std::size_t a = static_cast<std::size_t>(ib) * tile; a < std::min(uk, (static_cast<std::size_t>(ib) + 1) * tile); ++a)
+      std::fill(G + a * S + uk, G + a * S + S, T(0));  // scratch columns: finite until written
+  }
+  const double inf = std::numeric_limits<double>::infinity();
+  constexpr std::size_t none = std::numeric_limits<std::size_t>::max();
   std::vector<double> norm(uk);
   for (std::size_t a = 0; a < uk; ++a) {
-    norm[a] = G[a * uk + a];
+    norm[a] = G[a * S + a];
     if (!std::isfinite(norm[a])) throw std::invalid_argument("features must be finite");
   }
   std::vector<std::int64_t> rep = rep0;
-  const double inf = std::numeric_limits<double>::infinity();
+  // per column slot: the block's mass and squared norm (norm +inf: no block, so cost +inf) and row
+  std::vector<double> cm(S, 1.0), cn(S, inf);
+  std::vector<std::size_t> rowof(S, none), col(uk);
+  for (std::size_t a = 0; a < uk; ++a) col[a] = a, cm[a] = mass[a], cn[a] = norm[a], rowof[a] = a;
+  std::size_t ncol = uk;  // column slots in use
+  const std::size_t B = 16;  // pending blocks: one or two cache lines of entries per row
+  std::vector<std::uint64_t> stamp(uk, 0);        // when each row was last written
+  std::uint64_t now = 0;
+  std::vector<std::size_t> pend;  // row slots of pending blocks, oldest first
+  std::vector<char> pending(uk, 0), active(uk, 1);
 
-  // the merge cost of blocks a and b and its sign: exactly the expression of the two-matrix
-  // scheme (f max(0, n_a + n_b -+ 2 g), the negated one only where strictly smaller)
+  // g = c_a . c_c: a's row, unless c is pending and newer than a (then c's row)
+  auto value = [&](std::size_t a, std::size_t c) -> double {
+    return pending[c] && stamp[c] > stamp[a] ? static_cast<double>(G[c * S + col[a]]) : static_cast<double>(G[a * S + col[c]]);
+  };
+  // the merge cost of blocks a and b and its sign: f max(0, n_a + n_b -+ 2 g), the negated one only
+  // where strictly smaller (the same expression as the scan's, so ties compare equal)
   auto cost = [&](std::size_t a, std::size_t b, int* s) {
     const double f = mass[a] * mass[b] / (mass[a] + mass[b]);
-    const double g = G[a * uk + b], nn = norm[a] + norm[b];
+    const double g = value(a, b), nn = norm[a] + norm[b];
     const double p = f * std::max(0.0, nn - 2.0 * g);
     if (symmetric) {
       const double q = f * std::max(0.0, nn + 2.0 * g);
@@ -173,81 +229,100 @@ std::vector<Merge> ward_chain(double* G, std::int64_t k, std::vector<double> mas
     if (s) *s = 1;
     return p;
   };
-  // nearest neighbour of a among the others (inactive blocks have norm +inf, so cost +inf): the
-  // smallest cost, ties to the smallest index. The costs go to a buffer in a branch-free loop
-  // (vectorised), then the argmin: the division per pair is most of a scan.
-  std::vector<double> buf(uk);
+  // nearest neighbour of a among the others, ties to the smallest column slot. The costs go to a
+  // buffer in a branch-free loop over the column slots (vectorised; dead slots cost +inf), the
+  // pending blocks newer than a are then costed from their rows, then the argmin.
+  std::vector<double> buf(S);
   auto nearest = [&](std::size_t a, double& bd) {
-    const double* Ga = G + a * uk;
-    const double ma = mass[a], na = norm[a];
     double* d = buf.data();
-    const double* ms = mass.data();
-    const double* ns = norm.data();
-    if (symmetric) {
-      for (std::size_t c = 0; c < uk; ++c)
-        d[c] = ma * ms[c] / (ma + ms[c]) * std::max(0.0, (na + ns[c]) - 2.0 * std::abs(Ga[c]));
-    } else {
-      for (std::size_t c = 0; c < uk; ++c) d[c] = ma * ms[c] / (ma + ms[c]) * std::max(0.0, (na + ns[c]) - 2.0 * Ga[c]);
-    }
-    d[a] = inf;
-    std::size_t best = uk;
+    scan_costs(G + a * S, cm.data(), cn.data(), mass[a], norm[a], ncol, symmetric, d);
+    for (std::size_t p : pend)
+      if (p != a && stamp[p] > stamp[a]) d[col[p]] = cost(a, p, nullptr);
+    d[col[a]] = inf;
+    std::size_t best = ncol;
     bd = inf;
-    for (std::size_t c = 0; c < uk; ++c)
-      if (d[c] < bd) bd = d[c], best = c;
-    return best;
+    for (std::size_t j = 0; j < ncol; ++j)
+      if (d[j] < bd) bd = d[j], best = j;
+    return best < ncol ? rowof[best] : none;
+  };
+  // write the pending blocks' columns into every older row
+  auto flush = [&]() {
+    if (pend.empty()) return;
+    for (std::size_t r = 0; r < uk; ++r) {
+      if (!active[r]) continue;
+      T* Gr = G + r * S;
+      for (std::size_t p : pend)
+        if (stamp[r] < stamp[p]) Gr[col[p]] = G[p * S + col[r]];
+    }
+    for (std::size_t p : pend) pending[p] = 0;
+    pend.clear();
   };
 
-  std::vector<char> active(uk, 1);
   std::vector<std::size_t> chain;
   chain.reserve(uk);
   out.reserve(uk - 1);
   std::size_t left = uk, first_active = 0;
   std::vector<std::size_t> keep;
+  std::vector<double> vx, vy;
   while (left > 1) {
-    if (left <= uk / 2 && uk >= 256) {
-      // compaction: the active blocks move to the front in their order (so every tie-break by
-      // index is unchanged) and G shrinks to left x left in place (row-major, each entry moves to
-      // a position no later than its own): later scans and updates touch only active blocks
+    if (ncol == S || (left * 2 <= ncol && ncol >= 256)) {
+      // compaction: the active blocks move to the front in their row order (so ties by index
+      // keep their order), each getting the column slot of its row; G shrinks in place (row i
+      // comes from row keep[i] >= i). The columns beyond keep old finite entries: a column slot
+      // is read only once its block's entries are written (or, pending, replaced in the scan).
+      flush();
       keep.clear();
       for (std::size_t a = 0; a < uk; ++a)
         if (active[a]) keep.push_back(a);
       const std::size_t m = keep.size();
-      std::vector<std::size_t> to(uk, uk);
+      std::vector<std::size_t> to(uk, none);
       for (std::size_t i = 0; i < m; ++i) to[keep[i]] = i;
+      std::vector<std::size_t> from(m);
+      for (std::size_t j = 0; j < m; ++j) from[j] = col[keep[j]];
       for (std::size_t i = 0; i < m; ++i) {
-        const double* src = G + keep[i] * uk;
-        double* dst = G + i * m;
-        for (std::size_t j = 0; j < m; ++j) dst[j] = src[keep[j]];
+        // straight into row i: a different row unless keep[i] == i, and then every entry read
+        // (column from[j] >= j: a block's column slot is never below its row) is at or after
+        // the entry written
+        const T* src = G + keep[i] * S;
+        T* dst = G + i * S;
+        for (std::size_t j = 0; j < m; ++j) dst[j] = src[from[j]];
       }
       for (std::size_t i = 0; i < m; ++i) {
         mass[i] = mass[keep[i]];
         norm[i] = norm[keep[i]];
         rep[i] = rep[keep[i]];
+        stamp[i] = stamp[keep[i]];
       }
       for (auto& c : chain) c = to[c];
       uk = m;
-      mass.resize(m);
-      norm.resize(m);
-      rep.resize(m);
+      mass.resize(m), norm.resize(m), rep.resize(m), stamp.resize(m), col.resize(m);
+      std::fill(cm.begin(), cm.end(), 1.0);
+      std::fill(cn.begin(), cn.end(), inf);
+      std::fill(rowof.begin(), rowof.end(), none);
+      for (std::size_t i = 0; i < m; ++i) col[i] = i, cm[i] = mass[i], cn[i] = norm[i], rowof[i] = i;
+      ncol = m;
       active.assign(m, 1);
+      pending.assign(m, 0);
       first_active = 0;
+    } else if (pend.size() >= B) {
+      flush();
     }
     if (chain.empty()) {
       while (!active[first_active]) ++first_active;
       chain.push_back(first_active);
     }
     const std::size_t a = chain.back();
-    const std::size_t prev = chain.size() >= 2 ? chain[chain.size() - 2] : uk;
+    const std::size_t prev = chain.size() >= 2 ? chain[chain.size() - 2] : none;
     // nearest neighbour of a; ties go to the previous chain element (keeps the chain finite),
-    // then to the smallest index
+    // then to the smallest column slot
     double bd = inf;
     std::size_t best = nearest(a, bd);
-    if (prev < uk && !(cost(a, prev, nullptr) > bd)) best = prev;
+    if (prev != none && !(cost(a, prev, nullptr) > bd)) best = prev;
     if (best != prev) {
       chain.push_back(best);
       continue;
     }
-    // a and prev are reciprocal nearest neighbours: merge them into the smaller slot
+    // a and prev are reciprocal nearest neighbours: merge them into the smaller row slot
     chain.pop_back();
     chain.pop_back();
     const std::size_t x = std::min(a, prev), y = std::max(a, prev);
@@ -255,26 +330,40 @@ std::vector<Merge> ward_chain(double* G, std::int64_t k, std::vector<double> mas
     const double h = cost(x, y, &s);
     out.push_back({rep[x], rep[y], s, h});
     const double mx = mass[x], my = mass[y], M = mx + my;
-    const double gxy = G[x * uk + y];
-    double* Gx = G + x * uk;
-    const double* Gy = G + y * uk;
-    // c_new = (m_x c_x + s m_y c_y) / M, so c_new . c_c is the same combination of the rows x, y
-    for (std::size_t c = 0; c < uk; ++c) {
-      if (!active[c] || c == x || c == y) continue;
-      const double g = (mx * Gx[c] + s * my * Gy[c]) / M;
-      Gx[c] = g;
-      G[c * uk + x] = g;
-    }
-    norm[x] = (mx * mx * norm[x] + my * my * norm[y] + 2.0 * s * mx * my * gxy) / (M * M);
-    Gx[x] = norm[x];
-    mass[x] = M;
+    const double gxy = value(x, y);
+    // c_new = (m_x c_x + s m_y c_y) / M, so c_new . c_c is the same combination of the rows x, y;
+    // the pending blocks' entries first (some live in their own rows), then every column at once
+    vx.clear(), vy.clear();
+    for (std::size_t p : pend) vx.push_back(value(x, p)), vy.push_back(value(y, p));
+    T* Gx = G + x * S;
+    const T* Gy = G + y * S;
+    const double ax = mx / M, ay = s * my / M;
+    for (std::size_t j = 0; j < ncol; ++j) Gx[j] = static_cast<T>(ax * Gx[j] + ay * Gy[j]);
+    for (std::size_t i = 0; i < pend.size(); ++i) Gx[col[pend[i]]] = static_cast<T>(ax * vx[i] + ay * vy[i]);
+    const double nx = (mx * mx * norm[x] + my * my * norm[y] + 2.0 * s * mx * my * gxy) / (M * M);
+    cn[col[x]] = inf, cn[col[y]] = inf, rowof[col[x]] = none, rowof[col[y]] = none;
+    const std::size_t nc = ncol++;
+    col[x] = nc, cm[nc] = M, cn[nc] = nx, rowof[nc] = x;
+    Gx[nc] = static_cast<T>(nx);
+    mass[x] = M, norm[x] = nx;
     active[y] = 0;
-    norm[y] = inf;
+    stamp[x] = ++now;
+    for (std::size_t i = 0; i < pend.size();)
+      if (pend[i] == x || pend[i] == y) pend.erase(pend.begin() + static_cast<std::ptrdiff_t>(i));
+      else ++i;
+    pending[y] = 0;
+    pending[x] = 1;
+    pend.push_back(x);
     --left;
   }
   finish(out);
   return out;
 }
+
+template std::vector<Merge> ward_chain<float>(float*, std::int64_t, std::int64_t, std::vector<double>,
+                                             const std::vector<std::int64_t>&, bool, int);
+template std::vector<Merge> ward_chain<double>(double*, std::int64_t, std::int64_t, std::vector<double>,
+                                               const std::vector<std::int64_t>&, bool, int);
 
 std::vector<Merge> agglomerate(const Eigen::Ref<const RowMat>& X, const std::vector<double>& w,
                                const std::vector<std::int64_t>& labels0, const std::vector<int>& signs0,
@@ -290,13 +379,14 @@ std::vector<Merge> agglomerate(const Eigen::Ref<const RowMat>& X, const std::vec
 #else
     (void)par_gemm;
 #endif
-    RowMat G(k, k);
-    G.noalias() = B.C * B.C.transpose();
+    const std::int64_t S = ward_stride(k);
+    RowMat G(k, S);
+    G.leftCols(k).noalias() = B.C * B.C.transpose();
 #ifdef AFDE_HAVE_OPENMP
     Eigen::setNbThreads(0);
 #endif
     B.C.resize(0, 0);
-    return ward_chain(G.data(), k, std::move(B.mass), B.rep, symmetric, threads);
+    return ward_chain(G.data(), k, S, std::move(B.mass), B.rep, symmetric, threads);
   }
   return complete_linkage(X, labels0, signs0, B.rep, symmetric, threads);
 }

@@ -41,13 +41,20 @@ struct Blocks {
 Blocks block_centroids(const Eigen::Ref<const RowMat>& X, const std::vector<double>& w,
                        const std::vector<std::int64_t>& labels0, const std::vector<int>& signs0);
 
-// Ward's nearest-neighbour chain on the centroids' Gram matrix G (k x k, row-major, overwritten):
-// one matrix for both signs (cost f (n_a + n_b -+ 2 g_ab), f = W_a W_b / (W_a + W_b)), a merge
-// updates one row and column of G linearly. The Gram product itself is the caller's (the Python
-// binding uses numpy's BLAS, several times faster than Eigen's portable kernels), so this is
-// O(k^2) after it. Same merges as the Lance-Williams form, to rounding.
-std::vector<Merge> ward_chain(double* G, std::int64_t k, std::vector<double> mass, const std::vector<std::int64_t>& rep,
-                              bool symmetric, int threads);
+// Ward's nearest-neighbour chain on the centroids' Gram matrix G (k x k in the first k columns of
+// a k x stride row-major buffer, stride >= ward_stride(k) for speed; all of it overwritten): one
+// matrix for both signs (cost f (n_a + n_b -+ 2 g_ab), f = W_a W_b / (W_a + W_b)); a merged block's
+// inner products are one linear combination of two rows, written into the other rows B merges at
+// a time into the scratch columns [k, stride) (agglomerate.cpp). The Gram product itself is the
+// caller's (the Python binding uses numpy's BLAS, several times faster than Eigen's portable
+// kernels), so this is O(k^2) after it. Same merges as the Lance-Williams form, to rounding.
+// T = float (approximate paths: a float32 Gram, half the memory traffic; updates rounded to float,
+// costs in double) or double.
+template <class T>
+std::vector<Merge> ward_chain(T* G, std::int64_t k, std::int64_t stride, std::vector<double> mass,
+                              const std::vector<std::int64_t>& rep, bool symmetric, int threads);
+// The row stride ward_chain works best with for k blocks (k plus room for k / 8 merged columns).
+std::int64_t ward_stride(std::int64_t k);
 
 // Complete linkage from element distances (agglomerate() with Linkage::Complete).
 std::vector<Merge> complete_linkage(const Eigen::Ref<const RowMat>& X, const std::vector<std::int64_t>& labels0,

@@ -264,7 +264,8 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "agglomerate",
       [](const Arr& X, const std::vector<double>& w, const std::vector<std::int64_t>& labels0,
-         const std::vector<int>& signs0, const std::string& linkage, bool symmetric, int threads, bool gram32) {
+         const std::vector<int>& signs0, const std::string& linkage, bool symmetric, int threads, bool gram32,
+         const py::object& work) {
         if (X.ndim() != 2) throw std::invalid_argument("X must be 2-D");
         afde::Linkage lk;
         if (linkage == "ward") lk = afde::Linkage::Ward;
@@ -282,18 +283,40 @@ PYBIND11_MODULE(_core, m) {
             std::copy(B.C.data(), B.C.data() + B.C.size(), C.mutable_data());
             B.C.resize(0, 0);
             py::module_ np = py::module_::import("numpy");
-            Arr G;
-            if (gram32) {  // approximate paths: the product in float32 (ssyrk), costs in double from there
+            // the Gram product (numpy's BLAS) straight into the chain's buffer: its first k columns
+            // of k x ward_stride(k)
+            const auto S = static_cast<py::ssize_t>(afde::ward_stride(k));
+            const py::tuple first_k = py::make_tuple(py::slice(0, k, 1), py::slice(0, k, 1));
+            // the caller's work buffer when it is large enough (a merge path reuses one across its
+            // layers: fresh memory costs page faults, 0.2 s for 168 MB here), else a fresh one
+            auto buffer = [&](const char* dtype) -> py::array {
+              if (!work.is_none()) {
+                py::array wk = work.cast<py::array>();
+                if (wk.dtype().is(py::dtype(dtype)) && (wk.flags() & py::array::c_style) && wk.writeable() &&
+                    wk.size() >= k * S)
+                  return wk.attr("reshape")(-1)[py::slice(0, k * S, 1)].attr("reshape")(k, S).cast<py::array>();
+              }
+              return np.attr("empty")(py::make_tuple(k, S), dtype).cast<py::array>();
+            };
+            if (gram32) {
+              // approximate paths: the product in float32 and the chain on it (half the memory
+              // traffic; costs in double from the float entries)
               py::object C32 = C.attr("astype")(np.attr("float32"));
               C = Arr();
-              G = Arr(np.attr("matmul")(C32, C32.attr("T")));
+              py::array_t<float, py::array::c_style> G = buffer("float32");
+              np.attr("matmul")(C32, C32.attr("T"), py::arg("out") = G[first_k]);
+              C32 = py::object();
+              float* g = G.mutable_data();
+              py::gil_scoped_release nogil;
+              mg = afde::ward_chain(g, k, S, std::move(B.mass), B.rep, symmetric, threads);
             } else {
-              G = np.attr("matmul")(C, C.attr("T"));  // dsyrk: C and C.T share data
+              py::array_t<double, py::array::c_style> G = buffer("float64");
+              np.attr("matmul")(C, C.attr("T"), py::arg("out") = G[first_k]);
               C = Arr();
+              double* g = G.mutable_data();
+              py::gil_scoped_release nogil;
+              mg = afde::ward_chain(g, k, S, std::move(B.mass), B.rep, symmetric, threads);
             }
-            double* g = G.mutable_data();
-            py::gil_scoped_release nogil;
-            mg = afde::ward_chain(g, k, std::move(B.mass), B.rep, symmetric, threads);
           }
         } else {
           py::gil_scoped_release nogil;
@@ -313,9 +336,13 @@ PYBIND11_MODULE(_core, m) {
         return py::make_tuple(ab, sg, ht);
       },
       py::arg("X"), py::arg("weights"), py::arg("labels0"), py::arg("signs0"), py::arg("linkage") = "ward",
-      py::arg("symmetric") = true, py::arg("threads") = 0, py::arg("gram32") = false,
+      py::arg("symmetric") = true, py::arg("threads") = 0, py::arg("gram32") = false, py::arg("work") = py::none(),
       "Agglomerative merge sequence (pairs[T,2], signs[T], heights[T]) sorted by height; see agglomerate.hpp. "
-      "gram32: Ward's centroid Gram product in float32 (approximate paths).");
+      "gram32: Ward's centroid Gram product in float32 (approximate paths). work: a C-contiguous writable "
+      "float64 (float32 with gram32) array of at least k * ward_stride(k) entries that Ward may use as its "
+      "buffer (overwritten), else it allocates one; see ward_stride().");
+  m.def("ward_stride", &afde::ward_stride, py::arg("k"),
+        "Row stride of Ward's k x stride work buffer for k blocks (agglomerate(work=...)).");
 
   m.def(
       "replay",

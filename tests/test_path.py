@@ -469,3 +469,57 @@ def test_layers_built_in_parallel_give_the_same_path(rng, calibrated):
     for a, b in zip(serial.layers, par.layers):
         for f in ("pairs", "signs", "heights", "bounds", "weights"):
             np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_ward_with_delayed_column_writes_equals_scipy_at_scale(seed):
+    """n = 1500: the chain writes merged blocks' columns 16 merges at a time, fills its scratch
+    columns (k / 4) and compacts several times; every cut and height is still scipy's."""
+    n = 1500
+    X = np.random.default_rng(seed).normal(size=(n, 12))
+    Z = linkage(X, method="ward")
+    pairs, signs, heights = _core.agglomerate(X, np.ones(n), np.arange(n), np.ones(n, dtype=np.int64), "ward", False, 0)
+    np.testing.assert_allclose(heights, Z[:, 2] ** 2 / 2, rtol=1e-9, atol=1e-12)
+    for k in (1000, 700, 371, 100, 17, 3):
+        lab, _ = _core.replay(n, pairs, signs, n - k)
+        np.testing.assert_array_equal(lab, canon(fcluster(Z, k, criterion="maxclust")), err_msg=f"k={k}")
+
+
+@pytest.mark.parametrize("gram32", [False, True])
+def test_ward_work_buffer_changes_nothing(gram32):
+    """A caller's work buffer (reused across a merge path's layers) gives the merges of a fresh
+    one; a buffer of the wrong dtype or too small is not used (and not written)."""
+    rng = np.random.default_rng(4)
+    n = 400
+    X = rng.normal(size=(n, 9))
+    X[200:230] = -X[:30] + 0.05 * rng.normal(size=(30, 9))
+    w = rng.uniform(0.3, 3.0, size=n)
+    args = (X, w, np.arange(n), np.ones(n, dtype=np.int64), "ward", True, 0, gram32)
+    want = _core.agglomerate(*args)
+    dt = np.float32 if gram32 else np.float64
+    need = n * _core.ward_stride(n)
+    assert _core.ward_stride(n) >= n + 64
+    for work in (np.full(need, np.nan, dtype=dt), np.full(need + 1000, np.nan, dtype=dt)):
+        got = _core.agglomerate(*args, work)
+        for a, b in zip(want, got):
+            np.testing.assert_array_equal(a, b)
+        assert np.isfinite(work[:need]).all()  # it was the buffer
+    for unused in (np.full(need - 1, np.nan, dtype=dt), np.full(need, np.nan, dtype=np.float64 if gram32 else np.float32)):
+        got = _core.agglomerate(*args, unused)
+        for a, b in zip(want, got):
+            np.testing.assert_array_equal(a, b)
+        assert np.isnan(unused).all()
+
+
+def test_float32_gram_gives_the_float64_merges_without_near_ties():
+    """The approximate paths' float32 Gram and chain (updates rounded to float): the same merges
+    as float64 where no two costs are within float rounding, heights to float precision."""
+    rng = np.random.default_rng(8)
+    centres = rng.normal(size=(30, 6)) * 10.0
+    X = np.repeat(centres, 10, axis=0) + rng.normal(size=(300, 6))  # clear clusters, then within
+    w = rng.uniform(0.5, 2.0, size=300)
+    a = _core.agglomerate(X, w, np.arange(300), np.ones(300, dtype=np.int64), "ward", True, 0, False)
+    b = _core.agglomerate(X, w, np.arange(300), np.ones(300, dtype=np.int64), "ward", True, 0, True)
+    np.testing.assert_allclose(b[2], a[2], rtol=1e-4, atol=1e-4 * a[2].max())
+    for m in (270, 290, 295, 299):  # the cluster level and above: far from ties
+        np.testing.assert_array_equal(_core.replay(300, *b[:2], m)[0], _core.replay(300, *a[:2], m)[0])
