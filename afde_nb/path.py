@@ -391,7 +391,8 @@ def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mo
         ones = np.ones(n, dtype=np.int64)
         if mode == "backward":
             work = ins.take(int(lab0.max()) + 1) if method == "ward" and len(lab0) else None
-            p2, s2, ht = _core.agglomerate(A * s0[:, None].astype(A.dtype), mass, lab0, ones, method, signed, threads,
+            A *= s0[:, None].astype(A.dtype)  # oriented rows, in place (A is this build's own)
+            p2, s2, ht = _core.agglomerate(A, mass, lab0, ones, method, signed, threads,
                                            ins.approx, work)
             ins.give(work)
             del A

@@ -2,6 +2,7 @@
 matrix) against scipy, scikit-learn and fastcluster: same merges, time in one run.
 
     python benchmarks/agglomerate_peers.py [n ...] [--limit-s 120]     # default 1024 4096 16384
+    python benchmarks/agglomerate_peers.py 4096 --before /tmp/old/afde_nb/_core.cpython-311-x86_64-linux-gnu.so
 
 Rows are random normal (d = 256, distinct distances), unit masses, no sign symmetry, so the
 definitions coincide; "same merges" compares the cuts at k = n/2, n/8, n/64 blocks with scipy's
@@ -10,7 +11,10 @@ and fastcluster's heights the same way. A peer whose time, scaled from the previ
 would exceed ``--limit-s`` is skipped and says so; fastcluster and scikit-learn are skipped where
 not installed. Ours and the Gram products are the best of 2 calls, the peers one call. Flop floor:
 the Gram product, n^2 d flops as a symmetric product (numpy's dsyrk; 2 n^2 d as a general GEMM),
-timed here in float64 (what the engine uses) and float32.
+timed here in float64 (what the engine uses) and float32. "ours, f32" is the approximate paths'
+variant (float32 Gram and chain, ``gram32=True``). ``--before`` loads another build of the engine
+(e.g. a wheel of an earlier commit, unzipped) and times its agglomerate in the same run, with a
+check that its merges equal ours.
 """
 from __future__ import annotations
 
@@ -41,7 +45,16 @@ def main() -> None:
     ap.add_argument("n", type=int, nargs="*", default=[1024, 4096, 16384])
     ap.add_argument("--d", type=int, default=256)
     ap.add_argument("--limit-s", type=float, default=120.0, help="skip a peer whose estimated time is longer")
+    ap.add_argument("--before", help="another build's _core extension module (.so) to time against ours")
     args = ap.parse_args()
+    before = None
+    if args.before:
+        import importlib.machinery
+        import importlib.util
+
+        loader = importlib.machinery.ExtensionFileLoader("_core", args.before)
+        before = importlib.util.module_from_spec(importlib.util.spec_from_file_location("_core", args.before, loader=loader))
+        loader.exec_module(before)
     from scipy.cluster.hierarchy import fcluster, linkage
 
     try:
@@ -82,6 +95,14 @@ def main() -> None:
         t_ours, (pairs, signs, heights) = timed(lambda: _core.agglomerate(X, ones, np.arange(n), one_sign, "ward", False, 0))
         t_ours = min(t_ours, best_time(lambda: _core.agglomerate(X, ones, np.arange(n), one_sign, "ward", False, 0), 1))
         t_signed = best_time(lambda: _core.agglomerate(X, ones, np.arange(n), one_sign, "ward", True, 0), 2)
+        t_f32 = best_time(lambda: _core.agglomerate(X, ones, np.arange(n), one_sign, "ward", False, 0, True), 2)
+        t_before, same_before = None, "-"
+        if before is not None:
+            t_before, got = timed(lambda: before.agglomerate(X, ones, np.arange(n), one_sign, "ward", False, 0))
+            t_before = min(t_before, best_time(lambda: before.agglomerate(X, ones, np.arange(n), one_sign, "ward", False, 0), 1))
+            same_before = "yes" if all(np.array_equal(a, b) for a, b in zip(got[:2], (pairs, signs))) and \
+                np.allclose(got[2], heights, rtol=1e-12) else "NO"
+            del got
         t_gram = best_time(lambda: X @ X.T, 2)
         X32 = X.astype(np.float32)
         t_gram32 = best_time(lambda: X32 @ X32.T, 2)
@@ -109,14 +130,15 @@ def main() -> None:
             return "skipped" if t is None else f"{t:.3f}" if t < 10 else f"{t:.1f}"
 
         def r(t):
-            return "-" if t is None else f"{t / t_ours:.0f}x"
+            return "-" if t is None else f"{t / t_ours:.1f}x" if t / t_ours < 10 else f"{t / t_ours:.0f}x"
 
-        rows.append([n, s(t_gram32), s(t_gram), s(t_ours), f"{t_ours / t_gram:.1f}x", s(t_signed), s(t_scipy), r(t_scipy),
+        rows.append([n, s(t_gram32), s(t_gram), s(t_ours), f"{t_ours / t_gram:.1f}x", s(t_signed), s(t_f32),
+                     s(t_before), r(t_before), same_before, s(t_scipy), r(t_scipy),
                      s(t_fc), r(t_fc), s(t_sk), r(t_sk), same, same_fc])
         print(f"n = {n} done", flush=True)
     print()
-    print(table(["n", "Gram f32 s", "Gram f64 s (floor)", "ours s", "ours / Gram f64", "ours, sign-aware s",
-                 "scipy ward s", "scipy / ours", "fastcluster s", "fastcluster / ours", "sklearn s", "sklearn / ours",
+    print(table(["n", "Gram f32 s", "Gram f64 s (floor)", "ours s", "ours / Gram f64", "ours, sign-aware s", "ours, f32 s",
+                 "before s", "before / ours", "same merges as before", "scipy ward s", "scipy / ours", "fastcluster s", "fastcluster / ours", "sklearn s", "sklearn / ours",
                  "same merges as scipy", "same heights as fastcluster"], rows))
     for note in notes:
         print(f"\n{note}")

@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <numeric>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -276,12 +277,29 @@ PYBIND11_MODULE(_core, m) {
         if (lk == afde::Linkage::Ward) {
           // Ward: the centroids' Gram product by numpy's BLAS (the floor of the exact costs, several
           // times faster than Eigen's portable kernels), then the chain on it in place
-          afde::Blocks B = afde::block_centroids(M, w, labels0, signs0);
+          // every row its own block, oriented +1 (a merge path's usual start): the centroids are the
+          // rows themselves, so the Gram product reads X without a copy
+          bool singletons = labels0.size() == static_cast<std::size_t>(X.shape(0));
+          for (std::size_t i = 0; singletons && i < labels0.size(); ++i)
+            singletons = labels0[i] == static_cast<std::int64_t>(i) && signs0[i] == 1;
+          afde::Blocks B = singletons ? afde::Blocks{} : afde::block_centroids(M, w, labels0, signs0);
+          if (singletons) {
+            for (double wi : w)
+              if (!(wi > 0.0) || !std::isfinite(wi)) throw std::invalid_argument("weights must be finite and > 0");
+            if (w.size() != labels0.size()) throw std::invalid_argument("weights, labels and signs need one entry per row");
+            if (!M.allFinite()) throw std::invalid_argument("features must be finite");
+            B.mass = w;
+            B.rep.resize(labels0.size());
+            std::iota(B.rep.begin(), B.rep.end(), std::int64_t{0});
+          }
           const auto k = static_cast<py::ssize_t>(B.rep.size());
           if (k > 1) {
-            Arr C({k, static_cast<py::ssize_t>(B.C.cols())});
-            std::copy(B.C.data(), B.C.data() + B.C.size(), C.mutable_data());
-            B.C.resize(0, 0);
+            Arr C = X;
+            if (!singletons) {
+              C = Arr({k, static_cast<py::ssize_t>(B.C.cols())});
+              std::copy(B.C.data(), B.C.data() + B.C.size(), C.mutable_data());
+              B.C.resize(0, 0);
+            }
             py::module_ np = py::module_::import("numpy");
             // the Gram product (numpy's BLAS) straight into the chain's buffer: its first k columns
             // of k x ward_stride(k)
