@@ -227,12 +227,15 @@ class MergePath:
     calibrated: bool = False
     meta: dict = field(default_factory=dict)
 
-    def build(self) -> "MergePath":
-        """Build every layer's agglomeration now, two layers at a time where there are cores: the
-        layers are independent once the probes' forward is done, and each chain is serial, so a
-        second layer's Gram product and chain overlap the first's (the result is the same)."""
+    def build(self, workers: int = 1) -> "MergePath":
+        """Build every layer's agglomeration now. ``workers=2`` builds two layers at a time in
+        threads (each chain is serial, so a second layer's Gram product and chain can overlap the
+        first's; the result is the same). The default is one at a time: a Ward layer's work buffer
+        is ~2.6 layer buffers (float64, width 4096: 168 MB), so two at once take the peak memory of
+        ``compress`` from the reduced model + 32 MB to + 290 MB (w4096 x 6), and on this
+        project's two loaded cores they were not faster (docs/performance.md §8.6)."""
         todo = [lp for lp in self.layers if not lp.built]
-        workers = min(len(todo), max(1, min(2, os.cpu_count() or 1)))
+        workers = min(len(todo), max(1, min(int(workers), os.cpu_count() or 1)))
         if workers <= 1:
             for lp in todo:
                 lp._get()

@@ -453,7 +453,7 @@ def test_approximate_path_is_explicit_and_keeps_eps_zero_exact(rng):
 
 @pytest.mark.parametrize("calibrated", [False, True])
 def test_layers_built_in_parallel_give_the_same_path(rng, calibrated):
-    """MergePath.build builds the layers two at a time (threads): the same merges, signs, heights,
+    """MergePath.build(workers=2) builds the layers two at a time (threads): the same merges, signs, heights,
     bounds and masses as building them one by one, for a deep net where the cached pre-activations
     are shared between neighbouring layers."""
     widths = [6, 40, 40, 40, 40, 2]
@@ -465,7 +465,7 @@ def test_layers_built_in_parallel_give_the_same_path(rng, calibrated):
     serial = merge_path(net, calibration=X)
     for lp in reversed(serial.layers):  # one by one, out of order
         lp.pairs
-    par = merge_path(net, calibration=X).build()
+    par = merge_path(net, calibration=X).build(workers=2)
     for a, b in zip(serial.layers, par.layers):
         for f in ("pairs", "signs", "heights", "bounds", "weights"):
             np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
