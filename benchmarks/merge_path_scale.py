@@ -9,8 +9,8 @@ layers of ``width`` x ``width`` (w4096 x 6: 100.7 M parameters). Printed, all fr
 - ``compress(model, eps=0.05)`` (the default: data-free, no repair, eps relative), first call and
   a second call;
 - the merge path alone: ``merge_path(net)`` (the exact blocks) and the agglomeration of every
-  hidden layer (``MergePath.build``, two layers at a time, as compress does; and one layer after
-  the other), its parts measured separately: the probes' forward
+  hidden layer (``MergePath.build()``, one layer after the other, as compress does; and
+  ``build(workers=2)``, two layers at a time), its parts measured separately: the probes' forward
   (512 pseudo-inputs through every layer, float64, pre-activations kept), and per layer the Gram
   product of the metric rows (numpy, float64) and ``_core.agglomerate`` (that Gram + the chain);
 - the floors: one float32 Gram product per hidden layer (numpy ``F @ F.T``, dsyrk/ssyrk) of (a)
@@ -71,11 +71,11 @@ def main() -> None:
 
     net = to_network(model)
     t_blocks, mp = _t(lambda: merge_path(net))
-    t_agg, _ = _t(mp.build)  # what compress does: two layers at a time
+    t_agg, _ = _t(mp.build)  # what compress does: one layer after the other
     exact_pairs = [lp.pairs.copy() for lp in mp.layers]
     del mp
     mp = merge_path(net)
-    t_serial, _ = _t(lambda: [lp.pairs for lp in mp.layers])  # one layer after the other
+    t_serial, _ = _t(lambda: mp.build(workers=2))  # two layers at a time
     del mp
 
     # the parts, measured on their own
@@ -84,12 +84,16 @@ def main() -> None:
     t_fwd, pre = _t(lambda: {h: probes.pre(h) for h in range(len(net.layers))})
     rows = []
     sums = dict(gram64=0.0, agg=0.0, floor_a=0.0, floor_b=0.0)
+    work = None
     for h, layer in enumerate(net.hidden):
         F = np.ascontiguousarray(pre[h].T) / np.sqrt(len(x))
         n = len(F)
         t_g64 = best_time(lambda: F @ F.T, repeat=2)
         mass = np.ones(n)
-        t_ag, _ = _t(lambda: _core.agglomerate(F, mass, np.arange(n), np.ones(n, dtype=np.int64), "ward", True, 0))
+        if work is None or work.size < n * _core.ward_stride(n):  # one buffer for every layer, as the path
+            work = np.zeros(n * _core.ward_stride(n))
+        t_ag, _ = _t(lambda: _core.agglomerate(F, mass, np.arange(n), np.ones(n, dtype=np.int64), "ward", True, 0,
+                                               False, work))
         F32 = F.astype(np.float32)
         fa = best_time(lambda: F32 @ F32.T, repeat=2)
         del F32
@@ -105,7 +109,7 @@ def main() -> None:
         sums["floor_b"] += fb
         rows.append([h, f"{n} x {F.shape[1]}", f"{1000 * fa:.0f}", "-" if np.isnan(fb) else f"{1000 * fb:.0f}",
                      f"{1000 * t_g64:.0f}", f"{1000 * t_ag:.0f}", f"{1000 * (t_ag - t_g64):.0f}"])
-    del pre, probes
+    del pre, probes, work
     print(table(["hidden layer", "metric rows", "floor (a): f32 Gram of the metric rows ms",
                  "floor (b): f32 Gram of [W b] ms", "f64 Gram (numpy) ms", "_core.agglomerate ms",
                  "of it beyond the Gram ms"], rows))
@@ -119,9 +123,9 @@ def main() -> None:
         ["merge path: exact blocks + agglomeration", f"{full:.2f}", f"{full / sums['floor_a']:.1f}x",
          f"{full / sums['floor_b']:.2f}x"],
         ["  merge_path() (exact blocks)", f"{t_blocks:.2f}", "", ""],
-        ["  agglomeration of every layer (MergePath.build, two layers at a time)", f"{t_agg:.2f}",
+        ["  agglomeration of every layer (MergePath.build, one layer after the other)", f"{t_agg:.2f}",
          f"{t_agg / sums['floor_a']:.1f}x", ""],
-        ["  the same, one layer after the other", f"{t_serial:.2f}", f"{t_serial / sums['floor_a']:.1f}x", ""],
+        ["  the same, two layers at a time (build(workers=2))", f"{t_serial:.2f}", f"{t_serial / sums['floor_a']:.1f}x", ""],
         ["  of it: the probes' forward (float64)", f"{t_fwd:.2f}", "", ""],
         ["  of it: Gram products (float64)", f"{sums['gram64']:.2f}", "", ""],
         ["  of it: the chains (agglomerate - Gram)", f"{sums['agg'] - sums['gram64']:.2f}", "", ""],
