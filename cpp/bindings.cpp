@@ -203,6 +203,38 @@ py::array_t<std::int64_t> cluster_l1_t(const py::array& Fa, double eps, int thre
 
 }  // namespace
 
+namespace {
+
+// Ward's k x S work buffer: the caller's (a merge path reuses one across its layers: fresh
+// memory costs page faults, 0.2 s for 168 MB on this project's machine) when it is large enough,
+// of the dtype and C-contiguous, else a fresh one.
+py::array ward_buffer(const py::object& work, const char* dtype, py::ssize_t k, py::ssize_t S) {
+  if (!work.is_none()) {
+    py::array wk = work.cast<py::array>();
+    if (wk.dtype().is(py::dtype(dtype)) && (wk.flags() & py::array::c_style) && wk.writeable() && wk.size() >= k * S)
+      return wk.attr("reshape")(-1)[py::slice(0, k * S, 1)].attr("reshape")(k, S).cast<py::array>();
+  }
+  return py::module_::import("numpy").attr("empty")(py::make_tuple(k, S), dtype).cast<py::array>();
+}
+
+// A merge sequence as (pairs[T, 2], signs[T], heights[T]).
+py::tuple merges_to_numpy(const std::vector<afde::Merge>& mg) {
+  const auto T = static_cast<py::ssize_t>(mg.size());
+  py::array_t<std::int64_t> ab({T, static_cast<py::ssize_t>(2)});
+  py::array_t<std::int64_t> sg(T);
+  py::array_t<double> ht(T);
+  for (py::ssize_t t = 0; t < T; ++t) {
+    const auto& g = mg[static_cast<std::size_t>(t)];
+    ab.mutable_at(t, 0) = g.a;
+    ab.mutable_at(t, 1) = g.b;
+    sg.mutable_at(t) = g.sign;
+    ht.mutable_at(t) = g.height;
+  }
+  return py::make_tuple(ab, sg, ht);
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "afde-nb engine: cascade polynomial ODE encoding and eps-lumping (C++17, Eigen, OpenMP)";
 
@@ -264,10 +296,42 @@ PYBIND11_MODULE(_core, m) {
 
   m.def(
       "agglomerate",
-      [](const Arr& X, const std::vector<double>& w, const std::vector<std::int64_t>& labels0,
+      [](const py::array& X_in, const std::vector<double>& w, const std::vector<std::int64_t>& labels0,
          const std::vector<int>& signs0, const std::string& linkage, bool symmetric, int threads, bool gram32,
          const py::object& work) {
-        if (X.ndim() != 2) throw std::invalid_argument("X must be 2-D");
+        if (X_in.ndim() != 2) throw std::invalid_argument("X must be 2-D");
+        // an approximate path's float32 rows from singletons go to the float32 Gram as they are
+        // (no float64 copy and back)
+        using F32 = py::array_t<float, py::array::c_style>;
+        const bool f32_rows = gram32 && X_in.dtype().is(py::dtype::of<float>()) && (X_in.flags() & py::array::c_style) &&
+                              linkage == "ward";
+        bool singletons = labels0.size() == static_cast<std::size_t>(X_in.shape(0)) && w.size() == labels0.size() &&
+                          signs0.size() == labels0.size();
+        for (std::size_t i = 0; singletons && i < labels0.size(); ++i)
+          singletons = labels0[i] == static_cast<std::int64_t>(i) && signs0[i] == 1;
+        if (f32_rows && singletons && X_in.shape(0) > 1) {
+          F32 X32 = X_in.cast<F32>();
+          for (double wi : w)
+            if (!(wi > 0.0) || !std::isfinite(wi)) throw std::invalid_argument("weights must be finite and > 0");
+          const float* p = X32.data();
+          for (py::ssize_t i = 0; i < X32.size(); ++i)
+            if (!std::isfinite(p[i])) throw std::invalid_argument("features must be finite");
+          const auto k = static_cast<py::ssize_t>(X32.shape(0));
+          const auto S = static_cast<py::ssize_t>(afde::ward_stride(k));
+          py::module_ np = py::module_::import("numpy");
+          py::array_t<float, py::array::c_style> G = ward_buffer(work, "float32", k, S);
+          np.attr("matmul")(X32, X32.attr("T"), py::arg("out") = G[py::make_tuple(py::slice(0, k, 1), py::slice(0, k, 1))]);
+          std::vector<std::int64_t> rep(static_cast<std::size_t>(k));
+          std::iota(rep.begin(), rep.end(), std::int64_t{0});
+          float* g = G.mutable_data();
+          std::vector<afde::Merge> mg;
+          {
+            py::gil_scoped_release nogil;
+            mg = afde::ward_chain(g, k, S, std::vector<double>(w), rep, symmetric, threads);
+          }
+          return merges_to_numpy(mg);
+        }
+        const Arr X = X_in.cast<Arr>();
         afde::Linkage lk;
         if (linkage == "ward") lk = afde::Linkage::Ward;
         else if (linkage == "complete") lk = afde::Linkage::Complete;
@@ -279,9 +343,6 @@ PYBIND11_MODULE(_core, m) {
           // times faster than Eigen's portable kernels), then the chain on it in place
           // every row its own block, oriented +1 (a merge path's usual start): the centroids are the
           // rows themselves, so the Gram product reads X without a copy
-          bool singletons = labels0.size() == static_cast<std::size_t>(X.shape(0));
-          for (std::size_t i = 0; singletons && i < labels0.size(); ++i)
-            singletons = labels0[i] == static_cast<std::int64_t>(i) && signs0[i] == 1;
           afde::Blocks B = singletons ? afde::Blocks{} : afde::block_centroids(M, w, labels0, signs0);
           if (singletons) {
             for (double wi : w)
@@ -305,30 +366,19 @@ PYBIND11_MODULE(_core, m) {
             // of k x ward_stride(k)
             const auto S = static_cast<py::ssize_t>(afde::ward_stride(k));
             const py::tuple first_k = py::make_tuple(py::slice(0, k, 1), py::slice(0, k, 1));
-            // the caller's work buffer when it is large enough (a merge path reuses one across its
-            // layers: fresh memory costs page faults, 0.2 s for 168 MB here), else a fresh one
-            auto buffer = [&](const char* dtype) -> py::array {
-              if (!work.is_none()) {
-                py::array wk = work.cast<py::array>();
-                if (wk.dtype().is(py::dtype(dtype)) && (wk.flags() & py::array::c_style) && wk.writeable() &&
-                    wk.size() >= k * S)
-                  return wk.attr("reshape")(-1)[py::slice(0, k * S, 1)].attr("reshape")(k, S).cast<py::array>();
-              }
-              return np.attr("empty")(py::make_tuple(k, S), dtype).cast<py::array>();
-            };
             if (gram32) {
               // approximate paths: the product in float32 and the chain on it (half the memory
               // traffic; costs in double from the float entries)
               py::object C32 = C.attr("astype")(np.attr("float32"));
               C = Arr();
-              py::array_t<float, py::array::c_style> G = buffer("float32");
+              py::array_t<float, py::array::c_style> G = ward_buffer(work, "float32", k, S);
               np.attr("matmul")(C32, C32.attr("T"), py::arg("out") = G[first_k]);
               C32 = py::object();
               float* g = G.mutable_data();
               py::gil_scoped_release nogil;
               mg = afde::ward_chain(g, k, S, std::move(B.mass), B.rep, symmetric, threads);
             } else {
-              py::array_t<double, py::array::c_style> G = buffer("float64");
+              py::array_t<double, py::array::c_style> G = ward_buffer(work, "float64", k, S);
               np.attr("matmul")(C, C.attr("T"), py::arg("out") = G[first_k]);
               C = Arr();
               double* g = G.mutable_data();
@@ -340,18 +390,7 @@ PYBIND11_MODULE(_core, m) {
           py::gil_scoped_release nogil;
           mg = afde::agglomerate(M, w, labels0, signs0, lk, symmetric, threads);
         }
-        const auto T = static_cast<py::ssize_t>(mg.size());
-        py::array_t<std::int64_t> ab({T, static_cast<py::ssize_t>(2)});
-        py::array_t<std::int64_t> sg(T);
-        py::array_t<double> ht(T);
-        for (py::ssize_t t = 0; t < T; ++t) {
-          const auto& g = mg[static_cast<std::size_t>(t)];
-          ab.mutable_at(t, 0) = g.a;
-          ab.mutable_at(t, 1) = g.b;
-          sg.mutable_at(t) = g.sign;
-          ht.mutable_at(t) = g.height;
-        }
-        return py::make_tuple(ab, sg, ht);
+        return merges_to_numpy(mg);
       },
       py::arg("X"), py::arg("weights"), py::arg("labels0"), py::arg("signs0"), py::arg("linkage") = "ward",
       py::arg("symmetric") = true, py::arg("threads") = 0, py::arg("gram32") = false, py::arg("work") = py::none(),

@@ -523,3 +523,21 @@ def test_float32_gram_gives_the_float64_merges_without_near_ties():
     np.testing.assert_allclose(b[2], a[2], rtol=1e-4, atol=1e-4 * a[2].max())
     for m in (270, 290, 295, 299):  # the cluster level and above: far from ties
         np.testing.assert_array_equal(_core.replay(300, *b[:2], m)[0], _core.replay(300, *a[:2], m)[0])
+
+
+def test_float32_rows_go_to_the_float32_gram_as_they_are():
+    """An approximate path's float32 rows (singletons, gram32) skip the float64 copy: the same
+    merges as the same values passed as float64; NaN and bad weights are still refused."""
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(500, 7)).astype(np.float32)
+    w = rng.uniform(0.5, 2.0, size=500)
+    args = (w, np.arange(500), np.ones(500, dtype=np.int64), "ward", True, 0, True)
+    a = _core.agglomerate(X, *args)
+    b = _core.agglomerate(X.astype(np.float64), *args)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    X[17, 3] = np.nan
+    with pytest.raises(ValueError, match="features must be finite"):
+        _core.agglomerate(X, *args)
+    with pytest.raises(ValueError, match="weights must be finite and > 0"):
+        _core.agglomerate(np.zeros((3, 2), dtype=np.float32), [1.0, -1.0, 1.0], [0, 1, 2], [1, 1, 1], "ward", True, 0, True)
