@@ -165,10 +165,17 @@ def fit_weights(fit: tuple) -> tuple[np.ndarray, np.ndarray]:
 
 def targets(Z: torch.Tensor, block) -> torch.Tensor:
     """Repair's targets of a reduced hidden layer: the original pre-activations ``Z`` mapped to the
-    reduced neurons (:meth:`afde_nb.reduce.Block.target_map`)."""
+    reduced neurons (:meth:`afde_nb.reduce.Block.target_map`). Each block's first member is
+    gathered and the other members added, one neuron a row of ``Z.T`` (contiguous where ``Z`` is
+    column-major, as the slider keeps it); the result is column-major too."""
     lab, coef = block.target_map()
     keep = np.flatnonzero(lab >= 0)
     k = int(lab.max()) + 1 if lab.size else 0
-    cols = torch.from_numpy(keep)
-    T = torch.zeros((len(Z), k), dtype=Z.dtype)
-    return T.index_add_(1, torch.from_numpy(lab[keep]), Z[:, cols] * torch.from_numpy(coef[keep]))
+    first = np.zeros(k, dtype=np.int64)
+    first[lab[keep][::-1]] = keep[::-1]  # the smallest member of each block
+    ZT, c = Z.T, torch.from_numpy(coef)
+    T = ZT[torch.from_numpy(first)].mul_(c[first, None])
+    rest = keep[first[lab[keep]] != keep]
+    if rest.size:
+        T.index_add_(0, torch.from_numpy(lab[rest]), ZT[torch.from_numpy(rest)] * c[rest, None])
+    return T.T

@@ -442,7 +442,8 @@ class PanelState:
         A plain stack with a merge path (Ward's or complete linkage) goes through its
         :class:`SliderCache`: the first update builds the path, every later one at the same setting
         (a slider move) costs the cut, the quotient, the repair and the figures' forwards on cached
-        rows; the reduced torch model is built when asked for (``compression.model``, export)."""
+        rows, or only the cut where that partition was shown before (its figures are kept); the
+        reduced torch model is built when asked for (``compression.model``, export)."""
         t0 = time.perf_counter()
         try:
             if self.y is not None and self._base_versions is not None and self._base_versions != _versions(self.model):
