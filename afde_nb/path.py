@@ -226,6 +226,7 @@ class MergePath:
     symmetry: bool
     calibrated: bool = False
     meta: dict = field(default_factory=dict)
+    probes: "_Probes | None" = field(default=None, repr=False, compare=False)
 
     def build(self, workers: int = 1) -> "MergePath":
         """Build every layer's agglomeration now. ``workers=2`` builds two layers at a time in
@@ -236,12 +237,19 @@ class MergePath:
         project's two loaded cores they were not faster (docs/performance.md §8.6)."""
         todo = [lp for lp in self.layers if not lp.built]
         workers = min(len(todo), max(1, min(int(workers), os.cpu_count() or 1)))
-        if workers <= 1:
-            for lp in todo:
-                lp._get()
-        else:
-            with ThreadPoolExecutor(workers) as ex:
-                list(ex.map(LayerPath._get, todo))
+        pool = self.probes is not None and len(todo) > 1
+        if pool:
+            self.probes.pooling = True  # the layers share Ward's work buffers while this runs
+        try:
+            if workers <= 1:
+                for lp in todo:
+                    lp._get()
+            else:
+                with ThreadPoolExecutor(workers) as ex:
+                    list(ex.map(LayerPath._get, todo))
+        finally:
+            if pool:
+                self.probes.release()
         return self
 
     def partition(self, eps: float, scale: list[float] | None = None):
@@ -371,7 +379,7 @@ def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", re
     net.check_finite(layers=[len(net.layers) - 1])
     net.finite_checked = net.readonly()
     meta = {"approx": int(approx)} if approx else {}
-    return MergePath(net, layers, mode, method, bool(relative), bool(symmetry), calibration is not None, meta)
+    return MergePath(net, layers, mode, method, bool(relative), bool(symmetry), calibration is not None, meta, ins)
 
 
 def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mode, relative, threads):
@@ -483,6 +491,7 @@ class _Probes:
         self._started = False
         self._next = 0  # the next layer whose input the forward computes
         self._work: list[np.ndarray] = []  # Ward's buffers, reused across layers (see take)
+        self.pooling = False  # set by MergePath.build while it builds several layers
 
     def _dtype(self, H: np.ndarray, l) -> np.dtype:
         return np.dtype(np.float32) if self.approx else np.result_type(H.dtype, l.weight.dtype)
@@ -535,9 +544,16 @@ class _Probes:
         return np.empty(need, dtype=np.float32 if self.approx else np.float64)
 
     def give(self, work: np.ndarray | None) -> None:
+        """Keep a work buffer for the next layer, only while :meth:`MergePath.build` builds several
+        (a layer built alone on first use must not leave 168 MB behind)."""
         with self._lock:
-            if work is not None and len(self._built) < len(self.net.hidden) - 1:
+            if work is not None and self.pooling:
                 self._work.append(work)
+
+    def release(self) -> None:
+        with self._lock:
+            self.pooling = False
+            self._work.clear()
 
     def done(self, h: int) -> None:
         """Hidden layer h is built: drop its inputs, and each pre-activation once both its users
@@ -550,8 +566,9 @@ class _Probes:
                 own = k >= len(self.net.hidden) or k in self._built
                 if own and (k == 0 or k - 1 in self._built):
                     self._pre.pop(k, None)
-            if len(self._built) == len(self.net.hidden):
-                self._work.clear()  # every layer is built: nothing reuses them
+            if len(self._built) == len(self.net.hidden):  # the path is built: it keeps no probes
+                self._ins.clear()
+                self._pre.clear()
 
 
 def exact_blocks(A: np.ndarray, signed: bool, rel: float, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -541,3 +541,22 @@ def test_float32_rows_go_to_the_float32_gram_as_they_are():
         _core.agglomerate(X, *args)
     with pytest.raises(ValueError, match="weights must be finite and > 0"):
         _core.agglomerate(np.zeros((3, 2), dtype=np.float32), [1.0, -1.0, 1.0], [0, 1, 2], [1, 1, 1], "ward", True, 0, True)
+
+
+def test_merge_path_keeps_no_buffers_or_probes_once_built(rng):
+    """Ward's work buffers are shared between the layers only while MergePath.build runs, and a
+    built path holds no probe activations (a kept Compression.path must not hold 100s of MB)."""
+    widths = [5, 70, 70, 70, 2]
+    torch.manual_seed(1)
+    net = to_network(mlp(widths, ["tanh"] * 3))
+    p = merge_path(net)
+    p.layers[1].pairs  # one layer alone, on first use
+    assert p.probes._work == [] and not p.probes.pooling
+    assert p.probes._pre  # the other layers still need theirs
+    p.build()
+    assert p.probes._work == [] and not p.probes.pooling
+    assert p.probes._pre == {} and p.probes._ins == {}
+    q = merge_path(net).build()
+    for a, b in zip(p.layers, q.layers):  # built in another order: the same path
+        np.testing.assert_array_equal(a.pairs, b.pairs)
+        np.testing.assert_array_equal(a.heights, b.heights)
