@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .lump import Partition
 from .network import Network
 from .reduce import quotient
 
