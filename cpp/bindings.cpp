@@ -8,6 +8,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "agglomerate.hpp"
 #include "cluster.hpp"
@@ -201,10 +202,6 @@ py::array_t<std::int64_t> cluster_l1_t(const py::array& Fa, double eps, int thre
   return to_numpy(std::move(lab));
 }
 
-}  // namespace
-
-namespace {
-
 // Ward's k x S work buffer: the caller's (a merge path reuses one across its layers: fresh
 // memory costs page faults, 0.2 s for 168 MB on this project's machine) when it is large enough,
 // of the dtype and C-contiguous, else a fresh one.
@@ -231,6 +228,29 @@ py::tuple merges_to_numpy(const std::vector<afde::Merge>& mg) {
     ht.mutable_at(t) = g.height;
   }
   return py::make_tuple(ab, sg, ht);
+}
+
+void check_weights(const std::vector<double>& w) {
+  for (double wi : w)
+    if (!(wi > 0.0) || !std::isfinite(wi)) throw std::invalid_argument("weights must be finite and > 0");
+}
+
+// Ward on the k rows C (the blocks' centroids; float32 or float64 as T): their Gram product by
+// numpy's BLAS (the floor of the exact costs, several times faster than Eigen's portable kernels)
+// straight into the first k columns of the chain's k x ward_stride(k) buffer, then the chain
+// without the GIL. C is dropped before the chain (its memory is not needed there).
+template <class T>
+std::vector<afde::Merge> ward_on_rows(py::object C, const py::object& work, std::vector<double> mass,
+                                      const std::vector<std::int64_t>& rep, bool symmetric, int threads) {
+  const auto k = static_cast<py::ssize_t>(rep.size());
+  const auto S = static_cast<py::ssize_t>(afde::ward_stride(k));
+  py::array_t<T, py::array::c_style> G = ward_buffer(work, std::is_same<T, float>::value ? "float32" : "float64", k, S);
+  py::module_::import("numpy").attr("matmul")(C, C.attr("T"),
+                                             py::arg("out") = G[py::make_tuple(py::slice(0, k, 1), py::slice(0, k, 1))]);
+  C = py::object();
+  T* g = G.mutable_data();
+  py::gil_scoped_release nogil;
+  return afde::ward_chain(g, k, S, std::move(mass), rep, symmetric, threads);
 }
 
 }  // namespace
@@ -311,25 +331,13 @@ PYBIND11_MODULE(_core, m) {
           singletons = labels0[i] == static_cast<std::int64_t>(i) && signs0[i] == 1;
         if (f32_rows && singletons && X_in.shape(0) > 1) {
           F32 X32 = X_in.cast<F32>();
-          for (double wi : w)
-            if (!(wi > 0.0) || !std::isfinite(wi)) throw std::invalid_argument("weights must be finite and > 0");
+          check_weights(w);
           const float* p = X32.data();
           for (py::ssize_t i = 0; i < X32.size(); ++i)
             if (!std::isfinite(p[i])) throw std::invalid_argument("features must be finite");
-          const auto k = static_cast<py::ssize_t>(X32.shape(0));
-          const auto S = static_cast<py::ssize_t>(afde::ward_stride(k));
-          py::module_ np = py::module_::import("numpy");
-          py::array_t<float, py::array::c_style> G = ward_buffer(work, "float32", k, S);
-          np.attr("matmul")(X32, X32.attr("T"), py::arg("out") = G[py::make_tuple(py::slice(0, k, 1), py::slice(0, k, 1))]);
-          std::vector<std::int64_t> rep(static_cast<std::size_t>(k));
+          std::vector<std::int64_t> rep(labels0.size());
           std::iota(rep.begin(), rep.end(), std::int64_t{0});
-          float* g = G.mutable_data();
-          std::vector<afde::Merge> mg;
-          {
-            py::gil_scoped_release nogil;
-            mg = afde::ward_chain(g, k, S, std::vector<double>(w), rep, symmetric, threads);
-          }
-          return merges_to_numpy(mg);
+          return merges_to_numpy(ward_on_rows<float>(std::move(X32), work, w, rep, symmetric, threads));
         }
         const Arr X = X_in.cast<Arr>();
         afde::Linkage lk;
@@ -339,51 +347,32 @@ PYBIND11_MODULE(_core, m) {
         afde::MapMat M(X.data(), X.shape(0), X.shape(1));
         std::vector<afde::Merge> mg;
         if (lk == afde::Linkage::Ward) {
-          // Ward: the centroids' Gram product by numpy's BLAS (the floor of the exact costs, several
-          // times faster than Eigen's portable kernels), then the chain on it in place
           // every row its own block, oriented +1 (a merge path's usual start): the centroids are the
           // rows themselves, so the Gram product reads X without a copy
           afde::Blocks B = singletons ? afde::Blocks{} : afde::block_centroids(M, w, labels0, signs0);
           if (singletons) {
-            for (double wi : w)
-              if (!(wi > 0.0) || !std::isfinite(wi)) throw std::invalid_argument("weights must be finite and > 0");
-            if (w.size() != labels0.size()) throw std::invalid_argument("weights, labels and signs need one entry per row");
+            check_weights(w);
             if (!M.allFinite()) throw std::invalid_argument("features must be finite");
             B.mass = w;
             B.rep.resize(labels0.size());
             std::iota(B.rep.begin(), B.rep.end(), std::int64_t{0});
           }
-          const auto k = static_cast<py::ssize_t>(B.rep.size());
-          if (k > 1) {
-            Arr C = X;
+          if (B.rep.size() > 1) {
+            py::object C = X;
             if (!singletons) {
-              C = Arr({k, static_cast<py::ssize_t>(B.C.cols())});
-              std::copy(B.C.data(), B.C.data() + B.C.size(), C.mutable_data());
+              Arr Cb({static_cast<py::ssize_t>(B.rep.size()), static_cast<py::ssize_t>(B.C.cols())});
+              std::copy(B.C.data(), B.C.data() + B.C.size(), Cb.mutable_data());
               B.C.resize(0, 0);
+              C = std::move(Cb);
             }
-            py::module_ np = py::module_::import("numpy");
-            // the Gram product (numpy's BLAS) straight into the chain's buffer: its first k columns
-            // of k x ward_stride(k)
-            const auto S = static_cast<py::ssize_t>(afde::ward_stride(k));
-            const py::tuple first_k = py::make_tuple(py::slice(0, k, 1), py::slice(0, k, 1));
+            // approximate paths: the product in float32 and the chain on it (half the memory
+            // traffic; costs in double from the float entries)
             if (gram32) {
-              // approximate paths: the product in float32 and the chain on it (half the memory
-              // traffic; costs in double from the float entries)
-              py::object C32 = C.attr("astype")(np.attr("float32"));
-              C = Arr();
-              py::array_t<float, py::array::c_style> G = ward_buffer(work, "float32", k, S);
-              np.attr("matmul")(C32, C32.attr("T"), py::arg("out") = G[first_k]);
-              C32 = py::object();
-              float* g = G.mutable_data();
-              py::gil_scoped_release nogil;
-              mg = afde::ward_chain(g, k, S, std::move(B.mass), B.rep, symmetric, threads);
+              py::object C32 = C.attr("astype")("float32");
+              C = py::object();
+              mg = ward_on_rows<float>(std::move(C32), work, std::move(B.mass), B.rep, symmetric, threads);
             } else {
-              py::array_t<double, py::array::c_style> G = ward_buffer(work, "float64", k, S);
-              np.attr("matmul")(C, C.attr("T"), py::arg("out") = G[first_k]);
-              C = Arr();
-              double* g = G.mutable_data();
-              py::gil_scoped_release nogil;
-              mg = afde::ward_chain(g, k, S, std::move(B.mass), B.rep, symmetric, threads);
+              mg = ward_on_rows<double>(std::move(C), work, std::move(B.mass), B.rep, symmetric, threads);
             }
           }
         } else {
