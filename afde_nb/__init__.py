@@ -24,16 +24,17 @@ except ImportError as _exc:
         "editable install of the checkout (pip install -e .); both build the engine (needs a C++17 compiler)."
     ) from None
 
-from .adapters import to_network, to_torch
-from .compress import Compression, LayerSummary, compress
-from .encode import PolyODE, encode
+from .models.stack import to_network, to_torch
+from .pipeline.compress import Compression, LayerSummary, compress
+from .core.encode import PolyODE
+from .pipeline.ode import encode
 from .errors import (AfdeError, InvalidEpsError, InvalidWeightsError, ShapeMismatchError, UnsafeFileError,
                      UnsupportedLayerError)
-from .lump import Partition, lump
-from .magics import load_ipython_extension, unload_ipython_extension
-from .network import Layer, Network
-from .reduce import reduce
-from .serialize import load_model, load_state_dict, save_model
+from .core.lump import Partition, lump
+from .ui.magics import load_ipython_extension, unload_ipython_extension
+from .core.network import Layer, Network
+from .core.reduce import reduce
+from .models.serialize import load_model, load_state_dict, save_model
 
 __all__ = [
     "AfdeError", "Compression", "InvalidEpsError", "InvalidWeightsError", "Layer", "LayerSummary", "Network",
@@ -46,7 +47,7 @@ __all__ = [
 def __getattr__(name: str):
     # the panel needs ipywidgets (the "notebook" extra); import it only when asked for
     if name == "Panel":
-        from .widgets import Panel
+        from .ui.widgets import Panel
 
         return Panel
     raise AttributeError(f"module 'afde_nb' has no attribute {name!r}")

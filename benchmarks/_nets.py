@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from afde_nb.network import Layer, Network
+from afde_nb.core.network import Layer, Network
 
 
 def random_mlp(width: int, depth: int, seed: int = 0, clusters: int | None = None, noise: float = 0.01,

@@ -3,7 +3,7 @@ quality on trained models, against the exact path (docs/performance.md §8.3's t
 
     python benchmarks/approx_quality.py [--approx 128 256 384 512]
 
-The models are the bench's tanh 128-128 MLPs (``afde_nb.bench.run.trained_model(dataset, seed=0,
+The models are the bench's tanh 128-128 MLPs (``afde_nb.eval.bench.run.trained_model(dataset, seed=0,
 hidden=(128, 128), epochs=300, activation="tanh")``, cached under ``$AFDE_NB_CACHE`` or
 ``~/.cache/afde-nb/models``; trained on first use) of glycolysis, polymerization and rlc.
 Each is compressed to 80/60/40/20 % of its parameters (``target_params=int(frac * n_params)``,
@@ -59,7 +59,7 @@ def main() -> None:
     import torch
 
     import afde_nb
-    from afde_nb.bench.run import cache_dir, trained_model
+    from afde_nb.eval.bench.run import cache_dir, trained_model
 
     t0 = time.perf_counter()
     print(f"# approximate merge path: partition quality ({time.strftime('%Y-%m-%d %H:%M')})\n")

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from afde_nb.bench.cells import cells
-from afde_nb.bench.run import PROFILES, run
+from afde_nb.eval.bench.cells import cells
+from afde_nb.eval.bench.run import PROFILES, run
 from _util import table
 
 

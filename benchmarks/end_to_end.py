@@ -81,9 +81,9 @@ def one(width: int, depth: int, eps: float) -> dict:
     import gc
 
     import afde_nb
-    from afde_nb.adapters import to_network, to_torch
-    from afde_nb.path import merge_path
-    from afde_nb.reduce import quotient
+    from afde_nb.models.stack import to_network, to_torch
+    from afde_nb.core.path import merge_path
+    from afde_nb.core.reduce import quotient
 
     afde_nb.compress(_mlp(16, 3), eps)  # one-time costs (imports, tracing) outside the figures
     model = _mlp(width, depth)

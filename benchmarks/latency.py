@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import afde_nb  # noqa: E402
-from afde_nb.baselines import magnitude_prune  # noqa: E402
-from afde_nb.bench.run import trained_model  # noqa: E402
+from afde_nb.eval.baselines import magnitude_prune  # noqa: E402
+from afde_nb.eval.bench.run import trained_model  # noqa: E402
 from _util import best_time, table  # noqa: E402
 
 

@@ -54,8 +54,8 @@ def main() -> None:
 
     import afde_nb
     from afde_nb import _core
-    from afde_nb.adapters import to_network
-    from afde_nb.path import _Probes, merge_path, probe_inputs
+    from afde_nb.models.stack import to_network
+    from afde_nb.core.path import _Probes, merge_path, probe_inputs
 
     print(f"# merge path at width {args.width} x {args.depth} ({time.strftime('%Y-%m-%d %H:%M')})\n")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; OpenMP threads "

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 import afde_nb
-from afde_nb.adapters import to_network
-from afde_nb.path import merge_path
+from afde_nb.models.stack import to_network
+from afde_nb.core.path import merge_path
 from _util import best_time, table
 
 
@@ -70,7 +70,7 @@ ROUNDS = 3
 def panel_render(s, plot, render) -> None:
     """What the panel's ``_render`` computes after ``s.update()``: the figures table, the merges
     per layer, the notes, the eps path with the current point, and the trade-off plot's PNG with
-    the current star (``plot``: a :class:`~afde_nb.widgets.render.TradeoffPlot`, or None)."""
+    the current star (``plot``: a :class:`~afde_nb.ui.widgets.render.TradeoffPlot`, or None)."""
     f = s.figures
     render.figures_html(f, s.data_label)
     render.merges_html(s.merges, s.groups_report)
@@ -86,13 +86,13 @@ def slider_moves(width: int, repair, state_cls=None, render=None, rows: int = 20
     updated figures, i.e. ``state.update()`` plus :func:`panel_render`. The trade-off plot is drawn
     once (not timed) from a small ``state.tradeoff()`` so that every move re-paints its star, as
     the panel does. The second list times the moves again with no partition's figures kept
-    (``afde_nb.moves.MEMO = 0``): every move answered."""
-    import afde_nb.moves
+    (``afde_nb.pipeline.moves.MEMO = 0``): every move answered."""
+    import afde_nb.pipeline.moves
 
     if state_cls is None:
-        from afde_nb.widgets.state import PanelState as state_cls
+        from afde_nb.ui.widgets.state import PanelState as state_cls
     if render is None:
-        from afde_nb.widgets import render
+        from afde_nb.ui.widgets import render
     model = mlp([8, width, width, 2])
     rng = np.random.default_rng(0)
     X = rng.standard_normal((rows, 8)).astype(np.float32)
@@ -107,13 +107,13 @@ def slider_moves(width: int, repair, state_cls=None, render=None, rows: int = 20
     s.tradeoff()
     plot = render.TradeoffPlot(s.tradeoff_rows, title="trade-off", base_mse=s.base.get("mse"))
     moves = _time_moves(s, plot, render)
-    keep = afde_nb.moves.MEMO
-    afde_nb.moves.MEMO = 0
+    keep = afde_nb.pipeline.moves.MEMO
+    afde_nb.pipeline.moves.MEMO = 0
     try:
         getattr(getattr(s, "_slider", None), "_memo", {}).clear()
         answered = _time_moves(s, plot, render)
     finally:
-        afde_nb.moves.MEMO = keep
+        afde_nb.pipeline.moves.MEMO = keep
     return first, moves, answered
 
 

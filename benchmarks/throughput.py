@@ -3,7 +3,7 @@
     python benchmarks/throughput.py [--big-width 4096] [--threads 1 2]
 
 For each network, mode and eps (relative: 0, small 0.01, medium 0.1, large 2.0): best wall time of
-``afde_nb.lump`` (the engine on float64 arrays), time per million parameters, and the ratio to one
+``afde_nb.core.lump`` (the engine on float64 arrays), time per million parameters, and the ratio to one
 numpy ``sum`` over all weight arrays (the memory-bound floor).
 """
 from __future__ import annotations

@@ -185,12 +185,12 @@ def symmetric_bde_distance(ode, labels: np.ndarray, alpha: np.ndarray, beta: np.
 
 # --------------------------------------------------------------------------------------------
 # The quotient as the numpy code computed it before the engine did (issue 10): the slow reference
-# for afde_nb.reduce.quotient (tests/test_float32.py). Everything in float64.
+# for afde_nb.core.reduce.quotient (tests/test_float32.py). Everything in float64.
 
 def quotient_numpy(net, labels, signs=None, weights=None):
     """(reduced Network in float64, [(labels, signs, scales, masses, spread)] per hidden layer)."""
-    from afde_nb.network import Network
-    from afde_nb.path import Source, aligned, block_sums, incoming
+    from afde_nb.core.network import Network
+    from afde_nb.core.path import Source, aligned, block_sums, incoming
 
     src = Source.inputs(net.widths[0])
     out, blocks = [], []

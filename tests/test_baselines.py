@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from afde_nb.baselines import (Pruned, count_params, fold_prune, kmeans, magnitude_prune, match_params,
+from afde_nb.eval.baselines import (Pruned, count_params, fold_prune, kmeans, magnitude_prune, match_params,
                                structured_prune, wanda_prune, wanda_scores)
 
 from conftest import assert_unchanged, mlp, set_weights, snapshot

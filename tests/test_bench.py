@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from afde_nb.bench import tradeoff
-from afde_nb.bench.run import PROFILES, kept_at_tolerance, run
-from afde_nb.cli import main
+from afde_nb.eval.bench import tradeoff
+from afde_nb.eval.bench.run import PROFILES, kept_at_tolerance, run
+from afde_nb.ui.cli import main
 
 from conftest import mlp, teacher_data
 
@@ -84,7 +84,7 @@ def test_quick_profile_end_to_end(tmp_path, monkeypatch):
 
 def test_without_matplotlib_the_bench_says_so_first_and_skips_only_the_plot(tmp_path, monkeypatch):
     """The missing extra is reported before any model is trained; the CSV and Markdown still come."""
-    import afde_nb.bench.run as bench_run
+    import afde_nb.eval.bench.run as bench_run
 
     monkeypatch.setattr(bench_run, "can_plot", lambda: False)
     said = []
@@ -113,7 +113,7 @@ def test_only_an_unreachable_budget_drops_a_row(small_problem, monkeypatch):
     from afde_nb.errors import BudgetUnreachableError, InvalidArgumentError
 
     model, X, y = small_problem
-    tr = sys.modules["afde_nb.bench.tradeoff"]  # the module (afde_nb.bench.tradeoff is the function)
+    tr = sys.modules["afde_nb.eval.bench.tradeoff"]  # the module (afde_nb.eval.bench.tradeoff is the function)
     real = tr.compress
 
     def fails(kind):
@@ -144,7 +144,7 @@ SMALL = dict(kept=(0.8, 0.4), baselines=("magnitude-global", "kmeans-fold", "wan
 def test_an_interrupted_run_resumes_to_the_same_points(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    import afde_nb.bench.backends as backends
+    import afde_nb.eval.bench.backends as backends
 
     monkeypatch.setenv("AFDE_NB_CACHE", str(tmp_path / "cache"))
     profile = replace(PROFILES["quick"], **SMALL)
@@ -187,7 +187,7 @@ def test_a_failing_cell_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
     into the same folder retries just that cell."""
     from dataclasses import replace
 
-    import afde_nb.bench.cells as cells_mod
+    import afde_nb.eval.bench.cells as cells_mod
 
     monkeypatch.setenv("AFDE_NB_CACHE", str(tmp_path / "cache"))
     profile = replace(PROFILES["quick"], kept=(0.5,), baselines=("magnitude",), modes=("backward",),
@@ -217,7 +217,7 @@ def test_a_failing_cell_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
 def test_examples_bench_at_equal_size(tmp_path, monkeypatch):
     """The models that are not plain stacks: every method at most the baselines' parameters, the
     same setting pairs, latency ratios, and the Markdown table."""
-    from afde_nb.bench.examples import run_examples
+    from afde_nb.eval.bench.examples import run_examples
 
     monkeypatch.setenv("AFDE_NB_CACHE", str(tmp_path / "cache"))
     rows = run_examples(tmp_path / "out", seeds=(0,), amounts=(0.5,), names=("residual_mlp",), reps=3)

@@ -104,8 +104,8 @@ NOTEBOOK_CELLS = [
     """import json, torch
 import afde_nb
 from afde_nb.data import load
-from afde_nb.train import train_mlp
-from afde_nb.widgets import Panel
+from afde_nb.eval.train import train_mlp
+from afde_nb.ui.widgets import Panel
 data = load("glycolysis")
 model = train_mlp(data, hidden=(32, 32), epochs=6, seed=0)
 torch.save(model.state_dict(), "original.pt")  # for the test to check the export against compress()

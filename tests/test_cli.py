@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import afde_nb
-from afde_nb.cli import main
+from afde_nb.ui.cli import main
 
 from conftest import mlp
 
@@ -209,7 +209,7 @@ def test_console_script_runs(tmp_path):
 def test_demo_prints_the_trade_off(capsys):
     assert main(["demo", "--epochs", "20"]) == 0
     out = capsys.readouterr().out
-    from afde_nb.demo import DEMO_EPS, DEMO_KEEP
+    from afde_nb.ui.demo import DEMO_EPS, DEMO_KEEP
 
     rows = [l.split() for l in out.splitlines() if l.split() and l.split()[0].replace(".", "").isdigit()]
     assert [float(r[0]) for r in rows] == list(DEMO_EPS)

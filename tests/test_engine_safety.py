@@ -8,7 +8,7 @@ AddressSanitizer, UndefinedBehaviorSanitizer and ``_GLIBCXX_ASSERTIONS`` (``AFDE
 where any out-of-bounds index or undefined operation aborts the run.
 
 The parallel paths (OpenMP loops, the lock-free union-find) run only above size thresholds that no
-other test reaches; here :func:`afde_nb.engine.parallel_threshold` sets them to 0, and 1, 2 and 4
+other test reaches; here :func:`afde_nb.core.engine.parallel_threshold` sets them to 0, and 1, 2 and 4
 threads must give the serial labels exactly.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 import afde_nb
 from afde_nb import _core
-from afde_nb.engine import get_parallel_threshold, parallel_threshold, set_parallel_threshold
+from afde_nb.core.engine import get_parallel_threshold, parallel_threshold, set_parallel_threshold
 from afde_nb.errors import InvalidArgumentError, InvalidWeightsError
-from afde_nb.network import Layer, Network
+from afde_nb.core.network import Layer, Network
 
 MODES = ("forward", "backward")
 ACTS = ("identity", "tanh", "sigmoid", "relu", "leaky_relu")
@@ -323,7 +323,7 @@ def test_cluster_l1_on_float32_rows_equals_its_definition(F, eps):
 def _exact_reference(W, b, homogeneous, signed, rel):
     """path.exact_blocks as numpy computed it before the engine did: aligned rows in float64,
     orientation by the first entry above 1e3 rel scale, cluster at rel * scale (the definition)."""
-    from afde_nb.path import aligned
+    from afde_nb.core.path import aligned
 
     A, c = aligned(np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64),
                    "relu" if homogeneous else "tanh")
@@ -394,7 +394,7 @@ def test_engine_quotient_on_any_network_equals_the_numpy_one(ns, seed, f32):
     sys.path.insert(0, str(Path(__file__).parent))
     from reference import quotient_numpy
 
-    from afde_nb.reduce import quotient
+    from afde_nb.core.reduce import quotient
 
     net = ns[0] if isinstance(ns, tuple) else ns
     if f32:

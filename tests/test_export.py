@@ -1,4 +1,4 @@
-"""``afde_nb.export``: reduced models of any kind as ``torch.export`` programs that stock torch loads."""
+"""``afde_nb.models.export``: reduced models of any kind as ``torch.export`` programs that stock torch loads."""
 from __future__ import annotations
 
 import io
@@ -16,7 +16,7 @@ from torch import nn
 
 import afde_nb
 from afde_nb.errors import ExportError, InvalidArgumentError, MissingFileError, UnsafeFileError
-from afde_nb.export import export_program, load_program, read_program
+from afde_nb.models.export import export_program, load_program, read_program
 
 from conftest import duplicate_units, residual_mlp, small_cnn
 

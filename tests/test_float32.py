@@ -10,10 +10,10 @@ from torch import nn
 
 import afde_nb
 from afde_nb import _core
-from afde_nb.adapters import to_network, to_torch
+from afde_nb.models.stack import to_network, to_torch
 from afde_nb.errors import InvalidWeightsError
-from afde_nb.network import Layer, Network
-from afde_nb.reduce import quotient
+from afde_nb.core.network import Layer, Network
+from afde_nb.core.reduce import quotient
 
 from conftest import mlp
 from reference import quotient_numpy

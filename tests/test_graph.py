@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from afde_nb.graph import find_groups
+from afde_nb.models.groups import find_groups
 
 F = nn.functional
 

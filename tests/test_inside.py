@@ -321,7 +321,7 @@ def test_training_mode_and_model_untouched():
 
 
 def test_baselines_on_the_same_groups():
-    from afde_nb.baselines import fold_prune, structured_prune
+    from afde_nb.eval.baselines import fold_prune, structured_prune
 
     torch.manual_seed(10)
     for m, x in ((ResidualMLP().eval(), torch.randn(64, 5)), (CNN().eval(), torch.randn(8, 2, 8, 8))):
@@ -348,7 +348,7 @@ def test_baselines_on_the_same_groups():
 
 
 def test_baseline_repair_on_linear_chains():
-    from afde_nb.baselines.groups import fold_groups
+    from afde_nb.eval.baselines.groups import fold_groups
 
     torch.manual_seed(11)
     m = ResidualMLP().eval()
@@ -396,8 +396,8 @@ def test_channels_through_pooling_into_a_linear(act, pool, factor, merges):
 def _plant_everywhere(model: nn.Module) -> dict[str, int]:
     """In every lumpable group of ``model``, make unit 1 a copy of unit 0 (and units 3, 4 copies of
     unit 2); returns the number of units each group should lose at eps = 0."""
-    from afde_nb.graph import find_groups
-    from afde_nb.surgery import get_tensor
+    from afde_nb.models.groups import find_groups
+    from afde_nb.models.surgery import get_tensor
 
     want = {}
     for g in find_groups(model).groups:
@@ -418,7 +418,7 @@ def _plant_everywhere(model: nn.Module) -> dict[str, int]:
 def test_zoo_examples_planted_duplicates_exact(name):
     """The real example architectures (random weights, running statistics drawn): every group's
     planted duplicates are found and eps = 0 keeps the function to 1e-5."""
-    from afde_nb import zoo
+    from afde_nb.eval import zoo
 
     torch.manual_seed(13)
     model, x = {
@@ -448,7 +448,7 @@ def test_calibration_the_model_does_not_take_is_named():
 
 
 def test_pseudo_repair_and_baseline_repair_through_repair_pruned():
-    from afde_nb.baselines import match_params, repair_pruned, structured_prune
+    from afde_nb.eval.baselines import match_params, repair_pruned, structured_prune
 
     torch.manual_seed(14)
     m = ResidualMLP().eval()
@@ -468,8 +468,8 @@ def test_budget_split_by_measured_error(repair):
     """With calibration data a parameter budget is split between layers by held-out error (as for
     plain stacks): the chosen split is never worse on the held-out quarter than the global order
     or the same fraction of every layer, and stays within the budget."""
-    from afde_nb import inside
-    from afde_nb.compress import _split
+    from afde_nb.pipeline import inside
+    from afde_nb.pipeline.compress import _split
 
     torch.manual_seed(11)
     m = ResidualMLP(d=8, h=24).eval()

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 import afde_nb
 from afde_nb import _core
-from afde_nb.lump import activation_rms
-from afde_nb.network import Layer, Network
+from afde_nb.core.lump import activation_rms
+from afde_nb.core.network import Layer, Network
 
 
 def plump(net, eps=0.0, mode="backward", relative=False, **kw):

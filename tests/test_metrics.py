@@ -1,4 +1,4 @@
-"""afde_nb.metrics: the one module of error measures (trainer, demo, bench, panel)."""
+"""afde_nb.eval.metrics: the one module of error measures (trainer, demo, bench, panel)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from afde_nb import metrics, train
+from afde_nb.eval import metrics, train
 
 
 def test_trainer_names_are_the_metrics():

@@ -1,4 +1,4 @@
-"""afde_nb.moves: a slider move with repair against the repair's own arithmetic and compress().
+"""afde_nb.pipeline.moves: a slider move with repair against the repair's own arithmetic and compress().
 
 The refit of a move whose first refit layer's inputs are mostly the original's columns updates the
 original's Gram (SliderCache._first_refit); a partition answered before is not answered again
@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 import afde_nb
-import afde_nb.moves as moves
-from afde_nb import metrics
-from afde_nb.widgets.state import PanelState
+import afde_nb.pipeline.moves as moves
+from afde_nb.eval import metrics
+from afde_nb.ui.widgets.state import PanelState
 
 EPS = (0.05, 0.3, 0.1, 0.6, 0.0)
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import afde_nb
-from afde_nb.network import Layer, Network
+from afde_nb.core.network import Layer, Network
 
 DATA = Path(__file__).parent / "data" / "paper_partitions.npz"
 ACTS = ["tanh", "sigmoid", "identity", "relu", "leaky_relu"]

@@ -9,8 +9,8 @@ from scipy.cluster.hierarchy import fcluster, linkage
 
 import afde_nb
 from afde_nb import _core
-from afde_nb.adapters import to_network
-from afde_nb.path import merge_path
+from afde_nb.models.stack import to_network
+from afde_nb.core.path import merge_path
 
 from conftest import mlp, set_weights
 from reference import symmetric_bde_distance
@@ -241,7 +241,7 @@ def test_repair_lowers_the_calibration_error_and_is_reported(rng):
 
 
 def test_repaired_masks_keep_their_zeros(rng):
-    from afde_nb import baselines as bl
+    from afde_nb.eval import baselines as bl
 
     torch.manual_seed(0)
     model = mlp([5, 32, 32, 2], ["tanh", "tanh"])
@@ -285,7 +285,7 @@ def test_curve_spans_the_sizes():
 @pytest.mark.parametrize("method", ["ward", "complete"])
 def test_threads_never_change_the_merge_path(method):
     """The parallel distance fill (threshold 0: parallel even here) gives the serial merges."""
-    from afde_nb.engine import parallel_threshold
+    from afde_nb.core.engine import parallel_threshold
 
     rng = np.random.default_rng(3)
     X = rng.normal(size=(90, 7))
@@ -338,7 +338,7 @@ def test_a_dead_relu_source_keeps_later_exact_merges_exact():
     """Found by hypothesis: a ReLU neuron with a zero row is constant 0, so the neurons it feeds lump
     by their biases alone; reduce must keep reading it with scale 0 (not as itself) for that merge to
     stay exact."""
-    from afde_nb.network import Layer, Network
+    from afde_nb.core.network import Layer, Network
 
     net = Network([Layer(np.zeros((1, 0)), np.array([0.0]), "relu", 0.1),
                    Layer(np.array([[0.12573022], [0.64042265], [-0.53566937]]),
@@ -406,7 +406,7 @@ def test_metric_rows_are_the_probes_pre_activations(act):
     """With fewer probes than inputs and no merged source, the merge path takes its metric rows
     from the probes' forward (pre-activations, / scale, / sqrt(N)) instead of the n x d x N product
     A Ua^T / sqrt(N): the same rows to rounding."""
-    from afde_nb.path import Source, _metric_rows, _reduced_values, aligned, incoming
+    from afde_nb.core.path import Source, _metric_rows, _reduced_values, aligned, incoming
 
     torch.manual_seed(0)
     net = to_network(mlp([40, 30, 20, 2], [act, act]))

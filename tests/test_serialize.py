@@ -1,4 +1,4 @@
-"""Saving, loading and rebuilding models (``afde_nb.serialize``): round trips, the inferred
+"""Saving, loading and rebuilding models (``afde_nb.models.serialize``): round trips, the inferred
 architecture, bad architecture JSON, atomic saves and unreadable files."""
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 import afde_nb
-from afde_nb import errors, serialize
+from afde_nb import errors
+from afde_nb.models import serialize
 from afde_nb.errors import (AfdeError, InvalidArchitectureError, InvalidArgumentError, MissingFileError,
                             ShapeMismatchError, UnsafeFileError, UnsupportedLayerError)
-from afde_nb.serialize import load_model, load_state_dict, load_tensor, model_from_state_dict, save_model
+from afde_nb.models.serialize import load_model, load_state_dict, load_tensor, model_from_state_dict, save_model
 
 try:
     import safetensors.torch  # noqa: F401

@@ -1,8 +1,8 @@
 """The notebook panel and the %afde magic, without a browser.
 
-Three layers, tested apart: the state (``afde_nb.widgets.state.PanelState``, plain Python: its
+Three layers, tested apart: the state (``afde_nb.ui.widgets.state.PanelState``, plain Python: its
 tests import no ipywidgets, and one runs it in a process where ipywidgets cannot be imported), the
-renderers (``afde_nb.widgets.render``: strings from plain data) and the ``Panel`` wiring
+renderers (``afde_nb.ui.widgets.render``: strings from plain data) and the ``Panel`` wiring
 (ipywidgets, the ``notebook`` extra, part of the ``test`` extra).
 """
 from __future__ import annotations
@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 import afde_nb
-from afde_nb import magics, metrics
+from afde_nb.ui import magics
+from afde_nb.eval import metrics
 from afde_nb.errors import InvalidArgumentError, InvalidEpsError, ShapeMismatchError
-from afde_nb.widgets import render
-from afde_nb.widgets.render import PALETTE, SINGLETON
-from afde_nb.widgets.state import DEFAULT_EPS, PanelState
+from afde_nb.ui.widgets import render
+from afde_nb.ui.widgets.render import PALETTE, SINGLETON
+from afde_nb.ui.widgets.state import DEFAULT_EPS, PanelState
 
 from conftest import assert_unchanged, snapshot
 
@@ -66,7 +67,7 @@ def image_data():
 def close(x):
     """Equal to float rounding: a slider move computes the figures on cached rows in the model's
     dtype (float32 here) and refits in float64, where ``compress`` runs its torch model and
-    measures the calibration deviation in float64 (afde_nb.moves.SliderCache)."""
+    measures the calibration deviation in float64 (afde_nb.pipeline.moves.SliderCache)."""
     return pytest.approx(x, rel=1e-5, abs=1e-6)
 
 
@@ -186,7 +187,7 @@ def test_state_target_kept(model, data):
 
 def test_state_repair_and_method_only_where_compress_has_them(model, data, monkeypatch):
     """The state passes method= and repair= to compress only where its signature has them."""
-    import afde_nb.widgets.state as state_mod
+    import afde_nb.ui.widgets.state as state_mod
 
     X, y = data
     calls = []
@@ -252,7 +253,7 @@ def test_state_runs_without_ipywidgets(tmp_path):
         sys.modules["matplotlib"] = None
         import numpy as np, torch
         from torch import nn
-        from afde_nb.widgets import PanelState, render
+        from afde_nb.ui.widgets import PanelState, render
         torch.manual_seed(0)
         m = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
         X = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
@@ -262,7 +263,7 @@ def test_state_runs_without_ipywidgets(tmp_path):
         html = render.figures_html(s.figures) + render.merges_html(s.merges)
         assert "afde-eps-path-current" in svg and "afde-strip" in html
         try:
-            from afde_nb.widgets import Panel
+            from afde_nb.ui.widgets import Panel
         except ImportError as exc:
             assert "ipywidgets" in str(exc)
         else:
@@ -321,7 +322,7 @@ def test_figures_html():
 def Panel():
     pytest.importorskip("ipywidgets", minversion="8")  # the notebook extra
     pytest.importorskip("matplotlib")
-    from afde_nb.widgets import Panel
+    from afde_nb.ui.widgets import Panel
 
     return Panel
 
@@ -456,8 +457,8 @@ def test_repair_switch(Panel, model, data):
 def test_panel_before_the_merge_path_release(Panel, model, data, monkeypatch):
     """Against a compress() without method= and repair= the panel disables those switches and
     passes neither."""
-    import afde_nb.widgets.panel as panel_mod
-    import afde_nb.widgets.state as state_mod
+    import afde_nb.ui.widgets.panel as panel_mod
+    import afde_nb.ui.widgets.state as state_mod
 
     X, y = data
     real, calls = afde_nb.compress, []
@@ -586,7 +587,7 @@ def test_errors_are_shown_not_raised(Panel, model, data, tmp_path):
     p = Panel(model, (X, y), eps=0.5, tradeoff=False)
     before = p.compression
     assert p.set_eps(-1.0) is None and "eps must be" in p.error_area.value
-    assert p.errors[-1].startswith("InvalidEpsError: ")  # afde_nb.lump.check_eps, as compress() says it
+    assert p.errors[-1].startswith("InvalidEpsError: ")  # afde_nb.core.lump.check_eps, as compress() says it
     assert p.compression is before
     p.set_eps(0.7)  # a good value clears the error
     assert p.error_area.value == "" and p.compression.eps == 0.7
@@ -862,7 +863,7 @@ def test_slider_move_matches_a_fresh_state(model, data, repair, method, mode):
     """A move after the cached path (SliderCache: the path, the original's outputs, the rows)
     shows the figures, merges and per-layer table of a fresh state at that eps, and those of
     compress() to float rounding; moving back and forth too."""
-    import afde_nb.widgets.state as state_mod
+    import afde_nb.ui.widgets.state as state_mod
 
     X, y = data
     s = PanelState(model, (X, y), eps=0.5, method=method, mode=mode, repair=repair)
@@ -933,7 +934,7 @@ def test_slider_cache_follows_the_model_and_the_data(model, data):
 def test_test_error_on_a_fixed_sample(model, data, monkeypatch):
     """Over EVAL_ROWS test rows the error is measured on a fixed sample of them (the original's, every
     reduced model's and the trade-off's alike), and the figures say so."""
-    import afde_nb.widgets.state as state_mod
+    import afde_nb.ui.widgets.state as state_mod
 
     X, y = data
     monkeypatch.setattr(state_mod, "EVAL_ROWS", 120)
@@ -957,10 +958,10 @@ def test_test_error_on_a_fixed_sample(model, data, monkeypatch):
 
 @pytest.mark.parametrize("rows,bias", [(20, True), (20, False), (60, True)])
 def test_refit_is_repairs_fit(rows, bias):
-    """The slider's refit (the dual form when rows < inputs) is afde_nb.repair's _fit to rounding:
+    """The slider's refit (the dual form when rows < inputs) is afde_nb.core.repair's _fit to rounding:
     its weights, its fitted values and its values on other rows."""
-    from afde_nb.repair import _fit
-    from afde_nb.repair import apply_fit, fit_weights, refit
+    from afde_nb.core.repair import _fit
+    from afde_nb.core.repair import apply_fit, fit_weights, refit
 
     rng = np.random.default_rng(1)
     H, Z, Hn = rng.normal(size=(rows, 40)), rng.normal(size=(rows, 7)), rng.normal(size=(9, 40))

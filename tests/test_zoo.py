@@ -1,4 +1,4 @@
-"""The example models of afde_nb.zoo: their data, training, cache and traceability."""
+"""The example models of afde_nb.eval.zoo: their data, training, cache and traceability."""
 from __future__ import annotations
 
 import sys
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from afde_nb import zoo
+from afde_nb.eval import zoo
 from afde_nb.errors import InvalidArgumentError
 
 # Measured test scores (seeds 0-2): digits accuracy >= 0.996, residual MSE <= 1e-4, transformer MSE

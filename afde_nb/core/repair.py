@@ -1,0 +1,182 @@
+"""Repair: refit layers by ridge least squares so the reduced network's pre-activations match the
+original's on probe inputs (method.md §8.5).
+
+Layer k of the reduced network sees inputs H (the probe inputs run through the *already repaired*
+reduced layers) and should produce targets Z: the original network's pre-activations, mapped to
+the reduced neurons (a merged neuron stands for a weighted mean of its members, a kept neuron for
+itself, see :meth:`afde_nb.reduce.Block.target_map`). The refit is
+
+    W = Z~^T H~ (H~^T H~ + lambda I)^-1,   b = mean(Z) - W mean(H),   lambda = ridge * tr(H~^T H~) / k
+
+with ~ the centred arrays (no centring for a layer without bias). A sparse layer keeps its zero
+pattern: each row is refit on its own kept inputs only (as SparseGPT does). Targets are the
+original network's values, never labels. The same function repairs every method, so comparisons
+stay fair.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .lump import Partition
+from .network import Network
+from .reduce import quotient
+
+RIDGE = 1e-6
+
+
+def _fit(H: np.ndarray, Z: np.ndarray, bias: bool, mask: np.ndarray | None, ridge: float
+         ) -> tuple[np.ndarray, np.ndarray]:
+    if bias:
+        hm, zm = H.mean(axis=0), Z.mean(axis=0)
+        Hc, Zc = H - hm, Z - zm
+    else:
+        hm, zm = np.zeros(H.shape[1]), np.zeros(Z.shape[1])
+        Hc, Zc = H, Z
+    G = Hc.T @ Hc
+    k = G.shape[0]
+    lam = ridge * float(np.trace(G)) / max(k, 1)
+    lam = lam if lam > 0 else ridge
+    B = Hc.T @ Zc  # (k, out)
+    if mask is None:
+        W = np.linalg.solve(G + lam * np.eye(k), B).T
+    else:
+        W = np.zeros((Z.shape[1], k))
+        for j in range(Z.shape[1]):
+            keep = np.flatnonzero(mask[j])
+            if keep.size:
+                W[j, keep] = np.linalg.solve(G[np.ix_(keep, keep)] + lam * np.eye(keep.size), B[keep, j])
+    b = zm - W @ hm if bias else np.zeros(Z.shape[1])
+    return W, b
+
+
+def repair(original: Network, reduced: Network, X: np.ndarray, maps: list[tuple[np.ndarray, np.ndarray] | None],
+           start: int = 0, masks: list[np.ndarray | None] | None = None, ridge: float = RIDGE) -> Network:
+    """Refit layers ``start..L`` of ``reduced`` (a new Network; the inputs are untouched).
+
+    ``maps[h]`` = (labels, coef) for hidden layer h: reduced neuron B's target is
+    ``sum_{i: labels_i = B} coef_i z_i`` (labels -1: neuron dropped); None: the identity.
+    ``masks[k]``: boolean (out, in) pattern of weights layer k may use (None: dense).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Z_orig = [ins @ l.weight.T + l.bias for ins, l in zip(original.layer_inputs(X), original.layers)]
+    layers = list(reduced.layers)
+    H = X
+    for k, layer in enumerate(layers):
+        if k >= start:
+            Z = Z_orig[k]
+            if k < len(maps) and maps[k] is not None:
+                lab, coef = maps[k]
+                keep = lab >= 0
+                T = np.zeros((len(X), layer.out_features))
+                np.add.at(T.T, lab[keep], (Z[:, keep] * coef[keep]).T)
+                Z = T
+            mask = None if masks is None else masks[k]
+            W, b = _fit(H, Z, layer.has_bias, mask, ridge)
+            layers[k] = layer = layer.with_weights(W, b)
+        H = layer.apply(H @ layer.weight.T + layer.bias)
+    return Network(layers, dtype=reduced.dtype, meta=dict(reduced.meta))
+
+
+def probe_error(original: Network, reduced: Network, X: np.ndarray) -> dict:
+    """Deviation of ``reduced`` from ``original`` on ``X``: max |diff|, RMS and relative MSE."""
+    return deviation(original.forward(X), reduced.forward(X))
+
+
+def deviation(a: np.ndarray, b: np.ndarray) -> dict:
+    """Deviation of outputs ``b`` from the original's ``a`` on the same rows: max |diff|, RMS and
+    relative MSE (MSE over the variance of ``a``)."""
+    a = np.asarray(a, dtype=np.float64)
+    d = np.asarray(b, dtype=np.float64) - a
+    ref = float(np.mean((a - a.mean(axis=0)) ** 2)) if a.size else 0.0
+    mse = float(np.mean(d ** 2)) if d.size else 0.0
+    return {"max_abs": float(np.abs(d).max(initial=0.0)), "rms": float(np.sqrt(mse)),
+            "relative_mse": mse / ref if ref > 0 else mse, "n": int(len(a))}
+
+
+#: an aligned row farther than this (relative) from its merged row makes the layer lossy
+LOSSY = 1e-9
+
+
+def reduce_and_repair(net: Network, part: Partition, probes, calib
+                       ) -> tuple[Network, dict | None, dict | None, bool]:
+    """The quotient of ``part``, refit on ``probes`` (None: no repair) when a merge was lossy; its
+    error on ``calib`` before repair (None: no repair ran) and after; whether repair ran."""
+    small, blocks = quotient(net, part)
+    err = probe_error(net, small, calib) if calib is not None else None
+    lossy = [h for h, b in enumerate(blocks) if b.spread > LOSSY]
+    if probes is None or not lossy:
+        return small, None, err, False
+    fixed = repair(net, small, probes, [b.target_map() for b in blocks], start=lossy[0] + 1)
+    return fixed, err, probe_error(net, fixed, calib) if calib is not None else None, True
+
+
+# ---- the same refit in torch, for answering many cuts of one merge path (afde_nb.pipeline.moves) ----
+
+def refit(H: torch.Tensor, Z: torch.Tensor, bias: bool, ridge: float = RIDGE) -> tuple[tuple, torch.Tensor]:
+    """The least-squares refit of :func:`repair` (its ``_fit``, dense, in torch;
+    float64 tensors) and its fitted values ``H W^T + b``. With fewer rows n than inputs k it solves the same
+    ridge problem in its dual form, ``W^T = H~^T (H~ H~^T + lambda I)^-1 Z~`` (an n x n Cholesky
+    instead of a k x k solve; the same W to rounding), and keeps W implicit:
+    ``("dual", H~, S, mean(H), mean(Z), bias)`` with ``S = (H~ H~^T + lambda I)^-1 Z~``, whose
+    fitted values are ``Z - lambda S``. Torch, not numpy: the float32 forwards around it run on
+    torch's threads, and handing two cores back and forth between two thread pools costs more than
+    the products."""
+    n, k = H.shape
+    if bias:
+        hm, zm = H.mean(dim=0), Z.mean(dim=0)
+        Hc, Zc = H - hm, Z - zm
+    else:
+        hm, zm = torch.zeros(k, dtype=H.dtype), torch.zeros(Z.shape[1], dtype=H.dtype)
+        Hc, Zc = H, Z
+    if n >= k:  # _fit itself (in torch)
+        G = Hc.T @ Hc
+        lam = ridge * float(torch.trace(G)) / max(k, 1)
+        G.diagonal().add_(lam if lam > 0 else ridge)
+        W = torch.linalg.solve(G, Hc.T @ Zc).T
+        b = zm - W @ hm if bias else torch.zeros(Z.shape[1], dtype=H.dtype)
+        return ("primal", W, b), torch.nn.functional.linear(H, W, b)
+    K = Hc @ Hc.T
+    lam = ridge * float(torch.trace(K)) / max(k, 1)
+    lam = lam if lam > 0 else ridge
+    K.diagonal().add_(lam)
+    S = torch.cholesky_solve(Zc, torch.linalg.cholesky(K))
+    return ("dual", Hc, S, hm, zm, bias), Z - lam * S
+
+
+def apply_fit(fit: tuple, H: torch.Tensor) -> torch.Tensor:
+    """A refit layer's pre-activations on other rows ``H`` (float64)."""
+    if fit[0] == "primal":
+        return torch.nn.functional.linear(H, fit[1], fit[2])
+    _, Hc, S, hm, zm, _ = fit
+    (n, k_in), k_out = Hc.shape, S.shape[1]
+    if k_out * n * k_in + len(H) * k_in * k_out < len(H) * n * (k_in + k_out):  # W itself is cheaper (few outputs)
+        return torch.nn.functional.linear(H, *(torch.from_numpy(a) for a in fit_weights(fit)))
+    return ((H - hm) @ Hc.T) @ S + zm
+
+
+def fit_weights(fit: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) of a refit layer, as float64 arrays."""
+    if fit[0] == "primal":
+        return fit[1].numpy(), fit[2].numpy()
+    _, Hc, S, hm, zm, bias = fit
+    W = S.T @ Hc
+    return W.numpy(), (zm - W @ hm if bias else torch.zeros(S.shape[1], dtype=S.dtype)).numpy()
+
+
+def targets(Z: torch.Tensor, block) -> torch.Tensor:
+    """Repair's targets of a reduced hidden layer: the original pre-activations ``Z`` mapped to the
+    reduced neurons (:meth:`afde_nb.reduce.Block.target_map`). Each block's first member is
+    gathered and the other members added, one neuron a row of ``Z.T`` (contiguous where ``Z`` is
+    column-major, as the slider keeps it); the result is column-major too."""
+    lab, coef = block.target_map()
+    keep = np.flatnonzero(lab >= 0)
+    k = int(lab.max()) + 1 if lab.size else 0
+    first = np.zeros(k, dtype=np.int64)
+    first[lab[keep][::-1]] = keep[::-1]  # the smallest member of each block
+    ZT, c = Z.T, torch.from_numpy(coef)
+    T = ZT[torch.from_numpy(first)].mul_(c[first, None])
+    rest = keep[first[lab[keep]] != keep]
+    if rest.size:
+        T.index_add_(0, torch.from_numpy(lab[rest]), ZT[torch.from_numpy(rest)] * c[rest, None])
+    return T.T

@@ -1,0 +1,154 @@
+"""k-means neuron folding (model folding: Wang et al., ICLR 2025, "Forget the Data and
+Fine-Tuning! Just Fold the Network to Compress"), data-free, without the paper's variance repair.
+
+Hidden layers are folded front to back. In hidden layer l the neurons are clustered by their
+incoming rows ``(W_l[i, :], b_l[i])`` -- computed against the already folded layer l-1 -- into
+``k = max(1, round((1 - amount) * n))`` clusters by k-means (Lloyd's algorithm, k-means++ init,
+numpy, seeded). Each cluster becomes one neuron with the mean incoming row and bias; its
+outgoing column is the sum of the members' columns of ``W_{l+1}``. Exact duplicate neurons always
+share a cluster, so folding them is lossless. Folded neurons are ordered by their first member.
+"""
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from ...core.network import Network
+from ...errors import InvalidArgumentError
+from ._common import is_stack, Pruned, build, check_amount, count_params, dense_counter, n_kept, read
+
+
+def _sqdist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances, (len(x), len(c)), never negative."""
+    d = (x * x).sum(1)[:, None] - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]
+    return np.maximum(d, 0.0)
+
+
+def _weighted_means(x: np.ndarray, w: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    sums = np.zeros((k, x.shape[1]))
+    np.add.at(sums, labels, x * w[:, None])
+    return sums / np.bincount(labels, weights=w, minlength=k)[:, None]
+
+
+def _kmeans_distinct(x: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator,
+                     max_iter: int) -> np.ndarray:
+    """Weighted Lloyd on distinct points ``x`` (weights ``w``: multiplicities), ``k <= len(x)``;
+    labels with no empty cluster."""
+    u = len(x)
+    # k-means++: first centre by weight, then with probability ~ w * D^2
+    chosen = [int(rng.choice(u, p=w / w.sum()))]
+    d2 = _sqdist(x, x[chosen])[:, 0]
+    for _ in range(1, k):
+        p = w * d2
+        p[chosen] = 0.0
+        s = p.sum()
+        if s > 0:
+            nxt = int(rng.choice(u, p=p / s))
+        else:  # remaining points coincide numerically with centres: take the first free one
+            nxt = int(np.setdiff1d(np.arange(u), chosen)[0])
+        chosen.append(nxt)
+        d2 = np.minimum(d2, _sqdist(x, x[[nxt]])[:, 0])
+    centers = x[chosen].copy()
+    labels = None
+    for _ in range(max_iter):
+        d = _sqdist(x, centers)
+        new = d.argmin(axis=1)
+        # an empty cluster takes the point farthest from its centre among clusters of >= 2 points
+        for c in range(k):
+            sizes = np.bincount(new, minlength=k)
+            if sizes[c] > 0:
+                continue
+            own = d[np.arange(u), new]
+            own = np.where(sizes[new] >= 2, own, -1.0)
+            new[int(own.argmax())] = c
+        if labels is not None and np.array_equal(new, labels):
+            break
+        labels = new
+        centers = _weighted_means(x, w, labels, k)
+    return labels
+
+
+def kmeans(x: np.ndarray, k: int, seed: int = 0, max_iter: int = 300) -> np.ndarray:
+    """Cluster the rows of ``x`` into exactly ``k`` non-empty clusters (``1 <= k <= len(x)``).
+
+    Lloyd's algorithm with k-means++ initialisation, deterministic for a given ``seed``. Identical
+    rows always get the same label, except when ``k`` exceeds the number of distinct rows: then
+    every distinct row has its own cluster and the extra clusters take repeated rows. Labels are
+    numbered in order of each cluster's first row.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    if not 1 <= k <= n:
+        raise InvalidArgumentError(f"k must be in [1, {n}], got {k}")
+    distinct, first, inverse, counts = np.unique(x, axis=0, return_index=True, return_inverse=True,
+                                                 return_counts=True)
+    inverse = inverse.reshape(-1)
+    # distinct rows in order of first appearance (independent of np.unique's sort)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    distinct, counts, inverse = distinct[order], counts[order], rank[inverse]
+    u = len(distinct)
+    if k >= u:
+        labels = inverse.copy()
+        seen = np.zeros(u, dtype=bool)
+        extra = u
+        for i in range(n):  # repeated rows, in order, open the clusters beyond u
+            if extra == k:
+                break
+            if seen[inverse[i]]:
+                labels[i] = extra
+                extra += 1
+            seen[inverse[i]] = True
+    else:
+        rng = np.random.default_rng(seed)
+        labels = _kmeans_distinct(distinct, counts.astype(np.float64), k, rng, max_iter)[inverse]
+    # renumber by first member
+    _, first_of = np.unique(labels, return_index=True)
+    relabel = np.empty(k, dtype=np.int64)
+    relabel[np.argsort(first_of, kind="stable")] = np.arange(k)
+    return relabel[labels]
+
+
+def fold_layer(net: Network, l: int, labels: np.ndarray) -> Network:
+    """``net`` with the neurons of hidden layer ``l`` merged by ``labels``: mean incoming row and
+    bias, summed outgoing column."""
+    k = int(labels.max()) + 1
+    layer, nxt = net.layers[l], net.layers[l + 1]
+    onehot = np.zeros((k, layer.out_features))
+    onehot[labels, np.arange(layer.out_features)] = 1.0
+    sizes = onehot.sum(axis=1)
+    w = (onehot @ layer.weight) / sizes[:, None]
+    b = (onehot @ layer.bias) / sizes
+    t = nxt.taps
+    w_next = np.einsum("oit,ki->okt", nxt.weight.reshape(len(nxt.weight), -1, t), onehot).reshape(len(nxt.weight), -1)
+    layers = list(net.layers)
+    layers[l] = layer.with_weights(w, b)
+    layers[l + 1] = nxt.with_weights(w_next, nxt.bias.copy())
+    return Network(layers, dtype=net.dtype, meta=dict(net.meta))
+
+
+def fold_prune(model: nn.Module, amount: float, seed: int = 0, max_iter: int = 300) -> Pruned:
+    """Fold every hidden layer to ``max(1, round((1 - amount) * n))`` neurons by k-means on the
+    incoming rows (weights + bias), front to back; returns a smaller dense ``nn.Sequential``."""
+    if not is_stack(model):  # a model with groups inside: the same algorithm on the same groups
+        from .groups import fold_groups
+
+        return fold_groups(model, amount, seed, max_iter=max_iter)
+    amount = check_amount(amount)
+    net, device = read(model)
+    maps, start = [], len(net.layers)
+    for l in range(len(net.layers) - 1):
+        layer = net.layers[l]
+        rows = np.column_stack([layer.weight, layer.bias]) if layer.has_bias else layer.weight
+        labels = kmeans(rows, n_kept(layer.out_features, amount), seed=seed, max_iter=max_iter)
+        maps.append((labels, 1.0 / np.bincount(labels)[labels]))  # a folded neuron is its cluster's mean
+        if labels.max() + 1 < labels.size:
+            start = min(start, l + 1)
+        net = fold_layer(net, l, labels)
+    new = build(net, device)
+    return Pruned(new, count_params(new), "folding", amount, True, maps, start)
+
+
+def _counter(model: nn.Module, seed: int = 0, max_iter: int = 300):
+    return dense_counter(model)

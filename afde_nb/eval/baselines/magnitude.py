@@ -1,0 +1,72 @@
+"""Unstructured magnitude pruning: zero the smallest-|W| weights of every Linear.
+
+The weights to zero are chosen exactly as ``torch.nn.utils.prune.l1_unstructured`` (scope
+``"layer"``) and ``prune.global_unstructured(..., pruning_method=prune.L1Unstructured)`` (scope
+``"global"``) choose them: ``round(amount * n)`` entries, the ``k`` smallest of ``|W|`` by
+``torch.topk(..., largest=False)`` on the weights in their own dtype, so ties break the same way.
+Biases are not pruned. The input model is not modified.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...errors import InvalidArgumentError
+from ._common import Pruned, bias_count, build, check_amount, count_params, n_pruned, read
+
+SCOPES = ("layer", "global")
+
+
+def _topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """1 = keep, 0 = prune the ``k`` smallest of ``scores`` (flattened), as L1Unstructured."""
+    mask = torch.ones_like(scores, memory_format=torch.contiguous_format)
+    if k != 0:
+        idx = torch.topk(scores.reshape(-1), k=k, largest=False).indices
+        mask.view(-1)[idx] = 0
+    return mask
+
+
+def magnitude_masks(linears: list[nn.Linear], amount: float, scope: str = "layer") -> list[torch.Tensor]:
+    """Keep-masks (same shape and dtype as each weight) of magnitude pruning."""
+    if scope not in SCOPES:
+        raise InvalidArgumentError(f"scope must be one of {SCOPES}, got {scope!r}")
+    weights = [lin.weight.detach() for lin in linears]
+    if scope == "layer":
+        return [_topk_mask(torch.abs(w), n_pruned(w.numel(), amount)) for w in weights]
+    flat = torch.cat([torch.abs(w).reshape(-1) for w in weights])
+    mask = _topk_mask(flat, n_pruned(flat.numel(), amount))
+    out, start = [], 0
+    for w in weights:
+        out.append(mask[start:start + w.numel()].view_as(w))
+        start += w.numel()
+    return out
+
+
+def magnitude_prune(model: nn.Module, amount: float, scope: str = "layer") -> Pruned:
+    """Zero the ``amount`` fraction of smallest-|W| weights of every Linear (per layer or with
+    one global threshold); returns a new masked ``nn.Sequential``."""
+    amount = check_amount(amount)
+    if scope not in SCOPES:
+        raise InvalidArgumentError(f"scope must be one of {SCOPES}, got {scope!r}")
+    net, device = read(model)
+    new = build(net, device)
+    linears = [m for m in new if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for lin, mask in zip(linears, magnitude_masks(linears, amount, scope)):
+            lin.weight.mul_(mask)
+    return Pruned(new, count_params(new, nonzero=True), f"magnitude-{scope}", amount, False)
+
+
+def _counter(model: nn.Module, scope: str = "layer"):
+    """params(amount) of :func:`magnitude_prune` without pruning: zeros are the smallest |W|, so
+    pruning k of n weights with z non-zero leaves min(n - k, z) non-zero."""
+    if scope not in SCOPES:
+        raise InvalidArgumentError(f"scope must be one of {SCOPES}, got {scope!r}")
+    net, _ = read(model)
+    sizes = [l.weight.size for l in net.layers]
+    nnz = [int((l.weight != 0).sum()) for l in net.layers]
+    biases = bias_count(net)
+    if scope == "layer":
+        return lambda a: biases + sum(min(n - n_pruned(n, a), z) for n, z in zip(sizes, nnz))
+    n, z = sum(sizes), sum(nnz)
+    return lambda a: biases + min(n - n_pruned(n, a), z)

@@ -1,0 +1,485 @@
+"""Find the lumpable groups of hidden units inside any torch model (torch.fx).
+
+A *group* is a producer (``Linear``, ``Conv1d``/``Conv2d`` with ``groups=1``) whose outputs pass
+only through an optional ``BatchNorm`` (eval statistics, folded), one element-wise activation and
+no-ops (``Dropout``, ``Identity``) into exactly one consuming layer of the same kind, as its data
+input; a convolution's channels may also pass channel-wise pooling (max: up to positive scaling
+only) and a ``Flatten`` into a ``Linear``, where each channel owns a run of its input columns. Its units (features, or channels) can be merged: the producer loses rows, the consumer the
+matching input columns, and nothing else in the model sees them. Units that feed anything else (a
+residual add, a reshape, two consumers, the model's output) are left alone and reported with why.
+
+Modules are traced from the root; a module whose forward torch.fx cannot trace (data-dependent
+control flow, like ``nn.TransformerEncoder``) is looked into child by child, so the layers inside
+it still count. ``nn.MultiheadAttention`` stays opaque. A ``torch.export`` program's module (ATen
+operations on parameters) is read the same way. Consecutive groups (one's consumer the next one's
+producer, as in an MLP) form a *chain*, which is compressed as one network.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..errors import UnsupportedLayerError
+
+F = nn.functional
+aten = torch.ops.aten
+
+#: name -> (module class, {attribute: parameter name})
+_ACT_MODULES = {
+    nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.GELU: "gelu",
+    nn.SiLU: "silu", nn.ELU: "elu", nn.Softplus: "softplus", nn.Hardtanh: "hardtanh", nn.Identity: "identity",
+}
+_ACT_ATTRS = {"leaky_relu": ("negative_slope",), "gelu": ("approximate",), "elu": ("alpha",),
+              "softplus": ("beta", "threshold"), "hardtanh": ("min_val", "max_val")}
+#: function -> (name, positional names after the input, defaults)
+_ACT_FUNCS = {}
+for _name, _fns, _pos, _dflt in [
+    ("tanh", (torch.tanh, F.tanh, aten.tanh.default), (), {}),
+    ("sigmoid", (torch.sigmoid, F.sigmoid, aten.sigmoid.default), (), {}),
+    ("relu", (torch.relu, F.relu, aten.relu.default, aten.relu_.default), (), {}),
+    ("leaky_relu", (F.leaky_relu, aten.leaky_relu.default), ("negative_slope",), {"negative_slope": 0.01}),
+    ("gelu", (F.gelu, aten.gelu.default), (), {"approximate": "none"}),
+    ("silu", (F.silu, aten.silu.default), (), {}),
+    ("elu", (F.elu, aten.elu.default), ("alpha",), {"alpha": 1.0}),
+    ("softplus", (F.softplus, aten.softplus.default), ("beta", "threshold"), {"beta": 1.0, "threshold": 20.0}),
+    ("hardtanh", (F.hardtanh, aten.hardtanh.default), ("min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0}),
+]:
+    for _fn in _fns:
+        _ACT_FUNCS[_fn] = (_name, _pos, _dflt)
+_ACT_METHODS = {"tanh": "tanh", "sigmoid": "sigmoid", "relu": "relu"}
+_PASS_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
+_DROPOUT_FUNCS = (F.dropout, aten.dropout.default)
+_LINEAR_FUNCS = (F.linear, aten.linear.default)
+_CONV_FUNCS = {F.conv1d: "conv1d", aten.conv1d.default: "conv1d", F.conv2d: "conv2d", aten.conv2d.default: "conv2d"}
+_BN_FUNCS = (aten.batch_norm.default, F.batch_norm)
+#: channel-wise pooling: commutes with merging channels (max: up to positive scaling only)
+_POOL_MODULES = {nn.MaxPool1d: "max_pool", nn.MaxPool2d: "max_pool", nn.AvgPool1d: "avg_pool", nn.AvgPool2d: "avg_pool",
+                 nn.AdaptiveAvgPool1d: "avg_pool", nn.AdaptiveAvgPool2d: "avg_pool",
+                 nn.AdaptiveMaxPool1d: "max_pool", nn.AdaptiveMaxPool2d: "max_pool"}
+_POOL_FUNCS = {F.max_pool1d: "max_pool", F.max_pool2d: "max_pool", F.avg_pool1d: "avg_pool", F.avg_pool2d: "avg_pool",
+               F.adaptive_avg_pool1d: "avg_pool", F.adaptive_avg_pool2d: "avg_pool",
+               aten.max_pool2d.default: "max_pool", aten.max_pool1d.default: "max_pool",
+               aten.avg_pool2d.default: "avg_pool", aten.avg_pool1d.default: "avg_pool",
+               aten.adaptive_avg_pool2d.default: "avg_pool", aten.adaptive_avg_pool1d.default: "avg_pool"}
+#: modules fx must not trace into
+_OPAQUE = (nn.MultiheadAttention,)
+ACTIVATIONS = tuple(sorted(set(_ACT_MODULES.values())))
+
+
+@dataclass(frozen=True)
+class Affine:
+    """A Linear or convolution: where its parameters live in the model (attribute paths from the
+    root) and, for a convolution, its geometry."""
+
+    name: str  # module path (for a torch.export program: the path the parameters carry)
+    kind: str  # "linear", "conv1d", "conv2d"
+    weight: str
+    bias: str | None
+    module: str | None = None  # module path when called as a module (hooks can see its input)
+    stride: tuple = ()
+    padding: tuple = ()
+    dilation: tuple = ()
+    padding_mode: str = "zeros"
+
+
+@dataclass(frozen=True)
+class Norm:
+    """A BatchNorm in eval mode: y = weight (x - mean) / sqrt(var + eps) + bias."""
+
+    name: str
+    weight: str | None
+    bias: str | None
+    mean: str
+    var: str
+    eps: float
+
+
+@dataclass(frozen=True)
+class Group:
+    """producer -> [norm] -> activation -> consumer: the producer's output units lump."""
+
+    producer: Affine
+    consumer: Affine
+    activation: str = "identity"
+    negative_slope: float = 0.01
+    act_params: tuple = ()
+    norm: Norm | None = None
+    #: channel-wise pooling between the activation and the consumer (names), and whether a
+    #: Flatten turns the channels into a Linear's inputs (each channel then owns a run of columns)
+    pools: tuple = ()
+    flatten: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.producer.name
+
+    @property
+    def negation_ok(self) -> bool:
+        """A max-pool commutes with positive scaling, not with negation (max(-u) = -min(u))."""
+        return not any("max" in p for p in self.pools)
+
+
+@dataclass
+class Discovery:
+    """What :func:`find_groups` found: the groups, chained, and every layer it left alone with why."""
+
+    chains: list[list[Group]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    model: str = ""
+
+    @property
+    def groups(self) -> list[Group]:
+        return [g for c in self.chains for g in c]
+
+    def report(self) -> str:
+        rows = [f"{self.model}: {len(self.groups)} lumpable group(s) in {len(self.chains)} chain(s)"]
+        for c in self.chains:
+            for g in c:
+                norm = f" -> {g.norm.name} (folded)" if g.norm else ""
+                rows.append(f"  lumps {g.producer.name} ({g.producer.kind}){norm} -> {g.activation} -> {g.consumer.name}")
+        for name, why in self.skipped:
+            rows.append(f"  left alone {name}: {why}")
+        return "\n".join(rows)
+
+
+class _Tracer(fx.Tracer):
+    """Leaves: modules without children, attention, and modules found untraceable."""
+
+    def __init__(self, opaque: set[int]):
+        super().__init__()
+        self.opaque = opaque
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _OPAQUE) or id(m) in self.opaque or next(m.children(), None) is None
+
+
+@contextlib.contextmanager
+def _no_mha_fastpath():
+    """TransformerEncoderLayer's fused fast path branches on tensor properties; off while tracing."""
+    get = getattr(torch.backends.mha, "get_fastpath_enabled", None)
+    if get is None:
+        yield
+        return
+    before = get()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
+def _concrete_defaults(m: nn.Module) -> dict:
+    """Optional forward arguments take their defaults (masks None, flags False) while tracing."""
+    try:
+        sig = inspect.signature(m.forward)
+    except (TypeError, ValueError):
+        return {}
+    return {k: p.default for k, p in sig.parameters.items()
+            if p.default is not inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD}
+
+
+def traced_graphs(model: nn.Module) -> tuple[list[tuple[str, fx.Graph]], list[tuple[str, str]]]:
+    """(prefix, graph) for the root and for the traceable children of every module whose forward
+    cannot be traced (which is kept as one opaque call), and notes on what stayed unexamined."""
+    if isinstance(model, fx.GraphModule):
+        return [("", model.graph)], []
+    opaque: set[int] = set()
+    why: dict[int, str] = {}
+
+    def trace(m: nn.Module) -> fx.Graph:
+        with _no_mha_fastpath():
+            return _Tracer(opaque).trace(m, concrete_args=_concrete_defaults(m) or None)
+
+    def settle(m: nn.Module) -> None:
+        """Make ``m`` traceable by turning its untraceable descendants into opaque calls, or
+        make ``m`` itself opaque."""
+        if isinstance(m, _OPAQUE) or next(m.children(), None) is None:
+            return
+        for attempt in (0, 1):
+            try:
+                trace(m)
+                return
+            except Exception as exc:  # noqa: BLE001 - any tracing failure: look inside instead
+                text = str(exc).strip()
+                why[id(m)] = text.splitlines()[0][:120] if text else type(exc).__name__
+            if attempt == 0:
+                for child in m.children():
+                    settle(child)
+        opaque.add(id(m))
+
+    settle(model)
+    graphs: list[tuple[str, fx.Graph]] = []
+    notes: list[tuple[str, str]] = []
+
+    def collect(m: nn.Module, prefix: str) -> None:
+        if id(m) not in opaque:
+            g = trace(m)
+            graphs.append((prefix, g))
+            for node in g.nodes:
+                if node.op == "call_module":
+                    sub = m.get_submodule(node.target)
+                    if id(sub) in opaque:
+                        collect(sub, _join(prefix, node.target))
+            return
+        notes.append((prefix or "(model)", f"forward not traceable by torch.fx ({why[id(m)]}); "
+                                           "its children were examined one by one"))
+        for name, child in m.named_children():
+            path = _join(prefix, name)
+            if id(child) in opaque or next(child.children(), None) is not None:
+                collect(child, path)
+            elif isinstance(child, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                notes.append((path, "called from a forward torch.fx cannot trace: its use is unknown"))
+
+    collect(model, "")
+    return graphs, notes
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _tuple(v, n: int) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+class _Reader:
+    """Recognises the operations of one graph (module calls, functions, ATen ops)."""
+
+    def __init__(self, root: nn.Module, prefix: str, graph: fx.Graph):
+        self.root, self.prefix, self.graph = root, prefix, graph
+        self.modules = dict(root.get_submodule(prefix).named_modules()) if prefix else dict(root.named_modules())
+
+    def module(self, node: fx.Node):
+        return self.modules.get(node.target) if node.op == "call_module" else None
+
+    def attr(self, node) -> str | None:
+        """The root attribute path of a get_attr argument (None: not a parameter read)."""
+        if isinstance(node, fx.Node) and node.op == "get_attr":
+            return _join(self.prefix, str(node.target))
+        return None
+
+    def affine(self, node: fx.Node) -> Affine | None:
+        m = self.module(node)
+        if isinstance(m, nn.Linear):
+            path = _join(self.prefix, node.target)
+            return Affine(path, "linear", f"{path}.weight", f"{path}.bias" if m.bias is not None else None, path)
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and type(m) in (nn.Conv1d, nn.Conv2d):
+            if m.groups != 1 or isinstance(m.padding, str):
+                return None
+            path = _join(self.prefix, node.target)
+            kind = "conv1d" if isinstance(m, nn.Conv1d) else "conv2d"
+            return Affine(path, kind, f"{path}.weight", f"{path}.bias" if m.bias is not None else None, path,
+                          tuple(m.stride), tuple(m.padding), tuple(m.dilation), m.padding_mode)
+        if node.op != "call_function":
+            return None
+        if node.target in _LINEAR_FUNCS or node.target in _CONV_FUNCS:
+            args = list(node.args) + [None] * 7
+            w, b = self.attr(args[1]), self.attr(args[2]) if args[2] is not None else None
+            if w is None or (args[2] is not None and b is None) or node.kwargs:
+                return None
+            name = w.rsplit(".", 1)[0] if w.endswith(".weight") else w
+            if node.target in _LINEAR_FUNCS:
+                return Affine(name, "linear", w, b)
+            kind = _CONV_FUNCS[node.target]
+            d = 1 if kind == "conv1d" else 2
+            stride, padding, dilation, groups = (args[3] or 1), (args[4] or 0), (args[5] or 1), (args[6] or 1)
+            if groups != 1 or isinstance(padding, str):
+                return None
+            return Affine(name, kind, w, b, None, _tuple(stride, d), _tuple(padding, d), _tuple(dilation, d))
+        return None
+
+    def norm(self, node: fx.Node, kind: str) -> Norm | None:
+        m = self.module(node)
+        want = nn.BatchNorm2d if kind == "conv2d" else nn.BatchNorm1d
+        if isinstance(m, want) and m.running_mean is not None and not m.training:
+            path = _join(self.prefix, node.target)
+            return Norm(path, f"{path}.weight" if m.affine else None, f"{path}.bias" if m.affine else None,
+                        f"{path}.running_mean", f"{path}.running_var", float(m.eps))
+        if node.op == "call_function" and node.target in _BN_FUNCS:
+            a = list(node.args) + [None] * 9
+            if node.target is F.batch_norm:  # (x, mean, var, weight, bias, training, momentum, eps)
+                mean, var, w, b, training, eps = a[1], a[2], a[3], a[4], a[5], a[7]
+            else:  # aten: (x, weight, bias, mean, var, training, momentum, eps, cudnn)
+                w, b, mean, var, training, eps = a[1], a[2], a[3], a[4], a[5], a[7]
+            if training or self.attr(mean) is None or self.attr(var) is None:
+                return None
+            wn, bn = self.attr(w), self.attr(b)
+            if (w is not None and wn is None) or (b is not None and bn is None):
+                return None
+            name = self.attr(mean).rsplit(".", 1)[0]
+            return Norm(name, wn, bn, self.attr(mean), self.attr(var), float(eps if eps is not None else 1e-5))
+        return None
+
+    def activation(self, node: fx.Node) -> tuple[str, float, tuple] | None:
+        m = self.module(node)
+        if m is not None:
+            name = _ACT_MODULES.get(type(m))
+            if name is None:
+                return None
+            params = tuple((k, getattr(m, k)) for k in _ACT_ATTRS.get(name, ()))
+        elif node.op == "call_function" and node.target in _ACT_FUNCS:
+            name, pos, dflt = _ACT_FUNCS[node.target]
+            vals = dict(dflt)
+            vals.update(zip(pos, node.args[1:]))
+            vals.update({k: v for k, v in node.kwargs.items() if k in dflt})
+            if any(isinstance(v, fx.Node) for v in vals.values()):
+                return None
+            params = tuple(sorted(vals.items()))
+        elif node.op == "call_method" and node.target in _ACT_METHODS and len(node.args) == 1:
+            name, params = _ACT_METHODS[node.target], ()
+        else:
+            return None
+        p = dict(params)
+        slope = float(p.pop("negative_slope", 0.01))
+        return name, slope, tuple(sorted(p.items()))
+
+    def pool(self, node: fx.Node) -> str | None:
+        """'max_pool' or 'avg_pool' for a channel-wise pooling (no indices returned), else None."""
+        m = self.module(node)
+        if m is not None:
+            if type(m) in _POOL_MODULES and not getattr(m, "return_indices", False):
+                if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)) and m.padding not in (0, (0,), (0, 0)):
+                    return None  # zero padding counted in the mean: a flipped sigmoid would not follow; keep it simple
+                return _POOL_MODULES[type(m)]
+            return None
+        if node.op == "call_function" and node.target in _POOL_FUNCS and not node.kwargs.get("return_indices"):
+            return _POOL_FUNCS[node.target]
+        return None
+
+    def flatten(self, node: fx.Node) -> bool:
+        """A flatten of everything after the channel axis: (n, C, ...) -> (n, C * ...)."""
+        m = self.module(node)
+        if m is not None:
+            return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
+        if node.op == "call_function" and node.target in (torch.flatten, aten.flatten.using_ints):
+            a = list(node.args) + [None, None]
+            start = node.kwargs.get("start_dim", a[1] if a[1] is not None else 0)
+            end = node.kwargs.get("end_dim", a[2] if a[2] is not None else -1)
+            return start == 1 and end == -1
+        if node.op == "call_method" and node.target == "flatten":
+            a = list(node.args) + [None, None]
+            return node.kwargs.get("start_dim", a[1] if a[1] is not None else 0) == 1 and \
+                node.kwargs.get("end_dim", a[2] if a[2] is not None else -1) == -1
+        return False
+
+    def passthrough(self, node: fx.Node) -> bool:
+        m = self.module(node)
+        if m is not None:
+            return isinstance(m, _PASS_MODULES) and not (isinstance(m, nn.Dropout) and m.training)
+        if node.op == "call_function" and node.target in _DROPOUT_FUNCS:
+            train = node.kwargs.get("training", node.kwargs.get("train", node.args[2] if len(node.args) > 2 else True))
+            return train is False
+        return False
+
+
+def _describe(node: fx.Node) -> str:
+    t = node.target
+    name = getattr(t, "__name__", None) or str(t)
+    if node.op == "output":
+        return "the model's output"
+    if "add" in name:
+        return f"{node.name} (an add, e.g. a residual connection)"
+    return f"{node.name} ({node.op} {name})"
+
+
+def find_groups(model: nn.Module) -> Discovery:
+    """The lumpable groups of ``model`` (see the module docstring); the model is not modified."""
+    if not isinstance(model, nn.Module):
+        raise UnsupportedLayerError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    graphs, notes = traced_graphs(model)
+    skipped: list[tuple[str, str]] = list(notes)
+    groups: list[Group] = []
+    uses: dict[str, int] = {}  # parameter path -> number of operations reading it
+    found: list[tuple[_Reader, fx.Node, Affine]] = []
+    for prefix, g in graphs:
+        r = _Reader(model, prefix, g)
+        for node in g.nodes:
+            if node.op == "call_module" and isinstance(r.module(node), _OPAQUE):
+                skipped.append((_join(prefix, node.target), "attention (nn.MultiheadAttention): its units are not lumped"))
+            a = r.affine(node)
+            if a is not None:
+                found.append((r, node, a))
+                for p in (a.weight, a.bias):
+                    if p:
+                        uses[p] = uses.get(p, 0) + 1
+            elif node.op in ("call_module", "call_function") and isinstance(r.module(node), (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                skipped.append((_join(prefix, node.target), "grouped, depthwise or string-padded convolution"))
+    for r, node, a in found:
+        if uses[a.weight] > 1 or (a.bias and uses[a.bias] > 1):
+            skipped.append((a.name, "its parameters are used by more than one operation (shared weights)"))
+            continue
+        group, why = _follow(r, node, a)
+        if group is None:
+            skipped.append((a.name, why))
+            continue
+        c = group.consumer
+        if uses[c.weight] > 1 or (c.bias and uses[c.bias] > 1):
+            skipped.append((a.name, f"its consumer {c.name} shares its parameters with another operation"))
+            continue
+        groups.append(group)
+    order = {k: i for i, k in enumerate(model.state_dict(keep_vars=True))}
+    chains = sorted(_chains(groups), key=lambda c: order.get(c[0].producer.weight, len(order)))
+    skipped.sort(key=lambda t: order.get(f"{t[0]}.weight", -1))
+    return Discovery(chains, skipped, type(model).__name__)
+
+
+def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
+    """The group that ``node``'s outputs form, or None and why not."""
+    cur, norm, act, pools, flat = node, None, None, [], False
+    while True:
+        users = list(cur.users)
+        if len(users) != 1:
+            if not users:
+                return None, "its output is not used"
+            return None, f"its outputs feed {len(users)} operations ({', '.join(_describe(u) for u in users[:3])})"
+        nxt = users[0]
+        if norm is None and act is None and (n := r.norm(nxt, a.kind)) is not None:
+            norm, cur = n, nxt
+            continue
+        if r.passthrough(nxt):
+            cur = nxt
+            continue
+        if act is None and not pools and (ac := r.activation(nxt)) is not None:
+            act, cur = ac, nxt
+            continue
+        if a.kind != "linear" and not flat and (pool := r.pool(nxt)) is not None:
+            pools.append(pool)
+            cur = nxt
+            continue
+        if a.kind != "linear" and not flat and r.flatten(nxt):
+            flat, cur = True, nxt
+            continue
+        c = r.affine(nxt)
+        if c is None and isinstance(r.module(nxt), (nn.Conv1d, nn.Conv2d)):
+            return None, f"its outputs feed {nxt.target}, a grouped, depthwise or string-padded convolution"
+        if c is None:
+            where = "" if act else " before any activation"
+            return None, f"its outputs feed {_describe(nxt)}{where}, not a Linear/convolution"
+        if nxt.args[0] is not cur:
+            return None, f"its outputs are a parameter of {c.name}, not its input"
+        if flat and c.kind != "linear":
+            return None, f"its channels are flattened into {c.name}, a {c.kind}"
+        if not flat and c.kind != a.kind:
+            return None, f"its outputs ({a.kind}) feed a {c.kind} ({c.name}) without a Flatten"
+        name, slope, params = act or ("identity", 0.01, ())
+        return Group(a, c, name, slope, params, norm, tuple(pools), flat), ""
+
+
+def _chains(groups: list[Group]) -> list[list[Group]]:
+    """Groups linked where one's consumer is the next one's producer, in model order."""
+    by_producer = {g.producer.weight: g for g in groups}
+    consumers = {g.consumer.weight for g in groups}
+    chains = []
+    for g in groups:
+        if g.producer.weight in consumers:
+            continue  # not a chain's head
+        chain = [g]
+        while chain[-1].consumer.weight in by_producer:
+            chain.append(by_producer[chain[-1].consumer.weight])
+        chains.append(chain)
+    return chains

@@ -1,0 +1,264 @@
+"""Chains of groups (:mod:`afde_nb.models.groups`) as plain networks, and back into the user's model.
+
+A chain ``P0 -> act0 -> P1 -> act1 -> ... -> Pk`` reads as a :class:`~afde_nb.core.network.Network`
+whose layer i is producer P_i with its BatchNorm folded in (eval statistics) and the last layer
+the final consumer, every weight held as (out, in * taps) -- a convolution's kernel positions are
+its taps. The engine lumps it like any MLP; :func:`write_back` then puts the smaller weights into
+the model's own parameters (a copy's), so the model keeps its class, its forward and every other
+layer. A folded BatchNorm is left in place as an identity (unit scale, zero shift, variance
+1 - eps) that carries the merged bias in its running mean when the producer has no bias.
+
+Layer inputs on probe data come from the model itself (forward hooks, or an fx Interpreter for a
+``torch.export`` program): a Linear's input rows, a convolution's patches (``unfold``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..errors import InvalidWeightsError, ShapeMismatchError, UnsupportedLayerError
+from .groups import Affine, Group, Norm
+from ..core.network import Layer, Network
+
+#: probe rows kept per layer input (patches of a convolution are subsampled to this many)
+MAX_ROWS = 4096
+PSEUDO = 512
+
+
+def _owner(root: nn.Module, path: str) -> tuple[nn.Module, str]:
+    mod, _, leaf = path.rpartition(".")
+    return (root.get_submodule(mod) if mod else root), leaf
+
+
+def get_tensor(root: nn.Module, path: str) -> torch.Tensor:
+    owner, leaf = _owner(root, path)
+    return getattr(owner, leaf)
+
+
+def set_tensor(root: nn.Module, path: str, value: torch.Tensor) -> None:
+    """Replace a parameter (kept trainable as it was) or buffer of ``root`` by ``value``."""
+    owner, leaf = _owner(root, path)
+    old = getattr(owner, leaf)
+    value = value.to(dtype=old.dtype, device=old.device)
+    if isinstance(old, nn.Parameter):
+        setattr(owner, leaf, nn.Parameter(value, requires_grad=old.requires_grad))
+    else:
+        setattr(owner, leaf, value)
+
+
+def _np(t: torch.Tensor, name: str) -> np.ndarray:
+    a = t.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(a).all():
+        raise InvalidWeightsError(f"{name} contains NaN or infinite values; afde-nb needs finite weights")
+    return a
+
+
+def taps(root: nn.Module, a: Affine) -> int:
+    w = get_tensor(root, a.weight)
+    return int(math.prod(w.shape[2:])) if w.dim() > 2 else 1
+
+
+def _affine_layer(root: nn.Module, a: Affine, norm: Norm | None, group: Group | None, units_in: int | None) -> Layer:
+    """Layer view of ``a``; ``units_in``: the units feeding it (the previous chain layer's outputs),
+    which fix its taps: a convolution's kernel size, or the positions per channel of a Linear
+    reading flattened channels."""
+    w = get_tensor(root, a.weight)
+    W = _np(w, a.weight).reshape(w.shape[0], -1)
+    b = _np(get_tensor(root, a.bias), a.bias) if a.bias else np.zeros(w.shape[0])
+    if norm is not None:
+        mean, var = _np(get_tensor(root, norm.mean), norm.mean), _np(get_tensor(root, norm.var), norm.var)
+        gamma = _np(get_tensor(root, norm.weight), norm.weight) if norm.weight else np.ones_like(mean)
+        beta = _np(get_tensor(root, norm.bias), norm.bias) if norm.bias else np.zeros_like(mean)
+        scale = gamma / np.sqrt(var + norm.eps)
+        W, b = W * scale[:, None], (b - mean) * scale + beta
+    act = group.activation if group else "identity"
+    t = taps(root, a)
+    if units_in is not None:
+        if W.shape[1] % units_in:
+            raise UnsupportedLayerError(f"{a.name} takes {W.shape[1]} inputs, not a multiple of the {units_in} units feeding it")
+        t = W.shape[1] // units_in
+    return Layer(W, b, act, group.negative_slope if group else 0.01, has_bias=bool(a.bias or norm), path=a.name,
+                 taps=t, act_params=group.act_params if group else ())
+
+
+def chain_network(root: nn.Module, chain: list[Group]) -> Network:
+    """The chain as a network: producers (norms folded) with their activations, then the last consumer."""
+    layers: list[Layer] = []
+    for k, a in enumerate(chain_affines(chain)):
+        g = chain[k] if k < len(chain) else None
+        prev = chain[k - 1] if k else None
+        units = int(get_tensor(root, prev.producer.weight).shape[0]) if prev else None
+        if prev is not None and not prev.flatten and prev.producer.kind == a.kind:
+            have = int(get_tensor(root, a.weight).shape[1])
+            if have != units:
+                raise UnsupportedLayerError(f"{a.name} takes {have} inputs but {prev.producer.name} gives {units}")
+        layers.append(_affine_layer(root, a, g.norm if g else None, g, units))
+    dtype = str(get_tensor(root, chain[0].producer.weight).dtype).replace("torch.", "")
+    # a max-pool between a layer and its consumer does not commute with negation
+    unsigned = tuple(k for k, g in enumerate(chain) if not g.negation_ok)
+    return Network(layers, dtype=dtype, meta={"unsigned": unsigned} if unsigned else {})
+
+
+def chain_affines(chain: list[Group]) -> list[Affine]:
+    return [g.producer for g in chain] + [chain[-1].consumer]
+
+
+def unit_cost(layer: Layer, a: Affine, norm: Norm | None) -> tuple[int, int]:
+    """(parameters per (input unit x output unit), parameters per output unit) of a chain layer:
+    its taps; its bias and its norm's scale and shift."""
+    per_out = (1 if a.bias else 0) + (2 if norm is not None and norm.weight else 0)
+    return layer.taps, per_out
+
+
+# ---------------------------------------------------------------------------------------------
+# writing back
+
+
+def write_back(root: nn.Module, chain: list[Group], small: Network) -> None:
+    """Put the reduced chain ``small`` into ``root`` (modified in place: pass a copy)."""
+    affines = chain_affines(chain)
+    for k, (a, layer) in enumerate(zip(affines, small.layers)):
+        norm = chain[k].norm if k < len(chain) else None
+        old = get_tensor(root, a.weight)
+        W = torch.from_numpy(np.ascontiguousarray(layer.weight))
+        if old.dim() > 2:
+            W = W.reshape(layer.out_features, layer.in_features, *old.shape[2:])
+        set_tensor(root, a.weight, W)
+        b = torch.from_numpy(layer.bias.copy())
+        if a.bias:
+            set_tensor(root, a.bias, b)
+        if norm is not None:
+            n = layer.out_features
+            one = torch.ones(n, dtype=torch.float64)
+            if norm.weight:
+                set_tensor(root, norm.weight, one)
+            if norm.bias:
+                set_tensor(root, norm.bias, torch.zeros(n, dtype=torch.float64))
+            # identity normalisation: (x - mean) / sqrt(var + eps) with var + eps = 1; the bias,
+            # when the producer has none to hold it, rides in the mean as its negative
+            set_tensor(root, norm.mean, torch.zeros(n, dtype=torch.float64) if a.bias else -b)
+            set_tensor(root, norm.var, one * (1.0 - norm.eps))
+            _set_width(root, norm.name, "num_features", n)
+        if a.module:
+            m = root.get_submodule(a.module)
+            if isinstance(m, nn.Linear):
+                m.in_features, m.out_features = int(W.shape[1]), layer.out_features
+            else:
+                m.in_channels, m.out_channels = layer.in_features, layer.out_features
+
+
+def _set_width(root: nn.Module, path: str, attr: str, n: int) -> None:
+    try:
+        m = root.get_submodule(path)
+    except AttributeError:
+        return
+    if hasattr(m, attr):
+        setattr(m, attr, n)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy: the user's model is never modified."""
+    return copy.deepcopy(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# layer inputs on probe data
+
+
+def run(fn, x: torch.Tensor, name: str | None = None):
+    """``fn(x)`` without gradients; a model that does not run on ``x`` (a shape it does not take, a
+    batch size an exported program is fixed to) is a :class:`ShapeMismatchError` naming both."""
+    try:
+        with torch.no_grad():
+            return fn(x)
+    except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ShapeMismatchError(f"{name or type(fn).__name__} does not run on calibration shaped "
+                                 f"{tuple(x.shape)}: {first}") from exc
+
+
+def capture(model: nn.Module, affines: list[Affine], x) -> dict[str, torch.Tensor]:
+    """The input of each layer in ``affines`` (by weight path) when ``model`` runs on ``x``."""
+    seen: dict[str, torch.Tensor] = {}
+    want = {a.weight: a for a in affines}
+    if all(a.module for a in affines):
+        handles = []
+        for a in affines:
+            def hook(mod, args, key=a.weight):
+                seen.setdefault(key, args[0].detach())
+            handles.append(model.get_submodule(a.module).register_forward_pre_hook(hook))
+        try:
+            run(model, x)
+        finally:
+            for h in handles:
+                h.remove()
+    else:
+        if not isinstance(model, fx.GraphModule):
+            raise ShapeMismatchError("layers without a module need a torch.export program to be traced")
+        prefix_free = {a.weight for a in affines}
+
+        class _Recorder(fx.Interpreter):
+            def run_node(self, n):
+                if n.op == "call_function" and len(n.args) > 1 and isinstance(n.args[1], fx.Node) \
+                        and n.args[1].op == "get_attr" and str(n.args[1].target) in prefix_free:
+                    seen.setdefault(str(n.args[1].target), self.env[n.args[0]].detach())
+                return super().run_node(n)
+
+        run(_Recorder(model).run, x, type(model).__name__)
+    missing = [k for k in want if k not in seen]
+    if missing:
+        raise ShapeMismatchError(f"the calibration run did not reach {', '.join(missing)}")
+    return seen
+
+
+def rows(t: torch.Tensor, a: Affine, weight: torch.Tensor, seed: int = 0) -> np.ndarray:
+    """A layer's input as rows of ``in * taps`` values (a convolution's patches), at most
+    :data:`MAX_ROWS` of them drawn with ``seed``."""
+    t = t.detach().to("cpu", torch.float64)
+    if a.kind == "linear":
+        R = t.reshape(-1, t.shape[-1])
+    else:
+        kernel = tuple(weight.shape[2:])
+        if a.kind == "conv1d":
+            t, kernel = t.unsqueeze(2), (1,) + kernel
+            stride, padding, dilation = (1,) + a.stride, (0,) + a.padding, (1,) + a.dilation
+        else:
+            stride, padding, dilation = a.stride, a.padding, a.dilation
+        if a.padding_mode != "zeros":
+            pad = [p for p in reversed(padding) for _ in (0, 1)]
+            t = nn.functional.pad(t, pad, mode=a.padding_mode)
+            padding = (0,) * len(padding)
+        P = nn.functional.unfold(t, kernel, dilation=dilation, padding=padding, stride=stride)
+        R = P.transpose(1, 2).reshape(-1, P.shape[1])
+    R = R.numpy()
+    if len(R) > MAX_ROWS:
+        R = R[np.sort(np.random.default_rng(seed).choice(len(R), MAX_ROWS, replace=False))]
+    return np.ascontiguousarray(R)
+
+
+def chain_inputs(model: nn.Module, chain: list[Group], captured: dict) -> list[np.ndarray]:
+    """Every chain layer's input rows captured on calibration data."""
+    return [rows(captured[a.weight], a, get_tensor(model, a.weight)) for a in chain_affines(chain)]
+
+
+def pseudo_inputs(net: Network, seed: int = 0) -> list[np.ndarray]:
+    """Every chain layer's input rows without data: standard-normal rows (the distribution of
+    standardised inputs) into the first layer, run through the chain; where a layer reads several
+    positions per unit (taps), each position is an independent row of the layer before, so the
+    rows have the units' real marginals (a ReLU's are non-negative) without spatial correlation."""
+    rng = np.random.default_rng(seed)
+    first = net.layers[0]
+    out = [rng.standard_normal((PSEUDO, first.in_features * first.taps))]
+    for k in range(1, len(net.layers)):
+        prev = net.layers[k - 1]
+        h = prev.apply(out[-1] @ prev.weight.T + prev.bias)  # (PSEUDO, units)
+        t = net.layers[k].taps
+        if t > 1:
+            h = np.stack([h[rng.permutation(len(h))] if j else h for j in range(t)], axis=2).reshape(len(h), -1)
+        out.append(h)
+    return out

@@ -1,0 +1,177 @@
+"""``afde``: the command line. A thin shell over the public API."""
+from __future__ import annotations
+
+import argparse
+from importlib.metadata import version
+import sys
+from pathlib import Path
+
+from ..pipeline.compress import compress
+from ..errors import AfdeError, InvalidArgumentError
+from ..models.export import PROGRAM_SUFFIX, example_inputs_of, is_program_path, read_program
+from ..models.serialize import (FORMAT, find_architecture, load_state_dict, load_tensor, model_from_state_dict,
+                        read_architecture, weights_format)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    path = Path(args.model)
+    program = is_program_path(path)
+    if args.output:  # a wrong file type fails now, not after the compression
+        if program and not is_program_path(args.output):
+            raise InvalidArgumentError(f"a {PROGRAM_SUFFIX} program compresses to a {PROGRAM_SUFFIX} program: give "
+                                       f"-o OUT{PROGRAM_SUFFIX}, got {args.output!r}")
+        if not is_program_path(args.output):
+            weights_format(args.output)
+    if args.keep is not None and not 0 < args.keep <= 1:
+        raise InvalidArgumentError(f"--keep must be a fraction in (0, 1], got {args.keep}")
+    if args.data_aware and not args.calibration:
+        raise InvalidArgumentError("--data-aware needs calibration inputs (--calibration FILE)")
+    example = None
+    if program:
+        if args.arch:
+            raise InvalidArgumentError(f"--arch describes a state_dict; a {PROGRAM_SUFFIX} program carries its own graph")
+        exported = read_program(path)
+        model, example = exported.module(), example_inputs_of(exported)
+    else:
+        state = load_state_dict(path)
+        # an explicit --arch must exist; else the architecture saved with the model; else inferred
+        arch = read_architecture(args.arch) if args.arch else find_architecture(path)
+        model = model_from_state_dict(state, arch, activation=args.activation)
+    calib = load_tensor(Path(args.calibration)) if args.calibration else None
+    target = args.target_params
+    if args.keep is not None:
+        target = int(args.keep * sum(p.numel() for p in model.parameters()))
+    repair = {"auto": None, "on": True, "off": False, "pseudo": "pseudo"}[args.repair]
+    c = compress(model, eps=None if target is not None else args.eps, method=args.method, mode=args.mode,
+                 relative=args.relative, symmetry=args.symmetry, calibration=calib, repair=repair,
+                 threads=args.threads, target_params=target, data_aware=args.data_aware)
+    print(c.table())
+    if c.groups is not None:
+        print(c.groups.report())
+    if args.output:
+        for p in c.save(args.output, example_inputs=example):
+            print(f"wrote {p}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(dataset=args.dataset, epochs=args.epochs, seed=args.seed)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ..eval.bench.run import PROFILES, run
+
+    if args.examples:  # the models that are not plain stacks (afde_nb.eval.zoo), baselines on the same groups
+        from ..eval.bench.examples import run_examples
+
+        out = Path(args.out)
+        run_examples(out, seeds=tuple(args.seeds) if args.seeds else ((0, 1, 2) if args.full else (0,)))
+        print(f"wrote {out / 'examples.md'}, {out / 'examples.csv'}")
+        return 0
+    profile = PROFILES["full" if args.full else "quick"]
+    if args.datasets:
+        profile = replace(profile, datasets=tuple(args.datasets))
+    if args.seeds:
+        profile = replace(profile, seeds=tuple(args.seeds))
+    if args.from_points:  # re-render the tables and the plot from an earlier run's points.csv
+        from ..eval.bench.run import read_csv, render
+
+        out = Path(args.out)
+        render(read_csv(out / "points.csv"), profile, out, float("nan"))
+        print(f"wrote {out / 'results.md'}, {out / 'tradeoff.png'}")
+        return 0
+    run(profile, Path(args.out), backend=args.backend, address=args.address, workers=args.workers)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    debug = argparse.ArgumentParser(add_help=False)  # --debug before or after the command
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="on an error, show the full traceback instead of one line")
+    p = argparse.ArgumentParser(prog="afde", description="Compress neural networks by eps-lumping of neurons.",
+                                parents=[debug])
+    p.add_argument("--version", action="version", version=f"afde-nb {version('afde-nb')}")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compress", help="compress a saved MLP state_dict (.pt/.pth/.safetensors) or any model "
+                       "saved as a torch.export program (.pt2)", parents=[debug])
+    c.add_argument("model", help="a torch.export program (.pt2: any model with lumpable groups inside), or a "
+                   "state_dict file; its architecture is --arch if given, else the one saved with "
+                   f"it (safetensors metadata or MODEL.json, {FORMAT}), else inferred: its Linear layers in "
+                   "numeric order of their names (bias optional) with --activation between them")
+    c.add_argument("--arch", help="architecture JSON (as written by afde compress -o); must exist")
+    c.add_argument("--activation", default="tanh", choices=["tanh", "sigmoid", "relu", "identity"],
+                   help="hidden activation when the architecture is inferred (default tanh)")
+    c.add_argument("--eps", type=float, default=0.0, help="tolerance (default 0: exact)")
+    t = c.add_mutually_exclusive_group()
+    t.add_argument("--keep", type=float, help="instead of --eps: keep at most this fraction of the parameters "
+                   "(finds the smallest eps)")
+    t.add_argument("--target-params", type=int, help="instead of --eps: keep at most this many parameters")
+    c.add_argument("--method", default="ward", choices=["ward", "complete", "components"],
+                   help="ward (default): bounded blocks from a Ward merge path; complete: complete linkage; "
+                   "components: the paper's eps-graph components")
+    c.add_argument("--mode", default="backward", choices=["forward", "backward"])
+    c.add_argument("--relative", action=argparse.BooleanOptionalAction, default=True,
+                   help="eps relative to the next layer's pre-activations (ward/complete) or to each layer's "
+                   "mean neuron norm (components); default on")
+    c.add_argument("--symmetry", action=argparse.BooleanOptionalAction, default=True,
+                   help="lump neurons equal up to the activation's symmetry (tanh: -h, sigmoid: 1 - h); default on")
+    c.add_argument("--repair", default="auto", choices=["auto", "on", "off", "pseudo"],
+                   help="least-squares refit after lossy merges: auto (default) = on with --calibration; "
+                   "pseudo = data-free on standard-normal pseudo-inputs")
+    c.add_argument("--data-aware", action="store_true", help="components only: weight coefficients by "
+                   "calibration RMS (needs --calibration)")
+    c.add_argument("--calibration", help="tensor file (.npy/.pt/.safetensors) of calibration inputs: (n, in_features), "
+                   "or for a .pt2 program a batch shaped as the model's input")
+    c.add_argument("--threads", type=int, default=0)
+    c.add_argument("-o", "--output", help="write the reduced model (.pt/.pth/.safetensors + .json, or a .pt2 "
+                   "program; a .pt2 input needs a .pt2 output)")
+    c.set_defaults(func=cmd_compress)
+    d = sub.add_parser("demo", help="train a small tanh MLP on a bundled data set and compress it over eps",
+                       parents=[debug])
+    d.add_argument("--dataset", default="glycolysis")
+    d.add_argument("--epochs", type=int, default=200)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+    b = sub.add_parser("bench", help="size/error trade-off against pruning and folding: CSV, Markdown, plots",
+                       parents=[debug])
+    b.add_argument("--out", default="afde-out", help="output folder (default afde-out); a run into a folder "
+                   "that holds an earlier run's cells.jsonl computes only the missing cells")
+    b.add_argument("--backend", default="serial", choices=["serial", "ray"],
+                   help="serial (default): this process; ray: one Ray task per cell (pip install 'afde-nb[ray]')")
+    b.add_argument("--address", help="with --backend ray: join the Ray cluster at ADDR (default: start Ray here)")
+    b.add_argument("--workers", type=int, help="with --backend ray and no --address: CPUs of the local Ray")
+    g = b.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="one data set, one seed (default; a few minutes)")
+    g.add_argument("--full", action="store_true", help="every data set, three seeds, wider networks")
+    b.add_argument("--datasets", nargs="+", help="override the profile's data sets")
+    b.add_argument("--seeds", nargs="+", type=int, help="override the profile's seeds")
+    b.add_argument("--examples", action="store_true", help="instead: the digits CNN, residual GELU MLP and "
+                   "transformer encoder (afde_nb.eval.zoo) against structured pruning and folding of the same groups "
+                   "(--quick: seed 0; --full: seeds 0-2); writes OUT/examples.md and OUT/examples.csv")
+    b.add_argument("--from-points", action="store_true", help="only re-render OUT/results.md and the plot "
+                   "from OUT/points.csv")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; an afde-nb error or a file-system error prints one line on stderr and
+    returns 2 (``--debug``: raises it with its traceback). Anything else is a bug and propagates."""
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (AfdeError, OSError) as exc:
+        if getattr(args, "debug", False):
+            raise
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        print(f"afde: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
