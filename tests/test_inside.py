@@ -468,8 +468,9 @@ def test_budget_split_by_measured_error(repair):
     """With calibration data a parameter budget is split between layers by held-out error (as for
     plain stacks): the chosen split is never worse on the held-out quarter than the global order
     or the same fraction of every layer, and stays within the budget."""
-    from afde_nb.pipeline import inside
-    from afde_nb.pipeline.compress import _split
+    from afde_nb.models.capture import capture
+    from afde_nb.core.repair import deviation
+    from afde_nb.pipeline.compress import _fit_rows, _split, reduce_chains
 
     torch.manual_seed(11)
     m = ResidualMLP(d=8, h=24).eval()
@@ -477,17 +478,15 @@ def test_budget_split_by_measured_error(repair):
     target = int(0.7 * params(m))
     c = afde_nb.compress(m, target_params=target, calibration=x, repair=repair)
     assert c.params_after == params(c.model) <= target
-    fit, held = (torch.as_tensor(i) for i in _split(len(x)))
+    fit, held = _split(len(x))
+    cap = capture(m)
     how = "calibration" if repair else None
-    fit_path = copy.copy(c.path)
-    if repair:
-        cap = inside.surgery.capture(m, [a for ch in c.path.chains for a in inside.surgery.chain_affines(ch)], x[fit])
-        fit_path.ins = [inside.surgery.chain_inputs(m, ch, cap) for ch in c.path.chains]
-    want = inside._output(m, x[held])
+    rows = _fit_rows(cap, how, cap.rows(x[fit]) if repair else None)
+    want = cap.output(x[held])
 
     def held_error(part):
-        small, _ = inside.apply(m, fit_path, part, how)
-        return inside.output_error(want, inside._output(small, x[held]))["relative_mse"]
+        _, nets, _ = reduce_chains(cap, part, rows)
+        return deviation(want, cap.output(x[held], nets))["relative_mse"]
 
     chosen = c.path.partition_at([lp.n - int(l.max()) - 1 for lp, l in zip(c.path.layers, c.partition)])
     others = [c.path.partition_at(c.path.for_params(target)), c.path.partition_at(c.path.uniform(target))]

@@ -759,7 +759,7 @@ def test_state_general_model(residual, data, tmp_path):
     X, y = data
     snap = snapshot(residual)
     s = PanelState(residual, (X, y), eps=0.0, method="components")
-    assert s.general and s.method == "ward" and "components" in s.notes[0]  # a visible note, not an error
+    assert not s.allows.one_network and s.method == "ward" and "components" in s.notes[0]  # a visible note, not an error
     assert s.methods == ("ward", "complete") and s.formats == (".pt2",) and not s.data_aware_possible
     c = s.update()
     want = afde_nb.compress(residual, eps=0.0, calibration=X)

@@ -246,15 +246,16 @@ def chain_inputs(model: nn.Module, chain: list[Group], captured: dict) -> list[n
     return [rows(captured[a.weight], a, get_tensor(model, a.weight)) for a in chain_affines(chain)]
 
 
-def pseudo_inputs(net: Network, seed: int = 0) -> list[np.ndarray]:
-    """Every chain layer's input rows without data: standard-normal rows (the distribution of
-    standardised inputs) into the first layer, run through the chain; where a layer reads several
-    positions per unit (taps), each position is an independent row of the layer before, so the
-    rows have the units' real marginals (a ReLU's are non-negative) without spatial correlation."""
+def pseudo_inputs(net: Network, seed: int = 0, first: bool = False) -> list[np.ndarray]:
+    """Every chain layer's input rows without data (``first``: the first layer's only):
+    standard-normal rows (the distribution of standardised inputs) into the first layer, run
+    through the chain; where a layer reads several positions per unit (taps), each position is an
+    independent row of the layer before, so the rows have the units' real marginals (a ReLU's are
+    non-negative) without spatial correlation."""
     rng = np.random.default_rng(seed)
-    first = net.layers[0]
-    out = [rng.standard_normal((PSEUDO, first.in_features * first.taps))]
-    for k in range(1, len(net.layers)):
+    head = net.layers[0]
+    out = [rng.standard_normal((PSEUDO, head.in_features * head.taps))]
+    for k in range(1, 1 if first else len(net.layers)):
         prev = net.layers[k - 1]
         h = prev.apply(out[-1] @ prev.weight.T + prev.bias)  # (PSEUDO, units)
         t = net.layers[k].taps

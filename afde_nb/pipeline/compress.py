@@ -1,118 +1,31 @@
-"""The one verb: ``compress(model, eps)`` -> :class:`Compression`.
+"""The one verb: ``compress(model, eps)`` -> :class:`~afde_nb.pipeline.result.Compression`.
 
-torch model -> :func:`~afde_nb.models.stack.to_network` -> :func:`~afde_nb.core.path.merge_path` (or the
-paper's components) -> partition -> :func:`~afde_nb.core.reduce.quotient` (+ :func:`~afde_nb.core.repair.repair`)
--> :func:`~afde_nb.models.stack.to_torch` (plain nn.Sequential).
+One pipeline for every model: capture (:func:`~afde_nb.models.capture.capture`: the model as
+chains of groups, each a network; a plain stack is a model with one chain) -> one merge path over
+every chain's hidden layers (or the paper's eps-graph components, where the polynomial ODE is
+defined) -> cut (eps, a parameter budget or an error target) -> the quotient of each chain (+ the
+least-squares repair of its layers after a lossy merge) -> written back
+(:meth:`~afde_nb.models.capture.Captured.write`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 from torch import nn
 
-from ..models.stack import to_network, to_torch
-from ..errors import InvalidArgumentError, ShapeMismatchError, UnsupportedLayerError
-from ..models.groups import Discovery
-from .inside import compress_inside
-from ..core.lump import Partition, activation_rms, check_eps, check_method, check_mode, lump
+from ..core.lump import activation_rms, check_eps, check_method, check_mode, lump
 from ..core.network import Network, as_inputs
-from ..core.path import MergePath, merge_path, probe_inputs
+from ..core.partition import Partition
+from ..core.path import MergePath, merge_path
 from ..core.reduce import quotient
-from ..core.repair import probe_error, reduce_and_repair
-from ..models.serialize import save_model
+from ..core.repair import LOSSY, deviation, repair as refit
 from ..core.target import eps_for_error, eps_for_params, pick, scale_candidates
+from ..errors import InvalidArgumentError, ShapeMismatchError
+from ..models.capture import Captured, as_model_input, capture
+from .result import Compression, LayerSummary, layer_summaries
 
-
-@dataclass(frozen=True)
-class LayerSummary:
-    name: str
-    activation: str
-    neurons_before: int
-    neurons_after: int
-    largest_block: int
-    eps: float
-
-    @classmethod
-    def of(cls, name: str, activation: str, labels: np.ndarray, eps: float) -> "LayerSummary":
-        """The figures of one layer's partition (canonical block labels 0..k-1)."""
-        sizes = np.bincount(labels) if labels.size else np.zeros(1, dtype=int)
-        return cls(name, activation, int(labels.size), int(labels.max()) + 1 if labels.size else 0,
-                   int(sizes.max()), float(eps))
-
-
-@dataclass
-class Compression:
-    """What ``compress`` did: the reduced model, the partition and per-layer figures."""
-
-    model: nn.Sequential
-    partition: list[np.ndarray]
-    params_before: int
-    params_after: int
-    layers: list[LayerSummary]
-    mode: str
-    eps: float
-    relative: bool
-    calibration_error: dict | None = None
-    reduced_network: Network | None = field(default=None, repr=False)
-    target: dict | None = None
-    method: str = "ward"
-    symmetry: bool = True
-    repaired: str | None = None
-    calibration_error_before_repair: dict | None = None
-    path: MergePath | None = field(default=None, repr=False)
-    #: for a model that is not one plain stack: the groups lumped and the layers left alone
-    groups: "Discovery | None" = field(default=None, repr=False)
-    #: a few calibration inputs (model-shaped), for exporting a model that is not a plain stack
-    example_inputs: object = field(default=None, repr=False)
-
-    @property
-    def kept(self) -> float:
-        """Fraction of parameters kept (dense parameters of the reduced model)."""
-        return self.params_after / self.params_before if self.params_before else 1.0
-
-    def table(self) -> str:
-        """The per-layer table the CLI prints."""
-        w = max([14] + [len(s.name) + 2 for s in self.layers])
-        rows = [f"{'layer':<{w}}{'act':<11}{'before':>8}{'after':>8}{'largest':>9}{'eps':>12}"]
-        for s in self.layers:
-            rows.append(f"{s.name:<{w}}{s.activation:<11}{s.neurons_before:>8}{s.neurons_after:>8}"
-                        f"{s.largest_block:>9}{s.eps:>12.4g}")
-        rows.append(f"parameters {self.params_before} -> {self.params_after} "
-                    f"({100 * self.kept:.1f}% kept), method={self.method}, mode={self.mode}, eps={self.eps:g}"
-                    f"{' (relative)' if self.relative else ''}")
-        if self.calibration_error_before_repair and self.repaired:
-            e = self.calibration_error_before_repair
-            rows.append(f"calibration before repair: max |diff| {e['max_abs']:.3g}, rms {e['rms']:.3g}")
-        if self.calibration_error:
-            e = self.calibration_error
-            rows.append(f"calibration{' after repair (' + self.repaired + ')' if self.repaired else ''}: "
-                        f"max |diff| {e['max_abs']:.3g}, rms {e['rms']:.3g} over {e['n']} inputs")
-        return "\n".join(rows)
-
-    def save(self, path: str | Path, example_inputs=None) -> list[Path]:
-        """Write the reduced model; returns the files written.
-
-        A plain stack: its state_dict (.pt/.pth or .safetensors) and its JSON architecture. A
-        ``.pt2`` name: a ``torch.export`` program with a dynamic batch dimension that stock torch
-        loads with ``torch.export.load(path).module()`` (:mod:`afde_nb.models.export`), traced on
-        ``example_inputs`` (a batch the model takes), else on ``self.example_inputs`` (two rows
-        kept when compressed with calibration data). A model that is not a plain stack has no
-        JSON architecture, so it is saved as ``.pt2`` only (another suffix is an error).
-        """
-        from ..models.export import export_program, wants_program
-
-        if wants_program(self.model, path):
-            return [export_program(self.model, self.example_inputs if example_inputs is None else example_inputs,
-                                   path)]
-        return save_model(self.model, path, method=self.method, mode=self.mode, eps=self.eps, relative=self.relative,
-                          params_before=self.params_before, params_after=self.params_after)
-
-    def __repr__(self) -> str:
-        return (f"Compression(method={self.method!r}, mode={self.mode!r}, eps={self.eps:g}, relative={self.relative}, "
-                f"params {self.params_before} -> {self.params_after} ({100 * self.kept:.1f}% kept), "
-                f"widths {[s.neurons_before for s in self.layers]} -> {[s.neurons_after for s in self.layers]})")
+__all__ = ["Compression", "LayerSummary", "compress", "layer_summaries"]
 
 
 def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward", mode: str = "backward",
@@ -120,34 +33,33 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
              target_params: int | None = None, target_error: float | None = None, calibration_targets=None,
              data_aware: bool = False, threads: int = 0, path: MergePath | None = None,
              approx: int | None = None) -> Compression:
-    """Lump the hidden neurons of ``model`` that behave alike; return the smaller dense model.
+    """Lump the hidden units of ``model`` that behave alike; return the smaller dense model.
 
     ``method="ward"`` (default) cuts a Ward merge path of aligned neurons, symmetries included
     (``symmetry``); ``"complete"`` uses complete linkage; ``"components"`` is the paper's eps-graph
-    components (eps-BDE for ``mode="backward"``, eps-FDE for ``"forward"``), as in the first release.
-    For the merge paths eps is an error bound on the next layer's pre-activations, with
-    ``relative=True`` a fraction of their RMS (see :mod:`afde_nb.core.path`). ``eps = 0`` (the default)
-    keeps the function exactly.
+    components (eps-BDE for ``mode="backward"``, eps-FDE for ``"forward"``), as in the first release,
+    for plain stacks (where the polynomial ODE is defined). For the merge paths eps is an error
+    bound on the next layer's pre-activations, with ``relative=True`` a fraction of their RMS (see
+    :mod:`afde_nb.core.path`). ``eps = 0`` (the default) keeps the function exactly.
 
-    ``calibration`` (inputs, shape (n, in_features), or image-shaped for a model with an input
-    Flatten): the bounds are measured on it, the reduced model's deviation is reported, and
-    ``repair`` (default: on when calibration is given) refits the layers after each lossy merge by
-    least squares so their pre-activations match the original's (:mod:`afde_nb.core.repair`);
-    ``repair="pseudo"`` does so data-free on standard-normal pseudo-inputs; ``repair=False`` never.
+    ``calibration`` (inputs as the model takes them): the bounds are measured on it, the reduced
+    model's deviation is reported, and ``repair`` (default: on when calibration is given) refits
+    the layers after each lossy merge by least squares so their pre-activations match the
+    original's (:mod:`afde_nb.core.repair`); ``repair="pseudo"`` does so data-free on
+    standard-normal pseudo-inputs; ``repair=False`` never.
 
     Target mode, instead of eps: ``target_params=N`` keeps at most N parameters (with calibration,
     the split between layers is chosen by measured error); ``target_error=0.01`` the smallest model
     whose MSE on ``calibration`` against ``calibration_targets`` is at most 1 % above the original's.
 
     ``data_aware=True`` (components only) weights each incoming coefficient by the calibration RMS
-    of its source neuron. ``path``: the :class:`~afde_nb.core.path.MergePath` of an earlier call with the
-    same model and setting (``Compression.path``), reused so a new eps or budget costs only the cut
-    and the quotient (a slider). ``approx=r`` (plain stacks, merge paths): an approximate merge
-    path from r probe rows in float32 (:func:`~afde_nb.core.path.merge_path`), for speed at scale;
-    eps = 0 stays exact. ``model`` is never modified.
+    of its source neuron. ``path``: the :class:`~afde_nb.core.path.MergePath` of an earlier call
+    with the same model and setting (``Compression.path``), reused so a new eps or budget costs only
+    the cut and the quotient (a slider). ``approx=r`` (merge paths): an approximate merge path from
+    r probe rows in float32 (:func:`~afde_nb.core.path.merge_path`), for speed at scale; eps = 0
+    stays exact. ``model`` is never modified.
     """
-    mode = check_mode(mode)
-    method = check_method(method)
+    mode, method = check_mode(mode), check_method(method)
     given = [name for name, v in (("eps", eps), ("target_params", target_params), ("target_error", target_error))
              if v is not None]
     if len(given) > 1:
@@ -162,72 +74,91 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     if data_aware and method != "components":
         raise InvalidArgumentError("data_aware=True applies to method='components'; the merge paths "
                                    "measure their bounds on the calibration inputs already")
-    if approx is not None and method == "components":
-        raise InvalidArgumentError("approx applies to the merge paths (method='ward' or 'complete')")
-    try:
-        net = to_network(model, check=False)  # finiteness: merge_path's first pass (else quotient/lump)
-    except UnsupportedLayerError as exc:
-        if not isinstance(model, nn.Module):
-            raise
-        if approx is not None:
-            raise InvalidArgumentError(f"approx applies to plain Linear stacks; {type(model).__name__} is not one "
-                                       f"({exc})") from exc
-        # not one plain stack: lump the groups found inside it (afde_nb.pipeline.inside)
-        return compress_inside(model, eps, method=method, mode=mode, relative=relative, symmetry=symmetry,
-                               calibration=calibration, repair=repair, target_params=target_params,
-                               target_error=target_error, calibration_targets=calibration_targets,
-                               threads=threads, path=path, not_a_stack=str(exc))
-    calib = as_inputs(calibration, net.widths[0], "calibration", net.meta.get("flatten")) \
-        if calibration is not None else None
+    cap = capture(model)
+    cap.check(method, mode, approx)
+    calib = cap.calibration(calibration) if calibration is not None else None
     how = _repair_how(repair, calib)
     if data_aware and calib is None:
         raise InvalidArgumentError("data_aware=True needs calibration inputs")
-    probes = None if how is None else (calib if how == "calibration" else probe_inputs(net, None))
+    rows = cap.rows(calib) if calib is not None else None
     if path is not None:
-        _check_path(path, net, method, mode, relative, symmetry, calib)
-        if approx is not None and path.meta.get("approx") != approx:
-            raise InvalidArgumentError(f"path was built with approx={path.meta.get('approx')}, this call asks for "
-                                       f"approx={approx}")
+        _check_path(path, cap, method, mode, relative, symmetry, calib, approx)
     elif method != "components":
-        path = merge_path(net, method=method, mode=mode, relative=relative, symmetry=symmetry,
-                          calibration=calib, threads=threads, approx=approx)
+        path = build_path(cap, rows, method=method, mode=mode, relative=relative, symmetry=symmetry,
+                          threads=threads, approx=approx)
+    fit = _fit_rows(cap, how, rows)
     if target_params is not None:
-        part = _for_params(net, path, int(target_params), calib, probes, mode, relative, threads)
+        part = _for_params(cap, path, int(target_params), calib, how, mode, relative, threads)
     elif target_error is not None:
-        if calib is None or calibration_targets is None:
-            raise InvalidArgumentError("target_error needs calibration inputs and calibration_targets")
-        y = as_inputs(calibration_targets if np.ndim(calibration_targets) == 2
-                      else np.reshape(np.asarray(calibration_targets, dtype=np.float64), (-1, 1)),
-                      net.widths[-1], "calibration_targets")
-        if len(y) != len(calib):
-            raise ShapeMismatchError(f"calibration has {len(calib)} rows but calibration_targets {len(y)}")
-        part = _for_error(net, path, calib, y, float(target_error), probes, mode, relative, threads)
+        part = _for_error(cap, path, calib, calibration_targets, float(target_error), fit, mode, relative, threads)
     elif path is not None:
         part = path.partition(0.0 if eps is None else eps)
     else:
-        rms = activation_rms(net, calib) if data_aware else None
-        part = lump(net, 0.0 if eps is None else eps, mode, relative, threads, rms, method="components")
+        rms = activation_rms(cap.nets[0], rows[0][0]) if data_aware else None
+        part = lump(cap.nets[0], 0.0 if eps is None else eps, mode, relative, threads, rms, method="components")
 
-    small, before, after, ran = reduce_and_repair(net, part, probes, calib)
-    device = next((p.device for p in model.parameters()), None)
-    reduced = to_torch(small, device=device)
-    layers = layer_summaries(net, part)
+    quotients, nets, ran = reduce_chains(cap, part, fit)
+    reduced = cap.write(nets)
+    before = after = None
+    if calib is not None:
+        want = cap.output(calib)
+        after = deviation(want, cap.output(calib, nets, reduced))
+        before = deviation(want, cap.output(calib, quotients)) if ran else None
     target = None
     if target_params is not None or target_error is not None:
         target = {"params": target_params} if target_params is not None else {"error_increase": target_error}
-    return Compression(reduced, [np.array(l) for l in part.labels], net.num_params, small.num_params,
-                       layers, part.mode, part.eps, part.relative, after, small, target, method, bool(symmetry),
-                       how if ran else None, before, path)
+    layers = [s for net, p in zip(cap.nets, cap.split(part)) for s in layer_summaries(net, p)]
+    return Compression(
+        model=reduced, partition=[np.array(l) for l in part.labels], params_before=cap.num_params,
+        params_after=cap.num_params_with([int(l.max()) + 1 if l.size else 0 for l in part.labels]), layers=layers,
+        mode=part.mode, eps=part.eps, relative=part.relative, method=method, symmetry=bool(symmetry), target=target,
+        repaired=how if ran else None, calibration_error=after, calibration_error_before_repair=before, path=path,
+        groups=cap.discovery, networks=tuple(nets),
+        example_inputs=None if calibration is None else as_model_input(model, calibration[:2]).clone(),
+        methods=cap.methods, formats=cap.formats)
 
 
-def layer_summaries(net: Network, part: Partition) -> list[LayerSummary]:
-    """One :class:`LayerSummary` per hidden layer of ``net`` cut by ``part``."""
-    return [LayerSummary.of(net.layers[h].path or str(h), net.layers[h].activation, lab, part.eps_per_layer[h])
-            for h, lab in enumerate(part.labels)]
+def build_path(cap: Captured, rows, *, method: str, mode: str, relative: bool, symmetry: bool, threads: int = 0,
+               approx: int | None = None) -> MergePath:
+    """One merge path over every chain's hidden layers: each chain's path on its own probe rows
+    (``rows``: the chains' layer inputs on calibration data; None: pseudo-inputs), joined so that
+    an eps cuts every chain at the same bound and a parameter budget is spent along one global
+    order of bounds, counted on the whole model. A plain stack's path is its chain's own."""
+    paths = [merge_path(net, method=method, mode=mode, relative=relative, symmetry=symmetry, threads=threads,
+                        approx=approx, **cap.probes(rows, k)) for k, net in enumerate(cap.nets)]
+    if cap.stack:
+        return paths[0]
+    return MergePath(cap, [lp for p in paths for lp in p.layers], mode, method, bool(relative), bool(symmetry),
+                     rows is not None, {"approx": int(approx)} if approx else {})
 
 
-def _check_path(path: MergePath, net: Network, method, mode, relative, symmetry, calib) -> None:
-    """A reused path must be of this network (widths, weights) and of this setting."""
+def reduce_chains(cap: Captured, part: Partition, fit: list) -> tuple[list[Network], list[Network], bool]:
+    """Each chain's quotient by its share of ``part``, and the same refit where a merge was lossy
+    (:func:`~afde_nb.core.repair.repair` on the chain's input rows ``fit[k]``, None: no repair);
+    whether any refit ran."""
+    quotients, nets, ran = [], [], False
+    for net, p, rows in zip(cap.nets, cap.split(part), fit):
+        small, blocks = quotient(net, p)
+        quotients.append(small)
+        lossy = [h for h, b in enumerate(blocks) if b.spread > LOSSY]
+        if rows is not None and lossy:
+            small = refit(net, small, rows, [b.target_map() for b in blocks], start=lossy[0] + 1)
+            ran = True
+        nets.append(small)
+    return quotients, nets, ran
+
+
+def _fit_rows(cap: Captured, how: str | None, rows) -> list:
+    """Per chain, the rows its repair refits on: the chain's inputs on the calibration data
+    (``how="calibration"``) or on pseudo-inputs (``"pseudo"``); None where no repair runs."""
+    if how is None:
+        return [None] * len(cap.nets)
+    src = rows if how == "calibration" else cap.rows(None, first=True)
+    return [r[0] if cap.repairable(k) else None for k, r in enumerate(src)]
+
+
+def _check_path(path: MergePath, cap: Captured, method, mode, relative, symmetry, calib, approx) -> None:
+    """A reused path must be of this model (its chains' widths and weights) and of this setting."""
     if not isinstance(path, MergePath):
         raise InvalidArgumentError(f"path must be a MergePath (Compression.path), got {type(path).__name__}")
     want = {"method": method, "mode": mode, "relative": bool(relative), "symmetry": bool(symmetry),
@@ -235,12 +166,20 @@ def _check_path(path: MergePath, net: Network, method, mode, relative, symmetry,
     got = {k: getattr(path, k) for k in want}
     if got != want:
         raise InvalidArgumentError(f"path was built for {got}, this call asks for {want}")
-    # to_network's arrays are views of the model: equal arrays can be the same memory written since
-    stale = path.net.meta.get("versions") != net.meta.get("versions") or net.meta.get("versions", ()) is None
-    same = not stale and path.net.widths == net.widths and all(
-        np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias) for a, b in zip(path.net.layers, net.layers))
-    if not same:
+    if approx is not None and path.meta.get("approx") != approx:
+        raise InvalidArgumentError(f"path was built with approx={path.meta.get('approx')}, this call asks for "
+                                   f"approx={approx}")
+    nets = path.net.nets if isinstance(path.net, Captured) else [path.net]
+    if len(nets) != len(cap.nets) or not all(_same(a, b) for a, b in zip(nets, cap.nets)):
         raise InvalidArgumentError("path was built for another model (its weights differ); build a new one")
+
+
+def _same(a: Network, b: Network) -> bool:
+    # to_network's arrays are views of the model: equal arrays can be the same memory written since
+    if a.meta.get("versions") != b.meta.get("versions") or b.meta.get("versions", ()) is None:
+        return False
+    return a.widths == b.widths and all(np.array_equal(x.weight, y.weight) and np.array_equal(x.bias, y.bias)
+                                        for x, y in zip(a.layers, b.layers))
 
 
 def _repair_how(repair, calib) -> str | None:
@@ -260,48 +199,110 @@ def _repair_how(repair, calib) -> str | None:
 
 
 def _split(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """3/4 of n samples to fit on, 1/4 held out to score (seeded)."""
     idx = np.random.default_rng(0).permutation(n)
     cut = (3 * n) // 4
     return idx[:cut], idx[cut:]
 
 
-def _for_params(net, path, target, calib, probes, mode, relative, threads) -> Partition:
+def _for_params(cap: Captured, path, target: int, calib, how, mode, relative, threads) -> Partition:
+    """The partition within ``target`` parameters. Without calibration data (or with fewer than 8
+    samples): the path's global order. With it (method.md §8.6) the split of the budget between
+    layers is chosen by measured error: the global order, each layer's bound scaled by 1/4..4 in
+    turn, and the same fraction of every layer, each reduced (and repaired on 3/4 of the
+    calibration samples when repair is on) and scored on the other 1/4."""
     if path is None:
-        return eps_for_params(net, target, mode, relative, threads)
+        return eps_for_params(cap.nets[0], target, mode, relative, threads)
     cands = scale_candidates(len(path.layers))
     if calib is None or len(calib) < 8 or len(cands) == 1:
         ms = path.for_params(target)
         return path.partition_at(ms, path.eps_of(ms))
     fit, held = _split(len(calib))
-    fit_probes = None if probes is None else (calib[fit] if probes is calib else probes)
-
+    x_held = calib[held]
+    fit_rows = _fit_rows(cap, how, cap.rows(calib[fit]) if how == "calibration" else None)
+    want = cap.output(x_held)
     options = [path.for_params(target, scale) for scale in cands] + [path.uniform(target)]
 
     def score(ms) -> float:
-        small, *_ = reduce_and_repair(net, path.partition_at(ms), fit_probes, None)
-        return probe_error(net, small, calib[held])["relative_mse"]
+        _, nets, _ = reduce_chains(cap, path.partition_at(ms), fit_rows)
+        return deviation(want, cap.output(x_held, nets))["relative_mse"]
 
     best = pick(options, score)
     return path.partition_at(best, path.eps_of(best))
 
 
-def _for_error(net, path, X, y, max_increase, probes, mode, relative, threads) -> Partition:
+def _for_error(cap: Captured, path, X, targets, max_increase: float, fit: list, mode, relative, threads) -> Partition:
+    """The most merges along the path whose model's MSE against ``targets`` on the calibration
+    inputs is within (1 + max_increase) of the original's (each candidate repaired as the result
+    will be)."""
+    if X is None or targets is None:
+        raise InvalidArgumentError("target_error needs calibration inputs and calibration_targets")
+    want = cap.output(X)
+    y = np.asarray(targets.detach().cpu().double() if hasattr(targets, "detach") else targets, dtype=np.float64)
+    y = as_inputs(y if y.ndim == 2 else y.reshape(len(y), -1), want.shape[1], "calibration_targets")
+    if len(y) != len(X):
+        raise ShapeMismatchError(f"calibration has {len(X)} rows but calibration_targets {len(y)}")
     if path is None:
-        return eps_for_error(net, X, y, max_increase, mode, relative, threads)
-    bound = float(np.mean((net.forward(X) - y) ** 2)) * (1.0 + max_increase)
+        return eps_for_error(cap.nets[0], X, y, max_increase, mode, relative, threads)
+    bound = float(np.mean((want - y) ** 2)) * (1.0 + max_increase)
     seq = path.sequence()
 
     def ok(i: int) -> bool:
-        small, *_ = reduce_and_repair(net, path.partition_at(seq[i]), probes, None)
-        return float(np.mean((small.forward(X) - y) ** 2)) <= bound
+        _, nets, _ = reduce_chains(cap, path.partition_at(seq[i]), fit)
+        return float(np.mean((cap.output(X, nets) - y) ** 2)) <= bound
 
     step = max(1, len(seq) // 50)
-    grid = list(range(0, len(seq), step))
     best = 0
-    for i in grid:
+    for i in range(0, len(seq), step):
         if ok(i):
             best = i
     for i in range(best + 1, min(best + step, len(seq))):  # refine one neuron at a time
         if ok(i):
             best = i
     return path.partition_at(seq[best], path.eps_of(seq[best]))
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """What ``compress`` allows for one model, asked before compressing (a panel's choices):
+    ``methods`` and ``formats`` as on :class:`~afde_nb.pipeline.result.Compression`;
+    ``baselines`` the trade-off baselines that act on its units (single weights can be pruned by
+    magnitude or Wanda only in a plain stack's layers; structured pruning and k-means folding act
+    on the groups of any model); ``one_network``: the model is one network (a plain stack), whose
+    merge path a slider can cut without rebuilding the model (:mod:`afde_nb.pipeline.moves`)."""
+
+    methods: tuple[str, ...]
+    formats: tuple[str, ...]
+    baselines: tuple[str, ...]
+    one_network: bool
+    groups: str
+
+
+#: baselines that act on the groups of any model (afde_nb.eval.baselines.groups)
+GROUP_BASELINES = ("structured-norm", "structured-wanda", "kmeans-fold")
+
+
+def allowed(model: nn.Module) -> Allowed:
+    """What ``compress`` allows for ``model`` (see :class:`Allowed`); nothing lumpable is an
+    :class:`~afde_nb.errors.UnsupportedLayerError` with capture's report."""
+    cap = capture(model)
+    cap.check("ward", "backward")
+    return Allowed(cap.methods, cap.formats,
+                   ("magnitude", "magnitude-global", "wanda") + GROUP_BASELINES if cap.stack else GROUP_BASELINES,
+                   cap.stack, cap.discovery.report())
+
+
+def model_inputs(model: nn.Module, X, what: str = "calibration"):
+    """``X`` as ``compress`` reads inputs of ``model``: a plain stack's as an (n, in) float64
+    array (its input Flatten applied), any other model's unchanged once the model runs on two of
+    its rows; a shape the model does not take is a :class:`~afde_nb.errors.ShapeMismatchError`."""
+    cap = capture(model)
+    cap.check("ward", "backward")
+    if cap.stack:
+        return as_inputs(X, cap.nets[0].widths[0], what, cap.nets[0].meta.get("flatten"))
+    try:
+        cap.output(as_model_input(model, X[:2]))
+    except ShapeMismatchError as exc:
+        raise ShapeMismatchError(f"{type(model).__name__} does not run on {what} shaped {np.shape(X)}: "
+                                 f"{str(exc).split(': ', 1)[-1]}") from exc
+    return X

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..models.stack import to_torch
-from .compress import Compression, layer_summaries
+from .result import Compression, layer_summaries
 from ..core.network import Network
 from ..core.path import probe_inputs
 from ..core.reduce import quotient
@@ -46,16 +46,16 @@ def _same_weights(a: Network, b: Network) -> bool:
 
 class LazyCompression(Compression):
     """A :class:`~afde_nb.Compression` whose reduced network and torch model are built on first use
-    (``.model``, ``.reduced_network``, ``save``): a slider move shows figures computed without them."""
+    (``.model``, ``.networks``, ``save``): a slider move shows figures computed without them."""
 
     def __init__(self, build: Callable[[], tuple], **fields):
         self.__dict__["_build"] = build
-        super().__init__(model=None, reduced_network=None, **fields)
+        super().__init__(model=None, networks=None, **fields)
 
     def _built(self, name: str):
         if self.__dict__.get("_build") is not None:
             net, model = self.__dict__["_build"]()
-            self.__dict__.update(_build=None, _reduced_network=net, _model=model)
+            self.__dict__.update(_build=None, _networks=(net,), _model=model)
         return self.__dict__.get(name)
 
     @property
@@ -67,12 +67,12 @@ class LazyCompression(Compression):
         self.__dict__["_model"] = value
 
     @property
-    def reduced_network(self):
-        return self._built("_reduced_network")
+    def networks(self):
+        return self._built("_networks")
 
-    @reduced_network.setter
-    def reduced_network(self, value):
-        self.__dict__["_reduced_network"] = value
+    @networks.setter
+    def networks(self, value):
+        self.__dict__["_networks"] = value
 
 
 #: activations with phi(-z) = -phi(z): a neuron flipped into its own block reads as the original negated

@@ -14,11 +14,11 @@ Every method takes the model and an ``amount`` in [0, 1], never modifies the mod
 from __future__ import annotations
 
 from ._common import Pruned, count_params
-from .folding import fold_prune, kmeans
+from .folding import kmeans
+from .groups import fold_prune, structured_prune
 from .magnitude import magnitude_prune
 from .match import match_params
 from .repair import repair_pruned
-from .structured import structured_prune
 from .wanda import wanda_prune, wanda_scores
 
 __all__ = ["Pruned", "count_params", "fold_prune", "kmeans", "magnitude_prune", "match_params",

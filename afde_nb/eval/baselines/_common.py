@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from ...models.stack import to_network, to_torch
-from ...errors import InvalidArgumentError, ShapeMismatchError
+from ...errors import InvalidArgumentError, ShapeMismatchError, UnsupportedLayerError
+from ...models.capture import capture
 from ...core.network import Network, as_inputs
 
 
@@ -81,8 +82,6 @@ def read(model: nn.Module) -> tuple[Network, torch.device]:
 
 def is_stack(model: nn.Module) -> bool:
     """Whether ``model`` is one plain stack the Network-level algorithms read directly."""
-    from ...errors import UnsupportedLayerError
-
     try:
         to_network(model)
     except UnsupportedLayerError:
@@ -119,12 +118,10 @@ def bias_count(net: Network) -> int:
 
 
 def dense_counter(model: nn.Module):
-    """params(amount) of a method that keeps ``n_kept(n, amount)`` neurons per hidden layer (of
-    every group, for a model that is not a plain stack)."""
-    if not is_stack(model):
-        from .groups import groups_counter
-
-        return groups_counter(model)
-    net, _ = read(model)
-    sizes = [l.out_features for l in net.hidden]
-    return lambda amount: dense_count(net, [n_kept(n, amount) for n in sizes])
+    """params(amount) of a method that keeps ``n_kept(n, amount)`` units of every group (every
+    hidden layer of a plain stack), in closed form from capture's count of the model."""
+    cap = capture(model)
+    if not cap.discovery.chains:
+        raise UnsupportedLayerError("no lumpable groups to prune or fold:\n" + cap.discovery.report())
+    sizes = [l.out_features for n in cap.nets for l in n.hidden]
+    return lambda amount: cap.num_params_with([n_kept(n, amount) for n in sizes])

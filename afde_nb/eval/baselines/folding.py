@@ -15,7 +15,7 @@ from torch import nn
 
 from ...core.network import Network
 from ...errors import InvalidArgumentError
-from ._common import is_stack, Pruned, build, check_amount, count_params, dense_counter, n_kept, read
+from ._common import Pruned, build, check_amount, count_params, dense_counter, n_kept, read
 
 
 def _sqdist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -128,13 +128,9 @@ def fold_layer(net: Network, l: int, labels: np.ndarray) -> Network:
     return Network(layers, dtype=net.dtype, meta=dict(net.meta))
 
 
-def fold_prune(model: nn.Module, amount: float, seed: int = 0, max_iter: int = 300) -> Pruned:
-    """Fold every hidden layer to ``max(1, round((1 - amount) * n))`` neurons by k-means on the
-    incoming rows (weights + bias), front to back; returns a smaller dense ``nn.Sequential``."""
-    if not is_stack(model):  # a model with groups inside: the same algorithm on the same groups
-        from .groups import fold_groups
-
-        return fold_groups(model, amount, seed, max_iter=max_iter)
+def fold_prune_stack(model: nn.Module, amount: float, seed: int = 0, max_iter: int = 300) -> Pruned:
+    """Fold every hidden layer of a plain stack to ``max(1, round((1 - amount) * n))`` neurons by
+    k-means on the incoming rows (weights + bias), front to back; a smaller dense ``nn.Sequential``."""
     amount = check_amount(amount)
     net, device = read(model)
     maps, start = [], len(net.layers)

@@ -16,28 +16,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...models import surgery
-from ...errors import InvalidArgumentError, UnsupportedLayerError
-from ...models.groups import Discovery, find_groups
-from ...pipeline.inside import as_model_input
 from ...core.network import Network, unit_norms
 from ...core.repair import repair as refit
-from ._common import Pruned, check_amount, count_params, n_kept
-from .folding import fold_layer, kmeans
-from .structured import SCORES, keep_indices, neuron_scores, select_neurons
+from ...errors import InvalidArgumentError, UnsupportedLayerError
+from ...models import surgery
+from ...models.capture import Captured, capture
+from ...models.groups import Discovery
+from ._common import Pruned, check_amount, count_params, is_stack, n_kept
+from .folding import fold_layer, fold_prune_stack, kmeans
+from .structured import SCORES, keep_indices, neuron_scores, select_neurons, structured_prune_stack
+
+
+def _captured(model: nn.Module) -> Captured:
+    cap = capture(model)
+    if not cap.discovery.chains:
+        raise UnsupportedLayerError("no lumpable groups to prune or fold:\n" + cap.discovery.report())
+    return cap
 
 
 def _setup(model: nn.Module, calibration) -> tuple[Discovery, list[Network], list[list[np.ndarray]] | None, dict | None]:
-    disc = find_groups(model)
-    if not disc.chains:
-        raise UnsupportedLayerError("no lumpable groups to prune or fold:\n" + disc.report())
-    nets = [surgery.chain_network(model, c) for c in disc.chains]
-    captured, rows = None, None
+    cap = _captured(model)
+    disc, captured, rows = cap.discovery, None, None
     if calibration is not None:
-        x = as_model_input(model, calibration)
+        x = cap.calibration(calibration)
         captured = surgery.capture(model, [a for c in disc.chains for a in surgery.chain_affines(c)], x)
         rows = [surgery.chain_inputs(model, c, captured) for c in disc.chains]
-    return disc, nets, rows, captured
+    return disc, cap.nets, rows, captured
 
 
 def _unit_norms(t: torch.Tensor, kind: str, units: int) -> np.ndarray:
@@ -71,20 +75,20 @@ def _finish(model, disc, nets, smalls, maps, rows, repair, method: str, amount: 
                   lambda calibration, pseudo: again(calibration, "pseudo" if pseudo else True))
 
 
-def groups_counter(model: nn.Module):
-    """params(amount) of a method keeping ``n_kept(n, amount)`` units of every group, in closed form."""
-    from ...pipeline.inside import ChainSet, count_params as total
+def structured_prune(model: nn.Module, amount: float, score: str = "norm", calibration=None) -> Pruned:
+    """Remove the lowest-scoring ``amount`` fraction of the units of every group (every hidden
+    layer of a plain stack, where the result keeps the maps :func:`repair_pruned` refits with)."""
+    if is_stack(model):
+        return structured_prune_stack(model, amount, score, calibration)
+    return structured_prune_groups(model, amount, score, calibration)
 
-    disc = find_groups(model)
-    if not disc.chains:
-        raise UnsupportedLayerError("no lumpable groups to prune or fold:\n" + disc.report())
-    nets = [surgery.chain_network(model, c) for c in disc.chains]
-    costs = [[surgery.unit_cost(net.layers[k], a, c[k].norm if k < len(c) else None)
-              for k, a in enumerate(surgery.chain_affines(c))] for net, c in zip(nets, disc.chains)]
-    cs = ChainSet(nets, costs, 0)
-    cs.fixed = total(model) - cs.num_params
-    sizes = [l.out_features for n in nets for l in n.hidden]
-    return lambda amount: cs.num_params_with([n_kept(n, amount) for n in sizes])
+
+def fold_prune(model: nn.Module, amount: float, seed: int = 0, max_iter: int = 300) -> Pruned:
+    """Fold every group (every hidden layer of a plain stack) to ``max(1, round((1 - amount) * n))``
+    units by k-means on the incoming rows, front to back."""
+    if is_stack(model):
+        return fold_prune_stack(model, amount, seed, max_iter)
+    return fold_groups(model, amount, seed, max_iter=max_iter)
 
 
 def structured_prune_groups(model: nn.Module, amount: float, score: str = "norm", calibration=None,

@@ -18,7 +18,7 @@ from torch import nn
 
 from ...core.network import Network, unit_columns, unit_norms
 from ...errors import InvalidArgumentError
-from ._common import is_stack, Pruned, as_calibration, build, check_amount, count_params, dense_counter, layer_inputs, n_kept, read
+from ._common import Pruned, as_calibration, build, check_amount, count_params, dense_counter, layer_inputs, n_kept, read
 
 SCORES = ("norm", "wanda")
 
@@ -56,12 +56,8 @@ def select_neurons(net: Network, keep: list[np.ndarray]) -> Network:
     return Network(layers, dtype=net.dtype, meta=dict(net.meta))
 
 
-def structured_prune(model: nn.Module, amount: float, score: str = "norm", calibration=None) -> Pruned:
-    """Remove the lowest-scoring ``amount`` fraction of neurons of every hidden layer."""
-    if not is_stack(model):  # a model with groups inside: the same algorithm on the same groups
-        from .groups import structured_prune_groups
-
-        return structured_prune_groups(model, amount, score, calibration)
+def structured_prune_stack(model: nn.Module, amount: float, score: str = "norm", calibration=None) -> Pruned:
+    """Remove the lowest-scoring ``amount`` fraction of neurons of every hidden layer of a plain stack."""
     amount = check_amount(amount)
     if score not in SCORES:
         raise InvalidArgumentError(f"score must be one of {SCORES}, got {score!r}")

@@ -12,11 +12,10 @@ what ``compress(model, eps, path=...)`` does (the merge path's cut, :func:`afde_
 < 50 ms at width 1024). The test error is measured on at most :data:`EVAL_ROWS` test rows (a fixed
 sample of a larger test set). Errors are raised, not shown: showing them is the panel's job.
 
-A model that is not one plain Linear stack (a residual MLP, a transformer, a CNN: ``general``)
-is compressed the same way, ``compress`` lumping the groups it finds inside; each merge row names
-its group by module path. What only plain stacks have is left out with a note in ``notes``: the
-paper's components (so data-aware distances), the pruning baselines of the trade-off curve, and
-the state_dict + JSON export (such a model exports as a ``.pt2`` program).
+Every model goes the same way: the state asks the pipeline what the model allows
+(:func:`~afde_nb.pipeline.compress.allowed`: methods, export formats, trade-off baselines, whether
+a slider can cut one network's merge path) and leaves out the rest with a note in ``notes``; each
+merge row names its group by module path.
 
     >>> s = PanelState(model, (X, y), eps=0.05)
     >>> c = s.update()                  # compress at the current settings
@@ -36,21 +35,16 @@ from typing import Callable
 import numpy as np
 from torch import nn
 
-from ...eval import metrics
-from ...models.stack import to_network
-from ...pipeline.compress import Compression, _repair_how, compress
-from ...errors import InvalidArgumentError, ShapeMismatchError, UnsupportedLayerError
-from ...models.export import PROGRAM_SUFFIX
-from ...models.groups import find_groups
 from ...core.lump import METHODS, MODES, check_eps, check_method, check_mode
-from ...pipeline.moves import SliderCache, _same_weights, _versions
-from ...core.network import as_inputs
 from ...core.path import LINKAGES, merge_path
+from ...errors import InvalidArgumentError, ShapeMismatchError
+from ...eval import metrics
+from ...models.export import PROGRAM_SUFFIX
+from ...models.stack import to_network
+from ...pipeline.compress import GROUP_BASELINES, Compression, _repair_how, allowed, compress, model_inputs
+from ...pipeline.moves import SliderCache, _same_weights, _versions
 
 FORMATS = (".pt", ".safetensors", PROGRAM_SUFFIX)
-#: what a model that is not one plain stack allows
-GENERAL_METHODS = tuple(m for m in METHODS if m != "components")
-GENERAL_FORMATS = (PROGRAM_SUFFIX,)
 DEFAULT_EPS_RANGE = (1e-3, 10.0)
 #: where the slider starts: about a 5 % error estimate per layer (afde_nb.core.path), a moderate cut
 DEFAULT_EPS = 0.05
@@ -165,38 +159,8 @@ def compress_supports(name: str) -> bool:
 
 
 def reduced_network_of(c: Compression):
-    """The reduced :class:`~afde_nb.Network` of a compression (None for a model that is not one
-    plain stack)."""
-    return c.reduced_network
-
-
-def is_general(model) -> bool:
-    """Whether ``model`` is a torch module that is not one plain stack (``compress`` lumps the
-    groups it finds inside it)."""
-    if not isinstance(model, nn.Module):
-        return False
-    try:
-        to_network(model)
-    except UnsupportedLayerError:
-        return True
-    except Exception:  # noqa: BLE001 - a stack with another fault (NaN weights): compress reports it, the panel shows it
-        pass
-    return False
-
-
-def check_general_inputs(model, X: np.ndarray, what: str) -> np.ndarray:
-    """``X`` if ``model`` has something to lump and runs on (two rows of) it: the checks
-    :func:`~afde_nb.core.network.as_inputs` makes for a plain stack."""
-    disc = find_groups(model)
-    if not disc.chains:
-        raise UnsupportedLayerError(f"{type(model).__name__} is not one plain stack and nothing inside it lumps:\n"
-                                    f"{disc.report()}")
-    try:
-        metrics.predict(model, X[:2])
-    except Exception as exc:  # noqa: BLE001 - the model's own error says what does not fit
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ShapeMismatchError(f"{type(model).__name__} does not run on {what} shaped {X.shape}: {reason}") from exc
-    return X
+    """The reduced :class:`~afde_nb.Network` of a compression of one network (None: several chains)."""
+    return c.networks[0] if len(c.networks or ()) == 1 else None
 
 
 def eval_rows(n: int, rows: int | None = None) -> np.ndarray | None:
@@ -216,8 +180,8 @@ class PanelState:
     ``calibration`` overrides the calibration inputs. Settings are checked as ``compress`` checks
     them (:func:`afde_nb.core.lump.check_eps`, :func:`~afde_nb.core.lump.check_mode`,
     :func:`~afde_nb.core.lump.check_method`) and passed to it by keyword; ``method`` and ``repair``
-    (None: compress's defaults) only where its signature has them (:meth:`supports`). For a
-    ``general`` model (not one plain stack) ``method="components"`` becomes Ward's, with a note.
+    (None: compress's defaults) only where its signature has them (:meth:`supports`). A method the
+    model does not allow (``allows.methods``) becomes the first it does, with a note.
 
     Results, refreshed by :meth:`update`: ``compression``, ``figures`` (the numbers shown),
     ``merges`` (per hidden layer); :meth:`curve` the eps path; :meth:`tradeoff` the trade-off rows
@@ -229,7 +193,7 @@ class PanelState:
                  eps_range: tuple[float, float] = DEFAULT_EPS_RANGE, eps_values=None,
                  baselines=("magnitude", "wanda"), path_points: int = PATH_POINTS):
         self.model = model
-        self.general = is_general(model)
+        self.allows = _allowed(model)
         self.notes: list[str] = []
         self.eps = eps
         self.method = method
@@ -279,22 +243,22 @@ class PanelState:
     @method.setter
     def method(self, value) -> None:
         value = None if value is None else check_method(value)
-        if self.general and value not in (None, *GENERAL_METHODS):
-            self._note(f"method {value!r} (the paper's eps-graph components) applies to plain Linear stacks; "
-                       f"showing {GENERAL_METHODS[0]!r}")
-            value = GENERAL_METHODS[0]
+        if value not in (None, *self.methods):
+            self._note(f"method {value!r} (the paper's eps-graph components) is defined by the polynomial ODE, "
+                       f"for plain Linear stacks; showing {self.methods[0]!r}")
+            value = self.methods[0]
         self._method = value
 
     @property
     def methods(self) -> tuple[str, ...]:
         """The methods this model allows."""
-        return GENERAL_METHODS if self.general else METHODS
+        return self.allows.methods if self.allows is not None else METHODS
 
     @property
     def formats(self) -> tuple[str, ...]:
         """The export formats this model allows (a model that is not one plain stack has no JSON
         architecture: it exports as a ``.pt2`` program)."""
-        return GENERAL_FORMATS if self.general else FORMATS
+        return self.allows.formats if self.allows is not None else FORMATS
 
     def _note(self, text: str) -> None:
         if text not in self.notes:
@@ -320,8 +284,8 @@ class PanelState:
     def data_aware_possible(self) -> bool:
         """Data-aware distances need calibration data and (where compress has methods) the
         paper's ``method="components"``."""
-        return self.X_cal is not None and not self.general and (not self.supports("method")
-                                                                  or self.method == "components")
+        return self.X_cal is not None and "components" in self.methods and (not self.supports("method")
+                                                                             or self.method == "components")
 
     @property
     def data_aware(self) -> bool:
@@ -399,19 +363,11 @@ class PanelState:
             if idx is not None:
                 X_eval, y_eval = X[idx], y[idx]
         flat = {}
-        if self.general and (X is not None or cal is not None):
-            flat = {k: check_general_inputs(self.model, v, name)
-                    for k, v, name in (("X", X, "X"), ("cal", cal, "calibration")) if v is not None}
-        elif X is not None or cal is not None:
-            net = to_network(self.model)
-            width, flatten = net.widths[0], net.meta.get("flatten")
-            if X is not None:
-                flat["X"] = as_inputs(X, width, "X", flatten)
-                flat["X_eval"] = flat["X"] if X_eval is X else as_inputs(X_eval, width, "X", flatten)
-            if cal is not None:
-                flat["cal"] = as_inputs(cal, width, "calibration", flatten)
-        if self.general and X is not None:
-            flat["X_eval"] = X_eval
+        if X is not None:
+            flat["X"] = model_inputs(self.model, X, "X")
+            flat["X_eval"] = flat["X"] if X_eval is X else model_inputs(self.model, X_eval, "X")
+        if cal is not None:
+            flat["cal"] = model_inputs(self.model, cal)
         base = {}
         if y is not None:
             base = {"mse": metrics.mse(self.model, X_eval, y_eval), "r2": metrics.r2(self.model, X_eval, y_eval)}
@@ -474,7 +430,8 @@ class PanelState:
         """The :class:`SliderCache` of the current setting (built with its merge path on first use),
         or None where ``compress`` answers instead: a model that is not one plain stack, the paper's
         components, a ``compress`` without ``path=``/``method=``/``repair=``."""
-        if self.general or self.data_aware or not all(self.supports(k) for k in ("path", "method", "repair")):
+        if self.allows is None or not self.allows.one_network or self.data_aware or \
+                not all(self.supports(k) for k in ("path", "method", "repair")):
             return None
         method = self.method if self.method is not None else inspect.signature(compress).parameters["method"].default
         if method not in LINKAGES:
@@ -643,19 +600,17 @@ class PanelState:
 
     @property
     def tradeoff_baselines(self) -> tuple[str, ...]:
-        """The baselines the trade-off compares with. For a model that is not a plain stack the
-        unstructured ones (magnitude, Wanda) have no groups to act on: structured pruning and
-        k-means folding of the same groups afde-nb lumps stand in (:attr:`tradeoff_note` says so)."""
-        if not self.general:
+        """The baselines the trade-off compares with: those asked for that act on this model's
+        units (``allows.baselines``); where none does, structured pruning and k-means folding of the
+        same groups afde-nb lumps stand in (:attr:`tradeoff_note` says so)."""
+        if self.allows is None:
             return self.baselines
-        return tuple(b for b in self.baselines if b in GROUP_BASELINES) or GROUP_BASELINES_DEFAULT
+        return tuple(b for b in self.baselines if b in self.allows.baselines) or GROUP_BASELINES_DEFAULT
 
     @property
     def tradeoff_note(self) -> str:
         """What the trade-off curve leaves out for this model, or ``""``."""
-        if not self.general or not self.baselines:
-            return ""
-        dropped = [b for b in self.baselines if b not in GROUP_BASELINES]
+        dropped = [b for b in self.baselines if self.allows is not None and b not in self.allows.baselines]
         if not dropped:
             return ""
         return (f"{', '.join(dropped)} prune single weights of plain Linear stacks; on this model's groups the curve "
@@ -701,10 +656,18 @@ class PanelState:
         return [Path(w).resolve() for w in self.compression.save(target, example_inputs=example)]
 
 
-#: baselines that act on the groups of a model that is not a plain stack (afde_nb.eval.baselines.groups)
-GROUP_BASELINES = ("structured-norm", "structured-wanda", "kmeans-fold")
+#: the trade-off's baselines where none of those asked for acts on the model's units
 GROUP_BASELINES_DEFAULT = ("structured-norm", "kmeans-fold")
 
 
-__all__ = ["GROUP_BASELINES", "FORMATS", "GENERAL_FORMATS", "GENERAL_METHODS", "METHODS", "MODES", "PanelState", "export_target",
-           "is_general", "merges_of", "resolve_data"]
+def _allowed(model):
+    """:func:`~afde_nb.pipeline.compress.allowed`, or None where ``compress`` will refuse the model
+    (NaN weights, nothing lumpable): the panel shows compress's error then."""
+    try:
+        return allowed(model)
+    except Exception:  # noqa: BLE001 - compress raises it again, by name, where the panel shows errors
+        return None
+
+
+__all__ = ["GROUP_BASELINES", "FORMATS", "METHODS", "MODES", "PanelState", "export_target", "merges_of",
+           "resolve_data"]

@@ -1,0 +1,249 @@
+"""Capture: a torch model read as chains of lumpable groups, each chain a
+:class:`~afde_nb.core.network.Network`: the one form the pipeline works on, for every model.
+
+Two readers, one result. A *plain stack* (an ``nn.Sequential``, or a module whose forward is one,
+of ``Linear`` layers and element-wise activations: :func:`~afde_nb.models.stack.to_network`) is
+one chain over the whole model, read as views of its float32/float64 tensors (no copy, issue 10)
+and written back as a plain ``nn.Sequential`` that stock torch rebuilds from its JSON
+architecture. Any other model is traced (:func:`~afde_nb.models.groups.find_groups`: torch.fx, or
+a ``torch.export`` program's graph) into chains of groups, read in float64 with BatchNorms folded
+(:func:`~afde_nb.models.surgery.chain_network`), and written back into a copy of the user's own
+module. Everything after capture asks the :class:`Captured` what it needs and never which reader
+made it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.network import ODE_DEFINED, Network, as_inputs
+from ..core.partition import Partition
+from ..errors import InvalidArgumentError, InvalidWeightsError, ShapeMismatchError, UnsupportedLayerError
+from . import surgery
+from .export import PROGRAM_SUFFIX
+from .groups import Affine, Discovery, Group, find_groups
+from .stack import to_network, to_torch
+
+#: probe rows without data: standard-normal inputs, as many as the merge path's pseudo-inputs
+PSEUDO_ROWS = surgery.PSEUDO
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class Captured:
+    """A model as chains of groups (``discovery.chains``), each read as a network (``nets``).
+
+    ``stack``: the model is one plain stack, its whole forward the single chain's (the paper's
+    setting: the polynomial ODE, forward mode and the eps-graph components are defined on it).
+    ``costs`` per chain layer (taps, parameters per output unit) and ``fixed`` (the parameters
+    outside the chains) count the model's parameters as the chains' hidden widths change."""
+
+    model: nn.Module
+    discovery: Discovery
+    nets: list[Network]
+    costs: list[list[tuple[int, int]]]
+    fixed: int
+    stack: bool = False
+    not_a_stack: str = field(default="", repr=False)
+
+    # ---- what the model allows -------------------------------------------------------------
+
+    @property
+    def ode(self) -> bool:
+        """Whether the polynomial ODE encoding (method.md §2) is defined for the model: one plain
+        stack of tanh, sigmoid, identity and ReLU-family layers."""
+        return self.stack and all(l.activation in ODE_DEFINED for l in self.nets[0].hidden)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods the model takes: the eps-graph components only where the ODE is defined."""
+        return ("ward", "complete", "components") if self.ode else ("ward", "complete")
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The files the reduced model saves to: a state_dict with its JSON architecture only for a
+        plain stack (stock torch rebuilds it from the JSON), a ``torch.export`` program for any."""
+        return (".pt", ".safetensors", PROGRAM_SUFFIX) if self.stack else (PROGRAM_SUFFIX,)
+
+    def check(self, method: str, mode: str, approx=None) -> None:
+        """Refuse a setting the model does not allow, naming why and what to use instead."""
+        if not self.nets:
+            raise UnsupportedLayerError(
+                (f"not one plain stack ({self.not_a_stack}), " if self.not_a_stack else "") +
+                "and nothing inside it lumps: no hidden units pass through one element-wise activation into "
+                "exactly one Linear/convolution.\n" + self.discovery.report())
+        if method == "components" and not self.ode:
+            raise InvalidArgumentError(
+                "method='components' (the paper's eps-graph components) is defined by the polynomial ODE: plain "
+                f"Linear stacks of {', '.join(ODE_DEFINED)}; {self.discovery.model} is not one: use method='ward' "
+                "or 'complete'")
+        if mode == "forward":
+            for net in self.nets:
+                for l in net.hidden:
+                    if l.activation not in ODE_DEFINED:
+                        raise InvalidArgumentError(
+                            f"mode='forward' is defined by the polynomial ODE, for {', '.join(ODE_DEFINED)}; {l.path} "
+                            f"uses {l.activation}: use mode='backward'")
+        if approx is not None and method == "components":
+            raise InvalidArgumentError("approx applies to the merge paths (method='ward' or 'complete')")
+
+    # ---- parameters --------------------------------------------------------------------------
+
+    @property
+    def num_params(self) -> int:
+        return self.num_params_with([l.out_features for n in self.nets for l in n.hidden])
+
+    def num_params_with(self, hidden_widths) -> int:
+        """The model's parameter count with the chains' hidden layers resized to ``hidden_widths``
+        (all chains' hidden layers in order), without building it."""
+        total, at = self.fixed, 0
+        for net, cost in zip(self.nets, self.costs):
+            k = len(net.hidden)
+            w = [net.widths[0]] + [int(v) for v in hidden_widths[at:at + k]] + [net.widths[-1]]
+            at += k
+            total += sum(w[i] * t * w[i + 1] + p * w[i + 1] for i, (t, p) in enumerate(cost))
+        return total
+
+    def split(self, part: Partition) -> list[Partition]:
+        """One partition per chain out of a partition of all chains' hidden layers."""
+        if len(self.nets) == 1:
+            return [part]
+        out, at = [], 0
+        for net in self.nets:
+            sl = slice(at, at + len(net.hidden))
+            at = sl.stop
+            out.append(Partition(part.labels[sl], part.mode, part.eps, part.relative, part.eps_per_layer[sl],
+                                 method=part.method, signs=None if part.signs is None else part.signs[sl],
+                                 weights=None if part.weights is None else part.weights[sl]))
+        return out
+
+    # ---- data ----------------------------------------------------------------------------------
+
+    def calibration(self, data):
+        """Calibration data as the model takes it: an (n, in) float64 array for a plain stack
+        (flattened where it starts with a Flatten), else a tensor in the model's dtype and device;
+        NaN or infinite values are an error."""
+        if self.stack:
+            return as_inputs(data, self.nets[0].widths[0], "calibration", self.nets[0].meta.get("flatten"))
+        return as_model_input(self.model, data)
+
+    def rows(self, x, first: bool = False) -> list[list[np.ndarray]]:
+        """Every chain layer's input rows when the model (in eval mode) runs on ``x`` (None:
+        standard-normal pseudo-inputs run through each chain,
+        :func:`~afde_nb.models.surgery.pseudo_inputs`; ``first``: the first layer's only). A plain
+        stack's rows after the first are left to the merge path, which runs the network itself
+        (in its own dtype)."""
+        if x is None:
+            return [surgery.pseudo_inputs(net, first=first) for net in self.nets]
+        if self.stack:
+            return [[np.asarray(x, dtype=np.float64)]]
+        was = self.model.training
+        train(self.model, False)
+        try:
+            got = surgery.capture(self.model, [a for c in self.discovery.chains for a in surgery.chain_affines(c)], x)
+        finally:
+            train(self.model, was)
+        return [surgery.chain_inputs(self.model, c, got) for c in self.discovery.chains]
+
+    def probes(self, rows: list[list[np.ndarray]] | None, k: int) -> dict:
+        """The keyword that gives chain ``k``'s merge path its probe rows (``rows`` None: pseudo-
+        inputs; a plain stack's path draws its own, as :func:`~afde_nb.core.path.probe_inputs`)."""
+        if self.stack:
+            return {"calibration": None if rows is None else rows[k][0]}
+        r = self.rows(None)[k] if rows is None else rows[k]
+        return {"inputs": lambda: r}
+
+    def repairable(self, k: int) -> bool:
+        """Repair refits chains of Linear layers (tokens of a sequence are rows); a convolution
+        chain's patches overlap, so its layers are not refit."""
+        return all(l.taps == 1 for l in self.nets[k].layers)
+
+    # ---- outputs and writing back ------------------------------------------------------------------
+
+    def output(self, x, nets: list[Network] | None = None, model: nn.Module | None = None) -> np.ndarray:
+        """The model's outputs on ``x`` as (n, outputs) float64, with the chains replaced by
+        ``nets`` where given (``model``: their :meth:`write`, where already built). A plain
+        stack's are its network's, in float64."""
+        if self.stack:
+            return (nets or self.nets)[0].forward(x)
+        model = model if model is not None else self.model if nets is None else self.write(nets)
+        was = model.training
+        train(model, False)
+        try:
+            y = surgery.run(model, x)
+        finally:
+            train(model, was)
+        if not isinstance(y, torch.Tensor):
+            raise ShapeMismatchError(f"{type(model).__name__} returns {type(y).__name__}; calibration errors need "
+                                     "a tensor")
+        return y.detach().to("cpu", torch.float64).reshape(len(y), -1).numpy()
+
+    def write(self, nets: list[Network]) -> nn.Module:
+        """The model with its chains replaced by ``nets``: a plain stack as a new ``nn.Sequential``
+        of stock modules (on the model's device), any other model as a copy of itself, smaller
+        layers in place. The user's model is never modified."""
+        if self.stack:
+            device = next((p.device for p in self.model.parameters()), None)
+            return to_torch(nets[0], device=device)
+        out = surgery.copy_model(self.model)
+        for chain, net in zip(self.discovery.chains, nets):
+            surgery.write_back(out, chain, net)
+        train(out, self.model.training)
+        return out
+
+
+def capture(model: nn.Module) -> Captured:
+    """``model`` read as chains of groups (see the module docstring); the model is not modified."""
+    if not isinstance(model, nn.Module):
+        raise UnsupportedLayerError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    try:
+        net = to_network(model, check=False)  # finiteness: merge_path's first pass (else quotient/lump)
+    except UnsupportedLayerError as exc:
+        return _traced(model, str(exc))
+    layers = net.layers
+    groups = [Group(_affine(a), _affine(b), a.activation, a.negative_slope) for a, b in zip(layers, layers[1:])]
+    disc = Discovery([groups] if groups else [], [], type(model).__name__)
+    return Captured(model, disc, [net], [[(1, 1 if l.has_bias else 0) for l in layers]], 0, stack=True)
+
+
+def _affine(layer) -> Affine:
+    return Affine(layer.path, "linear", f"{layer.path}.weight", f"{layer.path}.bias" if layer.has_bias else None,
+                  layer.path)
+
+
+def _traced(model: nn.Module, not_a_stack: str) -> Captured:
+    disc = find_groups(model)
+    nets = [surgery.chain_network(model, c) for c in disc.chains]
+    for n in nets:
+        n.check_finite(type(model).__name__)
+    costs = [[surgery.unit_cost(net.layers[k], a, c[k].norm if k < len(c) else None)
+              for k, a in enumerate(surgery.chain_affines(c))] for net, c in zip(nets, disc.chains)]
+    cap = Captured(model, disc, nets, costs, 0, not_a_stack=not_a_stack)
+    cap.fixed = count_params(model) - cap.num_params
+    return cap
+
+
+def as_model_input(model: nn.Module, data) -> torch.Tensor:
+    """Calibration data as a tensor the model takes (its parameters' dtype and device)."""
+    ref = next(model.parameters(), None)
+    t = data.detach() if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
+    if t.is_floating_point() and ref is not None:
+        t = t.to(dtype=ref.dtype)
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise InvalidWeightsError("calibration data contain NaN or infinite values")
+    return t.to(ref.device) if ref is not None else t
+
+
+def train(model: nn.Module, mode: bool) -> None:
+    """model.train(mode), where the model allows it (a torch.export program's module does not)."""
+    if model.training != mode:
+        try:
+            model.train(mode)
+        except NotImplementedError:
+            pass

@@ -1,0 +1,127 @@
+"""What ``compress`` returns: :class:`Compression`, the same fields for every model."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from ..core.network import Network
+from ..core.partition import Partition
+from ..core.path import MergePath
+from ..models.groups import Discovery
+from ..models.serialize import save_model
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    name: str
+    activation: str
+    neurons_before: int
+    neurons_after: int
+    largest_block: int
+    eps: float
+
+    @classmethod
+    def of(cls, name: str, activation: str, labels: np.ndarray, eps: float) -> "LayerSummary":
+        """The figures of one layer's partition (canonical block labels 0..k-1)."""
+        sizes = np.bincount(labels) if labels.size else np.zeros(1, dtype=int)
+        return cls(name, activation, int(labels.size), int(labels.max()) + 1 if labels.size else 0,
+                   int(sizes.max()), float(eps))
+
+
+def layer_summaries(net: Network, part: Partition) -> list[LayerSummary]:
+    """One :class:`LayerSummary` per hidden layer of ``net`` cut by ``part``."""
+    return [LayerSummary.of(net.layers[h].path or str(h), net.layers[h].activation, lab, part.eps_per_layer[h])
+            for h, lab in enumerate(part.labels)]
+
+
+@dataclass(frozen=True)
+class Compression:
+    """What ``compress`` did: the reduced model, the partition and per-layer figures.
+
+    ``groups`` is what capture found (the chains of groups lumped, and what was left alone, with
+    why: ``groups.report()``); ``networks`` the reduced chains, one :class:`Network` each;
+    ``methods`` and ``formats`` what this model allows (the paper's eps-graph components only
+    where the polynomial ODE is defined; a JSON architecture only for a plain stack)."""
+
+    model: nn.Module
+    partition: list[np.ndarray]
+    params_before: int
+    params_after: int
+    layers: list[LayerSummary]
+    mode: str
+    eps: float
+    relative: bool
+    method: str = "ward"
+    symmetry: bool = True
+    target: dict | None = None
+    #: "calibration" or "pseudo" where a lossy merge was refit, else None
+    repaired: str | None = None
+    #: the deviation of the model's outputs from the original's on the calibration inputs (None
+    #: without calibration); before repair where one ran
+    calibration_error: dict | None = None
+    calibration_error_before_repair: dict | None = None
+    path: MergePath | None = field(default=None, repr=False)
+    groups: Discovery | None = field(default=None, repr=False)
+    networks: tuple = field(default=(), repr=False)
+    #: two calibration inputs as the model takes them, to trace a ``.pt2`` export on
+    example_inputs: object = field(default=None, repr=False)
+    methods: tuple = ("ward", "complete", "components")
+    formats: tuple = (".pt", ".pth", ".safetensors", ".pt2")
+
+    @property
+    def kept(self) -> float:
+        """Fraction of parameters kept (dense parameters of the reduced model)."""
+        return self.params_after / self.params_before if self.params_before else 1.0
+
+    @property
+    def reduced_network(self) -> Network:
+        """The reduced network of a model with one chain (a plain stack's whole model)."""
+        if len(self.networks) != 1:
+            raise AttributeError(f"this model has {len(self.networks)} chains; their reduced networks are "
+                                 "Compression.networks")
+        return self.networks[0]
+
+    def table(self) -> str:
+        """The per-layer table the CLI prints."""
+        w = max([14] + [len(s.name) + 2 for s in self.layers])
+        rows = [f"{'layer':<{w}}{'act':<11}{'before':>8}{'after':>8}{'largest':>9}{'eps':>12}"]
+        for s in self.layers:
+            rows.append(f"{s.name:<{w}}{s.activation:<11}{s.neurons_before:>8}{s.neurons_after:>8}"
+                        f"{s.largest_block:>9}{s.eps:>12.4g}")
+        rows.append(f"parameters {self.params_before} -> {self.params_after} "
+                    f"({100 * self.kept:.1f}% kept), method={self.method}, mode={self.mode}, eps={self.eps:g}"
+                    f"{' (relative)' if self.relative else ''}")
+        if self.calibration_error_before_repair and self.repaired:
+            e = self.calibration_error_before_repair
+            rows.append(f"calibration before repair: max |diff| {e['max_abs']:.3g}, rms {e['rms']:.3g}")
+        if self.calibration_error:
+            e = self.calibration_error
+            rows.append(f"calibration{' after repair (' + self.repaired + ')' if self.repaired else ''}: "
+                        f"max |diff| {e['max_abs']:.3g}, rms {e['rms']:.3g} over {e['n']} inputs")
+        return "\n".join(rows)
+
+    def save(self, path: str | Path, example_inputs=None) -> list[Path]:
+        """Write the reduced model; returns the files written.
+
+        A plain stack: its state_dict (.pt/.pth or .safetensors) and its JSON architecture. A
+        ``.pt2`` name: a ``torch.export`` program with a dynamic batch dimension that stock torch
+        loads with ``torch.export.load(path).module()`` (:mod:`afde_nb.models.export`), traced on
+        ``example_inputs`` (a batch the model takes), else on ``self.example_inputs`` (two rows
+        kept when compressed with calibration data). A model that is not a plain stack has no
+        JSON architecture, so it is saved as ``.pt2`` only (another suffix is an error).
+        """
+        from ..models.export import export_program, wants_program
+
+        if wants_program(self.model, path):
+            return [export_program(self.model, self.example_inputs if example_inputs is None else example_inputs,
+                                   path)]
+        return save_model(self.model, path, method=self.method, mode=self.mode, eps=self.eps, relative=self.relative,
+                          params_before=self.params_before, params_after=self.params_after)
+
+    def __repr__(self) -> str:
+        return (f"Compression(method={self.method!r}, mode={self.mode!r}, eps={self.eps:g}, relative={self.relative}, "
+                f"params {self.params_before} -> {self.params_after} ({100 * self.kept:.1f}% kept), "
+                f"widths {[s.neurons_before for s in self.layers]} -> {[s.neurons_after for s in self.layers]})")
