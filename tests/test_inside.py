@@ -347,14 +347,42 @@ def test_baselines_on_the_same_groups():
     assert max_diff(f.model, m, torch.randn(32, 5)) <= TOL
 
 
+def test_unstructured_baselines_on_the_same_groups():
+    """Magnitude pruning and Wanda act on the groups' layers of any model too (one pipeline for the
+    baselines): only those layers' weights get zeros, the count is the model's non-zero count,
+    match_params hits a budget, and the same repair applies (masks kept)."""
+    from afde_nb.eval.baselines import count_params, magnitude_prune, match_params, repair_pruned, wanda_prune
+
+    torch.manual_seed(12)
+    m, x = ResidualMLP().eval(), torch.randn(64, 5)
+    snap = snapshot(m)
+    for p in (magnitude_prune(m, 0.5), magnitude_prune(m, 0.5, "global"), wanda_prune(m, 0.5, x)):
+        assert unchanged(m, snap) and type(p.model) is type(m) and not p.dense
+        assert p.params == count_params(p.model, nonzero=True) < count_params(m, nonzero=True)
+        zeros = {n for n, t in p.model.named_parameters() if (t == 0).any()}
+        assert zeros and zeros <= {"b1.fc1.weight", "b1.fc2.weight", "b2.fc1.weight", "b2.fc2.weight"}
+        fixed = repair_pruned(p, m, x)
+        assert fixed.repaired == "calibration" and fixed.params <= p.params
+        assert max_diff(fixed.model, m, x) < max_diff(p.model, m, x)
+        for name in zeros:  # the zero pattern stays
+            assert (dict(fixed.model.named_parameters())[name][dict(p.model.named_parameters())[name] == 0] == 0).all()
+    target = int(0.8 * count_params(m))
+    for fn, kw in ((magnitude_prune, {}), (wanda_prune, {"calibration": x})):
+        p = match_params(fn, m, target, **kw)
+        assert p.params <= target
+    c = CNN().eval()
+    w = wanda_prune(c, 0.3, torch.randn(8, 2, 8, 8))
+    assert w.params < count_params(c, nonzero=True)
+
+
 def test_baseline_repair_on_linear_chains():
-    from afde_nb.eval.baselines.groups import fold_groups
+    from afde_nb.eval.baselines import fold_prune, repair_pruned
 
     torch.manual_seed(11)
     m = ResidualMLP().eval()
     x = torch.randn(256, 5)
-    raw = fold_groups(m, 0.6, calibration=x)
-    fixed = fold_groups(m, 0.6, calibration=x, repair=True)
+    raw = fold_prune(m, 0.6)
+    fixed = repair_pruned(raw, m, x)
     assert fixed.repaired == "calibration" and raw.repaired is None
     assert max_diff(fixed.model, m, x) < max_diff(raw.model, m, x)
 

@@ -151,6 +151,34 @@ class Captured:
             train(self.model, was)
         return [surgery.chain_inputs(self.model, c, got) for c in self.discovery.chains]
 
+    def layer_inputs(self, x) -> list[list[np.ndarray]]:
+        """Every chain layer's input on ``x`` (as :meth:`calibration` reads it), a plain stack's
+        from its float64 forward."""
+        if self.stack:
+            return [self.nets[0].layer_inputs(x)]
+        return self.rows(x)
+
+    def unit_norms(self, x) -> list[list[np.ndarray]]:
+        """``||h_i||_2`` over ``x`` of every unit of every group (per chain, per hidden layer): a
+        Linear's features, a convolution's channels over every position (not only the sampled
+        patches of :meth:`rows`)."""
+        if self.stack:
+            return [[np.linalg.norm(h, axis=0) for h in self.nets[0].layer_inputs(x)[1:]]]
+        was = self.model.training
+        train(self.model, False)
+        try:
+            got = surgery.capture(self.model, [g.consumer for c in self.discovery.chains for g in c], x)
+        finally:
+            train(self.model, was)
+        return [[surgery.unit_norms(got[g.consumer.weight], g.consumer.kind, net.layers[h + 1].in_features)
+                 for h, g in enumerate(chain)] for chain, net in zip(self.discovery.chains, self.nets)]
+
+    def written(self, nets: list[Network], model: nn.Module) -> list[Network]:
+        """The chains as later stages (a repair) read them from ``model``, :meth:`write`'s output
+        for ``nets``: a plain stack re-read (its arrays as the model holds them, in its dtype);
+        other chains as given (float64; the model holds them rounded to its dtype)."""
+        return [to_network(model, check=False)] if self.stack else list(nets)
+
     def probes(self, rows: list[list[np.ndarray]] | None, k: int) -> dict:
         """The keyword that gives chain ``k``'s merge path its probe rows (``rows`` None: pseudo-
         inputs; a plain stack's path draws its own, as :func:`~afde_nb.core.path.probe_inputs`)."""

@@ -241,6 +241,17 @@ def rows(t: torch.Tensor, a: Affine, weight: torch.Tensor, seed: int = 0) -> np.
     return np.ascontiguousarray(R)
 
 
+def unit_norms(t: torch.Tensor, kind: str, units: int) -> np.ndarray:
+    """``||h_i||_2`` of each of ``units`` units over a layer input ``t``: a Linear's last axis (a
+    run of columns per unit after a Flatten), a convolution's channels."""
+    t = t.detach().to("cpu", torch.float64)
+    if kind == "linear":
+        a = t.reshape(-1, units, t.shape[-1] // units)
+    else:
+        a = t.transpose(0, 1).reshape(units, -1).T[:, :, None]
+    return np.sqrt((a.numpy() ** 2).sum(axis=(0, 2)))
+
+
 def chain_inputs(model: nn.Module, chain: list[Group], captured: dict) -> list[np.ndarray]:
     """Every chain layer's input rows captured on calibration data."""
     return [rows(captured[a.weight], a, get_tensor(model, a.weight)) for a in chain_affines(chain)]

@@ -1,8 +1,9 @@
-"""Baselines afde-nb is compared with: one-shot (no fine-tuning) pruning and folding of
-feed-forward stacks of ``nn.Linear`` + element-wise activations.
+"""Baselines afde-nb is compared with: one-shot (no fine-tuning) pruning and folding, acting on the
+same groups afde-nb lumps in any model (:func:`afde_nb.models.capture.capture`: a plain stack's
+hidden layers, a residual block's or a transformer's feed-forward units, a CNN's channels).
 
 Every method takes the model and an ``amount`` in [0, 1], never modifies the model, and returns a
-:class:`Pruned` holding a new plain ``nn.Sequential``:
+:class:`Pruned` holding a copy (a plain stack's as a new plain ``nn.Sequential``):
 
 * :func:`magnitude_prune` -- unstructured |W| pruning, per layer or global (masked);
 * :func:`wanda_prune` -- unstructured Wanda, |W| * input norm per output row (masked);
@@ -14,11 +15,11 @@ Every method takes the model and an ``amount`` in [0, 1], never modifies the mod
 from __future__ import annotations
 
 from ._common import Pruned, count_params
-from .folding import kmeans
-from .groups import fold_prune, structured_prune
+from .folding import fold_prune, kmeans
 from .magnitude import magnitude_prune
 from .match import match_params
 from .repair import repair_pruned
+from .structured import structured_prune
 from .wanda import wanda_prune, wanda_scores
 
 __all__ = ["Pruned", "count_params", "fold_prune", "kmeans", "magnitude_prune", "match_params",

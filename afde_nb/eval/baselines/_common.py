@@ -1,16 +1,15 @@
-"""Shared pieces of the baselines: a fresh copy of the model, calibration handling, counts."""
+"""Shared pieces of the baselines: the groups they act on, the result, counts."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from ...models.stack import to_network, to_torch
+from ...core.network import Network
 from ...errors import InvalidArgumentError, ShapeMismatchError, UnsupportedLayerError
-from ...models.capture import capture
-from ...core.network import Network, as_inputs
+from ...models.capture import Captured, capture
 
 
 @dataclass
@@ -19,23 +18,36 @@ class Pruned:
 
     ``params`` is the count used for comparisons: non-zero weights plus all biases when
     ``dense`` is False (masked, same shapes as the input), the dense count (weights + biases)
-    when ``dense`` is True (hidden layers got smaller).
+    when ``dense`` is True (units removed or folded). ``nets`` are the model's chains of groups
+    as the result holds them, and for dense methods ``maps`` how each hidden layer of each chain
+    stands for the original one ((labels, coef) per hidden layer, labels -1: unit dropped): what
+    :func:`afde_nb.eval.baselines.repair_pruned` refits from.
     """
 
-    model: nn.Sequential
+    model: nn.Module
     params: int
     method: str
     amount: float
     dense: bool
-    #: for dense methods, how each hidden layer stands for the original one: (labels, coef) per
-    #: hidden layer (labels -1: neuron dropped), and the first layer whose inputs changed; what
-    #: :func:`afde_nb.eval.baselines.repair_pruned` needs
+    nets: list | None = None
     maps: list | None = None
-    start: int = 0
     repaired: str | None = None
-    #: for a model that is not a plain stack: ``refit(calibration, pseudo)`` reruns the method
-    #: with the repair of its groups (:mod:`afde_nb.eval.baselines.groups`)
-    refit: object = field(default=None, repr=False)
+
+
+def units(model: nn.Module) -> Captured:
+    """The groups every baseline acts on: the chains afde-nb lumps (a plain stack's hidden layers)."""
+    cap = capture(model)
+    if not cap.nets:
+        raise UnsupportedLayerError("no lumpable groups to prune or fold:\n" + cap.discovery.report())
+    return cap
+
+
+def finish(cap: Captured, nets: list[Network], method: str, amount: float, dense: bool, maps=None,
+           repaired: str | None = None) -> Pruned:
+    """The model with its chains replaced by ``nets`` (a copy), counted as the comparisons count."""
+    model = cap.write(nets)
+    return Pruned(model, count_params(model, nonzero=not dense), method, amount, dense, cap.written(nets, model),
+                  maps, repaired)
 
 
 def count_params(model: nn.Module, nonzero: bool = False) -> int:
@@ -66,62 +78,42 @@ def n_pruned(n: int, amount: float) -> int:
 
 
 def n_kept(n: int, amount: float) -> int:
-    """Neurons a hidden layer of ``n`` keeps: ``max(1, round((1 - amount) * n))``."""
+    """Units a group of ``n`` keeps: ``max(1, round((1 - amount) * n))``."""
     return max(1, round((1.0 - amount) * n))
 
 
-def read(model: nn.Module) -> tuple[Network, torch.device]:
-    """Float64 copy of ``model`` (never touched afterwards) and the device to return it on."""
-    net = to_network(model)
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:  # pragma: no cover - to_network needs a Linear
-        device = torch.device("cpu")
-    return net, device
-
-
-def is_stack(model: nn.Module) -> bool:
-    """Whether ``model`` is one plain stack the Network-level algorithms read directly."""
-    try:
-        to_network(model)
-    except UnsupportedLayerError:
-        return not isinstance(model, nn.Module)  # a non-module fails later with the stack's message
-    return True
-
-
-def build(net: Network, device: torch.device) -> nn.Sequential:
-    return to_torch(net, device=device)
-
-
-def as_calibration(calibration, net: Network) -> np.ndarray:
-    """Calibration inputs as a float64 (n, in_features) array (the model's input Flatten applied)."""
+def as_calibration(cap: Captured, calibration):
+    """Calibration inputs as the model takes them (:meth:`Captured.calibration`), at least one row."""
     if calibration is None:
-        raise InvalidArgumentError("this method needs calibration inputs: an (n, in_features) array or tensor")
-    x = as_inputs(calibration, net.layers[0].in_features, "calibration", net.meta.get("flatten"))
+        raise InvalidArgumentError("this method needs calibration inputs, shaped as the model's input")
+    x = cap.calibration(calibration)
     if len(x) < 1:
         raise ShapeMismatchError("calibration inputs must have at least one row")
     return x
 
 
-def layer_inputs(net: Network, x: np.ndarray) -> list[np.ndarray]:
-    """Input of every layer of ``net`` on ``x`` (float64 forward of the original model)."""
-    return net.layer_inputs(x)
-
-
-def dense_count(net: Network, hidden_widths: list[int]) -> int:
-    """Dense parameter count of ``net`` with its hidden layers resized to ``hidden_widths``."""
-    return net.num_params_with(hidden_widths)
-
-
-def bias_count(net: Network) -> int:
-    return sum(l.out_features for l in net.layers if l.has_bias)
-
-
 def dense_counter(model: nn.Module):
-    """params(amount) of a method that keeps ``n_kept(n, amount)`` units of every group (every
-    hidden layer of a plain stack), in closed form from capture's count of the model."""
-    cap = capture(model)
-    if not cap.discovery.chains:
-        raise UnsupportedLayerError("no lumpable groups to prune or fold:\n" + cap.discovery.report())
+    """params(amount) of a method that keeps ``n_kept(n, amount)`` units of every group, in
+    closed form from capture's count of the model."""
+    cap = units(model)
     sizes = [l.out_features for n in cap.nets for l in n.hidden]
     return lambda amount: cap.num_params_with([n_kept(n, amount) for n in sizes])
+
+
+def maps_of(keep: list[np.ndarray], sizes: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Target maps of kept units: unit ``keep[h][j]`` of hidden layer h becomes unit j, the rest go."""
+    out = []
+    for k, n in zip(keep, sizes):
+        lab = np.full(n, -1, dtype=np.int64)
+        lab[k] = np.arange(len(k))
+        out.append((lab, np.ones(n)))
+    return out
+
+
+def first_changed(maps: list[tuple[np.ndarray, np.ndarray]] | None, layers: int) -> int:
+    """The first layer whose inputs a dense method changed: after the first hidden layer with a
+    unit dropped or merged (``layers``: none changed)."""
+    for h, (lab, _) in enumerate(maps or []):
+        if lab.size and (lab.max() + 1 < lab.size or (lab < 0).any()):
+            return h + 1
+    return layers

@@ -1,7 +1,9 @@
 """k-means neuron folding (model folding: Wang et al., ICLR 2025, "Forget the Data and
-Fine-Tuning! Just Fold the Network to Compress"), data-free, without the paper's variance repair.
+Fine-Tuning! Just Fold the Network to Compress"), data-free, without the paper's variance repair,
+on the groups afde-nb lumps (a plain stack's hidden layers; any model's chains of groups, a
+convolution's unit a channel with its kernel as its row, a BatchNorm folded).
 
-Hidden layers are folded front to back. In hidden layer l the neurons are clustered by their
+Hidden layers are folded front to back, chain by chain. In hidden layer l the neurons are clustered by their
 incoming rows ``(W_l[i, :], b_l[i])`` -- computed against the already folded layer l-1 -- into
 ``k = max(1, round((1 - amount) * n))`` clusters by k-means (Lloyd's algorithm, k-means++ init,
 numpy, seeded). Each cluster becomes one neuron with the mean incoming row and bias; its
@@ -15,7 +17,7 @@ from torch import nn
 
 from ...core.network import Network
 from ...errors import InvalidArgumentError
-from ._common import Pruned, build, check_amount, count_params, dense_counter, n_kept, read
+from ._common import Pruned, check_amount, dense_counter, finish, n_kept, units
 
 
 def _sqdist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -128,22 +130,23 @@ def fold_layer(net: Network, l: int, labels: np.ndarray) -> Network:
     return Network(layers, dtype=net.dtype, meta=dict(net.meta))
 
 
-def fold_prune_stack(model: nn.Module, amount: float, seed: int = 0, max_iter: int = 300) -> Pruned:
-    """Fold every hidden layer of a plain stack to ``max(1, round((1 - amount) * n))`` neurons by
-    k-means on the incoming rows (weights + bias), front to back; a smaller dense ``nn.Sequential``."""
+def fold_prune(model: nn.Module, amount: float, seed: int = 0, max_iter: int = 300) -> Pruned:
+    """Fold every group to ``max(1, round((1 - amount) * n))`` units by k-means on the incoming
+    rows (weights + bias), front to back; returns a smaller dense copy."""
     amount = check_amount(amount)
-    net, device = read(model)
-    maps, start = [], len(net.layers)
-    for l in range(len(net.layers) - 1):
-        layer = net.layers[l]
-        rows = np.column_stack([layer.weight, layer.bias]) if layer.has_bias else layer.weight
-        labels = kmeans(rows, n_kept(layer.out_features, amount), seed=seed, max_iter=max_iter)
-        maps.append((labels, 1.0 / np.bincount(labels)[labels]))  # a folded neuron is its cluster's mean
-        if labels.max() + 1 < labels.size:
-            start = min(start, l + 1)
-        net = fold_layer(net, l, labels)
-    new = build(net, device)
-    return Pruned(new, count_params(new), "folding", amount, True, maps, start)
+    cap = units(model)
+    nets, maps = [], []
+    for net in cap.nets:
+        m = []
+        for l in range(len(net.layers) - 1):
+            layer = net.layers[l]
+            rows = np.column_stack([layer.weight, layer.bias]) if layer.has_bias else layer.weight
+            labels = kmeans(rows, n_kept(layer.out_features, amount), seed=seed, max_iter=max_iter)
+            m.append((labels, 1.0 / np.bincount(labels)[labels]))  # a folded unit is its cluster's mean
+            net = fold_layer(net, l, labels)
+        nets.append(net)
+        maps.append(m)
+    return finish(cap, nets, "folding", amount, True, maps)
 
 
 def _counter(model: nn.Module, seed: int = 0, max_iter: int = 300):

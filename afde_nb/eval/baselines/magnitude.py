@@ -1,4 +1,6 @@
-"""Unstructured magnitude pruning: zero the smallest-|W| weights of every Linear.
+"""Unstructured magnitude pruning: zero the smallest-|W| weights of every layer of the groups
+afde-nb lumps (every Linear of a plain stack; the producers and consumers of each chain of any
+other model, a BatchNorm folded into its producer).
 
 The weights to zero are chosen exactly as ``torch.nn.utils.prune.l1_unstructured`` (scope
 ``"layer"``) and ``prune.global_unstructured(..., pruning_method=prune.L1Unstructured)`` (scope
@@ -8,11 +10,13 @@ Biases are not pruned. The input model is not modified.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
+from ...core.network import Network
 from ...errors import InvalidArgumentError
-from ._common import Pruned, bias_count, build, check_amount, count_params, n_pruned, read
+from ._common import Pruned, check_amount, count_params, finish, n_pruned, units
 
 SCOPES = ("layer", "global")
 
@@ -26,11 +30,10 @@ def _topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
-def magnitude_masks(linears: list[nn.Linear], amount: float, scope: str = "layer") -> list[torch.Tensor]:
+def magnitude_masks(weights: list[torch.Tensor], amount: float, scope: str = "layer") -> list[torch.Tensor]:
     """Keep-masks (same shape and dtype as each weight) of magnitude pruning."""
     if scope not in SCOPES:
         raise InvalidArgumentError(f"scope must be one of {SCOPES}, got {scope!r}")
-    weights = [lin.weight.detach() for lin in linears]
     if scope == "layer":
         return [_topk_mask(torch.abs(w), n_pruned(w.numel(), amount)) for w in weights]
     flat = torch.cat([torch.abs(w).reshape(-1) for w in weights])
@@ -43,18 +46,17 @@ def magnitude_masks(linears: list[nn.Linear], amount: float, scope: str = "layer
 
 
 def magnitude_prune(model: nn.Module, amount: float, scope: str = "layer") -> Pruned:
-    """Zero the ``amount`` fraction of smallest-|W| weights of every Linear (per layer or with
-    one global threshold); returns a new masked ``nn.Sequential``."""
+    """Zero the ``amount`` fraction of smallest-|W| weights of every layer of the groups (per
+    layer or with one global threshold); returns a masked copy."""
     amount = check_amount(amount)
     if scope not in SCOPES:
         raise InvalidArgumentError(f"scope must be one of {SCOPES}, got {scope!r}")
-    net, device = read(model)
-    new = build(net, device)
-    linears = [m for m in new if isinstance(m, nn.Linear)]
-    with torch.no_grad():
-        for lin, mask in zip(linears, magnitude_masks(linears, amount, scope)):
-            lin.weight.mul_(mask)
-    return Pruned(new, count_params(new, nonzero=True), f"magnitude-{scope}", amount, False)
+    cap = units(model)
+    weights = [torch.from_numpy(np.array(l.weight)) for n in cap.nets for l in n.layers]
+    masks = iter(magnitude_masks(weights, amount, scope))
+    nets = [Network([l.with_weights((torch.from_numpy(np.array(l.weight)) * next(masks)).numpy(), l.bias)
+                     for l in n.layers], dtype=n.dtype, meta=dict(n.meta)) for n in cap.nets]
+    return finish(cap, nets, f"magnitude-{scope}", amount, False)
 
 
 def _counter(model: nn.Module, scope: str = "layer"):
@@ -62,11 +64,12 @@ def _counter(model: nn.Module, scope: str = "layer"):
     pruning k of n weights with z non-zero leaves min(n - k, z) non-zero."""
     if scope not in SCOPES:
         raise InvalidArgumentError(f"scope must be one of {SCOPES}, got {scope!r}")
-    net, _ = read(model)
-    sizes = [l.weight.size for l in net.layers]
-    nnz = [int((l.weight != 0).sum()) for l in net.layers]
-    biases = bias_count(net)
+    cap = units(model)
+    layers = [l for n in cap.nets for l in n.layers]
+    sizes = [l.weight.size for l in layers]
+    nnz = [int((l.weight != 0).sum()) for l in layers]
+    rest = count_params(cap.write(cap.nets), nonzero=True) - sum(nnz)  # biases, norms, the rest of the model
     if scope == "layer":
-        return lambda a: biases + sum(min(n - n_pruned(n, a), z) for n, z in zip(sizes, nnz))
+        return lambda a: rest + sum(min(n - n_pruned(n, a), z) for n, z in zip(sizes, nnz))
     n, z = sum(sizes), sum(nnz)
-    return lambda a: biases + min(n - n_pruned(n, a), z)
+    return lambda a: rest + min(n - n_pruned(n, a), z)

@@ -6,7 +6,7 @@ from typing import Callable
 
 from torch import nn
 
-from . import folding, groups, magnitude, structured, wanda
+from . import folding, magnitude, structured, wanda
 from ...errors import BudgetUnreachableError, InvalidArgumentError
 from ._common import Pruned
 
@@ -14,8 +14,8 @@ from ._common import Pruned
 _COUNTERS: dict[Callable, Callable] = {
     magnitude.magnitude_prune: magnitude._counter,
     wanda.wanda_prune: wanda._counter,
-    groups.structured_prune: structured._counter,
-    groups.fold_prune: folding._counter,
+    structured.structured_prune: structured._counter,
+    folding.fold_prune: folding._counter,
 }
 
 

@@ -1,15 +1,16 @@
-"""Structured pruning: delete whole hidden neurons (never inputs or outputs).
+"""Structured pruning: delete whole units of the groups afde-nb lumps (hidden neurons of a plain
+stack; a group's features or channels in any model), never inputs or outputs.
 
-Every hidden layer of ``n`` neurons keeps the ``max(1, round((1 - amount) * n))`` neurons with the
-highest score, all scores taken on the original model:
+Every group of ``n`` units keeps the ``max(1, round((1 - amount) * n))`` units with the highest
+score, all scores taken on the original model:
 
 * ``"norm"``:  ``||(W_l[i, :], b_l[i])||_2 * ||W_{l+1}[:, i]||_2`` (incoming row with its bias,
-  times the outgoing column);
-* ``"wanda"``: ``||W_{l+1}[:, i]||_2 * ||h_l[:, i]||_2`` with ``h_l`` the neuron's activation over
-  the calibration inputs (float64 forward of the original model).
+  times the outgoing column; a convolution's kernels, a BatchNorm folded);
+* ``"wanda"``: ``||W_{l+1}[:, i]||_2 * ||h_l[:, i]||_2`` with ``h_l`` the unit's activation over
+  the calibration inputs (:meth:`~afde_nb.models.capture.Captured.unit_norms`).
 
-Equal scores keep the lower index. The kept neurons stay in their original order; the result is
-a smaller dense ``nn.Sequential`` (rows of ``W_l``/``b_l`` and columns of ``W_{l+1}`` deleted).
+Equal scores keep the lower index. The kept units stay in their original order; the result is a
+smaller dense model (rows of ``W_l``/``b_l`` and columns of ``W_{l+1}`` deleted).
 """
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ from torch import nn
 
 from ...core.network import Network, unit_columns, unit_norms
 from ...errors import InvalidArgumentError
-from ._common import Pruned, as_calibration, build, check_amount, count_params, dense_counter, layer_inputs, n_kept, read
+from ._common import Pruned, as_calibration, check_amount, dense_counter, finish, maps_of, n_kept, units
 
 SCORES = ("norm", "wanda")
 
 
-def neuron_scores(net: Network, score: str = "norm", calibration=None) -> list[np.ndarray]:
-    """Score of every neuron of every hidden layer of ``net``."""
+def neuron_scores(net: Network, score: str = "norm", norms: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Score of every unit of every hidden layer of ``net`` (``norms``: the units' ||h_i|| on the
+    calibration inputs, for ``"wanda"``)."""
     if score not in SCORES:
         raise InvalidArgumentError(f"score must be one of {SCORES}, got {score!r}")
     outgoing = [unit_norms(nxt.weight, nxt.taps) for nxt in net.layers[1:]]
@@ -32,9 +34,7 @@ def neuron_scores(net: Network, score: str = "norm", calibration=None) -> list[n
         incoming = [np.linalg.norm(np.column_stack([l.weight, l.bias if l.has_bias else np.zeros(l.out_features)]),
                                    axis=1) for l in net.hidden]
         return [i * o for i, o in zip(incoming, outgoing)]
-    x = as_calibration(calibration, net)
-    acts = layer_inputs(net, x)[1:]  # activations of hidden layers 0..L-2
-    return [np.linalg.norm(h, axis=0) * o for h, o in zip(acts, outgoing)]
+    return [h * o for h, o in zip(norms, outgoing)]
 
 
 def keep_indices(scores: np.ndarray, k: int) -> np.ndarray:
@@ -43,7 +43,7 @@ def keep_indices(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def select_neurons(net: Network, keep: list[np.ndarray]) -> Network:
-    """``net`` with hidden layer l reduced to the neurons ``keep[l]``."""
+    """``net`` with hidden layer l reduced to the units ``keep[l]``."""
     layers = []
     prev = None  # kept indices of the layer before
     for i, l in enumerate(net.layers):
@@ -56,27 +56,25 @@ def select_neurons(net: Network, keep: list[np.ndarray]) -> Network:
     return Network(layers, dtype=net.dtype, meta=dict(net.meta))
 
 
-def structured_prune_stack(model: nn.Module, amount: float, score: str = "norm", calibration=None) -> Pruned:
-    """Remove the lowest-scoring ``amount`` fraction of neurons of every hidden layer of a plain stack."""
+def structured_prune(model: nn.Module, amount: float, score: str = "norm", calibration=None) -> Pruned:
+    """Remove the lowest-scoring ``amount`` fraction of the units of every group."""
     amount = check_amount(amount)
     if score not in SCORES:
         raise InvalidArgumentError(f"score must be one of {SCORES}, got {score!r}")
-    net, device = read(model)
-    scores = neuron_scores(net, score, calibration)
-    keep = [keep_indices(s, n_kept(len(s), amount)) for s in scores]
-    new = build(select_neurons(net, keep), device)
-    maps = []
-    for k, s in zip(keep, scores):
-        lab = np.full(len(s), -1, dtype=np.int64)
-        lab[k] = np.arange(len(k))
-        maps.append((lab, np.ones(len(s))))
-    start = min([l + 1 for l, (k, s) in enumerate(zip(keep, scores)) if len(k) < len(s)], default=len(net.layers))
-    return Pruned(new, count_params(new), f"structured-{score}", amount, True, maps, start)
+    cap = units(model)
+    norms = cap.unit_norms(as_calibration(cap, calibration)) if score == "wanda" else [None] * len(cap.nets)
+    nets, maps = [], []
+    for net, h in zip(cap.nets, norms):
+        scores = neuron_scores(net, score, h)
+        keep = [keep_indices(s, n_kept(len(s), amount)) for s in scores]
+        nets.append(select_neurons(net, keep))
+        maps.append(maps_of(keep, [len(s) for s in scores]))
+    return finish(cap, nets, f"structured-{score}", amount, True, maps)
 
 
 def _counter(model: nn.Module, score: str = "norm", calibration=None):
     if score not in SCORES:
         raise InvalidArgumentError(f"score must be one of {SCORES}, got {score!r}")
     if score == "wanda":
-        as_calibration(calibration, read(model)[0])  # fail early, not after the search
+        as_calibration(units(model), calibration)  # fail early, not after the search
     return dense_counter(model)

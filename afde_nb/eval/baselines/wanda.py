@@ -1,9 +1,11 @@
-"""Wanda (Sun, Liu, Bair, Kolter 2023, arXiv:2306.11695): prune by |W| times input norm.
+"""Wanda (Sun, Liu, Bair, Kolter 2023, arXiv:2306.11695): prune by |W| times input norm, in every
+layer of the groups afde-nb lumps (every Linear of a plain stack).
 
-For every Linear, ``S_ij = |W_ij| * ||X_j||_2`` where ``X_j`` is its j-th input feature over the
-calibration inputs (from a float64 forward of the original, unpruned model); in each output row
-the ``round(amount * in_features)`` lowest scores are zeroed (stable sort: among equal scores the
-lower column index goes first). No weight update. The input model is not modified.
+For every layer, ``S_ij = |W_ij| * ||X_j||_2`` where ``X_j`` is its j-th input feature over the
+calibration inputs (from a float64 forward of the original, unpruned model; a convolution's
+inputs are its patches); in each output row the ``round(amount * in_features)`` lowest scores are
+zeroed (stable sort: among equal scores the lower column index goes first). No weight update.
+The input model is not modified.
 
 Differences from the reference implementation, on purpose: inputs come from the original model
 (the reference feeds each block the output of the already pruned blocks before it), and the
@@ -12,57 +14,54 @@ per-row count is ``round`` like :mod:`torch.nn.utils.prune` (the reference trunc
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import nn
 
-from ._common import (Pruned, as_calibration, bias_count, build, check_amount, count_params, layer_inputs,
-                      n_pruned, read)
+from ...core.network import Network
+from ._common import Pruned, as_calibration, check_amount, count_params, finish, n_pruned, units
 
 
 def wanda_scores(model: nn.Module, calibration) -> list[np.ndarray]:
-    """``|W| * ||X_j||_2`` for every Linear of ``model``, float64, shaped like the weights."""
-    net, _ = read(model)
-    return _scores(net, calibration)
+    """``|W| * ||X_j||_2`` for every layer of every chain of ``model``, float64, shaped like the weights."""
+    cap = units(model)
+    return [s for c in _scores(cap, calibration) for s in c]
 
 
-def _scores(net, calibration) -> list[np.ndarray]:
-    x = as_calibration(calibration, net)
-    ins = layer_inputs(net, x)
-    return [np.abs(l.weight) * np.linalg.norm(h, axis=0)[None, :] for l, h in zip(net.layers, ins)]
+def _scores(cap, calibration) -> list[list[np.ndarray]]:
+    ins = cap.layer_inputs(as_calibration(cap, calibration))
+    return [[np.abs(l.weight) * np.linalg.norm(h, axis=0)[None, :] for l, h in zip(net.layers, x)]
+            for net, x in zip(cap.nets, ins)]
 
 
-def _orders(scores: list[np.ndarray]) -> list[np.ndarray]:
+def _orders(scores: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
     """Per row, the columns from lowest to highest score (the order in which they get pruned)."""
-    return [np.argsort(s, axis=1, kind="stable") for s in scores]
+    return [[np.argsort(s, axis=1, kind="stable") for s in c] for c in scores]
 
 
 def wanda_prune(model: nn.Module, amount: float, calibration) -> Pruned:
-    """Zero, in every output row of every Linear, the ``amount`` fraction of lowest Wanda scores;
-    returns a new masked ``nn.Sequential``."""
+    """Zero, in every output row of every layer of the groups, the ``amount`` fraction of lowest
+    Wanda scores; returns a masked copy."""
     amount = check_amount(amount)
-    net, device = read(model)
-    orders = _orders(_scores(net, calibration))
-    new = build(net, device)
-    linears = [m for m in new if isinstance(m, nn.Linear)]
-    with torch.no_grad():
-        for lin, order in zip(linears, orders):
-            k = n_pruned(order.shape[1], amount)
-            if k == 0:
-                continue
+    cap = units(model)
+    nets = []
+    for net, orders in zip(cap.nets, _orders(_scores(cap, calibration))):
+        layers = []
+        for l, order in zip(net.layers, orders):
             mask = np.ones(order.shape, dtype=bool)
-            np.put_along_axis(mask, order[:, :k], False, axis=1)
-            lin.weight.mul_(torch.as_tensor(mask, device=lin.weight.device).to(lin.weight.dtype))
-    return Pruned(new, count_params(new, nonzero=True), "wanda", amount, False)
+            np.put_along_axis(mask, order[:, :n_pruned(order.shape[1], amount)], False, axis=1)
+            layers.append(l.with_weights(l.weight * mask.astype(l.weight.dtype), l.bias))
+        nets.append(Network(layers, dtype=net.dtype, meta=dict(net.meta)))
+    return finish(cap, nets, "wanda", amount, False)
 
 
 def _counter(model: nn.Module, calibration=None):
     """params(amount) of :func:`wanda_prune` without pruning: per layer and k, the non-zero
     weights left after the first k columns of every row's pruning order are zeroed."""
-    net, _ = read(model)
-    orders = _orders(_scores(net, calibration))
+    cap = units(model)
+    layers = [l for n in cap.nets for l in n.layers]
+    orders = [o for c in _orders(_scores(cap, calibration)) for o in c]
     left = []  # left[l][k] = non-zero weights of layer l after pruning k per row
-    for layer, order in zip(net.layers, orders):
+    for layer, order in zip(layers, orders):
         nz = np.take_along_axis(layer.weight != 0, order, axis=1).sum(axis=0)  # per pruning position
         left.append(np.concatenate([np.cumsum(nz[::-1])[::-1], [0]]).astype(np.int64))
-    biases = bias_count(net)
-    return lambda a: biases + sum(int(c[n_pruned(len(c) - 1, a)]) for c in left)
+    rest = count_params(cap.write(cap.nets), nonzero=True) - sum(int(c[0]) for c in left)
+    return lambda a: rest + sum(int(c[n_pruned(len(c) - 1, a)]) for c in left)

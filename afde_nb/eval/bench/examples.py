@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .. import zoo
-from ..baselines.groups import fold_groups, structured_prune_groups
+from ..baselines import fold_prune, repair_pruned, structured_prune
 from ...pipeline.compress import compress
 from ...errors import BudgetUnreachableError
 
@@ -47,8 +47,8 @@ def latency(model: torch.nn.Module, x: torch.Tensor, reps: int) -> float:
 
 def _methods(model, calib, amount: float):
     """(setting, method, reduced model, params) of every method at ``amount``."""
-    s = structured_prune_groups(model, amount)
-    f = fold_groups(model, amount)
+    s = structured_prune(model, amount)
+    f = fold_prune(model, amount)
     budget = min(s.params, f.params)
     out = [("data-free", "structured-norm", s.model, s.params), ("data-free", "folding", f.model, f.params)]
     try:
@@ -60,12 +60,10 @@ def _methods(model, calib, amount: float):
         out.append(("repaired", "afde-nb", r.model, r.params_after))
     except BudgetUnreachableError:
         pass
-    w = structured_prune_groups(model, amount, "wanda", calib)
+    w = structured_prune(model, amount, "wanda", calib)
     out.append(("calibrated", "structured-wanda", w.model, w.params))
-    for name, fn in (("structured-norm", lambda: structured_prune_groups(model, amount, calibration=calib, repair=True)),
-                     ("structured-wanda", lambda: structured_prune_groups(model, amount, "wanda", calib, repair=True)),
-                     ("folding", lambda: fold_groups(model, amount, calibration=calib, repair=True))):
-        p = fn()
+    for name, p in (("structured-norm", s), ("structured-wanda", w), ("folding", f)):
+        p = repair_pruned(p, model, calib)
         out.append(("repaired", name, p.model, p.params))
     return out
 
