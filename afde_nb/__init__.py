@@ -28,8 +28,8 @@ from .models.stack import to_network, to_torch
 from .pipeline.compress import Compression, LayerSummary, compress
 from .core.encode import PolyODE
 from .pipeline.ode import encode
-from .errors import (AfdeError, InvalidEpsError, InvalidWeightsError, ShapeMismatchError, UnsafeFileError,
-                     UnsupportedLayerError)
+from .errors import (AfdeError, CorruptFileError, DataNotFoundError, InvalidEpsError, InvalidWeightsError,
+                     ShapeMismatchError, UnsafeFileError, UnsupportedLayerError)
 from .core.lump import Partition, lump
 from .ui.magics import load_ipython_extension, unload_ipython_extension
 from .core.network import Layer, Network
@@ -37,7 +37,7 @@ from .core.reduce import reduce
 from .models.serialize import load_model, load_state_dict, save_model
 
 __all__ = [
-    "AfdeError", "Compression", "InvalidEpsError", "InvalidWeightsError", "Layer", "LayerSummary", "Network",
+    "AfdeError", "Compression", "CorruptFileError", "DataNotFoundError", "InvalidEpsError", "InvalidWeightsError", "Layer", "LayerSummary", "Network",
     "Partition", "PolyODE", "ShapeMismatchError", "UnsafeFileError", "UnsupportedLayerError", "compress",
     "encode", "load_ipython_extension", "load_model", "load_state_dict", "lump", "reduce", "save_model",
     "to_network", "to_torch", "unload_ipython_extension", "Panel",

@@ -1,7 +1,7 @@
 """Typed errors: each says what was wrong and what is accepted.
 
 Every error derives from :class:`AfdeError` and from the matching builtin (``TypeError``,
-``ValueError``, ``ImportError`` or ``FileNotFoundError``) so callers can catch either.
+``ValueError``, ``ImportError``, ``FileNotFoundError`` or ``OSError``) so callers can catch either.
 """
 from __future__ import annotations
 
@@ -27,12 +27,31 @@ class ShapeMismatchError(AfdeError, ValueError):
 
 
 class UnsafeFileError(AfdeError, ValueError):
-    """A file that afde-nb cannot or will not read: not a plain tensor state_dict or tensor (afde-nb
-    never unpickles objects), corrupt, truncated, a directory, or unreadable."""
+    """A file that afde-nb will not read because reading it would unpickle Python objects or load
+    native code (afde-nb never does either)."""
+
+
+class CorruptFileError(AfdeError, ValueError):
+    """A file whose bytes are not what was asked for: corrupt, truncated, of another format, or
+    holding other data (not a state_dict of tensors, not one numeric tensor, not a program)."""
 
 
 class MissingFileError(AfdeError, FileNotFoundError):
     """A file that was named (weights, architecture, calibration data) does not exist."""
+
+
+class DataNotFoundError(AfdeError, FileNotFoundError):
+    """A data set that is read from the data home (``afde_nb.data.data_home``) is not there; the
+    message names the data home, ``AFDE_NB_DATA`` and the fetch command."""
+
+
+class ChecksumError(AfdeError, ValueError):
+    """A data file (found in the data home, or downloaded) whose SHA-256 is not the one recorded in
+    the package: corrupt, truncated or another file."""
+
+
+class DownloadError(AfdeError, OSError):
+    """A download that failed or stopped before its end (nothing of it is kept)."""
 
 
 class InvalidArgumentError(AfdeError, ValueError):

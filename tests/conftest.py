@@ -1,9 +1,19 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
+
+# load("protein") reads UCI's CASP from the data home, and the repository must never hold a copy:
+# tests use the checked one kept beside the checkout (../shared/data, what .ci/run exports), unless
+# AFDE_NB_DATA already names a data home. Set at import, before any test reads the variable.
+_SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+if not os.environ.get("AFDE_NB_DATA") and _SHARED_DATA.is_dir():
+    os.environ["AFDE_NB_DATA"] = str(_SHARED_DATA)
 
 ACT = {"identity": None, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU,
        "leaky_relu": lambda: nn.LeakyReLU(0.1)}

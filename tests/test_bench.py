@@ -95,7 +95,7 @@ def test_without_matplotlib_the_bench_says_so_first_and_skips_only_the_plot(tmp_
 
     monkeypatch.setattr(bench_run, "trained_model", no_training)
     bench_run.run(PROFILES["quick"], tmp_path / "run", log=said.append)  # every cell fails, recorded
-    assert "matplotlib" in said[0] and "afde-nb[bench]" in said[0] and said[1] == "training"
+    assert "matplotlib" in said[0] and 'pip install ".[bench]"' in said[0] and said[1] == "training"
     assert any("cells failed" in s for s in said)
     rows = [{"dataset": "d", "seed": 0, "method": "original", "setting": 0.0, "params": 10, "kept": 1.0,
              "mse": 1.0, "r2": 0.0, "seconds": 0.0, "budget": 10},

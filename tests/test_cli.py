@@ -1,16 +1,20 @@
 """The ``afde`` command line."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import afde_nb
+from afde_nb.errors import CorruptFileError
 from afde_nb.ui.cli import main
 
 from conftest import mlp
@@ -31,7 +35,8 @@ def saved_model(tmp_path):
 def test_compress_infers_an_mlp_and_writes_the_reduced_model(saved_model, tmp_path, capsys):
     model, path = saved_model
     out = tmp_path / "reduced.pt"
-    assert main(["compress", str(path), "--eps", "0", "--mode", "backward", "-o", str(out)]) == 0
+    assert main(["compress", str(path), "--activation", "tanh", "--eps", "0", "--mode", "backward",
+                 "-o", str(out)]) == 0
     text = capsys.readouterr().out
     rows = [line.split() for line in text.splitlines()]
     assert ["0", "tanh", "10", "9", "2", "0"] in rows  # layer, act, before, after, largest block, eps
@@ -107,19 +112,88 @@ def test_inferred_layers_in_numeric_order_and_without_bias(tmp_path, capsys):
     model = torch.nn.Sequential(*mods[:-1])
     safetensors.save_file(dict(model.state_dict()), str(tmp_path / "deep.safetensors"))
     out = tmp_path / "reduced.pt"
-    assert main(["compress", str(tmp_path / "deep.safetensors"), "-o", str(out)]) == 0
+    assert main(["compress", str(tmp_path / "deep.safetensors"), "--activation", "tanh", "-o", str(out)]) == 0
     _assert_same_function(out, model)
     assert [m.bias is None for m in afde_nb.load_model(out) if isinstance(m, torch.nn.Linear)] == \
         [k in (1, 6) for k in range(7)]
 
 
+def _one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert len(err) == 1 and err[0].startswith("afde: error: ") and captured.out == "", captured
+    return err[0]
+
+
+@pytest.mark.parametrize("act,module", [("relu", torch.nn.ReLU), ("leaky_relu", torch.nn.LeakyReLU),
+                                        ("sigmoid", torch.nn.Sigmoid)])
+def test_a_bare_state_dict_needs_its_activation(tmp_path, capsys, act, module):
+    """The issue's case: a ReLU MLP's bare state_dict was read as tanh, and the 'exact' eps = 0
+    result differed from the original by 18 on outputs of scale 16."""
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), module(), torch.nn.Linear(16, 16), module(),
+                                torch.nn.Linear(16, 2)).eval()
+    with torch.no_grad():
+        model[0].weight[7], model[0].bias[7] = model[0].weight[2], model[0].bias[2]
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    out = tmp_path / "out.pt"
+    assert main(["compress", str(tmp_path / "bare.pt"), "--eps", "0", "-o", str(out)]) == 2
+    err = _one_error_line(capsys)
+    assert "--activation" in err and "--arch" in err and "leaky_relu" in err
+    assert not out.exists()
+    assert main(["compress", str(tmp_path / "bare.pt"), "--activation", act, "--eps", "0", "-o", str(out)]) == 0
+    assert ["0", act, "16", "15", "2", "0"] in [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert json.loads(out.with_suffix(".json").read_text())["layers"][1]["type"] == module.__name__
+    _assert_same_function(out, model)
+
+
+def test_activation_is_only_for_a_bare_state_dict(tmp_path, capsys):
+    """With the architecture at hand, --activation could only disagree with it: refused, not ignored."""
+    model = _sigmoid_model()
+    afde_nb.save_model(model, tmp_path / "described.pt")
+    assert main(["compress", str(tmp_path / "described.pt"), "--activation", "relu"]) == 2
+    assert "--activation" in _one_error_line(capsys)
+    from conftest import small_cnn
+
+    torch.export.save(torch.export.export(small_cnn(), (torch.randn(4, 3, 6, 6),)), tmp_path / "cnn.pt2")
+    assert main(["compress", str(tmp_path / "cnn.pt2"), "--activation", "relu"]) == 2
+    assert "--activation" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("budget", [["--keep", "0.5"], ["--target-params", "40"]])
+def test_eps_and_a_budget_together_are_refused(saved_model, tmp_path, capsys, budget):
+    """--eps 0.1 --keep 0.5 used only --keep; compress() refuses the same combination."""
+    _, path = saved_model
+    out = tmp_path / "out.pt"
+    assert main(["compress", str(path), "--activation", "tanh", "--eps", "0.1", *budget, "-o", str(out)]) == 2
+    err = _one_error_line(capsys)
+    assert "--eps" in err and budget[0] in err
+    assert not out.exists()
+
+
+def test_a_cnn_state_dict_points_to_the_program_route(tmp_path, capsys):
+    """Not to --arch, whose JSON describes Linear stacks only: to a torch.export program."""
+    from conftest import small_cnn
+
+    torch.save(small_cnn().state_dict(), tmp_path / "cnn.pt")
+    for extra in ([], ["--activation", "relu"]):
+        assert main(["compress", str(tmp_path / "cnn.pt"), *extra]) == 2
+        err = _one_error_line(capsys)
+        assert ".pt2" in err and "torch.export" in err and "dynamic_shapes" in err and "--arch" not in err
+    arch = {"format": "afde-nb.sequential/1", "layers": [{"type": "Conv2d", "in_channels": 3}]}
+    (tmp_path / "cnn.json").write_text(json.dumps(arch))
+    assert main(["compress", str(tmp_path / "cnn.pt"), "--arch", str(tmp_path / "cnn.json")]) == 2
+    err = _one_error_line(capsys)
+    assert "'Conv2d'" in err and ".pt2" in err
+
+
 def test_calibration_file(saved_model, tmp_path, capsys):
     _, path = saved_model
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32))
-    assert main(["compress", str(path), "--calibration", str(tmp_path / "x.npy")]) == 0
+    assert main(["compress", str(path), "--activation", "tanh", "--calibration", str(tmp_path / "x.npy")]) == 0
     assert "calibration: max |diff|" in capsys.readouterr().out
     np.save(tmp_path / "bad.npy", np.zeros((3, 5)))
-    assert main(["compress", str(path), "--calibration", str(tmp_path / "bad.npy")]) == 2
+    assert main(["compress", str(path), "--activation", "tanh", "--calibration", str(tmp_path / "bad.npy")]) == 2
     assert "(n, 4)" in capsys.readouterr().err
 
 
@@ -136,7 +210,7 @@ def test_refuses_pickled_objects_and_bad_input(saved_model, tmp_path, capsys):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     assert main(["compress", str(tmp_path / "junk.pt")]) == 2
     assert "not a plain tensor state_dict" in capsys.readouterr().err
-    assert main(["compress", str(path), "--eps", "-1"]) == 2
+    assert main(["compress", str(path), "--activation", "tanh", "--eps", "-1"]) == 2
     assert "eps" in capsys.readouterr().err
     assert main(["compress", str(tmp_path / "missing.pt")]) == 2
     assert "no such file" in capsys.readouterr().err
@@ -171,7 +245,7 @@ def test_unreadable_files_give_one_line_and_exit_code_2(tmp_path, capsys):
 
 def test_debug_re_raises(tmp_path, capsys):
     garbage, *_ = _bad_files(tmp_path)
-    with pytest.raises(afde_nb.UnsafeFileError, match="not a plain tensor state_dict") as info:
+    with pytest.raises(CorruptFileError, match="not a plain tensor state_dict") as info:
         main(["compress", str(garbage), "--debug"])
     assert info.value.__cause__ is not None  # torch's own error is kept for the traceback
     with pytest.raises(FileNotFoundError):
@@ -188,7 +262,7 @@ def test_garbage_through_the_console_script(tmp_path):
     assert "Traceback" not in run.stderr
     run = subprocess.run([sys.executable, "-m", "afde_nb", "compress", "garbage.pt", "--debug"],
                          capture_output=True, text=True, cwd=tmp_path)
-    assert run.returncode == 1 and "Traceback" in run.stderr and "UnsafeFileError" in run.stderr
+    assert run.returncode == 1 and "Traceback" in run.stderr and "CorruptFileError" in run.stderr
 
 
 def test_bad_output_type_fails_before_compressing(saved_model, tmp_path, capsys):
@@ -219,6 +293,21 @@ def test_demo_prints_the_trade_off(capsys):
     budgets = [l.split() for l in out.splitlines() if l.strip().endswith(tuple("0123456789")) and "%" in l
                and l.strip().split()[0].rstrip("%").isdigit() and "|" in l]
     assert [b[0] for b in budgets] == [f"{100 * k:.0f}%" for k in DEMO_KEEP]
+    # every column header that is not self-explanatory is explained in one line
+    for term in ("MSE free:", "MSE repaired:", "ms:", "k-means fold:", "magnitude:"):
+        assert sum(line.lstrip().startswith(term) for line in out.splitlines()) == 1, term
+
+
+@pytest.mark.parametrize("command", ["compress", "demo"])
+def test_every_option_has_help(command):
+    from afde_nb.ui.cli import parser
+
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        assert action.help, action.option_strings or action.dest
+    if command == "compress":
+        activation = next(a for a in sub._actions if "--activation" in a.option_strings)
+        assert "leaky_relu" in activation.choices
 
 
 def test_compress_options_reach_compress(saved_model, tmp_path, capsys):
@@ -226,23 +315,26 @@ def test_compress_options_reach_compress(saved_model, tmp_path, capsys):
     model, path = saved_model
     calib = tmp_path / "x.pt"
     torch.save(torch.randn(64, model[0].in_features), calib)
-    assert main(["compress", str(path), "--eps", "0.3", "--calibration", str(calib), "--repair", "off"]) == 0
+    assert main(["compress", str(path), "--activation", "tanh", "--eps", "0.3", "--calibration", str(calib),
+                 "--repair", "off"]) == 0
     out = capsys.readouterr().out
     assert "method=ward" in out and "(relative)" in out and "before repair" not in out
-    assert main(["compress", str(path), "--eps", "0.3", "--calibration", str(calib)]) == 0
+    assert main(["compress", str(path), "--activation", "tanh", "--eps", "0.3", "--calibration", str(calib)]) == 0
     assert "after repair (calibration)" in capsys.readouterr().out
-    assert main(["compress", str(path), "--eps", "0.3", "--method", "components", "--no-relative",
-                 "--no-symmetry"]) == 0
+    assert main(["compress", str(path), "--activation", "tanh", "--eps", "0.3", "--method", "components",
+                 "--no-relative", "--no-symmetry"]) == 0
     out = capsys.readouterr().out
     assert "method=components" in out and "(relative)" not in out
-    assert main(["compress", str(path), "--eps", "0.3", "--repair", "on"]) == 2  # needs --calibration
+    # --repair on needs --calibration
+    assert main(["compress", str(path), "--activation", "tanh", "--eps", "0.3", "--repair", "on"]) == 2
     assert "pseudo" in capsys.readouterr().err
 
 
 def test_compress_to_a_parameter_budget(saved_model, tmp_path, capsys):
     model, path = saved_model
     full = sum(p.numel() for p in model.parameters())
-    assert main(["compress", str(path), "--keep", "0.5", "--relative", "-o", str(tmp_path / "half.pt")]) == 0
+    assert main(["compress", str(path), "--activation", "tanh", "--keep", "0.5", "--relative",
+                 "-o", str(tmp_path / "half.pt")]) == 0
     reduced = afde_nb.load_model(tmp_path / "half.pt")
     assert sum(p.numel() for p in reduced.parameters()) <= 0.5 * full
     capsys.readouterr()
@@ -326,3 +418,84 @@ def test_a_program_with_a_fixed_batch_says_how_to_export_it(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "batch size fixed" in err[0] and "dynamic_shapes" in err[0]
     assert not (tmp_path / "out.pt2").exists()
+    # with calibration inputs of another batch size it failed on the program's guard, with no way out
+    np.save(tmp_path / "calib.npy", torch.randn(16, 3, 6, 6).numpy())
+    assert main(["compress", str(tmp_path / "static.pt2"), "--eps", "0", "--calibration",
+                 str(tmp_path / "calib.npy")]) == 2
+    err = _one_error_line(capsys)
+    assert "batch size fixed" in err and "dynamic_shapes" in err and "16" in err
+
+
+# ------------------------------------------------------------- what a new user reads and sees
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme() -> str:
+    return (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_notebook_extra_and_the_readme_open_jupyterlab():
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {re.split(r"[<>=!~ \[]", req, maxsplit=1)[0] for req in extras["notebook"]}
+    assert {"jupyterlab", "ipykernel", "ipywidgets"} <= names
+    readme = _readme()
+    assert '    pip install ".[notebook]"\n    jupyter lab notebooks/quickstart.ipynb\n' in readme  # the two lines
+
+
+def test_the_readme_gives_the_fast_test_subset():
+    assert 'pytest -q -m "not slow and not browser"' in _readme()
+
+
+def test_the_readme_names_every_error_s_builtin():
+    """MissingFileError is a FileNotFoundError, not a ValueError or TypeError."""
+    from afde_nb import errors
+
+    sentence = next(line for line in _readme().split(". ") if "afde_nb.errors.AfdeError" in line)
+    for cls in vars(errors).values():
+        if isinstance(cls, type) and issubclass(cls, errors.AfdeError) and cls is not errors.AfdeError:
+            builtin = next(b for b in cls.__mro__ if b.__module__ == "builtins" and b is not Exception)
+            assert builtin.__name__ in sentence, (cls.__name__, builtin.__name__)
+
+
+def test_install_hints_work_from_a_checkout():
+    """No index has afde-nb, so 'pip install afde-nb[bench]' fails: a hint names the checkout's extra."""
+    files = [ROOT / "README.md", *sorted((ROOT / "afde_nb").rglob("*.py"))]
+    bad = [f"{f.relative_to(ROOT)}:{n}" for f in files
+           for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1) if "afde-nb[" in line]
+    assert not bad
+
+
+def test_a_program_compresses_without_torch_s_treespec_warning(tmp_path):
+    """torch 2.13 warns (FutureWarning, LeafSpec) on every copy of a loaded program's module."""
+    from conftest import small_cnn
+
+    _export(small_cnn(), torch.randn(4, 3, 6, 6), tmp_path / "cnn.pt2")
+    run = subprocess.run([sys.executable, "-m", "afde_nb", "compress", "cnn.pt2", "--keep", "0.8", "-o",
+                          "small.pt2"], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "Warning" not in run.stderr, run.stderr
+
+
+def test_slider_moves_hand_torch_no_read_only_arrays():
+    """The network's arrays are read-only views of the model; torch.from_numpy warns on them (once
+    a process, hence a fresh one)."""
+    code = """if True:
+        import warnings
+        warnings.simplefilter("error", UserWarning)
+        import numpy as np, torch
+        from torch import nn
+        from afde_nb.ui.widgets.state import PanelState
+        torch.manual_seed(5)
+        m = nn.Sequential(nn.Linear(4, 64), nn.Tanh(), nn.Linear(64, 24), nn.Tanh(), nn.Linear(24, 2)).eval()
+        X = np.random.default_rng(2).normal(size=(150, 4)).astype(np.float32)
+        s = PanelState(m, (X, X[:, :2] ** 2), calibration=X[:40], eps=0.05)
+        s.update()
+        for eps in (0.3, 0.1):
+            s.set_eps(eps)
+            s.update()
+    """
+    pytest.importorskip("ipywidgets")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent)
+    assert run.returncode == 0, run.stderr

@@ -1,24 +1,50 @@
 """afde_nb.data: generators against independent solutions, shipped files against their sources,
-and the standardised splits."""
+the data home (CASP, found, checked, fetched from a local HTTP server) and the standardised splits."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
+import http.server
+import io
 import os
+import threading
+import zipfile
 
 import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
-from afde_nb.data import NAMES, load, odes, public
-from afde_nb.data.registry import SUBSTITUTES
+from afde_nb.data import NAMES, PAPER_NAMES, data_home, home, load, odes, public
+from afde_nb.data.fetch import fetch
+from afde_nb.errors import AfdeError, ChecksumError, DataNotFoundError, DownloadError
 
 GENERATORS = {"glycolysis": odes.glycolysis, "polymerization": odes.polymerization,
               "rlc": odes.rlc_ladder, "random_mass_action": odes.random_mass_action}
 SHAPES = {"glycolysis": (4, 2), "polymerization": (5, 9), "rlc": (8, 6),
           "random_mass_action": (5, 5)}
-PUBLIC = ("abalone", "hepc", "metro", "protein")
+PUBLIC = ("abalone", "hepc", "metro", "concrete")
+HOME = ("protein",)
+CASP_SHA256 = "712d2759f8113622a3ba93a47e451397147df946111f6ffdd8c655385d564aef"  # ../shared/data/casp/README.md
+
+
+def casp_or_skip() -> None:
+    """The data home must hold CASP (tests/conftest.py points it at ../shared/data). Where it does
+    not, the test fails under CI (the data are part of its set-up) and is skipped elsewhere."""
+    try:
+        home.locate("protein")
+    except DataNotFoundError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must provide CASP: {exc}")
+        pytest.skip(f"CASP is not available here: {exc}")
+
+
+@pytest.fixture
+def casp_csv() -> bytes:
+    """The uncompressed CASP.csv of the data home (checked)."""
+    casp_or_skip()
+    return home.read_checked("protein")[0]
 
 
 def _solve(rhs, y0, t_end, method="Radau"):
@@ -31,7 +57,8 @@ def _solve(rhs, y0, t_end, method="Radau"):
 
 
 def test_names():
-    assert set(NAMES) == set(GENERATORS) | set(PUBLIC)
+    assert set(NAMES) == set(GENERATORS) | set(PUBLIC) | set(HOME)
+    assert PAPER_NAMES == tuple(GENERATORS) + ("abalone", "hepc", "metro", "protein")
     assert "glycolysis" in NAMES
     with pytest.raises(ValueError, match="unknown data set"):
         load("no_such_set")
@@ -148,6 +175,8 @@ def test_random_mass_action_matches_reaction_by_reaction_integration():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_load_standardised_split(name):
+    if name in HOME:
+        casp_or_skip()
     n = 600 if name in GENERATORS else None
     d = load(name, n=n, seed=1)
     again = load(name, n=n, seed=1)
@@ -169,8 +198,9 @@ def test_load_standardised_split(name):
     np.testing.assert_allclose(d.y_train.mean(0), 0, atol=1e-3)
     np.testing.assert_allclose(d.y_train.std(0), 1, rtol=1e-3)
     assert d.source
-    if name in PUBLIC:
-        assert d.n_features == len(public.FEATURES[name]) == len(d.info["features"])
+    if name in PUBLIC or name in HOME:
+        features = (public.FEATURES if name in PUBLIC else home.FEATURES)[name]
+        assert d.n_features == len(features) == len(d.info["features"])
 
 
 def test_split_undoes_to_the_raw_data():
@@ -190,12 +220,11 @@ def test_public_subsample():
         load("abalone", n=5000)
 
 
-def test_protein_substitution_is_stated():
-    d = load("protein")
-    assert SUBSTITUTES == {"protein": "concrete"}
-    assert d.info["substitute"] == "concrete"
-    assert d.source.startswith("SUBSTITUTE") and "Concrete" in d.source
-    for name in ("abalone", "hepc", "metro"):
+def test_concrete_is_its_own_name():
+    d = load("concrete")
+    assert len(d.X_train) + len(d.X_val) + len(d.X_test) == 1030 and d.n_features == 8
+    assert "Concrete Compressive Strength" in d.source
+    for name in PUBLIC:
         assert "SUBSTITUTE" not in load(name, n=300).source
 
 
@@ -281,3 +310,211 @@ def test_concrete_file_matches_uci():
     v = np.array(rows, dtype=float)
     assert rows[0] == ["540", "0", "0", "162", "2.5", "1040", "676", "28", "79.99"]
     assert v[:, 7].min() == 1 and v[:, 7].max() == 365
+
+
+# --- the data home: CASP (load("protein")), found, checked and fetched -------------------------
+
+def test_recorded_checksum_is_the_shared_readmes():
+    assert home.HOME["protein"].sha256 == CASP_SHA256
+
+
+def test_data_home_argument_then_env_then_default(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.delenv("AFDE_NB_DATA", raising=False)
+    assert data_home() == tmp_path / "user" / ".cache" / "afde-nb"
+    monkeypatch.setenv("AFDE_NB_DATA", str(tmp_path / "env"))
+    assert data_home() == tmp_path / "env"
+    assert data_home(tmp_path / "arg") == tmp_path / "arg"
+    assert data_home("~/d") == tmp_path / "user" / "d"
+
+
+def test_protein_is_casp(casp_csv):
+    d = load("protein")
+    assert len(d.X_train) + len(d.X_val) + len(d.X_test) == 45_730
+    assert d.info["features"] == tuple(f"F{k}" for k in range(1, 10))
+    assert d.info["targets"] == ("RMSD",)
+    assert "substitute" not in d.info and "SUBSTITUTE" not in d.source
+    assert "Rana" in d.source and "10.24432/C5QW3H" in d.source and "CC BY 4.0" in d.source
+    X, y, _ = home.protein()
+    assert X.shape == (45_730, 9)
+    assert round(float(y.mean()), 3) == 7.749 and round(float(y.std()), 3) == 6.118  # the shared README
+    assert list(X[0]) == [13558.3, 4305.35, 0.31754, 162.173, 1872790.507, 215.359, 4287.87, 102, 27.0302]
+    assert y[0] == 17.284
+
+
+def test_protein_reads_the_plain_csv_as_well(casp_csv, tmp_path):
+    (tmp_path / "casp").mkdir()
+    (tmp_path / "casp" / "CASP.csv").write_bytes(casp_csv)
+    d, ref = load("protein", n=2000, seed=4, data_home=tmp_path), load("protein", n=2000, seed=4)
+    assert d.info["path"] == str(tmp_path / "casp" / "CASP.csv")
+    np.testing.assert_array_equal(d.X_train, ref.X_train)
+    np.testing.assert_array_equal(d.y_test, ref.y_test)
+
+
+@pytest.mark.parametrize("via_env", [False, True])
+def test_absent_casp_is_one_clear_error(monkeypatch, tmp_path, via_env):
+    if via_env:
+        monkeypatch.setenv("AFDE_NB_DATA", str(tmp_path))
+    with pytest.raises(DataNotFoundError) as err:
+        load("protein", data_home=None if via_env else tmp_path)
+    assert isinstance(err.value, AfdeError) and isinstance(err.value, FileNotFoundError)
+    msg = str(err.value)
+    for needed in (str(tmp_path), "AFDE_NB_DATA", "afde data fetch protein", "CASP.csv"):
+        assert needed in msg
+    assert list(tmp_path.iterdir()) == []  # looking creates nothing
+
+
+def test_a_file_that_fails_its_checksum_is_refused(casp_csv, tmp_path):
+    folder = tmp_path / "casp"
+    folder.mkdir()
+    (folder / "CASP.csv").write_bytes(casp_csv.replace(b"17.284", b"17.285", 1))
+    with pytest.raises(ChecksumError, match="SHA-256") as err:
+        load("protein", data_home=tmp_path)
+    assert str(folder / "CASP.csv") in str(err.value)
+    (folder / "CASP.csv.gz").write_bytes(gzip.compress(casp_csv)[:5000])  # truncated: searched first
+    with pytest.raises(ChecksumError, match="gzip"):
+        load("protein", data_home=tmp_path)
+
+
+class _Server:
+    """A loopback HTTP server in a thread; ``routes[path] = (body, declared length or None)``: a
+    declared length larger than the body sends the body and closes the connection (an interrupted
+    download)."""
+
+    def __init__(self):
+        routes = self.routes = {}
+        self.hits = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.server.hits.append(self.path)
+                if self.path not in routes:
+                    self.send_error(404)
+                    return
+                body, length = routes[self.path]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/zip")
+                self.send_header("Content-Length", str(len(body) if length is None else length))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.hits = self.hits
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+def _zip(csv: bytes, member: str = "CASP.csv") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(member, csv)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def server(casp_csv):
+    """Serves, built at test time from the shared copy: /casp.zip (as UCI's zip), /corrupt.zip
+    (one digit changed), /garbage.zip (not a zip), /cut.zip (half of the zip, then the connection
+    closes); anything else is a 404."""
+    s = _Server()
+    good = _zip(casp_csv)
+    s.routes.update({"/casp.zip": (good, None),
+                     "/corrupt.zip": (_zip(casp_csv.replace(b"17.284", b"17.285", 1)), None),
+                     "/garbage.zip": (os.urandom(4096), None),
+                     "/cut.zip": (good[:len(good) // 2], len(good))})
+    yield s
+    s.close()
+
+
+def _left_in(folder) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+
+
+def test_fetch_downloads_checks_and_replaces_atomically(server, tmp_path, casp_csv, capsys):
+    path = fetch("protein", tmp_path, url=server.url("/casp.zip"))
+    assert path == tmp_path / "casp" / "CASP.csv"
+    assert _left_in(tmp_path) == ["CASP.csv", "casp"]  # no temporary file stays behind
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == CASP_SHA256
+    assert "CASP.csv" in capsys.readouterr().err  # the progress bar
+    d, ref = load("protein", n=1000, data_home=tmp_path), load("protein", n=1000)
+    np.testing.assert_array_equal(d.X_train, ref.X_train)
+    assert fetch("protein", tmp_path, url=server.url("/casp.zip")) == path
+    assert server.hits == ["/casp.zip"]  # a checked copy is kept, not downloaded again
+
+
+def test_load_download_true_fetches_from_the_recorded_url(server, tmp_path, monkeypatch):
+    spec = dataclasses.replace(home.HOME["protein"], url=server.url("/casp.zip"))
+    monkeypatch.setitem(home.HOME, "protein", spec)
+    d = load("protein", n=500, data_home=tmp_path, download=True)
+    assert d.info["path"] == str(tmp_path / "casp" / "CASP.csv") and server.hits == ["/casp.zip"]
+
+
+@pytest.mark.parametrize("route, error, match", [
+    ("/corrupt.zip", ChecksumError, "SHA-256"),
+    ("/garbage.zip", ChecksumError, "not a readable zip"),
+    ("/cut.zip", DownloadError, "IncompleteRead|stopped after"),
+    ("/missing.zip", DownloadError, "404"),
+])
+def test_a_bad_download_leaves_nothing(server, tmp_path, route, error, match):
+    with pytest.raises(error, match=match) as err:
+        fetch("protein", tmp_path, url=server.url(route), progress=False)
+    assert "nothing was kept" in str(err.value)
+    assert _left_in(tmp_path) in ([], ["casp"])
+    with pytest.raises(DataNotFoundError):
+        load("protein", data_home=tmp_path)
+
+
+def test_fetch_reports_a_bad_copy_instead_of_overwriting_it(server, tmp_path, casp_csv):
+    (tmp_path / "casp").mkdir()
+    bad = casp_csv[:1000]
+    (tmp_path / "casp" / "CASP.csv").write_bytes(bad)
+    with pytest.raises(ChecksumError, match="delete it"):
+        fetch("protein", tmp_path, url=server.url("/casp.zip"), progress=False)
+    assert server.hits == [] and (tmp_path / "casp" / "CASP.csv").read_bytes() == bad
+
+
+def test_cli_data_fetch(server, tmp_path, capsys):
+    import argparse
+
+    from afde_nb.ui.cli import main, parser
+
+    data = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["data"]
+    fetch_cmd = next(a for a in data._actions if isinstance(a, argparse._SubParsersAction)).choices["fetch"]
+    assert all(a.help for a in fetch_cmd._actions)
+
+    assert main(["data", "fetch", "protein", "--data-home", str(tmp_path), "--url", server.url("/casp.zip")]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "casp" / "CASP.csv") in out and "SHA-256 checked" in out
+    assert main(["data", "fetch", "protein", "--data-home", str(tmp_path / "other"),
+                 "--url", server.url("/corrupt.zip")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("afde: error:") and "SHA-256" in err
+    assert main(["data", "fetch", "concrete", "--data-home", str(tmp_path)]) == 2
+    assert "protein" in capsys.readouterr().err
+
+
+def test_the_bench_caches_protein_models_by_data_file(casp_csv, tmp_path, monkeypatch):
+    """A "protein" model cached before the data home was trained on the Concrete substitute: the
+    cache name carries the file's checksum, so such a model is never reused."""
+    from afde_nb.eval.bench import run as bench_run
+    from afde_nb.eval.train import make_mlp
+
+    monkeypatch.setenv("AFDE_NB_CACHE", str(tmp_path))
+    monkeypatch.setattr(bench_run, "train_mlp", lambda data, hidden, activation, epochs, seed:
+                        make_mlp(data.n_features, hidden, data.n_targets, activation))
+    data, _ = bench_run.trained_model("protein", 0, (4,), 1, "tanh", max_samples=2000)
+    assert len(data.X_train) + len(data.X_val) + len(data.X_test) == 2000
+    cached = [p.name for p in (tmp_path / "models").glob("*.pt")]
+    assert cached == [f"protein-tanh-4-e1-n2000-d{CASP_SHA256[:8]}-s0.pt"]
+    assert bench_run.PROFILES["full"].datasets == PAPER_NAMES

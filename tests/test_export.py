@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -15,8 +16,9 @@ import torch
 from torch import nn
 
 import afde_nb
-from afde_nb.errors import ExportError, InvalidArgumentError, MissingFileError, UnsafeFileError
-from afde_nb.models.export import export_program, load_program, read_program
+from afde_nb.errors import (CorruptFileError, ExportError, InvalidArgumentError, MissingFileError, ShapeMismatchError,
+                            UnsafeFileError)
+from afde_nb.models.export import check_batch, export_program, fixed_batch, load_program, read_program, to_program
 
 from conftest import duplicate_units, residual_mlp, small_cnn
 
@@ -100,7 +102,7 @@ def round_trip(tmp_path_factory):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_round_trip_in_stock_torch(round_trip, name):
     model, c, inputs, outputs, params = round_trip[name]
-    assert c.groups is not None and c.reduced_network is None, f"{name}: not compressed as a general model"
+    assert c.formats == (".pt2",), f"{name}: saved as a plain stack"
     assert c.params_after < c.params_before, f"{name}: eps = 0 merged nothing"
     assert params == c.params_after, f"{name}: the program holds {params} parameters, the reduced model {c.params_after}"
     for x, got in zip(inputs, outputs):
@@ -217,9 +219,12 @@ def test_unreadable_programs(good_program, tmp_path):
     (tmp_path / "folder.pt2").mkdir()
     with zipfile.ZipFile(tmp_path / "other.pt2", "w") as z:
         z.writestr("archive/readme.txt", "not a program")
-    for name in ("garbage", "truncated", "empty", "folder", "other"):
-        with pytest.raises(UnsafeFileError, match=str(tmp_path / f"{name}.pt2")):
+    for name in ("garbage", "truncated", "empty", "other"):  # corrupt, not unsafe
+        with pytest.raises(CorruptFileError, match=str(tmp_path / f"{name}.pt2")) as info:
             load_program(tmp_path / f"{name}.pt2")
+        assert not isinstance(info.value, UnsafeFileError)
+    with pytest.raises(InvalidArgumentError, match="is a directory"):
+        load_program(tmp_path / "folder.pt2")
     with pytest.raises(MissingFileError, match="no such file"):
         load_program(tmp_path / "missing.pt2")
     with pytest.raises(InvalidArgumentError, match=r"\.pt2 file"):
@@ -247,3 +252,23 @@ def test_programs_that_would_unpickle_objects_are_refused(good_program, tmp_path
     with pytest.raises(UnsafeFileError, match="as a pickled object"):
         read_program(_rewrite(good_program, tmp_path / "weights.pt2", pickled))
     assert not (tmp_path / "EXPLOITED").exists()
+
+
+def test_a_loaded_program_copies_without_torch_s_warning(good_program):
+    """torch 2.13 deprecates its LeafSpec class, yet a loaded program's module holds one, and every
+    copy.deepcopy of the module (exporting it again copies it) warned with a FutureWarning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        to_program(load_program(good_program), torch.randn(3, 4))
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
+
+
+def test_a_fixed_batch_is_found_and_says_how_to_export():
+    x = torch.randn(4, 3, 6, 6)
+    static = torch.export.export(small_cnn(), (x,))
+    dynamic = torch.export.export(small_cnn(), (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    assert fixed_batch(static) == 4 and fixed_batch(dynamic) is None
+    check_batch(static, 4)
+    check_batch(dynamic, 16)
+    with pytest.raises(ShapeMismatchError, match=r"batch size fixed to 4.*16 rows.*dynamic_shapes"):
+        check_batch(static, 16)

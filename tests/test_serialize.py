@@ -14,8 +14,8 @@ from torch import nn
 import afde_nb
 from afde_nb import errors
 from afde_nb.models import serialize
-from afde_nb.errors import (AfdeError, InvalidArchitectureError, InvalidArgumentError, MissingFileError,
-                            ShapeMismatchError, UnsafeFileError, UnsupportedLayerError)
+from afde_nb.errors import (AfdeError, CorruptFileError, InvalidArchitectureError, InvalidArgumentError,
+                            MissingFileError, ShapeMismatchError, UnsafeFileError, UnsupportedLayerError)
 from afde_nb.models.serialize import load_model, load_state_dict, load_tensor, model_from_state_dict, save_model
 
 try:
@@ -97,7 +97,7 @@ def test_inferred_layers_follow_numeric_module_order():
     model = _deep_mlp(7)
     state = dict(sorted(model.state_dict().items()))  # text order, as safetensors returns it
     assert list(state)[:4] == ["0.bias", "0.weight", "10.bias", "10.weight"]
-    rebuilt = model_from_state_dict(state)
+    rebuilt = model_from_state_dict(state, activation="tanh")
     assert _same(rebuilt, model, 3)
     assert [m.out_features for m in rebuilt if isinstance(m, nn.Linear)] == [5, 4, 6, 3, 5, 4, 2]
 
@@ -118,12 +118,12 @@ def test_safetensors_without_architecture_is_read_in_numeric_order(tmp_path):
     model = _deep_mlp(7)
     save_file(dict(model.state_dict()), str(tmp_path / "bare.safetensors"))  # no metadata, no JSON
     assert serialize.find_architecture(tmp_path / "bare.safetensors") is None
-    assert _same(model_from_state_dict(load_state_dict(tmp_path / "bare.safetensors")), model, 3)
+    assert _same(model_from_state_dict(load_state_dict(tmp_path / "bare.safetensors"), activation="tanh"), model, 3)
 
 
 def test_bias_free_linear_layers_are_inferred():
     model = _deep_mlp(3, bias=[False, True, False])
-    rebuilt = model_from_state_dict(dict(model.state_dict()))
+    rebuilt = model_from_state_dict(dict(model.state_dict()), activation="tanh")
     assert [m.bias is None for m in rebuilt if isinstance(m, nn.Linear)] == [True, False, True]
     assert _same(rebuilt, model, 3)
 
@@ -141,12 +141,13 @@ def test_inconsistent_state_dicts_are_explicit_errors():
         model_from_state_dict({**state, "2.weight": torch.zeros(4, 7)})
     with pytest.raises(ShapeMismatchError, match="bias"):
         model_from_state_dict({**state, "0.bias": torch.zeros(9)})
-    with pytest.raises(UnsupportedLayerError, match="cannot infer an MLP.*running_mean"):
+    with pytest.raises(UnsupportedLayerError, match=r"cannot infer an MLP.*running_mean.*torch\.export.*\.pt2"):
         model_from_state_dict({**state, "1.running_mean": torch.zeros(5)})
     with pytest.raises(UnsupportedLayerError, match="no 7.weight"):
         model_from_state_dict({**state, "7.bias": torch.zeros(2)})
-    with pytest.raises(UnsupportedLayerError, match="2-D"):
+    with pytest.raises(UnsupportedLayerError, match=r"2-D.*dynamic_shapes.*\.pt2") as info:
         model_from_state_dict(dict(nn.Conv1d(1, 2, 3).state_dict()))
+    assert "arch" not in str(info.value)  # the architecture JSON describes Linear stacks only
     with pytest.raises(UnsupportedLayerError, match="empty"):
         model_from_state_dict({})
     with pytest.raises(InvalidArgumentError, match="activation"):
@@ -155,12 +156,33 @@ def test_inconsistent_state_dicts_are_explicit_errors():
         model_from_state_dict(model)
 
 
+def test_a_bare_state_dict_needs_its_activation():
+    """A state_dict carries no activation: between two Linear layers it is given, never assumed."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2))
+    with pytest.raises(InvalidArgumentError, match=r"activation=.*leaky_relu.*arch=") as info:
+        model_from_state_dict(dict(model.state_dict()))
+    assert not isinstance(info.value, UnsupportedLayerError)
+    assert _same(model_from_state_dict(dict(model.state_dict()), activation="relu"), model, 3)
+    leaky = nn.Sequential(nn.Linear(3, 6), nn.LeakyReLU(), nn.Linear(6, 2))
+    rebuilt = model_from_state_dict(dict(leaky.state_dict()), activation="leaky_relu")
+    assert rebuilt[1].negative_slope == nn.LeakyReLU().negative_slope and _same(rebuilt, leaky, 3)
+    assert serialize.architecture(rebuilt)["layers"][1] == {"type": "LeakyReLU", "negative_slope": 0.01}
+
+
+def test_an_architecture_of_other_modules_points_to_programs():
+    arch = {"format": serialize.FORMAT, "layers": [{"type": "Conv2d", "in_channels": 3}]}
+    with pytest.raises(UnsupportedLayerError, match=r"'Conv2d'.*torch\.export.*\.pt2"):
+        serialize.build(arch)
+
+
 def test_the_architecture_wins_over_inference(tmp_path):
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 2))
     arch = serialize.architecture(model)
     assert _same(model_from_state_dict(dict(model.state_dict()), arch), model, 3)
-    assert not _same(model_from_state_dict(dict(model.state_dict())), model, 3)  # tanh guessed
+    with pytest.raises(InvalidArgumentError, match="activation"):  # never guessed
+        model_from_state_dict(dict(model.state_dict()))
     (tmp_path / "a.json").write_text(json.dumps(arch))
     assert _same(model_from_state_dict(dict(model.state_dict()), tmp_path / "a.json"), model, 3)
     with pytest.raises(MissingFileError, match="no such file"):
@@ -360,11 +382,15 @@ ST_FILES = {
 
 
 @pytest.mark.parametrize("name", list(BAD_FILES) + [pytest.param(n, marks=needs_safetensors) for n in ST_FILES])
-def test_unreadable_weights_raise_unsafe_file_error(tmp_path, name):
+def test_unreadable_weights_are_corrupt_or_unsafe(tmp_path, name):
+    """Pickled objects are unsafe; anything else that is not a state_dict of tensors is corrupt (or
+    of another format), which is no security matter."""
     path = tmp_path / name
     path.write_bytes({**BAD_FILES, **ST_FILES}[name](tmp_path))
-    with pytest.raises(UnsafeFileError) as info:
+    unsafe = name == "pickled-module.pt"
+    with pytest.raises(UnsafeFileError if unsafe else CorruptFileError) as info:
         load_state_dict(path)
+    assert isinstance(info.value, UnsafeFileError) == unsafe and isinstance(info.value, CorruptFileError) != unsafe
     assert str(path) in str(info.value)
     if name.startswith("random") and name.endswith(".pt"):
         assert isinstance(info.value.__cause__, FUZZ[int(name[6:-3])])
@@ -376,10 +402,10 @@ def test_missing_files_and_directories(tmp_path):
     with pytest.raises(MissingFileError, match="no such file") as info:
         load_state_dict(tmp_path / "missing.pt")
     assert isinstance(info.value, FileNotFoundError)
-    with pytest.raises(UnsafeFileError, match="is a directory"):
+    with pytest.raises(InvalidArgumentError, match="is a directory"):
         load_state_dict(tmp_path)
     (tmp_path / "d.pt").mkdir()
-    with pytest.raises(UnsafeFileError, match="is a directory"):
+    with pytest.raises(InvalidArgumentError, match="is a directory"):
         load_model(tmp_path / "d.pt")
     with pytest.raises(MissingFileError):
         load_tensor(tmp_path / "missing.npy")
@@ -392,9 +418,11 @@ def test_unreadable_tensor_files(tmp_path):
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     np.save(tmp_path / "text.npy", np.array(["a", "b"]))
     torch.save({"a": torch.zeros(1), "b": torch.zeros(1)}, tmp_path / "two.pt")
-    for name, match in [("junk.npy", "numeric .npy"), ("objects.npy", "numeric .npy"), ("text.npy", "numeric"),
-                        ("two.pt", "single tensor")]:
-        with pytest.raises(UnsafeFileError, match=match):
+    for name, error, match in [("junk.npy", CorruptFileError, "numeric .npy"),
+                               ("objects.npy", UnsafeFileError, "pickled Python objects"),
+                               ("text.npy", CorruptFileError, "numeric"),
+                               ("two.pt", CorruptFileError, "single tensor")]:
+        with pytest.raises(error, match=match):
             load_tensor(tmp_path / name)
     np.save(tmp_path / "ok.npy", np.ones((2, 3), dtype=np.float32))
     assert load_tensor(tmp_path / "ok.npy").shape == (2, 3)
@@ -420,7 +448,8 @@ def test_every_error_is_an_afde_error_and_a_builtin():
     for cls in classes:
         assert issubclass(cls, AfdeError)
         if cls is not AfdeError:
-            assert issubclass(cls, (ValueError, TypeError, ImportError, FileNotFoundError)), cls
+            assert issubclass(cls, (ValueError, TypeError, ImportError, OSError)), cls
     assert issubclass(InvalidArchitectureError, InvalidArgumentError)
     assert issubclass(MissingFileError, FileNotFoundError)
     assert not issubclass(InvalidArchitectureError, UnsafeFileError)
+    assert not issubclass(CorruptFileError, UnsafeFileError) and not issubclass(UnsafeFileError, CorruptFileError)

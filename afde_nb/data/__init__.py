@@ -1,7 +1,8 @@
-"""Regression data sets, all offline: generated from stated ODE models, or shipped."""
+"""Regression data sets: generated from stated ODE models, shipped, or read from the data home."""
 from __future__ import annotations
 
 from .dataset import Dataset, split_standardise
-from .registry import NAMES, load
+from .home import data_home
+from .registry import NAMES, PAPER_NAMES, load
 
-__all__ = ["Dataset", "NAMES", "load", "split_standardise"]
+__all__ = ["Dataset", "NAMES", "PAPER_NAMES", "data_home", "load", "split_standardise"]

@@ -35,10 +35,10 @@ FEATURES = {
     "metro": ("temp", "rain_1h", "clouds_all") + tuple(f"weather_{w}" for w in METRO_WEATHER)
              + ("hour_sin", "hour_cos") + tuple(f"day_{d}" for d in WEEKDAYS)
              + ("yearday_sin", "yearday_cos"),
-    "protein": _CONCRETE,
+    "concrete": _CONCRETE,
 }
 TARGETS = {"abalone": ("rings",), "hepc": ("Global_active_power",),
-           "metro": ("traffic_volume",), "protein": ("compressive_strength",)}
+           "metro": ("traffic_volume",), "concrete": ("compressive_strength",)}
 
 
 def read_csv(filename: str, text: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
@@ -129,13 +129,11 @@ def metro(n: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return _subsample(X, c["traffic_volume"], n, seed)
 
 
-def protein(n: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """SUBSTITUTE for UCI Protein Tertiary Structure (P. S. Rana, 2013; CASP decoys, 9
-    physicochemical features -> RMSD), which no installable package ships: UCI Concrete Compressive
-    Strength (I.-C. Yeh, "Modeling of strength of high-performance concrete using artificial
-    neural networks", Cement and Concrete Research 28 (1998) 1797-1808), all 1,030 mixtures:
-    compressive strength (MPa) from 7 ingredient amounts (kg/m^3) and the age (days) — a
-    physicochemical tabular regression with a similar number of continuous features."""
+def concrete(n: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """UCI Concrete Compressive Strength (I.-C. Yeh, "Modeling of strength of high-performance
+    concrete using artificial neural networks", Cement and Concrete Research 28 (1998) 1797-1808),
+    all 1,030 mixtures: compressive strength (MPa) from 7 ingredient amounts (kg/m^3) and the age
+    (days)."""
     c = read_csv("concrete.csv.gz")
     X = np.column_stack([c[f] for f in _CONCRETE])
     return _subsample(X, c["compressive_strength"], n, seed)

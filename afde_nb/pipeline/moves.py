@@ -84,6 +84,9 @@ LOW_RANK = True
 
 
 def _t(a, dtype) -> torch.Tensor:
+    a = np.asarray(a)
+    if not a.flags.writeable:  # a read-only view of the model's weights, which a tensor sharing it
+        return torch.tensor(a, dtype=dtype)  # could write into (torch.from_numpy warns): a copy
     return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
 
 

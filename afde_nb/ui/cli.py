@@ -8,9 +8,10 @@ from pathlib import Path
 
 from ..pipeline.compress import compress
 from ..errors import AfdeError, InvalidArgumentError
-from ..models.export import PROGRAM_SUFFIX, example_inputs_of, is_program_path, read_program
-from ..models.serialize import (FORMAT, find_architecture, load_state_dict, load_tensor, model_from_state_dict,
-                        read_architecture, weights_format)
+from ..models.export import (PROGRAM_SUFFIX, check_batch, example_inputs_of, is_program_path, quiet_leafspec,
+                              read_program)
+from ..models.serialize import (ACTIVATIONS, FORMAT, find_architecture, load_state_dict, load_tensor,
+                                model_from_state_dict, read_architecture, weights_format)
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -24,33 +25,45 @@ def cmd_compress(args: argparse.Namespace) -> int:
             weights_format(args.output)
     if args.keep is not None and not 0 < args.keep <= 1:
         raise InvalidArgumentError(f"--keep must be a fraction in (0, 1], got {args.keep}")
+    budget = "--keep" if args.keep is not None else "--target-params" if args.target_params is not None else None
+    if args.eps is not None and budget:
+        raise InvalidArgumentError(f"give one of --eps, --keep, --target-params (got --eps and {budget})")
     if args.data_aware and not args.calibration:
         raise InvalidArgumentError("--data-aware needs calibration inputs (--calibration FILE)")
     example = None
     if program:
-        if args.arch:
-            raise InvalidArgumentError(f"--arch describes a state_dict; a {PROGRAM_SUFFIX} program carries its own graph")
+        for flag in ("--arch", "--activation"):
+            if getattr(args, flag[2:]):
+                raise InvalidArgumentError(f"{flag} describes a state_dict; a {PROGRAM_SUFFIX} program carries its "
+                                           "own graph")
         exported = read_program(path)
         model, example = exported.module(), example_inputs_of(exported)
     else:
         state = load_state_dict(path)
         # an explicit --arch must exist; else the architecture saved with the model; else inferred
         arch = read_architecture(args.arch) if args.arch else find_architecture(path)
+        if arch is not None and args.activation:  # it could only contradict the architecture
+            raise InvalidArgumentError(f"--activation is for a bare state_dict; {path} comes with its architecture "
+                                       f"({'--arch' if args.arch else 'saved with it'}), activations included")
         model = model_from_state_dict(state, arch, activation=args.activation)
     calib = load_tensor(Path(args.calibration)) if args.calibration else None
+    if program and calib is not None:
+        check_batch(exported, len(calib), "--calibration")
     target = args.target_params
     if args.keep is not None:
         target = int(args.keep * sum(p.numel() for p in model.parameters()))
     repair = {"auto": None, "on": True, "off": False, "pseudo": "pseudo"}[args.repair]
-    c = compress(model, eps=None if target is not None else args.eps, method=args.method, mode=args.mode,
-                 relative=args.relative, symmetry=args.symmetry, calibration=calib, repair=repair,
-                 threads=args.threads, target_params=target, data_aware=args.data_aware)
-    print(c.table())
-    if c.groups is not None:
-        print(c.groups.report())
-    if args.output:
-        for p in c.save(args.output, example_inputs=example):
-            print(f"wrote {p}")
+    eps = None if target is not None else args.eps or 0.0
+    with quiet_leafspec():  # torch's own deprecation warning on each copy of a program's module
+        c = compress(model, eps=eps, method=args.method, mode=args.mode, relative=args.relative,
+                     symmetry=args.symmetry, calibration=calib, repair=repair, threads=args.threads,
+                     target_params=target, data_aware=args.data_aware)
+        print(c.table())
+        if c.groups is not None:
+            print(c.groups.report())
+        if args.output:
+            for p in c.save(args.output, example_inputs=example):
+                print(f"wrote {p}")
     return 0
 
 
@@ -89,6 +102,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from ..data.fetch import fetch
+
+    print(f"{args.name}: {fetch(args.name, args.data_home, url=args.url)} (SHA-256 checked)")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)  # --debug before or after the command
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -104,9 +124,11 @@ def parser() -> argparse.ArgumentParser:
                    f"it (safetensors metadata or MODEL.json, {FORMAT}), else inferred: its Linear layers in "
                    "numeric order of their names (bias optional) with --activation between them")
     c.add_argument("--arch", help="architecture JSON (as written by afde compress -o); must exist")
-    c.add_argument("--activation", default="tanh", choices=["tanh", "sigmoid", "relu", "identity"],
-                   help="hidden activation when the architecture is inferred (default tanh)")
-    c.add_argument("--eps", type=float, default=0.0, help="tolerance (default 0: exact)")
+    c.add_argument("--activation", choices=sorted(ACTIVATIONS),
+                   help="the activation between the Linear layers of a bare state_dict (one with no architecture: "
+                   "no --arch, none saved with it), which does not record it: required there; leaky_relu is "
+                   "nn.LeakyReLU() (slope 0.01; another slope: --arch)")
+    c.add_argument("--eps", type=float, help="tolerance (default 0: exact); or --keep or --target-params")
     t = c.add_mutually_exclusive_group()
     t.add_argument("--keep", type=float, help="instead of --eps: keep at most this fraction of the parameters "
                    "(finds the smallest eps)")
@@ -114,7 +136,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--method", default="ward", choices=["ward", "complete", "components"],
                    help="ward (default): bounded blocks from a Ward merge path; complete: complete linkage; "
                    "components: the paper's eps-graph components")
-    c.add_argument("--mode", default="backward", choices=["forward", "backward"])
+    c.add_argument("--mode", default="backward", choices=["forward", "backward"],
+                   help="backward (default): merge neurons whose incoming rows agree; forward: whose outgoing "
+                   "columns agree (measured worse)")
     c.add_argument("--relative", action=argparse.BooleanOptionalAction, default=True,
                    help="eps relative to the next layer's pre-activations (ward/complete) or to each layer's "
                    "mean neuron norm (components); default on")
@@ -127,22 +151,26 @@ def parser() -> argparse.ArgumentParser:
                    "calibration RMS (needs --calibration)")
     c.add_argument("--calibration", help="tensor file (.npy/.pt/.safetensors) of calibration inputs: (n, in_features), "
                    "or for a .pt2 program a batch shaped as the model's input")
-    c.add_argument("--threads", type=int, default=0)
+    c.add_argument("--threads", type=int, default=0,
+                   help="engine threads (default 0: OpenMP's default); the result is the same for any number")
     c.add_argument("-o", "--output", help="write the reduced model (.pt/.pth/.safetensors + .json, or a .pt2 "
                    "program; a .pt2 input needs a .pt2 output)")
     c.set_defaults(func=cmd_compress)
     d = sub.add_parser("demo", help="train a small tanh MLP on a bundled data set and compress it over eps",
                        parents=[debug])
-    d.add_argument("--dataset", default="glycolysis")
-    d.add_argument("--epochs", type=int, default=200)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--dataset", default="glycolysis",
+                   help="the data set to train on, a name afde_nb.data.load takes (default glycolysis)")
+    d.add_argument("--epochs", type=int, default=200, help="training epochs of the MLP (default 200)")
+    d.add_argument("--seed", type=int, default=0,
+                   help="seed of the data split, the initial weights and the training (default 0)")
     d.set_defaults(func=cmd_demo)
     b = sub.add_parser("bench", help="size/error trade-off against pruning and folding: CSV, Markdown, plots",
                        parents=[debug])
     b.add_argument("--out", default="afde-out", help="output folder (default afde-out); a run into a folder "
                    "that holds an earlier run's cells.jsonl computes only the missing cells")
     b.add_argument("--backend", default="serial", choices=["serial", "ray"],
-                   help="serial (default): this process; ray: one Ray task per cell (pip install 'afde-nb[ray]')")
+                   help="serial (default): this process; ray: one Ray task per cell (needs Ray: pip install "
+                   "\".[ray]\" in the afde-nb checkout)")
     b.add_argument("--address", help="with --backend ray: join the Ray cluster at ADDR (default: start Ray here)")
     b.add_argument("--workers", type=int, help="with --backend ray and no --address: CPUs of the local Ray")
     g = b.add_mutually_exclusive_group()
@@ -156,6 +184,15 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--from-points", action="store_true", help="only re-render OUT/results.md and the plot "
                    "from OUT/points.csv")
     b.set_defaults(func=cmd_bench)
+    dt = sub.add_parser("data", help="data sets read from the data home ($AFDE_NB_DATA, else ~/.cache/afde-nb)",
+                        parents=[debug])
+    f = dt.add_subparsers(dest="data_command", required=True).add_parser(
+        "fetch", help="download a data set (protein: UCI's CASP) into the data home and check its SHA-256; "
+        "a checked copy already there is kept", parents=[debug])
+    f.add_argument("name", help="the data set (protein)")
+    f.add_argument("--data-home", help="instead of $AFDE_NB_DATA, else ~/.cache/afde-nb")
+    f.add_argument("--url", help="download from this address instead of the publisher's (a mirror)")
+    f.set_defaults(func=cmd_data_fetch)
     return p
 
 

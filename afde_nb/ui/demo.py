@@ -28,7 +28,11 @@ def run_demo(dataset: str = "glycolysis", hidden: tuple[int, ...] = (64, 64), ep
     print_fn(f"{data}\ntrained tanh MLP {data.n_features}-{'-'.join(map(str, hidden))}-{data.n_targets} "
              f"in {time.perf_counter() - t0:.1f}s: test MSE {mse(model, X, y):.4g}, R^2 {r2(model, X, y):.4f}")
     print_fn("eps: estimated RMS change of each next layer's pre-activations, as a fraction of their RMS "
-             "(afde_nb.core.path); 0 is exact\n")
+             "(afde_nb.core.path); 0 is exact\n"
+             "  widths: hidden neurons per layer after lumping; % params: the share of parameters kept\n"
+             "  MSE free: test MSE of the compressed model as it comes, data-free (no repair)\n"
+             "  MSE repaired: test MSE after the least-squares repair on 256 training inputs (afde_nb.core.repair)\n"
+             "  ms: time of the data-free compress() call, in milliseconds\n")
     print_fn(f"{'eps':>6}{'widths':>10}{'% params':>10}{'MSE free':>11}{'R^2':>8}{'MSE repaired':>14}{'R^2':>8}"
              f"{'ms':>7}")
     rows = []
@@ -44,7 +48,10 @@ def run_demo(dataset: str = "glycolysis", hidden: tuple[int, ...] = (64, 64), ep
         print_fn(f"{eps:>6g}{'-'.join(map(str, row['widths'])):>10}{100 * c.kept:>9.1f}%{row['mse']:>11.4g}"
                  f"{row['r2']:>8.4f}{row['mse_repaired']:>14.4g}{row['r2_repaired']:>8.4f}{ms:>7.1f}")
     full = compress(model).params_before
-    print_fn("\nat a parameter budget (test MSE; data-free | repaired on the same 256 inputs)")
+    print_fn("\nat a parameter budget (test MSE; data-free | repaired on the same 256 inputs)\n"
+             "  k-means fold: each layer's neurons clustered by k-means on their incoming weights, a cluster "
+             "folded into one neuron (smaller and dense, as afde-nb)\n"
+             "  magnitude: the smallest |weights| of all layers zeroed (sparse: the non-zeros are counted)")
     print_fn(f"{'keep':>5}{'afde-nb':>10}{'k-means fold':>14}{'magnitude':>11}  |{'afde-nb':>9}{'fold':>9}"
              f"{'magnitude':>11}")
     for share in DEMO_KEEP:

@@ -108,8 +108,8 @@ def open_panel(line: str, ns: dict):
         print(f"%afde: {exc}", file=sys.stderr)
         return None
     except ImportError as exc:
-        print(f"%afde: the panel needs ipywidgets and matplotlib (pip install 'afde-nb[notebook]'): {exc}",
-              file=sys.stderr)
+        print(f"%afde: the panel needs ipywidgets and matplotlib (pip install \".[notebook]\" in the afde-nb "
+              f"checkout): {exc}", file=sys.stderr)
         return None
     if panel.compression is None:
         print(f"%afde: cannot compress {names[0]!r}: {panel.errors[-1] if panel.errors else 'unknown error'}",

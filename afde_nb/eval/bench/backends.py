@@ -41,8 +41,11 @@ def _threads_env() -> dict:
     n = str(torch.get_num_threads())
     env = {k: os.environ.get(k, n) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     env["AFDE_TORCH_THREADS"] = n
-    if "AFDE_NB_CACHE" in os.environ:  # workers train into (and load from) the same model cache
-        env["AFDE_NB_CACHE"] = os.path.abspath(os.environ["AFDE_NB_CACHE"])
+    # Workers train into (and load from) the same model cache and read the same data home; they
+    # start in another folder, so relative paths are resolved here.
+    for var in ("AFDE_NB_CACHE", "AFDE_NB_DATA"):
+        if os.environ.get(var):
+            env[var] = os.path.abspath(os.path.expanduser(os.environ[var]))
     return env
 
 
@@ -51,7 +54,8 @@ def run_ray(todo, profile, journal: Journal, train: Callable, on_done: Callable,
     try:
         import ray
     except ImportError as exc:
-        raise MissingDependencyError("--backend ray needs Ray: pip install 'afde-nb[ray]'") from exc
+        raise MissingDependencyError(
+            "--backend ray needs Ray: pip install \".[ray]\" in the afde-nb checkout") from exc
     import tempfile
 
     # Workers start in an empty folder of their own: Ray would otherwise put the driver's working

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...data import NAMES, load
+from ...data import PAPER_NAMES, load
 from ...models.serialize import load_model, save_model
 from ..train import train_mlp
 from ...errors import InvalidArgumentError
@@ -36,7 +36,7 @@ class Profile:
 PROFILES = {
     "quick": Profile(("glycolysis",), (0,), (64, 64), 120, (0.97, 0.9, 0.8, 0.6, 0.4, 0.2),
                      modes=("backward", "components-backward"), variants=("", "+repair")),
-    "full": Profile(tuple(NAMES), (0, 1, 2), (128, 128), 300,
+    "full": Profile(PAPER_NAMES, (0, 1, 2), (128, 128), 300,
                     (0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)),
 }
 TOLERANCES = (0.01, 0.05)
@@ -53,7 +53,11 @@ def trained_model(dataset: str, seed: int, hidden: tuple[int, ...], epochs: int,
     data = load(dataset, seed=seed)
     if sum(len(a) for a in (data.X_train, data.X_val, data.X_test)) > max_samples:
         data = load(dataset, n=max_samples, seed=seed)
-    path = cache_dir() / f"{dataset}-{activation}-{'x'.join(map(str, hidden))}-e{epochs}-n{max_samples}-s{seed}.pt"
+    # A data set read from the data home carries its file's SHA-256: the name then says which data the
+    # model was trained on (a cached "protein" model from before was trained on the Concrete substitute).
+    data_id = f"-d{data.info['sha256'][:8]}" if "sha256" in data.info else ""
+    path = cache_dir() / (f"{dataset}-{activation}-{'x'.join(map(str, hidden))}-e{epochs}-n{max_samples}"
+                          f"{data_id}-s{seed}.pt")
     if path.is_file():
         return data, load_model(path)
     model = train_mlp(data, hidden=hidden, activation=activation, epochs=epochs, seed=seed)
@@ -84,7 +88,7 @@ def run(profile: Profile, out: Path, log=print, backend: str = "serial", address
         raise InvalidArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not can_plot():
         log("warning: matplotlib is not installed, so tradeoff.png will be skipped "
-            "(pip install 'afde-nb[bench]' to get it); the CSV and results.md are written")
+            "(pip install \".[bench]\" in the afde-nb checkout to get it); the CSV and results.md are written")
     out.mkdir(parents=True, exist_ok=True)
     keys = cells(profile)
     journal = Journal(out)
