@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -399,3 +400,95 @@ def test_approx_through_compress(rng):
     assert c.path.meta["approx"] == 32
     x = torch.randn(16, 3)
     assert torch.allclose(c.model(x), res(x), atol=1e-5)
+
+
+# ------------------------------------------------------------------ few calibration rows, error targets
+def _stack_refit(model, X, part):
+    """What compress's repair gives on all of ``X``: the pipeline's own pieces, by hand."""
+    from afde_nb.models.capture import capture
+    from afde_nb.pipeline.compress import _fit_rows, reduce_chains
+
+    cap = capture(model)
+    calib = cap.calibration(X)
+    _, nets, ran = reduce_chains(cap, part, _fit_rows(cap, "calibration", cap.rows(calib)))
+    assert ran
+    return cap.write(nets)
+
+
+def test_few_calibration_rows_warn_and_report_a_held_out_error(rng):
+    """16 rows for refit layers of ~40 inputs: the repair fits them exactly (an in-sample error of
+    ~1e-10), so compress says it is under-determined, how many rows would do, and reports the error
+    of the same refit on 3/4 of the rows scored on the other 1/4; the model is the all-rows refit."""
+    torch.manual_seed(3)
+    model = mlp([4, 48, 40, 2], ["tanh", "tanh"])
+    X = rng.normal(size=(16, 4))
+    with pytest.warns(UserWarning, match="under-determined") as caught:
+        c = afde_nb.compress(model, eps=0.1, calibration=X)
+    (w,) = [w for w in caught if "under-determined" in str(w.message)]
+    assert w.filename == __file__  # the warning points at the call of compress
+    msg = str(w.message)
+    assert "in-sample" in msg and "held_out_error" in msg
+    widest = max(s.neurons_after for s in c.layers)  # both hidden layers lose neurons: both after them refit
+    assert c.layers[0].neurons_after < 48
+    assert f"{2 * (widest + 1)} calibration inputs" in msg
+    assert c.repaired == "calibration" and c.calibration_error["relative_mse"] < 1e-6
+    ho = c.held_out_error
+    assert ho["n"] == 4 and ho["fit_n"] == 12
+    assert ho["relative_mse"] > 1e3 * c.calibration_error["relative_mse"]
+    assert "held out" in c.table()
+    # the returned model is the refit on all the rows, as before (bit for bit)
+    part = c.path.partition(c.eps)
+    want = _stack_refit(model, X, part)
+    for a, b in zip(c.model.state_dict().values(), want.state_dict().values()):
+        assert torch.equal(a, b)
+    # fewer than 8 rows: nothing to hold out, the warning still comes
+    with pytest.warns(UserWarning, match="under-determined"):
+        assert afde_nb.compress(model, eps=0.1, calibration=X[:7]).held_out_error is None
+
+
+def test_enough_calibration_rows_do_not_warn(rng):
+    import warnings
+
+    torch.manual_seed(3)
+    model = mlp([4, 48, 40, 2], ["tanh", "tanh"])
+    X = rng.normal(size=(400, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = afde_nb.compress(model, eps=0.1, calibration=X)
+        # no repair on calibration data: no held-out refit
+        assert afde_nb.compress(model, eps=0.1, calibration=X, repair=False).held_out_error is None
+        assert afde_nb.compress(model, eps=0.1, repair="pseudo").held_out_error is None
+        assert afde_nb.compress(model, eps=0.0, calibration=X).held_out_error is None  # nothing lossy
+    ho = c.held_out_error
+    assert ho["n"] == 100 and ho["fit_n"] == 300
+    # with this many rows the error out of sample is of the order of the in-sample one
+    assert 0.5 * c.calibration_error["relative_mse"] < ho["relative_mse"] < 5 * c.calibration_error["relative_mse"]
+
+
+def test_target_error_the_original_already_misses_warns(rng):
+    """Targets equal to the float64 forward of the model: its own MSE is 0, and its exact merges
+    (planted duplicates) already miss the bound 0 x (1 + target_error) by rounding."""
+    from afde_nb.models.stack import to_network
+
+    model = planted_backward_model(rng)
+    X = rng.normal(size=(64, 5))
+    y = to_network(model).forward(X)
+    with pytest.warns(UserWarning, match="already exceeds the bound") as caught:
+        c = afde_nb.compress(model, calibration=X, calibration_targets=y, target_error=0.0)
+    (w,) = [w for w in caught if "already exceeds" in str(w.message)]
+    assert w.filename == __file__
+    assert re.search(r"own MSE on the calibration data, 0 \(([0-9.e-]+) with its exact merges\), already exceeds "
+                     r"the bound 0 ", str(w.message))
+    assert c.params_after == afde_nb.compress(model, eps=0).params_after  # the exact merges only
+
+
+def test_target_error_no_merge_meets_warns(rng):
+    """Noise-free targets: the model is the best predictor, no lossy merge stays within +0.01 %."""
+    torch.manual_seed(0)
+    model = mlp([4, 32, 32, 1], ["tanh", "tanh"])
+    X, y = teacher_data(model, rng, 256, 0.0)
+    with pytest.warns(UserWarning, match="no merge keeps") as caught:
+        c = afde_nb.compress(model, calibration=X, calibration_targets=y, target_error=1e-4)
+    (w,) = [w for w in caught if "no merge keeps" in str(w.message)]
+    assert w.filename == __file__ and "relative increase" in str(w.message)
+    assert c.params_after == c.params_before

@@ -87,7 +87,7 @@ def test_beyond_stacks(tmp_path, monkeypatch):
     assert "left alone encoder.0.self_attn: attention" in text
     for name in ("digits_cnn", "residual_mlp", "transformer"):
         assert f"{name}: " in text and "afde-nb" in text
-    assert "baselines on the curve: ['afde-backward+repair', 'kmeans-fold+repair', 'structured-norm+repair']" in text
+    assert "baselines on the curve: ['afde-backward+repair', 'magnitude+repair', 'wanda+repair']" in text
     assert "panel errors: []" in text
     # the CLI printed its report as section 1 did, and the .pt2 program reloads equal to the reduced model
     assert text.count("lumps conv1 (conv2d) -> bn1 (folded) -> relu -> conv2") == 2

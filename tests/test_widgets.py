@@ -663,6 +663,145 @@ def test_target_kept_shows_what_compress_finds(Panel, model, data):
     assert p.errors and "fraction" in p.errors[-1]
 
 
+# ------------------------------------------------------------- shown at once, filled in the background
+def _gated(monkeypatch):
+    """Gates in front of the panel's first compression and its trade-off rows: the test decides
+    when each may run (so what the panel shows meanwhile is deterministic)."""
+    import functools
+    import threading
+
+    import afde_nb.eval.bench as bench
+
+    gates = {"update": threading.Event(), "tradeoff": threading.Event()}
+    real_update, real_tradeoff = PanelState.update, bench.tradeoff
+
+    def update(self):
+        assert gates["update"].wait(60)
+        return real_update(self)
+
+    @functools.wraps(real_tradeoff)  # its signature: the state asks it which variants it has
+    def tradeoff(*args, **kw):
+        assert gates["tradeoff"].wait(60)
+        return real_tradeoff(*args, **kw)
+
+    monkeypatch.setattr(PanelState, "update", update)
+    monkeypatch.setattr(bench, "tradeoff", tradeoff)
+    return gates
+
+
+def _until(cond, timeout=60.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
+
+
+def test_panel_appears_at_once_and_fills_in_the_background(Panel, model, data, monkeypatch):
+    """Panel(..., background=True) returns with its widgets and a progress indicator before any
+    compression; the first compression, the eps path and the trade-off fill in as they come, and
+    the panel answers while the trade-off is computed."""
+    X, y = data
+    gates = _gated(monkeypatch)
+    p = Panel(model, (X, y), eps=0.5, background=True)
+    assert p.loading and p.compression is None and p.errors == []
+    assert "computing" in p.status.value and p.progress.layout.visibility == "visible"
+    assert "computing" in p.figures_html.value and "<table" not in p.figures_html.value  # the browser waits for it
+    assert not p.wait(0.05)  # still at work
+    gates["update"].set()
+    _until(lambda: p.compression is not None and p.eps_path)  # first compression and eps path, no trade-off yet
+    _check_matches(p, model, X, y, 0.5, "backward")
+    assert p.curve is None and p.loading and "computing the trade-off" in str(p.tradeoff_out.outputs)
+    assert p.tradeoff_button.disabled
+    p.set_eps(1.5)  # the panel answers while the trade-off is computed
+    _check_matches(p, model, X, y, 1.5, "backward")
+    gates["tradeoff"].set()
+    assert p.wait(120)
+    assert not p.loading and p.errors == [] and p.error_area.value == ""
+    assert {"afde-backward+repair", "magnitude+repair"} <= {r["method"] for r in p.curve}
+    assert "image/png" in p.tradeoff_out.outputs[0]["data"] and not p.tradeoff_button.disabled
+    assert p.progress.layout.visibility == "hidden" and "trade-off curve" in p.status.value
+    _check_matches(p, model, X, y, 1.5, "backward")
+    # what the synchronous constructor shows, the background one shows too
+    q = Panel(model, (X, y), eps=1.5, background=False)
+    assert q.figures_html.value == p.figures_html.value.replace(f"{p.figures['compress_ms']:.0f} ms",
+                                                                f"{q.figures['compress_ms']:.0f} ms")
+    assert q.wait() and not q.loading
+
+
+def test_background_errors_are_shown(Panel, model, data, monkeypatch):
+    X, y = data
+    p = Panel("not a model", background=True)
+    assert p.wait(60) and p.compression is None
+    assert "UnsupportedLayerError" in p.errors[-1] and "UnsupportedLayerError" in p.error_area.value
+    assert p.progress.layout.visibility == "hidden"
+    p = Panel(model, (X, y), mode="sideways", background=True, tradeoff=False)
+    assert p.wait(60) and p.compression.mode == "backward" and "mode must be" in p.error_area.value
+
+    import functools
+
+    import afde_nb.eval.bench as bench
+
+    @functools.wraps(bench.tradeoff)
+    def boom(*args, **kw):
+        raise RuntimeError("boom in the trade-off")
+
+    monkeypatch.setattr(bench, "tradeoff", boom)
+    p = Panel(model, (X, y), eps=0.5, background=True)
+    assert p.wait(60) and p.compression is not None
+    assert p.errors == ["RuntimeError: boom in the trade-off"] and "boom" in p.error_area.value
+    assert p.progress.layout.visibility == "hidden" and not p.tradeoff_button.disabled
+
+
+def test_close_stops_the_background_work(Panel, model, data, monkeypatch):
+    X, y = data
+    open_ = _open_widgets()
+    before = set(open_)
+    gates = _gated(monkeypatch)
+    gates["update"].set()
+    p = Panel(model, (X, y), eps=0.5, background=True)
+    _until(lambda: p.compression is not None)
+    p.close()
+    gates["tradeoff"].set()  # the trade-off's first step sees the panel closed and stops
+    assert p.wait(60) and p.curve is None and p.errors == []
+    assert not set(open_) - before
+
+
+def test_state_tradeoff_job_is_dropped_when_the_data_change(model, data):
+    """The trade-off in two halves (what the panel computes off its lock): rows of a job made
+    before the data changed are not kept."""
+    X, y = data
+    s = PanelState(model, (X, y), eps_values=[0.5], baselines=())
+    job = s.tradeoff_job()
+    assert job.key == s.tradeoff_mode()
+    rows = job.run()
+    assert s.keep_tradeoff(job, rows) and s.tradeoff_rows is rows and s.tradeoff_key == job.key
+    job = s.tradeoff_job()
+    s.set_data((X[:100], y[:100]))
+    assert not s.keep_tradeoff(job, job.run()) and s.tradeoff_rows is None
+
+
+def test_background_by_default_in_a_kernel(Panel, model, data, monkeypatch):
+    """In a Jupyter kernel (which displays the panel once the cell returns) the work goes to the
+    background by default; elsewhere (scripts, tests, IPython without a kernel) the constructor
+    does it, as before."""
+    import afde_nb.ui.widgets.panel as panel_mod
+
+    X, y = data
+    assert not panel_mod.in_kernel()
+    assert not _shell().__class__.__name__.startswith("ZMQ") and not panel_mod.in_kernel()
+    p = Panel(model, (X, y), eps=0.5, tradeoff=False)
+    assert not p.loading and p.compression is not None and p.wait(0)
+    monkeypatch.setattr(panel_mod, "in_kernel", lambda: True)
+    gates = _gated(monkeypatch)
+    p = Panel(model, (X, y), eps=0.5, tradeoff=False)
+    assert p.loading and p.compression is None
+    gates["update"].set()
+    assert p.wait(60) and p.errors == []
+    _check_matches(p, model, X, y, 0.5, "backward")
+
+
 # ----------------------------------------------------------------------------- the magic
 def _shell():
     """IPython's in-process shell, with its profile and history kept out of the home folder."""
@@ -776,13 +915,14 @@ def test_state_general_model(residual, data, tmp_path):
     assert pts[0][0] == 0.0 and len(pts) > 2
     s.set_target_kept(0.8)
     assert s.compression.params_after <= 0.8 * c.params_before
-    # the trade-off: magnitude/Wanda have no groups to act on; structured pruning and folding of the
-    # same groups stand in, at afde-nb's sizes, with the same repair, and a note says so
+    # the trade-off: every baseline acts on the same groups (magnitude and Wanda on their layers'
+    # weights), at afde-nb's sizes, with the same repair
     s.eps_values = [0.0, 0.5, 2.0]
-    assert s.tradeoff_baselines == ("structured-norm", "kmeans-fold") and "plain Linear stacks" in s.tradeoff_note
+    s.baselines = ("magnitude", "wanda", "structured-norm", "kmeans-fold")
+    assert s.tradeoff_baselines == s.baselines
     rows = s.tradeoff()
-    assert {r["method"] for r in rows} == {"original", "afde-backward+repair", "structured-norm+repair",
-                                           "kmeans-fold+repair"}
+    assert {r["method"] for r in rows} == {"original", "afde-backward+repair", "magnitude+repair", "wanda+repair",
+                                           "structured-norm+repair", "kmeans-fold+repair"}
     afde = {r["params"] for r in rows if r["method"] == "afde-backward+repair"}
     assert {r["params"] for r in rows if r["method"] == "kmeans-fold+repair"} <= afde
     # export: a .pt2 program (any other suffix becomes .pt2), loaded by stock torch
@@ -816,11 +956,10 @@ def test_panel_general_model(Panel, residual, data, tmp_path):
     # the per-group merges, by module path, and what was found
     assert "<code>fc1</code> gelu" in p.merges_html.value and "afde-groups-report" in p.merges_html.value
     assert "left alone" in p.merges_html.value
-    # the trade-off: against the baselines acting on the same groups, with a visible note
-    assert {r["method"] for r in p.curve} == {"original", "afde-backward+repair", "structured-norm+repair",
-                                              "kmeans-fold+repair"}
-    png, note = p.tradeoff_out.outputs
-    assert "image/png" in png["data"] and "plain Linear stacks" in note["data"]["text/html"]
+    # the trade-off: against the default baselines, acting on the same groups as for a plain stack
+    assert {r["method"] for r in p.curve} == {"original", "afde-backward+repair", "magnitude+repair", "wanda+repair"}
+    (png,) = p.tradeoff_out.outputs
+    assert "image/png" in png["data"]
     before = p.compression.params_after
     p.eps_slider.value = 2.0  # what the browser sends
     assert p.errors == [] and p.compression.eps == 2.0 and p.compression.params_after < before

@@ -22,8 +22,17 @@ HOMOGENEOUS = ("relu", "leaky_relu")
 #: defined for (method.md); the others (below) get the backward merge path only
 ODE_DEFINED = tuple(ACTIVATION_CODES)
 #: element-wise activations without an ODE encoding: equal rows (+bias) are still exact equivalents
-GENERAL = ("gelu", "silu", "elu", "softplus", "hardtanh")
+#: (every element-wise activation module of torch and of Hugging Face's ``ACT2FN``; see
+#: :func:`apply_activation` for each one's definition and parameters)
+GENERAL = ("gelu", "silu", "elu", "softplus", "hardtanh", "hardswish", "hardsigmoid", "mish", "selu", "celu",
+           "logsigmoid", "softsign", "tanhshrink", "hardshrink", "softshrink", "threshold", "relu2", "laplace",
+           "sqrt_softplus", "xielu")
+#: odd, phi(-z) = -phi(z): a negated row is the same unit with its outgoing column negated
+#: (tanh and identity are odd too, and hardtanh where min_val = -max_val)
+ODD = ("softsign", "tanhshrink", "hardshrink", "softshrink")
 ACTIVATIONS = ODE_DEFINED + GENERAL
+#: SELU's constants (torch.nn.SELU)
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
 
 
 @dataclass
@@ -40,7 +49,7 @@ class Layer:
     #: (out, in, *kernel) weight is held as (out, in * taps), input-unit major
     taps: int = 1
     #: the activation's other parameters, as (name, value) pairs: gelu's approximate, elu's alpha,
-    #: softplus's beta and threshold, hardtanh's min_val and max_val
+    #: softplus's beta and threshold, hardtanh's min_val and max_val, ... (:func:`apply_activation`)
     act_params: tuple = ()
 
     def with_weights(self, weight: np.ndarray, bias: np.ndarray) -> "Layer":
@@ -224,7 +233,18 @@ def as_inputs(data, width: int, what: str = "calibration", flatten: tuple[int, i
 
 
 def apply_activation(z: np.ndarray, activation: str, negative_slope: float = 0.01, params: tuple = ()) -> np.ndarray:
-    """phi(z) element-wise, as torch computes it (``params``: :attr:`Layer.act_params`)."""
+    """phi(z) element-wise, as torch computes it (``params``: :attr:`Layer.act_params`).
+
+    gelu: z Phi(z) (``approximate="tanh"``: 0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))), clipped
+    to [min, max] where given (Hugging Face's ``gelu_10``); silu: z sigmoid(beta z) (beta 1; 1.702:
+    ``quick_gelu``); elu(alpha); softplus(beta, threshold); hardtanh(min_val, max_val) (ReLU6: 0, 6);
+    hardswish: z relu6(z + 3) / 6; hardsigmoid: relu6(z + 3) / 6; mish: z tanh(softplus(z)); selu:
+    scale elu(z, alpha) with torch's constants; celu(alpha): max(0, z) + min(0, alpha (exp(z / alpha) - 1));
+    logsigmoid: log sigmoid(z); softsign: z / (1 + |z|); tanhshrink: z - tanh(z); hardshrink(lambd):
+    z where |z| > lambd else 0; softshrink(lambd): z -+ lambd beyond +-lambd else 0;
+    threshold(threshold, value): z where z > threshold else value; relu2: relu(z)^2; laplace(mu,
+    sigma): Phi((z - mu) / sigma); sqrt_softplus: sqrt(softplus(z)); xielu(alpha_p, alpha_n, beta,
+    eps): alpha_p z^2 + beta z for z > 0, else alpha_n (expm1(min(z, eps)) - z) + beta z."""
     p = dict(params)
     if activation == "identity":
         return z
@@ -236,21 +256,64 @@ def apply_activation(z: np.ndarray, activation: str, negative_slope: float = 0.0
         return np.maximum(z, 0.0)
     if activation == "leaky_relu":
         return np.where(z >= 0, z, negative_slope * z)
-    if activation == "gelu":
-        if p.get("approximate", "none") == "tanh":
-            return 0.5 * z * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (z + 0.044715 * z ** 3)))
+    f = _VALUES.get(activation)
+    if f is None:
+        from ..errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"unknown activation {activation!r}")
+    with np.errstate(over="ignore", under="ignore"):
+        return f(np.asarray(z), p)
+
+
+def _gelu(z: np.ndarray, p: dict) -> np.ndarray:
+    if p.get("approximate", "none") == "tanh":
+        h = 0.5 * z * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (z + 0.044715 * z ** 3)))
+    else:
         from scipy.special import erf
 
-        return 0.5 * z * (1.0 + erf(z / np.sqrt(2.0)))
-    if activation == "silu":
-        return z / (1.0 + np.exp(-z))
-    if activation == "elu":
-        return np.where(z > 0, z, p.get("alpha", 1.0) * np.expm1(np.minimum(z, 0.0)))
-    if activation == "softplus":
-        beta, thr = p.get("beta", 1.0), p.get("threshold", 20.0)
-        return np.where(beta * z > thr, z, np.logaddexp(0.0, beta * z) / beta)
-    if activation == "hardtanh":
-        return np.clip(z, p.get("min_val", -1.0), p.get("max_val", 1.0))
-    from ..errors import InvalidArgumentError
+        h = 0.5 * z * (1.0 + erf(z / np.sqrt(2.0)))
+    return np.clip(h, p["min"], p["max"]) if "min" in p else h
 
-    raise InvalidArgumentError(f"unknown activation {activation!r}")
+
+def _softplus(z: np.ndarray) -> np.ndarray:
+    return np.where(z > 20.0, z, np.logaddexp(0.0, z))  # torch's threshold 20
+
+
+def _expit(z: np.ndarray) -> np.ndarray:
+    from scipy.special import expit
+
+    return expit(z)
+
+
+def _erf(z: np.ndarray) -> np.ndarray:
+    from scipy.special import erf
+
+    return erf(z)
+
+
+#: name -> phi(z, params) for the activations beyond the polynomial ODE's
+_VALUES = {
+    "gelu": _gelu,
+    "silu": lambda z, p: z * _expit(p.get("beta", 1.0) * z),
+    "elu": lambda z, p: np.where(z > 0, z, p.get("alpha", 1.0) * np.expm1(np.minimum(z, 0.0))),
+    "softplus": lambda z, p: np.where(p.get("beta", 1.0) * z > p.get("threshold", 20.0), z,
+                                      np.logaddexp(0.0, p.get("beta", 1.0) * z) / p.get("beta", 1.0)),
+    "hardtanh": lambda z, p: np.clip(z, p.get("min_val", -1.0), p.get("max_val", 1.0)),
+    "hardswish": lambda z, p: z * np.clip(z + 3.0, 0.0, 6.0) / 6.0,
+    "hardsigmoid": lambda z, p: np.clip(z + 3.0, 0.0, 6.0) / 6.0,
+    "mish": lambda z, p: z * np.tanh(_softplus(z)),
+    "selu": lambda z, p: SELU_SCALE * np.where(z > 0, z, SELU_ALPHA * np.expm1(np.minimum(z, 0.0))),
+    "celu": lambda z, p: np.where(z > 0, z, p.get("alpha", 1.0) * np.expm1(np.minimum(z, 0.0) / p.get("alpha", 1.0))),
+    "logsigmoid": lambda z, p: -np.logaddexp(0.0, -z),
+    "softsign": lambda z, p: z / (1.0 + np.abs(z)),
+    "tanhshrink": lambda z, p: z - np.tanh(z),
+    "hardshrink": lambda z, p: np.where(np.abs(z) > p.get("lambd", 0.5), z, 0.0),
+    "softshrink": lambda z, p: np.where(z > p.get("lambd", 0.5), z - p.get("lambd", 0.5),
+                                        np.where(z < -p.get("lambd", 0.5), z + p.get("lambd", 0.5), 0.0)),
+    "threshold": lambda z, p: np.where(z > p["threshold"], z, p["value"]),
+    "relu2": lambda z, p: np.maximum(z, 0.0) ** 2,
+    "laplace": lambda z, p: 0.5 * (1.0 + _erf((z - p["mu"]) / (p["sigma"] * np.sqrt(2.0)))),
+    "sqrt_softplus": lambda z, p: np.sqrt(_softplus(z)),
+    "xielu": lambda z, p: np.where(z > 0, p["alpha_p"] * z * z + p["beta"] * z,
+                                   (np.expm1(np.minimum(z, p["eps"])) - z) * p["alpha_n"] + p["beta"] * z),
+}

@@ -44,7 +44,8 @@ import numpy as np
 
 from .. import _core
 from .partition import Partition
-from .network import HOMOGENEOUS, Network, column_map, engine_layer, non_finite_error, unit_norms
+from .network import (HOMOGENEOUS, ODD, SELU_ALPHA, SELU_SCALE, Network, apply_activation, column_map,
+                      engine_layer, non_finite_error, unit_norms)
 
 LINKAGES = ("ward", "complete")
 #: symmetries the exact step may use, per activation (ReLU family: positive scaling only)
@@ -57,7 +58,7 @@ RIDGE = 1e-8
 
 
 def slope(z: np.ndarray, activation: str, negative_slope: float = 0.01, params: tuple = ()) -> np.ndarray:
-    """phi'(z), element-wise."""
+    """phi'(z), element-wise (phi: :func:`~afde_nb.core.network.apply_activation`; 0 where phi is flat)."""
     p = dict(params)
     if activation == "tanh":
         return 1.0 - np.tanh(z) ** 2
@@ -68,21 +69,71 @@ def slope(z: np.ndarray, activation: str, negative_slope: float = 0.01, params: 
         return (z > 0).astype(float)
     if activation == "leaky_relu":
         return np.where(z >= 0, 1.0, negative_slope)
-    if activation == "gelu":  # the exact form's slope also for the tanh approximation (a weight, not a value)
-        from scipy.special import erf
+    f = _SLOPES.get(activation)
+    if f is None:
+        return np.ones_like(z)
+    with np.errstate(over="ignore", under="ignore"):
+        return f(np.asarray(z), p)
 
-        return 0.5 * (1.0 + erf(z / np.sqrt(2.0))) + z * np.exp(-0.5 * z ** 2) / np.sqrt(2.0 * np.pi)
-    if activation == "silu":
-        s = 1.0 / (1.0 + np.exp(-z))
-        return s * (1.0 + z * (1.0 - s))
-    if activation == "elu":
-        return np.where(z > 0, 1.0, p.get("alpha", 1.0) * np.exp(np.minimum(z, 0.0)))
-    if activation == "softplus":
-        beta, thr = p.get("beta", 1.0), p.get("threshold", 20.0)
-        return np.where(beta * z > thr, 1.0, 1.0 / (1.0 + np.exp(-beta * z)))
-    if activation == "hardtanh":
-        return ((z > p.get("min_val", -1.0)) & (z < p.get("max_val", 1.0))).astype(float)
-    return np.ones_like(z)
+
+def _expit(z):
+    from scipy.special import expit
+
+    return expit(z)
+
+
+def _gelu_slope(z, p):
+    """The exact form's slope also for the tanh approximation (a weight, not a value); 0 where clipped."""
+    from scipy.special import erf
+
+    d = 0.5 * (1.0 + erf(z / np.sqrt(2.0))) + z * np.exp(-0.5 * z ** 2) / np.sqrt(2.0 * np.pi)
+    if "min" in p:
+        h = apply_activation(z, "gelu", params=tuple(p.items()))
+        d = np.where((h > p["min"]) & (h < p["max"]), d, 0.0)
+    return d
+
+
+def _mish_slope(z, p):
+    t = np.tanh(np.where(z > 20.0, z, np.logaddexp(0.0, z)))
+    return t + z * (1.0 - t ** 2) * _expit(z)
+
+
+def _silu_slope(z, p):
+    beta = p.get("beta", 1.0)
+    s = _expit(beta * z)
+    return s * (1.0 + beta * z * (1.0 - s))
+
+
+def _inside(z, lo, hi):
+    return ((z > lo) & (z < hi)).astype(float)
+
+
+#: name -> phi'(z, params) for the activations beyond the polynomial ODE's
+_SLOPES = {
+    "gelu": _gelu_slope,
+    "silu": _silu_slope,
+    "elu": lambda z, p: np.where(z > 0, 1.0, p.get("alpha", 1.0) * np.exp(np.minimum(z, 0.0))),
+    "softplus": lambda z, p: np.where(p.get("beta", 1.0) * z > p.get("threshold", 20.0), 1.0,
+                                      _expit(p.get("beta", 1.0) * z)),
+    "hardtanh": lambda z, p: _inside(z, p.get("min_val", -1.0), p.get("max_val", 1.0)),
+    "hardswish": lambda z, p: np.where(z >= 3.0, 1.0, np.where(z > -3.0, (2.0 * z + 3.0) / 6.0, 0.0)),
+    "hardsigmoid": lambda z, p: _inside(z, -3.0, 3.0) / 6.0,
+    "mish": _mish_slope,
+    "selu": lambda z, p: SELU_SCALE * np.where(z > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(z, 0.0))),
+    "celu": lambda z, p: np.where(z > 0, 1.0, np.exp(np.minimum(z, 0.0) / p.get("alpha", 1.0))),
+    "logsigmoid": lambda z, p: _expit(-z),
+    "softsign": lambda z, p: 1.0 / (1.0 + np.abs(z)) ** 2,
+    "tanhshrink": lambda z, p: np.tanh(z) ** 2,
+    "hardshrink": lambda z, p: (np.abs(z) > p.get("lambd", 0.5)).astype(float),
+    "softshrink": lambda z, p: (np.abs(z) > p.get("lambd", 0.5)).astype(float),
+    "threshold": lambda z, p: (z > p["threshold"]).astype(float),
+    "relu2": lambda z, p: 2.0 * np.maximum(z, 0.0),
+    "laplace": lambda z, p: np.exp(-0.5 * ((z - p["mu"]) / p["sigma"]) ** 2) / (p["sigma"] * np.sqrt(2.0 * np.pi)),
+    "sqrt_softplus": lambda z, p: _expit(z) / (2.0 * np.sqrt(np.maximum(apply_activation(z, "softplus"), 1e-300))),
+    "xielu": lambda z, p: np.where(z > 0, 2.0 * p["alpha_p"] * z + p["beta"],
+                                   p["alpha_n"] * (np.where(z < p["eps"], np.exp(np.minimum(z, p["eps"])), 0.0) - 1.0)
+                                   + p["beta"]),
+}
 
 
 @dataclass
@@ -151,12 +202,13 @@ def aligned(R: np.ndarray, b: np.ndarray, activation: str, signs: np.ndarray | N
 
 def symmetric(layer) -> bool:
     """Whether the activation has the exact symmetry the merge path may use: odd (tanh, identity,
-    a hardtanh with min_val = -max_val) or sigmoid's h -> 1 - h. Positive scaling (ReLU family) is
-    handled by the scales instead."""
+    a hardtanh with min_val = -max_val, softsign, tanhshrink, hard- and softshrink) or sigmoid's
+    h -> 1 - h. Positive scaling (ReLU family) is handled by the scales instead. None of the others
+    has one (GELU, SiLU, Mish, Hardswish, ... are not odd; hardsigmoid's h -> 1 - h is not used)."""
     if layer.activation == "hardtanh":
         p = dict(layer.act_params)
         return p.get("min_val", -1.0) == -p.get("max_val", 1.0)
-    return layer.activation in SIGNED
+    return layer.activation in SIGNED or layer.activation in ODD
 
 
 def probe_inputs(net: Network, calibration: np.ndarray | None, seed: int = 0) -> np.ndarray:

@@ -6,13 +6,15 @@ of ``Linear`` layers and element-wise activations: :func:`~afde_nb.models.stack.
 one chain over the whole model, read as views of its float32/float64 tensors (no copy, issue 10)
 and written back as a plain ``nn.Sequential`` that stock torch rebuilds from its JSON
 architecture. Any other model is traced (:func:`~afde_nb.models.groups.find_groups`: torch.fx, or
-a ``torch.export`` program's graph) into chains of groups, read in float64 with BatchNorms folded
+a ``torch.export`` program's graph, or where torch.fx cannot trace the whole forward, as in a Hugging
+Face model, ``torch.export`` on example inputs) into chains of groups, read in float64 with BatchNorms folded
 (:func:`~afde_nb.models.surgery.chain_network`), and written back into a copy of the user's own
 module. Everything after capture asks the :class:`Captured` what it needs and never which reader
 made it.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +23,7 @@ from torch import nn
 
 from ..core.network import ODE_DEFINED, Network, as_inputs
 from ..core.partition import Partition
-from ..errors import InvalidArgumentError, InvalidWeightsError, ShapeMismatchError, UnsupportedLayerError
+from ..errors import InvalidArgumentError, InvalidWeightsError, UnsupportedLayerError
 from . import surgery
 from .export import PROGRAM_SUFFIX
 from .groups import Affine, Discovery, Group, find_groups
@@ -133,6 +135,14 @@ class Captured:
             return as_inputs(data, self.nets[0].widths[0], "calibration", self.nets[0].meta.get("flatten"))
         return as_model_input(self.model, data)
 
+    def example(self, data):
+        """Two rows of ``data`` as the model takes them (the inputs a ``.pt2`` export traces with by
+        default), or None."""
+        if data is None:
+            return None
+        x = as_model_input(self.model, data if isinstance(data, Mapping) else data[:2])
+        return x[:2].clone()
+
     def rows(self, x, first: bool = False) -> list[list[np.ndarray]]:
         """Every chain layer's input rows when the model (in eval mode) runs on ``x`` (None:
         standard-normal pseudo-inputs run through each chain,
@@ -197,7 +207,8 @@ class Captured:
     def output(self, x, nets: list[Network] | None = None, model: nn.Module | None = None) -> np.ndarray:
         """The model's outputs on ``x`` as (n, outputs) float64, with the chains replaced by
         ``nets`` where given (``model``: their :meth:`write`, where already built). A plain
-        stack's are its network's, in float64."""
+        stack's are its network's, in float64; a ``ModelOutput``, tuple or dict is read by its
+        tensors with n rows, logits first (:func:`~afde_nb.models.surgery.output_rows`)."""
         if self.stack:
             return (nets or self.nets)[0].forward(x)
         model = model if model is not None else self.model if nets is None else self.write(nets)
@@ -207,10 +218,8 @@ class Captured:
             y = surgery.run(model, x)
         finally:
             train(model, was)
-        if not isinstance(y, torch.Tensor):
-            raise ShapeMismatchError(f"{type(model).__name__} returns {type(y).__name__}; calibration errors need "
-                                     "a tensor")
-        return y.detach().to("cpu", torch.float64).reshape(len(y), -1).numpy()
+        y = surgery.output_rows(y, len(x), type(model).__name__)
+        return y.detach().to("cpu", torch.float64).numpy()
 
     def write(self, nets: list[Network]) -> nn.Module:
         """The model with its chains replaced by ``nets``: a plain stack as a new ``nn.Sequential``
@@ -226,14 +235,19 @@ class Captured:
         return out
 
 
-def capture(model: nn.Module) -> Captured:
-    """``model`` read as chains of groups (see the module docstring); the model is not modified."""
+def capture(model: nn.Module, example_inputs=None, calibration=None) -> Captured:
+    """``model`` read as chains of groups (see the module docstring); the model is not modified.
+
+    A model whose forward torch.fx cannot trace whole (a Hugging Face model) is read through
+    ``torch.export`` on example inputs: ``example_inputs``, else two rows of ``calibration``, else
+    the model's own ``dummy_inputs`` (Hugging Face models have them); inputs as
+    :func:`as_model_input` takes them (a tensor, or a dict of keyword inputs)."""
     if not isinstance(model, nn.Module):
         raise UnsupportedLayerError(f"expected a torch.nn.Module, got {type(model).__name__}")
     try:
         net = to_network(model, check=False)  # finiteness: merge_path's first pass (else quotient/lump)
     except UnsupportedLayerError as exc:
-        return _traced(model, str(exc))
+        return _traced(model, str(exc), lambda: _example(model, example_inputs, calibration))
     layers = net.layers
     groups = [Group(_affine(a), _affine(b), a.activation, a.negative_slope) for a, b in zip(layers, layers[1:])]
     disc = Discovery([groups] if groups else [], [], type(model).__name__)
@@ -245,8 +259,22 @@ def _affine(layer) -> Affine:
                   layer.path)
 
 
-def _traced(model: nn.Module, not_a_stack: str) -> Captured:
-    disc = find_groups(model)
+def _example(model: nn.Module, example_inputs, calibration) -> tuple[tuple, dict] | None:
+    """(args, kwargs) to export ``model`` on (see :func:`capture`), or None."""
+    if example_inputs is None and calibration is not None:
+        example_inputs = as_model_input(model, calibration if isinstance(calibration, Mapping) else calibration[:2])[:2]
+    if example_inputs is None:
+        example_inputs = getattr(model, "dummy_inputs", None)
+        if not isinstance(example_inputs, (dict, torch.Tensor)):
+            return None
+    if isinstance(example_inputs, tuple):
+        return tuple(as_model_input(model, a) for a in example_inputs), {}
+    x = as_model_input(model, example_inputs)
+    return ((), x.kwargs) if isinstance(x, surgery.Batch) else ((x,), {})
+
+
+def _traced(model: nn.Module, not_a_stack: str, example=None) -> Captured:
+    disc = find_groups(model, example)
     nets = [surgery.chain_network(model, c) for c in disc.chains]
     for n in nets:
         n.check_finite(type(model).__name__)
@@ -257,8 +285,16 @@ def _traced(model: nn.Module, not_a_stack: str) -> Captured:
     return cap
 
 
-def as_model_input(model: nn.Module, data) -> torch.Tensor:
-    """Calibration data as a tensor the model takes (its parameters' dtype and device)."""
+def as_model_input(model: nn.Module, data) -> torch.Tensor | surgery.Batch:
+    """Calibration data as the model takes it: a tensor (its first argument) in its parameters'
+    dtype (integer tensors, such as token ids, keep theirs) and device; a dict (or
+    :class:`~afde_nb.models.surgery.Batch`) of keyword inputs batched on their first axis, each
+    tensor so converted, as a :class:`~afde_nb.models.surgery.Batch` (other values as given)."""
+    if isinstance(data, surgery.Batch):
+        data = data.kwargs
+    if isinstance(data, Mapping):
+        return surgery.Batch({k: as_model_input(model, v) if isinstance(v, (torch.Tensor, np.ndarray)) else v
+                              for k, v in data.items()})
     ref = next(model.parameters(), None)
     t = data.detach() if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
     if t.is_floating_point() and ref is not None:

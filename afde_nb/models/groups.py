@@ -11,31 +11,61 @@ residual add, a reshape, two consumers, the model's output) are left alone and r
 Modules are traced from the root; a module whose forward torch.fx cannot trace (data-dependent
 control flow, like ``nn.TransformerEncoder``) is looked into child by child, so the layers inside
 it still count. ``nn.MultiheadAttention`` stays opaque. A ``torch.export`` program's module (ATen
-operations on parameters) is read the same way. Consecutive groups (one's consumer the next one's
-producer, as in an MLP) form a *chain*, which is compressed as one network.
+operations on parameters) is read the same way. Where torch.fx cannot trace the whole forward (a
+Hugging Face model) and example inputs are given, the model is also exported
+(:func:`export_graph`) and its ATen graph read, each operation mapped back to the model's own
+modules by parameter path and ``nn_module_stack``: a Linear stored transposed (``addmm``,
+Hugging Face's ``Conv1D``), views that only regroup the token axes, and an activation module's
+operations (GPT-2's ``NewGELUActivation`` is a few ATen ops) count as what they are. Activation
+modules (every element-wise one of torch and of Hugging Face's ``ACT2FN``) are recognised by class
+and trusted only once checked on a few values. Consecutive groups (one's consumer the next one's
+producer, as in an MLP) form a *chain*, which is compressed as one network. A gated unit
+(``act(gate(x)) * up(x)``, LLaMA's MLP) is reported as such; it would be a group kind of its own
+(two producers, one consumer), not lumped yet.
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
+import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
 
+from ..core.network import apply_activation
 from ..errors import UnsupportedLayerError
+from . import hf
 
 F = nn.functional
 aten = torch.ops.aten
 
-#: name -> (module class, {attribute: parameter name})
+#: activation module class -> instance -> (name, parameters) (None: not element-wise with fixed
+#: parameters, e.g. a PReLU with one slope per channel); every element-wise activation of torch.nn
+#: (GLU, Softmax and attention are not element-wise); Hugging Face's are in :mod:`.hf`
 _ACT_MODULES = {
-    nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.GELU: "gelu",
-    nn.SiLU: "silu", nn.ELU: "elu", nn.Softplus: "softplus", nn.Hardtanh: "hardtanh", nn.Identity: "identity",
+    nn.Identity: lambda m: ("identity", {}), nn.Tanh: lambda m: ("tanh", {}), nn.Sigmoid: lambda m: ("sigmoid", {}),
+    nn.ReLU: lambda m: ("relu", {}), nn.LeakyReLU: lambda m: ("leaky_relu", {"negative_slope": m.negative_slope}),
+    nn.GELU: lambda m: ("gelu", {"approximate": m.approximate}), nn.SiLU: lambda m: ("silu", {}),
+    nn.ELU: lambda m: ("elu", {"alpha": m.alpha}),
+    nn.Softplus: lambda m: ("softplus", {"beta": m.beta, "threshold": m.threshold}),
+    nn.Hardtanh: lambda m: ("hardtanh", {"min_val": m.min_val, "max_val": m.max_val}),
+    nn.ReLU6: lambda m: ("hardtanh", {"min_val": 0.0, "max_val": 6.0}),
+    nn.Hardswish: lambda m: ("hardswish", {}), nn.Hardsigmoid: lambda m: ("hardsigmoid", {}),
+    nn.Mish: lambda m: ("mish", {}), nn.SELU: lambda m: ("selu", {}), nn.CELU: lambda m: ("celu", {"alpha": m.alpha}),
+    nn.LogSigmoid: lambda m: ("logsigmoid", {}), nn.Softsign: lambda m: ("softsign", {}),
+    nn.Tanhshrink: lambda m: ("tanhshrink", {}), nn.Hardshrink: lambda m: ("hardshrink", {"lambd": m.lambd}),
+    nn.Softshrink: lambda m: ("softshrink", {"lambd": m.lambd}),
+    nn.Threshold: lambda m: ("threshold", {"threshold": m.threshold, "value": m.value}),
+    # one shared slope: a leaky ReLU; one per channel: the units' activations differ
+    nn.PReLU: lambda m: ("leaky_relu", {"negative_slope": float(m.weight.detach().reshape(-1)[0])})
+    if m.weight.numel() == 1 else None,
+    # eval: the mean slope; training: random slopes
+    nn.RReLU: lambda m: None if m.training else ("leaky_relu", {"negative_slope": (m.lower + m.upper) / 2}),
 }
-_ACT_ATTRS = {"leaky_relu": ("negative_slope",), "gelu": ("approximate",), "elu": ("alpha",),
-              "softplus": ("beta", "threshold"), "hardtanh": ("min_val", "max_val")}
 #: function -> (name, positional names after the input, defaults)
 _ACT_FUNCS = {}
 for _name, _fns, _pos, _dflt in [
@@ -48,13 +78,33 @@ for _name, _fns, _pos, _dflt in [
     ("elu", (F.elu, aten.elu.default), ("alpha",), {"alpha": 1.0}),
     ("softplus", (F.softplus, aten.softplus.default), ("beta", "threshold"), {"beta": 1.0, "threshold": 20.0}),
     ("hardtanh", (F.hardtanh, aten.hardtanh.default), ("min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0}),
+    ("hardtanh", (F.relu6, aten.relu6.default), (), {"min_val": 0.0, "max_val": 6.0}),
+    ("hardswish", (F.hardswish, aten.hardswish.default), (), {}),
+    ("hardsigmoid", (F.hardsigmoid, aten.hardsigmoid.default), (), {}),
+    ("mish", (F.mish, aten.mish.default), (), {}),
+    ("selu", (F.selu, aten.selu.default), (), {}),
+    ("celu", (F.celu, aten.celu.default), ("alpha",), {"alpha": 1.0}),
+    ("logsigmoid", (F.logsigmoid, aten.log_sigmoid.default), (), {}),
+    ("softsign", (F.softsign,), (), {}),
+    ("tanhshrink", (F.tanhshrink,), (), {}),
+    ("hardshrink", (F.hardshrink, aten.hardshrink.default), ("lambd",), {"lambd": 0.5}),
+    ("softshrink", (F.softshrink, aten.softshrink.default), ("lambd",), {"lambd": 0.5}),
+    ("threshold", (F.threshold, aten.threshold.default), ("threshold", "value"), {}),
 ]:
     for _fn in _fns:
         _ACT_FUNCS[_fn] = (_name, _pos, _dflt)
 _ACT_METHODS = {"tanh": "tanh", "sigmoid": "sigmoid", "relu": "relu"}
+#: values an activation module is checked on before it is trusted to compute what its class says
+_PROBE = torch.cat([torch.linspace(-12.0, 12.0, 241, dtype=torch.float64),
+                    torch.tensor([-60.0, -30.0, 30.0, 60.0], dtype=torch.float64)]).reshape(5, 49)
 _PASS_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 _DROPOUT_FUNCS = (F.dropout, aten.dropout.default)
 _LINEAR_FUNCS = (F.linear, aten.linear.default)
+#: addmm(bias, x, weight): a Linear with its weight stored (in, out), as Hugging Face's Conv1D
+_ADDMM_FUNCS = (torch.addmm, aten.addmm.default)
+#: ATen ops that only regroup the leading axes (or copy) of a Linear's output in an exported graph
+_VIEW_FUNCS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.clone.default,
+               aten.alias.default, aten.contiguous.default)
 _CONV_FUNCS = {F.conv1d: "conv1d", aten.conv1d.default: "conv1d", F.conv2d: "conv2d", aten.conv2d.default: "conv2d"}
 _BN_FUNCS = (aten.batch_norm.default, F.batch_norm)
 #: channel-wise pooling: commutes with merging channels (max: up to positive scaling only)
@@ -68,7 +118,7 @@ _POOL_FUNCS = {F.max_pool1d: "max_pool", F.max_pool2d: "max_pool", F.avg_pool1d:
                aten.adaptive_avg_pool2d.default: "avg_pool", aten.adaptive_avg_pool1d.default: "avg_pool"}
 #: modules fx must not trace into
 _OPAQUE = (nn.MultiheadAttention,)
-ACTIVATIONS = tuple(sorted(set(_ACT_MODULES.values())))
+ACTIVATIONS = tuple(sorted(set(n for n, _, _ in _ACT_FUNCS.values()) | {"identity"}))
 
 
 @dataclass(frozen=True)
@@ -85,6 +135,8 @@ class Affine:
     padding: tuple = ()
     dilation: tuple = ()
     padding_mode: str = "zeros"
+    #: a Linear whose weight is stored (in, out): y = x @ W + b (Hugging Face's Conv1D, an addmm)
+    transposed: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,17 +183,21 @@ class Discovery:
     chains: list[list[Group]]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     model: str = ""
+    #: how the model was read, where not by torch.fx alone (e.g. through torch.export)
+    note: str = ""
 
     @property
     def groups(self) -> list[Group]:
         return [g for c in self.chains for g in c]
 
     def report(self) -> str:
-        rows = [f"{self.model}: {len(self.groups)} lumpable group(s) in {len(self.chains)} chain(s)"]
+        how = f" ({self.note})" if self.note else ""
+        rows = [f"{self.model}{how}: {len(self.groups)} lumpable group(s) in {len(self.chains)} chain(s)"]
         for c in self.chains:
             for g in c:
                 norm = f" -> {g.norm.name} (folded)" if g.norm else ""
-                rows.append(f"  lumps {g.producer.name} ({g.producer.kind}){norm} -> {g.activation} -> {g.consumer.name}")
+                kind = f"{g.producer.kind}, weight stored (in, out)" if g.producer.transposed else g.producer.kind
+                rows.append(f"  lumps {g.producer.name} ({kind}){norm} -> {g.activation} -> {g.consumer.name}")
         for name, why in self.skipped:
             rows.append(f"  left alone {name}: {why}")
         return "\n".join(rows)
@@ -232,7 +288,7 @@ def traced_graphs(model: nn.Module) -> tuple[list[tuple[str, fx.Graph]], list[tu
             path = _join(prefix, name)
             if id(child) in opaque or next(child.children(), None) is not None:
                 collect(child, path)
-            elif isinstance(child, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            elif isinstance(child, (nn.Linear, nn.Conv1d, nn.Conv2d)) or hf.is_conv1d(child):
                 notes.append((path, "called from a forward torch.fx cannot trace: its use is unknown"))
 
     collect(model, "")
@@ -248,11 +304,23 @@ def _tuple(v, n: int) -> tuple:
 
 
 class _Reader:
-    """Recognises the operations of one graph (module calls, functions, ATen ops)."""
+    """Recognises the operations of one graph (module calls, functions, ATen ops).
 
-    def __init__(self, root: nn.Module, prefix: str, graph: fx.Graph):
-        self.root, self.prefix, self.graph = root, prefix, graph
+    ``source``: for a graph that ``torch.export`` made of a model (ATen operations on its
+    parameters), that model: the modules each operation came from (``nn_module_stack``) are looked
+    up in it, so an activation module's operations read as that activation and a Linear's input
+    can be observed with a hook on the model's own module."""
+
+    def __init__(self, root: nn.Module, prefix: str, graph: fx.Graph, source: nn.Module | None = None):
+        self.root, self.prefix, self.graph, self.source = root, prefix, graph, source
         self.modules = dict(root.get_submodule(prefix).named_modules()) if prefix else dict(root.named_modules())
+        self.acts: dict[int, tuple | str | None] = {}
+        self.regions: dict[str, set] = {}
+        if source is not None:
+            self.source_modules = dict(source.named_modules())
+            for node in graph.nodes:
+                for key in (node.meta.get("nn_module_stack") or {}):
+                    self.regions.setdefault(key, set()).add(node)
 
     def module(self, node: fx.Node):
         return self.modules.get(node.target) if node.op == "call_module" else None
@@ -263,11 +331,38 @@ class _Reader:
             return _join(self.prefix, str(node.target))
         return None
 
+    def origin(self, node: fx.Node) -> tuple[str, str, nn.Module | None] | None:
+        """(stack key, module path, the source model's module) of the innermost module whose
+        forward made ``node`` (exported graphs only)."""
+        stack = node.meta.get("nn_module_stack") if self.source is not None else None
+        if not stack:
+            return None
+        key, val = list(stack.items())[-1]
+        path = val[0] if isinstance(val, tuple) else str(val)
+        return key, path, self.source_modules.get(path)
+
+    def owner(self, node: fx.Node, weight: str) -> str | None:
+        """In an exported graph, the path of the source model's Linear/Conv1D/convolution that
+        ``node`` is the forward of (a hook on it sees the node's input), else None."""
+        o = self.origin(node)
+        path = weight.rsplit(".", 1)[0]
+        if o is None or o[1] != path or o[2] is None:
+            return None
+        m = o[2]
+        return path if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) or hf.is_conv1d(m) else None
+
+    def data(self, node: fx.Node):
+        """The input an affine operation transforms (addmm's second argument)."""
+        if node.op == "call_function" and node.target in _ADDMM_FUNCS:
+            return node.args[1]
+        return node.args[0] if node.args else None
+
     def affine(self, node: fx.Node) -> Affine | None:
         m = self.module(node)
-        if isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear) or (m is not None and hf.is_conv1d(m)):
             path = _join(self.prefix, node.target)
-            return Affine(path, "linear", f"{path}.weight", f"{path}.bias" if m.bias is not None else None, path)
+            return Affine(path, "linear", f"{path}.weight", f"{path}.bias" if m.bias is not None else None, path,
+                          transposed=not isinstance(m, nn.Linear))
         if isinstance(m, (nn.Conv1d, nn.Conv2d)) and type(m) in (nn.Conv1d, nn.Conv2d):
             if m.groups != 1 or isinstance(m.padding, str):
                 return None
@@ -277,6 +372,14 @@ class _Reader:
                           tuple(m.stride), tuple(m.padding), tuple(m.dilation), m.padding_mode)
         if node.op != "call_function":
             return None
+        if node.target in _ADDMM_FUNCS:  # addmm(bias, x, weight), beta = alpha = 1
+            if len(node.args) != 3 or any(node.kwargs.get(k, 1) != 1 for k in ("beta", "alpha")):
+                return None
+            b, w = self.attr(node.args[0]), self.attr(node.args[2])
+            if w is None or b is None:
+                return None
+            name = w.rsplit(".", 1)[0] if w.endswith(".weight") else w
+            return Affine(name, "linear", w, b, self.owner(node, w), transposed=True)
         if node.target in _LINEAR_FUNCS or node.target in _CONV_FUNCS:
             args = list(node.args) + [None] * 7
             w, b = self.attr(args[1]), self.attr(args[2]) if args[2] is not None else None
@@ -284,13 +387,14 @@ class _Reader:
                 return None
             name = w.rsplit(".", 1)[0] if w.endswith(".weight") else w
             if node.target in _LINEAR_FUNCS:
-                return Affine(name, "linear", w, b)
+                return Affine(name, "linear", w, b, self.owner(node, w))
             kind = _CONV_FUNCS[node.target]
             d = 1 if kind == "conv1d" else 2
             stride, padding, dilation, groups = (args[3] or 1), (args[4] or 0), (args[5] or 1), (args[6] or 1)
             if groups != 1 or isinstance(padding, str):
                 return None
-            return Affine(name, kind, w, b, None, _tuple(stride, d), _tuple(padding, d), _tuple(dilation, d))
+            return Affine(name, kind, w, b, self.owner(node, w), _tuple(stride, d), _tuple(padding, d),
+                          _tuple(dilation, d))
         return None
 
     def norm(self, node: fx.Node, kind: str) -> Norm | None:
@@ -318,17 +422,17 @@ class _Reader:
     def activation(self, node: fx.Node) -> tuple[str, float, tuple] | None:
         m = self.module(node)
         if m is not None:
-            name = _ACT_MODULES.get(type(m))
-            if name is None:
-                return None
-            params = tuple((k, getattr(m, k)) for k in _ACT_ATTRS.get(name, ()))
-        elif node.op == "call_function" and node.target in _ACT_FUNCS:
+            got = self.act_module(m)
+            return got if isinstance(got, tuple) else None
+        if node.op == "call_function" and node.target in _ACT_FUNCS:
             name, pos, dflt = _ACT_FUNCS[node.target]
             vals = dict(dflt)
             vals.update(zip(pos, node.args[1:]))
-            vals.update({k: v for k, v in node.kwargs.items() if k in dflt})
-            if any(isinstance(v, fx.Node) for v in vals.values()):
+            vals.update({k: v for k, v in node.kwargs.items() if k in dflt or k in pos})
+            if any(isinstance(v, fx.Node) for v in vals.values()) or set(vals) != set(pos) | set(dflt):
                 return None
+            if node.target is aten.elu.default and any(v != 1 for v in node.args[2:]):
+                return None  # scale, input_scale: a SELU or CELU written as an elu
             params = tuple(sorted(vals.items()))
         elif node.op == "call_method" and node.target in _ACT_METHODS and len(node.args) == 1:
             name, params = _ACT_METHODS[node.target], ()
@@ -337,6 +441,39 @@ class _Reader:
         p = dict(params)
         slope = float(p.pop("negative_slope", 0.01))
         return name, slope, tuple(sorted(p.items()))
+
+    def act_module(self, m: nn.Module) -> tuple[str, float, tuple] | str | None:
+        """(name, negative slope, parameters) of an activation module of torch or Hugging Face
+        once checked on :data:`_PROBE` to compute that function; a string saying why not for a
+        known class it does not fit (a PReLU with a slope per channel, a module whose values
+        differ); None for anything else."""
+        if id(m) not in self.acts:
+            self.acts[id(m)] = _recognise(m)
+        return self.acts[id(m)]
+
+    def act_region(self, cur: fx.Node) -> tuple[tuple, fx.Node] | str | None:
+        """In an exported graph, where every user of ``cur`` is an operation of one activation
+        module of the source model (GPT-2's ``NewGELUActivation`` is a few ATen operations): the
+        activation and the region's one output. A string says why the module does not count."""
+        users = list(cur.users)
+        if not users or self.source is None:
+            return None
+        origins = {o[:2] if o else None for o in map(self.origin, users)}
+        if len(origins) != 1 or None in origins:
+            return None
+        key, path = origins.pop()
+        m = self.source_modules.get(path)
+        if m is None:
+            return None
+        act = self.act_module(m)
+        if not isinstance(act, tuple):
+            return act
+        region = self.regions.get(key, set())
+        ins = {a for n in region for a in n.all_input_nodes if a not in region and a.op != "get_attr"}
+        outs = [n for n in region if any(u not in region for u in n.users)]
+        if ins != {cur} or len(outs) != 1:
+            return f"{path} ({type(m).__name__}) does not read one tensor into one"
+        return act, outs[0]
 
     def pool(self, node: fx.Node) -> str | None:
         """'max_pool' or 'avg_pool' for a channel-wise pooling (no indices returned), else None."""
@@ -367,6 +504,16 @@ class _Reader:
                 node.kwargs.get("end_dim", a[2] if a[2] is not None else -1) == -1
         return False
 
+    def keeps_units(self, node: fx.Node, prev: fx.Node) -> bool:
+        """An exported graph's view, reshape or copy of ``prev`` that keeps its last axis (a
+        Linear's units) and regroups only the axes before it (Conv1D's flattening of tokens)."""
+        if node.op != "call_function" or node.target not in _VIEW_FUNCS or not node.args or node.args[0] is not prev:
+            return False
+        a, b = prev.meta.get("val"), node.meta.get("val")
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.dim() == 0 or b.dim() == 0:
+            return False
+        return a.shape[-1] == b.shape[-1] and a.numel() == b.numel()
+
     def passthrough(self, node: fx.Node) -> bool:
         m = self.module(node)
         if m is not None:
@@ -377,27 +524,118 @@ class _Reader:
         return False
 
 
-def _describe(node: fx.Node) -> str:
+def _describe(node: fx.Node, r: _Reader | None = None) -> str:
     t = node.target
     name = getattr(t, "__name__", None) or str(t)
     if node.op == "output":
         return "the model's output"
-    if "add" in name:
-        return f"{node.name} (an add, e.g. a residual connection)"
-    return f"{node.name} ({node.op} {name})"
+    o = r.origin(node) if r is not None else None
+    inside = f" in {o[1]} ({type(o[2]).__name__})" if o and o[1] and o[2] is not None else ""
+    if "add" in name and "addmm" not in name:
+        return f"{node.name} (an add, e.g. a residual connection{inside})"
+    if name.split(".")[0] in ("mul", "mul_") and sum(isinstance(a, fx.Node) for a in node.args) == 2:
+        return f"{node.name} (a product of two tensors{inside}: a gated unit, as in GLU/SwiGLU MLPs, is not lumped)"
+    return f"{node.name} ({node.op} {name}{inside})"
 
 
-def find_groups(model: nn.Module) -> Discovery:
-    """The lumpable groups of ``model`` (see the module docstring); the model is not modified."""
+def _recognise(m: nn.Module) -> tuple[str, float, tuple] | str | None:
+    """See :meth:`_Reader.act_module`."""
+    read = _ACT_MODULES.get(type(m))
+    got = read(m) if read is not None else hf.activation(m)
+    if got is None:
+        if read is not None or (hf.from_transformers(m) and type(m).__name__ in hf.ACTIVATIONS):
+            return (f"a {type(m).__name__} that is not one element-wise function (a slope per channel, or random "
+                    "slopes in training)")
+        return None
+    name, p = got
+    p = dict(p)
+    slope = float(p.pop("negative_slope", 0.01))
+    params = tuple(sorted(p.items()))
+    ref = next((t for t in itertools.chain(m.parameters(), m.buffers()) if t.is_floating_point()), None)
+    # float64 values, else (a PReLU's kernel wants its weight's dtype) the module's own dtype
+    y, why = None, ""
+    for dtype in dict.fromkeys((torch.float64, ref.dtype if ref is not None else torch.float64)):
+        try:
+            with torch.no_grad():
+                y = m(_PROBE.to(device=ref.device if ref is not None else "cpu", dtype=dtype, copy=True))  # in-place ones
+            break
+        except Exception as exc:  # noqa: BLE001 - a module that does not run on the probe is not trusted
+            why = type(exc).__name__
+    if not isinstance(y, torch.Tensor):
+        return f"a {type(m).__name__} that does not run on float values ({why or type(y).__name__})"
+    tol = max(1e-6, 50 * torch.finfo(y.dtype).eps)
+    y = y.detach().to("cpu", torch.float64).numpy()
+    want = apply_activation(_PROBE.numpy(), name, slope, params)
+    if y.shape != want.shape or not np.allclose(y, want, rtol=tol, atol=tol):
+        return f"a {type(m).__name__} whose values are not those of {name}{dict(params) or ''}"
+    return name, slope, params
+
+
+def export_graph(model: nn.Module, args: tuple = (), kwargs: dict | None = None) -> fx.GraphModule:
+    """``torch.export`` of ``model`` (eval mode) on example inputs: the graph module of its ATen
+    operations, which reads each parameter by its path in ``model`` and keeps, for every operation,
+    the module whose forward made it (``nn_module_stack``). A forward with a ``use_cache`` keyword
+    gets ``use_cache=False`` unless given (a cache object is no tensor an export can return)."""
+    kwargs = dict(kwargs or {})
+    try:
+        if "use_cache" not in kwargs and "use_cache" in inspect.signature(model.forward).parameters:
+            kwargs["use_cache"] = False
+    except (TypeError, ValueError):
+        pass
+    was = model.training
+    model.train(False)
+    try:
+        with _no_mha_fastpath(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(model, tuple(args), kwargs, strict=False)
+    finally:
+        model.train(was)
+    return program.module()
+
+
+def find_groups(model: nn.Module, example=None) -> Discovery:
+    """The lumpable groups of ``model`` (see the module docstring); the model is not modified.
+
+    Where torch.fx cannot trace the whole forward and ``example`` (positional and keyword inputs,
+    ``(args, kwargs)``, or a function returning them or None) is given, the model is also read
+    through :func:`export_graph`, and that reading is kept when it finds more groups; its layers
+    are the model's own modules (by parameter path)."""
     if not isinstance(model, nn.Module):
         raise UnsupportedLayerError(f"expected a torch.nn.Module, got {type(model).__name__}")
     graphs, notes = traced_graphs(model)
+    disc = _discover(model, model, graphs, notes)
+    if not notes:
+        return disc
+    if callable(example):
+        example = example()
+    if example is None:
+        disc.note = ("torch.fx cannot trace its whole forward; give example inputs (calibration= or example_inputs=) "
+                     "to read it through torch.export")
+        return disc
+    try:
+        gm = export_graph(model, *example)
+    except Exception as exc:  # noqa: BLE001 - keep what torch.fx found, and say why
+        text = str(exc).strip()
+        disc.note = ("torch.fx cannot trace its whole forward, and torch.export failed on the example inputs: "
+                     f"{text.splitlines()[0][:160] if text else type(exc).__name__}")
+        return disc
+    ex = _discover(model, gm, [("", gm.graph)], [], source=model)
+    if len(ex.groups) < len(disc.groups):
+        disc.note = f"torch.fx in parts; torch.export found fewer groups ({len(ex.groups)})"
+        return disc
+    ex.note = "read through torch.export: torch.fx cannot trace its whole forward"
+    return ex
+
+
+def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Module | None = None) -> Discovery:
+    """Groups in ``graphs`` (read with ``root``'s modules and parameters; ``source``: the model an
+    exported graph was made of)."""
     skipped: list[tuple[str, str]] = list(notes)
     groups: list[Group] = []
     uses: dict[str, int] = {}  # parameter path -> number of operations reading it
     found: list[tuple[_Reader, fx.Node, Affine]] = []
     for prefix, g in graphs:
-        r = _Reader(model, prefix, g)
+        r = _Reader(root, prefix, g, source)
         for node in g.nodes:
             if node.op == "call_module" and isinstance(r.module(node), _OPAQUE):
                 skipped.append((_join(prefix, node.target), "attention (nn.MultiheadAttention): its units are not lumped"))
@@ -421,6 +659,11 @@ def find_groups(model: nn.Module) -> Discovery:
         if uses[c.weight] > 1 or (c.bias and uses[c.bias] > 1):
             skipped.append((a.name, f"its consumer {c.name} shares its parameters with another operation"))
             continue
+        if source is not None and not (a.module and c.module):
+            hidden = a.name if not a.module else c.name
+            skipped.append((a.name, f"{hidden} is computed inside another module's forward, not by a Linear/Conv1D/"
+                                    "convolution module of its own: its input cannot be observed"))
+            continue
         groups.append(group)
     order = {k: i for i, k in enumerate(model.state_dict(keep_vars=True))}
     chains = sorted(_chains(groups), key=lambda c: order.get(c[0].producer.weight, len(order)))
@@ -432,21 +675,31 @@ def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
     """The group that ``node``'s outputs form, or None and why not."""
     cur, norm, act, pools, flat = node, None, None, [], False
     while True:
+        if act is None and not pools and (region := r.act_region(cur)) is not None:
+            if isinstance(region, str):
+                return None, f"its outputs feed {region}"
+            act, cur = region
+            continue
         users = list(cur.users)
         if len(users) != 1:
             if not users:
                 return None, "its output is not used"
-            return None, f"its outputs feed {len(users)} operations ({', '.join(_describe(u) for u in users[:3])})"
+            return None, f"its outputs feed {len(users)} operations ({', '.join(_describe(u, r) for u in users[:3])})"
         nxt = users[0]
         if norm is None and act is None and (n := r.norm(nxt, a.kind)) is not None:
             norm, cur = n, nxt
             continue
-        if r.passthrough(nxt):
+        if r.passthrough(nxt) or (a.kind == "linear" and r.keeps_units(nxt, cur)):
             cur = nxt
             continue
-        if act is None and not pools and (ac := r.activation(nxt)) is not None:
-            act, cur = ac, nxt
-            continue
+        if act is None and not pools:
+            m = r.module(nxt)
+            known = r.act_module(m) if m is not None else None
+            if isinstance(known, str):
+                return None, f"its outputs feed {nxt.target}, {known}"
+            if (ac := r.activation(nxt)) is not None:
+                act, cur = ac, nxt
+                continue
         if a.kind != "linear" and not flat and (pool := r.pool(nxt)) is not None:
             pools.append(pool)
             cur = nxt
@@ -459,8 +712,8 @@ def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
             return None, f"its outputs feed {nxt.target}, a grouped, depthwise or string-padded convolution"
         if c is None:
             where = "" if act else " before any activation"
-            return None, f"its outputs feed {_describe(nxt)}{where}, not a Linear/convolution"
-        if nxt.args[0] is not cur:
+            return None, f"its outputs feed {_describe(nxt, r)}{where}, not a Linear/convolution"
+        if r.data(nxt) is not cur:
             return None, f"its outputs are a parameter of {c.name}, not its input"
         if flat and c.kind != "linear":
             return None, f"its channels are flattened into {c.name}, a {c.kind}"

@@ -6,15 +6,19 @@ the final consumer, every weight held as (out, in * taps) -- a convolution's ker
 its taps. The engine lumps it like any MLP; :func:`write_back` then puts the smaller weights into
 the model's own parameters (a copy's), so the model keeps its class, its forward and every other
 layer. A folded BatchNorm is left in place as an identity (unit scale, zero shift, variance
-1 - eps) that carries the merged bias in its running mean when the producer has no bias.
+1 - eps) that carries the merged bias in its running mean when the producer has no bias. A Linear
+stored transposed (Hugging Face's ``Conv1D``, weight (in, out)) is read and written through its
+transpose, its ``nf``/``nx`` kept in step.
 
 Layer inputs on probe data come from the model itself (forward hooks, or an fx Interpreter for a
-``torch.export`` program): a Linear's input rows, a convolution's patches (``unfold``).
+``torch.export`` program): a Linear's input rows, a convolution's patches (``unfold``). Inputs are
+a tensor (the first argument) or a :class:`Batch` of keyword tensors.
 """
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -22,6 +26,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import InvalidWeightsError, ShapeMismatchError, UnsupportedLayerError
+from .export import quiet_leafspec
 from .groups import Affine, Group, Norm
 from ..core.network import Layer, Network
 
@@ -51,6 +56,12 @@ def set_tensor(root: nn.Module, path: str, value: torch.Tensor) -> None:
         setattr(owner, leaf, value)
 
 
+def weight(root: nn.Module, a: Affine) -> torch.Tensor:
+    """``a``'s weight as (out, in, *kernel): a transposed Linear's (in, out) weight (Conv1D) as a view."""
+    w = get_tensor(root, a.weight)
+    return w.t() if a.transposed else w
+
+
 def _np(t: torch.Tensor, name: str) -> np.ndarray:
     a = t.detach().to("cpu", torch.float64).numpy()
     if not np.isfinite(a).all():
@@ -59,7 +70,7 @@ def _np(t: torch.Tensor, name: str) -> np.ndarray:
 
 
 def taps(root: nn.Module, a: Affine) -> int:
-    w = get_tensor(root, a.weight)
+    w = weight(root, a)
     return int(math.prod(w.shape[2:])) if w.dim() > 2 else 1
 
 
@@ -67,7 +78,7 @@ def _affine_layer(root: nn.Module, a: Affine, norm: Norm | None, group: Group | 
     """Layer view of ``a``; ``units_in``: the units feeding it (the previous chain layer's outputs),
     which fix its taps: a convolution's kernel size, or the positions per channel of a Linear
     reading flattened channels."""
-    w = get_tensor(root, a.weight)
+    w = weight(root, a)
     W = _np(w, a.weight).reshape(w.shape[0], -1)
     b = _np(get_tensor(root, a.bias), a.bias) if a.bias else np.zeros(w.shape[0])
     if norm is not None:
@@ -92,9 +103,9 @@ def chain_network(root: nn.Module, chain: list[Group]) -> Network:
     for k, a in enumerate(chain_affines(chain)):
         g = chain[k] if k < len(chain) else None
         prev = chain[k - 1] if k else None
-        units = int(get_tensor(root, prev.producer.weight).shape[0]) if prev else None
+        units = int(weight(root, prev.producer).shape[0]) if prev else None
         if prev is not None and not prev.flatten and prev.producer.kind == a.kind:
-            have = int(get_tensor(root, a.weight).shape[1])
+            have = int(weight(root, a).shape[1])
             if have != units:
                 raise UnsupportedLayerError(f"{a.name} takes {have} inputs but {prev.producer.name} gives {units}")
         layers.append(_affine_layer(root, a, g.norm if g else None, g, units))
@@ -128,7 +139,7 @@ def write_back(root: nn.Module, chain: list[Group], small: Network) -> None:
         W = torch.from_numpy(np.ascontiguousarray(layer.weight))
         if old.dim() > 2:
             W = W.reshape(layer.out_features, layer.in_features, *old.shape[2:])
-        set_tensor(root, a.weight, W)
+        set_tensor(root, a.weight, W.t().contiguous() if a.transposed else W)
         b = torch.from_numpy(layer.bias.copy())
         if a.bias:
             set_tensor(root, a.bias, b)
@@ -148,6 +159,8 @@ def write_back(root: nn.Module, chain: list[Group], small: Network) -> None:
             m = root.get_submodule(a.module)
             if isinstance(m, nn.Linear):
                 m.in_features, m.out_features = int(W.shape[1]), layer.out_features
+            elif a.transposed:  # Hugging Face's Conv1D: its forward shapes its output by nf
+                m.nx, m.nf = int(W.shape[1]), layer.out_features
             else:
                 m.in_channels, m.out_channels = layer.in_features, layer.out_features
 
@@ -162,24 +175,93 @@ def _set_width(root: nn.Module, path: str, attr: str, n: int) -> None:
 
 
 def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy: the user's model is never modified."""
-    return copy.deepcopy(model)
+    """A deep copy: the user's model is never modified (a torch.export program's module copies
+    without torch's LeafSpec deprecation warning, which is torch's own and says nothing to a user)."""
+    with quiet_leafspec():
+        return copy.deepcopy(model)
 
 
 # ---------------------------------------------------------------------------------------------
 # layer inputs on probe data
 
 
-def run(fn, x: torch.Tensor, name: str | None = None):
+class Batch:
+    """Keyword inputs batched on their first axis (a Hugging Face model's ``input_ids``,
+    ``attention_mask``, ...), taken row by row together; values that are not tensors (``use_cache=False``)
+    pass as they are. A model runs on it as ``model(**batch.kwargs)``."""
+
+    def __init__(self, kwargs: dict):
+        self.kwargs = dict(kwargs)
+        sizes = {k: int(v.shape[0]) for k, v in self.kwargs.items() if isinstance(v, torch.Tensor) and v.dim()}
+        if not sizes or len(set(sizes.values())) != 1:
+            raise ShapeMismatchError("keyword inputs need tensors with one batch size on their first axis, got "
+                                     f"{ {k: tuple(v.shape) for k, v in self.kwargs.items() if isinstance(v, torch.Tensor)} }")
+        self.rows = next(iter(sizes.values()))
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, idx) -> "Batch":
+        if isinstance(idx, np.ndarray):
+            idx = torch.from_numpy(idx)
+        return Batch({k: v[idx] if isinstance(v, torch.Tensor) and v.dim() else v for k, v in self.kwargs.items()})
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError(f"keyword inputs {self.shape} are no array: a model takes them as model(**batch.kwargs)")
+
+    def clone(self) -> "Batch":
+        return Batch({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.kwargs.items()})
+
+    @property
+    def shape(self) -> dict:
+        return {k: tuple(v.shape) for k, v in self.kwargs.items() if isinstance(v, torch.Tensor)}
+
+    def __repr__(self) -> str:
+        return f"Batch({self.shape})"
+
+
+def call(fn, x):
+    """``fn`` on model inputs ``x``: a tensor (the first argument) or a :class:`Batch` (keywords)."""
+    return fn(**x.kwargs) if isinstance(x, Batch) else fn(x)
+
+
+def run(fn, x: torch.Tensor | Batch, name: str | None = None):
     """``fn(x)`` without gradients; a model that does not run on ``x`` (a shape it does not take, a
     batch size an exported program is fixed to) is a :class:`ShapeMismatchError` naming both."""
     try:
         with torch.no_grad():
-            return fn(x)
+            return call(fn, x)
     except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        shape = x.shape if isinstance(x, Batch) else tuple(x.shape)
         raise ShapeMismatchError(f"{name or type(fn).__name__} does not run on calibration shaped "
-                                 f"{tuple(x.shape)}: {first}") from exc
+                                 f"{shape}: {first}") from exc
+
+
+def output_rows(y, n: int, name: str = "the model") -> torch.Tensor:
+    """A model's outputs on ``n`` rows as one (n, outputs) tensor: a tensor as it is; a
+    ``ModelOutput``, dict, tuple or list by its tensors with ``n`` rows (``logits`` first), each
+    flattened per row and side by side (a cache or a scalar loss is left out)."""
+    if isinstance(y, torch.Tensor):
+        return y.reshape(len(y), -1)
+    parts = [t.reshape(n, -1) for t in tensors(y) if t.dim() and len(t) == n]
+    if not parts:
+        raise ShapeMismatchError(f"{name} returns {type(y).__name__} without a tensor of {n} rows; calibration "
+                                 "errors need one")
+    return torch.cat([t.to(parts[0].dtype) for t in parts], dim=1) if len(parts) > 1 else parts[0]
+
+
+def tensors(y) -> list[torch.Tensor]:
+    """The tensors in a model's output, in order, ``logits`` first (a ``past_key_values`` cache is
+    state for the next call, not an output)."""
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, Mapping):
+        keys = sorted((k for k in y.keys() if k != "past_key_values"), key=lambda k: k != "logits")
+        return [t for k in keys for t in tensors(y[k])]
+    if isinstance(y, (tuple, list)):
+        return [t for v in y for t in tensors(v)]
+    return []
 
 
 def capture(model: nn.Module, affines: list[Affine], x) -> dict[str, torch.Tensor]:

@@ -111,7 +111,7 @@ def open_panel(line: str, ns: dict):
         print(f"%afde: the panel needs ipywidgets and matplotlib (pip install \".[notebook]\" in the afde-nb "
               f"checkout): {exc}", file=sys.stderr)
         return None
-    if panel.compression is None:
+    if panel.compression is None and not panel.loading:  # in a kernel it fills in (and shows errors) as it runs
         print(f"%afde: cannot compress {names[0]!r}: {panel.errors[-1] if panel.errors else 'unknown error'}",
               file=sys.stderr)
         panel.close()

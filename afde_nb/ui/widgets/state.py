@@ -29,6 +29,7 @@ import inspect
 import math
 import numbers
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -41,7 +42,7 @@ from ...errors import InvalidArgumentError, ShapeMismatchError
 from ...eval import metrics
 from ...models.export import PROGRAM_SUFFIX
 from ...models.stack import to_network
-from ...pipeline.compress import GROUP_BASELINES, Compression, _repair_how, allowed, compress, model_inputs
+from ...pipeline.compress import Compression, _repair_how, allowed, compress, model_inputs
 from ...pipeline.moves import SliderCache, _same_weights, _versions
 
 FORMATS = (".pt", ".safetensors", PROGRAM_SUFFIX)
@@ -600,21 +601,9 @@ class PanelState:
 
     @property
     def tradeoff_baselines(self) -> tuple[str, ...]:
-        """The baselines the trade-off compares with: those asked for that act on this model's
-        units (``allows.baselines``); where none does, structured pruning and k-means folding of the
-        same groups afde-nb lumps stand in (:attr:`tradeoff_note` says so)."""
-        if self.allows is None:
-            return self.baselines
-        return tuple(b for b in self.baselines if b in self.allows.baselines) or GROUP_BASELINES_DEFAULT
-
-    @property
-    def tradeoff_note(self) -> str:
-        """What the trade-off curve leaves out for this model, or ``""``."""
-        dropped = [b for b in self.baselines if self.allows is not None and b not in self.allows.baselines]
-        if not dropped:
-            return ""
-        return (f"{', '.join(dropped)} prune single weights of plain Linear stacks; on this model's groups the curve "
-                f"compares with {', '.join(self.tradeoff_baselines)} (the same units afde-nb lumps)")
+        """The baselines the trade-off compares with: every one acts on the same groups afde-nb
+        lumps, in any model (:mod:`afde_nb.eval.baselines`)."""
+        return self.baselines
 
     def tradeoff_steps(self) -> int:
         """About how many models :meth:`tradeoff` evaluates (for a progress bar)."""
@@ -624,19 +613,37 @@ class PanelState:
     def tradeoff(self, progress: Callable[[], None] | None = None) -> list[dict]:
         """The size/error trade-off against the baselines (:func:`afde_nb.eval.bench.tradeoff` rows) on
         the test data, for the current mode and switches; kept in ``tradeoff_rows``."""
+        job = self.tradeoff_job()
+        self.keep_tradeoff(job, job.run(progress))
+        return self.tradeoff_rows
+
+    def tradeoff_job(self) -> "TradeoffJob":
+        """:meth:`tradeoff` in two halves, for a caller that computes the rows on another thread
+        while this state goes on answering: the settings and data are read now, and
+        ``job.run(progress)`` computes the rows from those alone; :meth:`keep_tradeoff` keeps them."""
         if self.y is None:
             raise InvalidArgumentError("the trade-off curve needs test data: Panel(model, (X, y)) or "
                                        "Panel(model, dataset)")
-        from ...eval.bench import tradeoff
+        from ...eval import bench
 
         key = self.tradeoff_mode()
         entry, variant, relative = key
-        rows = tradeoff(self.model, self._flat["X_eval"], self.y_eval, calibration=self._flat.get("cal"),
-                        eps_values=self.eps_values, mode=entry, relative=relative, baselines=self.tradeoff_baselines,
-                        progress=progress, **self._variants(variant))
-        self.tradeoff_rows = [dict(r) for r in rows]
-        self.tradeoff_key = key
-        return self.tradeoff_rows
+        model, flat, y_eval = self.model, self._flat, self.y_eval
+        kw = dict(calibration=flat.get("cal"), eps_values=self.eps_values, mode=entry, relative=relative,
+                  baselines=self.tradeoff_baselines, **self._variants(variant))
+
+        def run(progress: Callable[[], None] | None = None) -> list[dict]:
+            return [dict(r) for r in bench.tradeoff(model, flat["X_eval"], y_eval, progress=progress, **kw)]
+
+        return TradeoffJob(key, flat, run)
+
+    def keep_tradeoff(self, job: "TradeoffJob", rows: list[dict]) -> bool:
+        """Keep the rows of ``job`` as ``tradeoff_rows`` unless the data changed since it was made
+        (then they are dropped: False)."""
+        if job.data is not self._flat:
+            return False
+        self.tradeoff_rows, self.tradeoff_key = rows, job.key
+        return True
 
     # ---------------------------------------------------------------- export
     def export_choice(self, path: str) -> tuple[str, str]:
@@ -656,8 +663,15 @@ class PanelState:
         return [Path(w).resolve() for w in self.compression.save(target, example_inputs=example)]
 
 
-#: the trade-off's baselines where none of those asked for acts on the model's units
-GROUP_BASELINES_DEFAULT = ("structured-norm", "kmeans-fold")
+@dataclass(frozen=True)
+class TradeoffJob:
+    """A trade-off to compute (:meth:`PanelState.tradeoff_job`): ``key`` the setting
+    (:meth:`PanelState.tradeoff_mode`), ``data`` the state's data it reads (compared by identity),
+    ``run(progress)`` the rows."""
+
+    key: tuple
+    data: dict = field(repr=False)
+    run: Callable[..., list[dict]] = field(repr=False)
 
 
 def _allowed(model):
@@ -669,5 +683,5 @@ def _allowed(model):
         return None
 
 
-__all__ = ["GROUP_BASELINES", "FORMATS", "METHODS", "MODES", "PanelState", "export_target", "merges_of",
-           "resolve_data"]
+__all__ = ["FORMATS", "METHODS", "MODES", "PanelState", "TradeoffJob", "export_target",
+           "merges_of", "resolve_data"]
