@@ -23,7 +23,7 @@ from torch import nn
 
 from ..core.network import ODE_DEFINED, Network, as_inputs
 from ..core.partition import Partition
-from ..errors import InvalidArgumentError, InvalidWeightsError, UnsupportedLayerError
+from ..errors import InvalidArgumentError, InvalidWeightsError, ShapeMismatchError, UnsupportedLayerError
 from . import surgery
 from .export import PROGRAM_SUFFIX
 from .groups import Affine, Discovery, Group, find_groups
@@ -134,6 +134,21 @@ class Captured:
         if self.stack:
             return as_inputs(data, self.nets[0].widths[0], "calibration", self.nets[0].meta.get("flatten"))
         return as_model_input(self.model, data)
+
+    def inputs(self, data, what: str = "calibration"):
+        """``data`` checked as inputs of the model, in the form the pipeline keeps them: a plain
+        stack's as an (n, in) float64 array (its input Flatten applied), any other model's as given
+        once the model runs on two of its rows; a shape the model does not take is a
+        :class:`~afde_nb.errors.ShapeMismatchError` naming ``what``."""
+        if self.stack:
+            return as_inputs(data, self.nets[0].widths[0], what, self.nets[0].meta.get("flatten"))
+        try:
+            self.output(self.calibration(data)[:2])
+        except ShapeMismatchError as exc:
+            shape = data.shape if hasattr(data, "shape") else type(data).__name__
+            raise ShapeMismatchError(f"{type(self.model).__name__} does not run on {what} shaped {shape}: "
+                                     f"{str(exc).split(': ', 1)[-1]}") from exc
+        return data
 
     def example(self, data):
         """Two rows of ``data`` as the model takes them (the inputs a ``.pt2`` export traces with by

@@ -24,7 +24,7 @@ from ..core.reduce import quotient
 from ..core.repair import LOSSY, deviation, repair as refit
 from ..core.target import eps_for_error, eps_for_params, pick, scale_candidates
 from ..errors import InvalidArgumentError, ShapeMismatchError
-from ..models.capture import Captured, as_model_input, capture
+from ..models.capture import Captured, capture
 from .result import Compression, LayerSummary, layer_summaries
 
 __all__ = ["Compression", "LayerSummary", "compress", "layer_summaries"]
@@ -406,11 +406,4 @@ def model_inputs(model: nn.Module, X, what: str = "calibration"):
     its rows; a shape the model does not take is a :class:`~afde_nb.errors.ShapeMismatchError`."""
     cap = capture(model)
     cap.check("ward", "backward")
-    if cap.stack:
-        return as_inputs(X, cap.nets[0].widths[0], what, cap.nets[0].meta.get("flatten"))
-    try:
-        cap.output(as_model_input(model, X[:2]))
-    except ShapeMismatchError as exc:
-        raise ShapeMismatchError(f"{type(model).__name__} does not run on {what} shaped {np.shape(X)}: "
-                                 f"{str(exc).split(': ', 1)[-1]}") from exc
-    return X
+    return cap.inputs(X, what)
