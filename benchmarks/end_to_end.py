@@ -13,8 +13,11 @@ fresh subprocess, which first compresses a tiny model (one-time imports and trac
   resetting it (write "5" to ``/proc/self/clear_refs``) minus the resident memory just before, in
   MB and as a multiple of the model's float32 size;
 - **time**: best of up to 3 calls of ``compress`` (2 when the first takes over 10 s, 1 over 60 s;
-  the first call of a fresh process, which is slower, is also shown), against the floor, one
-  numpy ``sum`` over the model's float32 weight arrays (best of 5, as in throughput.py);
+  the first call of a fresh process, which is slower, is also shown), against two floors measured
+  in the same process (best of 5 each): the *memory floor*, one numpy ``sum`` over the model's
+  float32 weight arrays (as in throughput.py: what eps = 0 cannot skip), and the *arithmetic
+  floor* (:func:`arithmetic_floor`: what eps > 0 cannot skip, the 512 probes' float32 forward and
+  each hidden layer's Gram of its probe pre-activations);
 - **split**: ``to_network`` (torch -> read-only numpy views, ``check=False`` as ``compress`` calls
   it: the finiteness check is the engine's first pass in ``merge_path``); ``merge_path`` (exact blocks only; merge
   paths are lazy) and the agglomeration, forced by touching ``lp.pairs`` for every layer (only at
@@ -39,7 +42,9 @@ import time
 
 from _util import best_time, table
 
-EPS = (0.0, 0.05)
+EPS = (0.0, 0.05, 0.3, 2.0)
+#: probe rows of the default merge path (core.path.PROBES)
+PROBES = 512
 
 
 def _status_kb(key: str) -> int:
@@ -76,6 +81,27 @@ def _mlp(width: int, depth: int, seed: int = 0):
     return torch.nn.Sequential(*mods).eval()
 
 
+def arithmetic_floor(model, probes: int = PROBES, repeat: int = 5) -> float:
+    """The arithmetic the default cannot skip at eps > 0, in torch float32, best of ``repeat``: on
+    ``probes`` standard-normal inputs, for each hidden layer ``z = addmm(b, h, W^T)`` (the probes'
+    pre-activations: the masses' slopes and, with fewer probes than inputs, the metric rows),
+    ``z^T z`` (their Gram: the agglomeration's inner products) and ``h = tanh(z)``."""
+    import torch
+
+    lins = [m for m in model if isinstance(m, torch.nn.Linear)]
+    h0 = torch.randn(probes, lins[0].in_features, generator=torch.Generator().manual_seed(0))
+
+    def run():
+        h = h0
+        for lin in lins[:-1]:
+            z = torch.addmm(lin.bias, h, lin.weight.T)
+            z.T @ z
+            h = torch.tanh(z)
+
+    with torch.no_grad():
+        return best_time(run, repeat=repeat)
+
+
 def one(width: int, depth: int, eps: float) -> dict:
     """One configuration, in its own process."""
     import gc
@@ -92,6 +118,7 @@ def one(width: int, depth: int, eps: float) -> dict:
     model_mb = sum(a.nbytes for a in arrays) / 2**20
     layer_mb = max(a.nbytes for a in arrays) / 2**20  # one layer buffer (issue 10's memory target)
     floor = best_time(lambda: sum(float(a.sum()) for a in arrays), repeat=5)
+    arith = arithmetic_floor(model)
 
     gc.collect()
     _reset_peak()
@@ -127,7 +154,7 @@ def one(width: int, depth: int, eps: float) -> dict:
     small = quotient(net, path.partition(eps))[0]
     t_torch = best_time(lambda: to_torch(small), repeat=3, budget_s=10.0)
     return {"width": width, "depth": depth, "eps": eps, "params": params, "model_mb": model_mb,
-            "floor": floor, "compress": t_compress, "compress_first": first, "calls": 1 + more,
+            "floor": floor, "arith": arith, "compress": t_compress, "compress_first": first, "calls": 1 + more,
             "peak_extra_mb": peak_mb, "kept": kept, "reduced_mb": reduced_mb, "layer_mb": layer_mb, "to_network": t_net, "merge_path": t_path,
             "agglomeration": t_agg, "quotient": t_quot, "to_torch": t_torch}
 
@@ -167,7 +194,9 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=6, help="depth of the width series")
     ap.add_argument("--depth-width", type=int, default=1024, help="width of the depth series")
     ap.add_argument("--limit-s", type=float, default=180.0, help="per configuration; beyond it the width series stops")
+    ap.add_argument("--eps", type=float, nargs="+", default=list(EPS), help="the first is the memory series' reference")
     args = ap.parse_args()
+    eps_list = tuple(args.eps)
 
     import afde_nb
     import numpy as np
@@ -188,12 +217,12 @@ def main() -> None:
     prev = None
     for w in args.widths:
         if prev is not None:  # the next width needs about (w / w_prev)^2 times the memory of the last
-            need = max(r["peak_extra_mb"] + r["model_mb"] for r in prev.values()) * (w / prev[EPS[0]]["width"]) ** 2
+            need = max(r["peak_extra_mb"] + r["model_mb"] for r in prev.values()) * (w / prev[eps_list[0]]["width"]) ** 2
             if need > 0.8 * _meminfo_mb("MemAvailable"):
                 notes.append(f"width {w} x {args.depth} not run: it would need about {need / 1024:.1f} GB "
                              f"(scaled from the width before), more than this machine has free")
                 break
-        res = {eps: run(dict(width=w, depth=args.depth, eps=eps), args.limit_s) for eps in EPS}
+        res = {eps: run(dict(width=w, depth=args.depth, eps=eps), args.limit_s) for eps in eps_list}
         bad = [f"eps {eps:g}: {r}" for eps, r in res.items() if isinstance(r, str)]
         if bad:
             notes.append(f"width {w} x {args.depth} stopped the width series ({'; '.join(bad)}); "
@@ -205,7 +234,7 @@ def main() -> None:
         walls.append(f"w{w} x {args.depth} {sum(r['wall'] for r in res.values()):.0f} s")
         print(f"  {walls[-1]}", file=sys.stderr, flush=True)
     for d in args.depths:
-        for eps in EPS:
+        for eps in eps_list:
             if (args.depth_width, d, eps) in results:
                 continue
             r = run(dict(width=args.depth_width, depth=d, eps=eps), args.limit_s)
@@ -224,9 +253,16 @@ def main() -> None:
     for r in width_series:
         rows.append([_net(r), f"{r['params'] / 1e6:.1f}M", f"{r['eps']:g}", _ms(r["compress"]), r["calls"],
                      _ms(r["compress_first"]), _ms(r["floor"]), f"{r['compress'] / r['floor']:.0f}x",
+                     _ms(r["arith"]), f"**{r['compress'] / r['arith']:.2f}x**" if r["eps"] > 0 else "-",
                      f"{1000 * r['compress'] / (r['params'] / 1e6):.2f}", f"{r['kept'] / r['params']:.3f}"])
     print(table(["network", "params", "eps", "compress ms (best)", "calls", "first call ms (fresh process)",
-                 "numpy sum ms (floor)", "vs floor", "ms / M params", "params kept"], rows))
+                 "numpy sum ms (memory floor)", "vs memory floor", "arithmetic floor ms",
+                 "vs arithmetic floor (eps > 0)", "ms / M params", "params kept"], rows))
+    lossy = [r for r in width_series if r["eps"] > 0]
+    for w in sorted({r["width"] for r in lossy}):
+        worst = max((r for r in lossy if r["width"] == w), key=lambda r: r["compress"] / r["arith"])
+        print(f"\nw{w} x {args.depth}: worst eps > 0 is {worst['eps']:g}, {worst['compress'] / worst['arith']:.2f}x "
+              f"the arithmetic floor ({_ms(worst['compress'])} ms against {_ms(worst['arith'])} ms)")
 
     print("\n## 2. Where the time goes\n")
     print("merge path: `merge_path()` builds the exact blocks; the agglomeration (touching `lp.pairs`) "
@@ -260,7 +296,7 @@ def main() -> None:
                      f"{r['compress'] / r['floor']:.0f}x", f"{1000 * r['compress'] / (r['depth'] - 1):.0f}"])
     print(table(["network", "params", "eps", "compress ms", "vs floor", "ms / hidden layer"], rows))
 
-    for eps in EPS:  # log-log slope of time against width
+    for eps in eps_list:  # log-log slope of time against width
         pts = [(r["width"], r["compress"]) for r in width_series if r["eps"] == eps]
         if len(pts) >= 3:
             x, y = np.log([p[0] for p in pts[1:]]), np.log([p[1] for p in pts[1:]])

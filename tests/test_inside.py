@@ -519,3 +519,85 @@ def test_budget_split_by_measured_error(repair):
     chosen = c.path.partition_at([lp.n - int(l.max()) - 1 for lp, l in zip(c.path.layers, c.partition)])
     others = [c.path.partition_at(c.path.for_params(target)), c.path.partition_at(c.path.uniform(target))]
     assert held_error(chosen) <= min(held_error(p) for p in others) + 1e-12
+
+
+def _unfolded_rows(t, a, weight, max_rows, seed=0):
+    """The definition surgery.rows implements: every position's patch (unfold), row n * L + l,
+    then a seeded draw of max_rows of them, in order."""
+    t = t.detach().to(torch.float64)
+    if a.kind == "linear":
+        R = t.reshape(-1, t.shape[-1])
+    else:
+        kernel, stride, padding, dilation = tuple(weight.shape[2:]), a.stride, a.padding, a.dilation
+        if a.kind == "conv1d":
+            t, kernel = t.unsqueeze(2), (1,) + kernel
+            stride, padding, dilation = (1,) + stride, (0,) + padding, (1,) + dilation
+        if a.padding_mode != "zeros":
+            t = nn.functional.pad(t, [p for p in reversed(padding) for _ in (0, 1)], mode=a.padding_mode)
+            padding = (0,) * len(padding)
+        P = nn.functional.unfold(t, kernel, dilation=dilation, padding=padding, stride=stride)
+        R = P.transpose(1, 2).reshape(-1, P.shape[1])
+    R = R.numpy()
+    if len(R) > max_rows:
+        R = R[np.sort(np.random.default_rng(seed).choice(len(R), max_rows, replace=False))]
+    return R
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d", "conv2d"])
+def test_rows_gather_only_the_drawn_patches(kind, monkeypatch):
+    """surgery.rows gathers the drawn positions' patches only, and they are bit for bit the rows
+    of the whole unfolded input subsampled as before (so partitions do not move): strides,
+    dilations, every padding mode, channels-last inputs, token rows, above and below MAX_ROWS."""
+    from afde_nb.models import surgery
+    from afde_nb.models.groups import Affine
+
+    monkeypatch.setattr(surgery, "MAX_ROWS", 300)
+    rng = np.random.default_rng(1)
+    for trial in range(24):
+        n, c = int(rng.integers(1, 9)), int(rng.integers(1, 5))
+        if kind == "linear":
+            t = torch.randn((n, int(rng.integers(1, 90)), c) if trial % 2 else (n * 60, c))
+            a, w = Affine("l", "linear", "l.weight", None), torch.zeros(3, c)
+        else:
+            d = 1 if kind == "conv1d" else 2
+            k, s, dl = (tuple(int(v) for v in rng.integers(1, 4, d)) for _ in range(3))
+            mode = ("zeros", "reflect", "replicate", "circular")[trial % 4]
+            p = tuple(int(v) for v in rng.integers(0, 2 if mode == "reflect" else 3, d))
+            t = torch.randn((n, c) + tuple(int(v) for v in rng.integers(9, 20, d)))
+            if kind == "conv2d" and trial % 3 == 0:
+                t = t.contiguous(memory_format=torch.channels_last)
+            a, w = Affine("c", kind, "c.weight", None, None, s, p, dl, mode), torch.zeros((3, c) + k)
+        want = _unfolded_rows(t, a, w, 300)
+        got = surgery.rows(t, a, w)
+        assert got.dtype == np.float64 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}: {a}")
+
+
+def test_one_run_gives_the_rows_and_the_outputs():
+    """Captured.rows_and_output: the calibration run that draws the rows also gives the model's
+    outputs (compress's reference for the calibration error), the same as two separate runs; the
+    rows are drawn as the run reaches each layer, so an in-place activation after it changes
+    nothing."""
+    from afde_nb.models.capture import capture
+
+    class InPlace(CNN):
+        def forward(self, x):
+            h = self.r1(self.bn1(self.c1(x)))
+            y = self.c2(h)
+            h.mul_(0.0)  # c2's input, overwritten after c2 ran
+            return self.fc(self.flat(self.c3(self.r2(y))))
+
+    from afde_nb.models.surgery import chain_affines
+
+    torch.manual_seed(5)
+    for m in (CNN().eval(), InPlace().eval()):
+        x = torch.randn(40, 2, 8, 8)
+        cap = capture(m)
+        rows, y = cap.rows_and_output(x)
+        with torch.no_grad():
+            np.testing.assert_array_equal(y, m(x).double().numpy())
+            h = m.r1(m.bn1(m.c1(x)))
+        (chain,), (got,) = cap.discovery.chains, rows
+        at = [a.name for a in chain_affines(chain)].index("c2")  # InPlace: c1 feeds two nodes, so not a group
+        assert np.abs(got[at]).max() > 0
+        np.testing.assert_array_equal(got[at], _unfolded_rows(h, chain_affines(chain)[at], m.c2.weight, 4096))

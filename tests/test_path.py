@@ -427,6 +427,43 @@ def test_metric_rows_are_the_probes_pre_activations(act):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("merged", [False, True])
+def test_patch_rows_carry_the_metric_through_the_probes(merged):
+    """A convolution layer (taps > 1, n << d) with more probe rows than inputs takes its metric rows
+    through the probes, A Ua^T / sqrt(N) (from the forward's pre-activations where no source
+    merged), instead of the Cholesky route: the same metric, M M^T = A C A^T up to the Cholesky
+    route's ridge, and the same merges."""
+    from afde_nb.core.network import Layer
+    from afde_nb.core.path import RIDGE, Source, _metric_rows, _reduced_values, aligned, incoming
+
+    rng = np.random.default_rng(3)
+    taps, units, n, N = 9, 6, 5, 400  # d = 6 * 9 + 1 = 55 < N
+    layer = Layer(rng.normal(size=(n, units * taps)), rng.normal(size=n), "relu", taps=taps)
+    H = np.maximum(rng.normal(size=(N, units * taps)), 0.0)
+    labels = np.array([0, 1, 1, 2, 3, 4]) if merged else np.arange(units)
+    src = Source(labels, np.ones(units, dtype=np.int64), np.linspace(0.5, 2.0, units), "relu")
+    if merged:  # the source's blocks are equal units: their columns of H agree
+        H.reshape(N, units, taps)[:, 2] = H.reshape(N, units, taps)[:, 1] * (src.scales[2] / src.scales[1])
+    R, b = incoming(layer.weight, layer.bias, src, taps)
+    A, c = aligned(R, b, "relu")
+    z = H @ layer.weight.T + layer.bias
+    got = _metric_rows(H, z, layer, src, "relu", c)
+    assert got.shape == (n, N)  # through the probes, not d columns
+    U = _reduced_values(H, src.expand(taps))
+    Ua = np.column_stack([U, np.ones(N)])
+    C = Ua.T @ Ua / N
+    C[np.diag_indices_from(C)] += RIDGE * np.trace(C) / len(C)
+    want = A @ C @ A.T
+    np.testing.assert_allclose(got @ got.T, want, rtol=1e-6, atol=1e-9 * np.abs(want).max())
+    L = A @ np.linalg.cholesky(C)  # the route it replaces
+    w = np.ones(n)
+    for X in (got, L):
+        assert _core.agglomerate(np.ascontiguousarray(X), w, np.arange(n), np.ones(n, dtype=np.int64), "ward",
+                                 False, 0)[0].tolist() == \
+            _core.agglomerate(np.ascontiguousarray(L), w, np.arange(n), np.ones(n, dtype=np.int64), "ward",
+                              False, 0)[0].tolist()
+
+
 def test_approximate_path_is_explicit_and_keeps_eps_zero_exact(rng):
     """approx=r: r probe rows in float32, recorded in meta; the exact merges (eps = 0) are those of
     the exact path; with every calibration row it only rounds, so the partitions agree."""
@@ -560,3 +597,27 @@ def test_merge_path_keeps_no_buffers_or_probes_once_built(rng):
     for a, b in zip(p.layers, q.layers):  # built in another order: the same path
         np.testing.assert_array_equal(a.pairs, b.pairs)
         np.testing.assert_array_equal(a.heights, b.heights)
+
+
+def test_merge_path_memory_a_few_probe_arrays_beside_the_work_buffer():
+    """Built layer by layer with more inputs than probes (the metric rows are the probes'
+    pre-activations), a merge path holds at its peak Ward's work buffer and about five probe-sized
+    arrays: a layer's own probes go before its chain's buffer is taken, the forward's float64 copy
+    of a float32 layer goes into that buffer while it is idle, and the slopes come from the
+    forward's phi(z). (Before: six to seven; at width 1024 each is a float32 layer's size, so
+    these arrays decide compress()'s peak memory there, docs/performance.md §10.)"""
+    import tracemalloc
+
+    from afde_nb.core.path import PROBES
+
+    w = 600
+    torch.manual_seed(0)
+    net = to_network(mlp([w] * 5, ["tanh"] * 3))
+    tracemalloc.start()
+    try:
+        merge_path(net).build()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    probe, ward = PROBES * w * 8, w * _core.ward_stride(w) * 8
+    assert (peak - ward) / probe < 5.5

@@ -1,6 +1,7 @@
 """Hugging Face transformers, built offline from tiny configs with random weights: captured through
 torch.export (torch.fx cannot trace them), feed-forward groups lumped in the user's own model
-(BERT/RoBERTa Linear -> GELU -> Linear, GPT-2's transposed Conv1D), eps = 0 exact on planted
+(BERT/RoBERTa Linear -> GELU -> Linear, GPT-2's transposed Conv1D; LLaMA/Mistral gated MLPs, more in
+tests/test_gated.py), eps = 0 exact on planted
 duplicates, a parameter budget reached, generate and save_pretrained + load_reduced working."""
 import copy
 import os
@@ -17,7 +18,6 @@ except ImportError:  # pragma: no cover - the test extra installs it; under CI a
     pytest.skip("transformers is not installed (pip install 'afde-nb[test]')", allow_module_level=True)
 
 import afde_nb
-from afde_nb.errors import UnsupportedLayerError
 from afde_nb.models.capture import capture
 from afde_nb.models.hf import load_reduced
 
@@ -182,11 +182,23 @@ def test_data_free_from_dummy_inputs():
 
 
 @pytest.mark.parametrize("make", [llama, mistral])
-def test_gated_mlps_are_named_not_lumped(make):
+def test_gated_mlps_are_lumped(make):
+    """LLaMA/Mistral MLPs, down(silu(gate(x)) * up(x)), are gated groups (tests/test_gated.py has the
+    rest: exactness, budgets, repair, reloading)."""
     torch.manual_seed(0)
     model = make().eval()
-    with pytest.raises(UnsupportedLayerError, match=r"(?s)0 lumpable group.*mlp\.gate_proj: its outputs feed .*gated"):
-        afde_nb.compress(model, 0.1, calibration=tokens(4)["input_ids"])
+    ids = tokens(4)["input_ids"]
+    report = capture(model, calibration=ids).discovery.report()
+    assert "2 lumpable group(s) in 2 chain(s)" in report
+    for i in (0, 1):
+        mlp = f"model.layers.{i}.mlp"
+        assert f"lumps gated units silu({mlp}.gate_proj) * {mlp}.up_proj (linear) -> {mlp}.down_proj" in report
+        assert f"left alone {mlp}.gate_proj" not in report and f"left alone {mlp}.up_proj" not in report
+    c = afde_nb.compress(model, 0.1, calibration=tokens(16)["input_ids"])  # 128 rows: the repair is determined
+    for layer, s in zip(c.model.model.layers, c.layers):
+        mlp = layer.mlp
+        assert mlp.gate_proj.out_features == mlp.up_proj.out_features == mlp.down_proj.in_features == s.neurons_after
+    assert params(c.model) == c.params_after < params(model)
 
 
 def test_hugging_face_activations_recognised():

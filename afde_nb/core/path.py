@@ -441,15 +441,35 @@ def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mo
         layer, nxt = net.layers[h], net.layers[h + 1]
         n, act = layer.out_features, layer.activation
         mass = (c * unit_norms(nxt.weight, nxt.taps)) ** 2
-        # a saturated neuron's row matters less: weight by its mean squared slope on the probes
         z = ins.pre(h)  # the original network's pre-activations on the probes
-        mass = mass * (np.mean(slope(z, act, layer.negative_slope, layer.act_params) ** 2, axis=0) if len(z) else 1.0)
-        mass = np.maximum(mass, 1e-12 * max(float(mass.max(initial=0.0)), 1e-300))
-        if mode == "backward":
+        N = len(z)
+        route = _metric_route(N, n, layer, src) if mode == "backward" else None
+        if route not in (None, "pre"):  # rows that read the layer's inputs: before the next forward step
             A = _metric_rows(ins.input(h), z, layer, src, act, c)
-        znext = ins.pre(h + 1)
+        znext = ins.pre(h + 1)  # (the forward's step to it also gives phi(z), below)
+        if route == "pre":
+            ins.consumed(h, inputs_only=True)  # its metric rows do not read them: they go first
         denom = float(np.sqrt(np.mean(np.sum(znext ** 2, axis=1)))) if relative else 1.0
         denom = denom if denom > 0 else 1.0
+        del znext
+        if route == "pre":
+            A = _metric_rows(None, z, layer, src, act, c)
+        # a saturated neuron's row matters less: weight by its mean squared slope on the probes,
+        # from phi(z) where the forward holds it (tanh, sigmoid): then z goes before it, so no
+        # more than one probe-sized temporary lives beside the probes that later layers need and
+        # the chains' work buffer (at width 1024 each is a layer's size)
+        values = ins.values(h) if N and act in _FROM_VALUES else None
+        early = mode == "backward" and (values is not None or not N)
+        if early:
+            z = None
+            ins.consumed(h)
+        if N:
+            mass = mass * _mean_square_slope(z, layer, values)
+        values = None
+        mass = np.maximum(mass, 1e-12 * max(float(mass.max(initial=0.0)), 1e-300))
+        if mode == "backward" and not early:
+            z = None
+            ins.consumed(h)  # layer h's own probes go before its chain's work buffer comes
         exact = len(e_pairs)
         ones = np.ones(n, dtype=np.int64)
         if mode == "backward":
@@ -489,30 +509,68 @@ def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mo
     return build
 
 
-def _metric_rows(Hh: np.ndarray, z: np.ndarray, layer, src: Source, act: str, c: np.ndarray) -> np.ndarray:
-    """The aligned rows in the metric of the layer's inputs: ||e||_C^2 = e^T C e, C the second
-    moment of the (reduced-exact) augmented inputs, with a tiny ridge (exactness is decided on the
-    raw rows)."""
-    N = max(len(Hh), 1)
+def _metric_route(N: int, n: int, layer, src: Source) -> str:
+    """How :func:`_metric_rows` makes hidden layer ``layer``'s rows (n units, N probe rows):
+    ``"pre"``, ``"through"`` or ``"cholesky"``.
+
+    The rows seen through the probes, A Ua^T / sqrt(N) (n x N), carry the metric exactly
+    (e^T C e = ||Ua e||^2 / N; no ridge needed: nothing is factorised). They are the route with
+    fewer probes than inputs d, and for a convolution's patch rows wherever they cost less than the
+    Cholesky route (N d^2 / 2 + d^3 / 3 + n d^2 multiply-adds, then the chain's Gram n^2 d): there
+    n << d (a 3 x 3 kernel: d = 9 in + 1), so the chain's Gram n^2 N costs little. Where no source
+    merged they are the pre-activations themselves (``"pre"``: R u = W h, bias included, to
+    rounding), which the probes' forward computed already: no n x d x N product, and the layer's
+    inputs are not read."""
+    N = max(N, 1)
     d = (int(src.labels.max()) + 1 if src.labels.size else 0) * layer.taps + 1
-    if len(Hh) < d and np.array_equal(src.labels, np.arange(src.labels.size)):
-        # fewer probes than inputs, and no source merged: the rows seen through the probes,
-        # A Ua^T / sqrt(N), are the pre-activations themselves (R u = W h, bias included, to
-        # rounding), so the probes' forward already computed them: no n x d x N product
-        return np.ascontiguousarray(z.T) * (1.0 / (np.where(c > 0, c, 1.0) * np.sqrt(N)))[:, None]
+    cholesky = N * d * d / 2 + d ** 3 / 3 + n * d * d + n * n * d
+    plain = np.array_equal(src.labels, np.arange(src.labels.size))
+    if N < d or (layer.taps > 1 and n * n * N + (0 if plain else n * d * N) < cholesky):
+        return "pre" if plain else "through"
+    return "cholesky"
+
+
+def _metric_rows(Hh: np.ndarray | None, z: np.ndarray, layer, src: Source, act: str, c: np.ndarray) -> np.ndarray:
+    """The aligned rows in the metric of the layer's inputs: ||e||_C^2 = e^T C e, C the second
+    moment of the (reduced-exact) augmented inputs, with a tiny ridge on the Cholesky route
+    (exactness is decided on the raw rows); the route is :func:`_metric_route`'s. ``Hh``: the
+    layer's inputs on the probes (N x in; not read on the route ``"pre"``, may be None there)."""
+    N = max(len(z), 1)
+    route = _metric_route(len(z), z.shape[1], layer, src)
+    if route == "pre":
+        scale = 1.0 / (np.where(c > 0, c, 1.0) * np.sqrt(N))
+        return np.multiply(z.T, scale[:, None], out=np.empty(z.T.shape, dtype=np.result_type(z, scale)))
     R, b = incoming(layer.weight, layer.bias, src, layer.taps)
     A, _ = aligned(R, b, act)
     del R, b
     U = _reduced_values(Hh, src.expand(layer.taps))
     Ua = np.column_stack([U, np.ones(len(U))])
-    if len(Ua) < Ua.shape[1]:
-        # fewer probes than inputs: e^T C e = ||Ua e||^2 / N, so the rows seen through the probes,
-        # A Ua^T / sqrt(N) (n x N), carry the metric exactly and make every later product N/d
-        # times cheaper than the Cholesky route (no ridge needed: nothing is factorised)
+    if route == "through":
         return (A @ Ua.T) / np.sqrt(N)
     Cm = Ua.T @ Ua / N
     Cm[np.diag_indices_from(Cm)] += RIDGE * max(float(np.trace(Cm)) / max(len(Cm), 1), 1e-300)
     return A @ np.linalg.cholesky(Cm)  # e^T C e = ||e L||^2 with C = L L^T
+
+
+#: activations whose slope :func:`_mean_square_slope` takes from phi(z): 1 - phi^2, phi (1 - phi)
+_FROM_VALUES = ("tanh", "sigmoid")
+
+
+def _mean_square_slope(z: np.ndarray | None, layer, values: np.ndarray | None = None) -> np.ndarray:
+    """E[phi'(z)^2] over the probes, per unit. ``values``: phi(z) where the forward computed it
+    already (then ``z`` may be None); tanh's and sigmoid's slopes are then 1 - phi^2 and
+    phi (1 - phi), the same numbers as :func:`slope` gives, without a second pass of tanh or exp
+    (and in place)."""
+    if values is not None and layer.activation in _FROM_VALUES:
+        if layer.activation == "tanh":
+            d = np.square(values)
+            np.subtract(1.0, d, out=d)
+        else:
+            d = np.subtract(1.0, values)
+            d *= values
+    else:
+        d = slope(z, layer.activation, layer.negative_slope, layer.act_params)
+    return np.mean(np.square(d, out=d if d is not z else None), axis=0)
 
 
 def _fewer(x: np.ndarray, r: int, first: bool = False) -> np.ndarray:
@@ -540,6 +598,7 @@ class _Probes:
         self._ins: dict[int, np.ndarray] = {}
         self._pre: dict[int, np.ndarray] = {}
         self._built: set[int] = set()
+        self._used: set[int] = set()  # hidden layers whose builds have read their own probes
         self._started = False
         self._next = 0  # the next layer whose input the forward computes
         self._work: list[np.ndarray] = []  # Ward's buffers, reused across layers (see take)
@@ -570,13 +629,29 @@ class _Probes:
         if k not in self._pre:
             l, H = self.net.layers[k], self._ins[k]
             dt = self._dtype(H, l)
-            self._pre[k] = np.asarray(H, dtype=dt) @ np.asarray(l.weight, dtype=dt).T + np.asarray(l.bias, dtype=dt)
+            W, buf = l.weight, None
+            fits = [i for i, b in enumerate(self._work) if b.dtype == dt and b.size >= W.size]
+            if W.dtype != dt and fits:
+                # a float32 layer's float64 copy, in the idle work buffer of the layers' chains
+                # (see take): no fresh memory for it beside that buffer
+                buf = self._work.pop(fits[0])
+                W = buf[:W.size].reshape(W.shape)
+                np.copyto(W, l.weight)
+            self._pre[k] = np.asarray(H, dtype=dt) @ np.asarray(W, dtype=dt).T + np.asarray(l.bias, dtype=dt)
+            if buf is not None:
+                self._work.append(buf)
 
     def input(self, h: int) -> np.ndarray:
         """Layer h's inputs on the probes (N x in)."""
         with self._lock:
             self._ensure(h)
             return self._ins[h]
+
+    def values(self, h: int) -> np.ndarray | None:
+        """phi(z) of hidden layer h on the probes where the forward holds it (layer h + 1's inputs;
+        not with ``given`` inputs, which are other rows), else None."""
+        with self._lock:
+            return None if self.given else self._ins.get(h + 1)
 
     def pre(self, h: int) -> np.ndarray:
         """Layer h's pre-activations on the probes (N x out)."""
@@ -607,20 +682,37 @@ class _Probes:
             self.pooling = False
             self._work.clear()
 
+    def consumed(self, h: int, inputs_only: bool = False) -> None:
+        """Hidden layer h's build has read its own inputs and pre-activations (its masses and metric
+        rows are made; ``inputs_only``: its inputs, which its metric rows do not need): drop them
+        where no other build needs them, before its chain's work buffer, the largest, is taken (at
+        width 1024 the probes' arrays are a layer's size each)."""
+        with self._lock:
+            if inputs_only:
+                if h + 1 in self._ins or self.given:
+                    self._ins.pop(h, None)
+                return
+            self._used.add(h)
+            self._drop(h)
+
     def done(self, h: int) -> None:
         """Hidden layer h is built: drop its inputs, and each pre-activation once both its users
         (its own layer's build, hidden layers only, and layer k - 1's denominator) are done."""
         with self._lock:
             self._built.add(h)
-            if h + 1 in self._ins or self.given:
-                self._ins.pop(h, None)
-            for k in (h, h + 1):
-                own = k >= len(self.net.hidden) or k in self._built
-                if own and (k == 0 or k - 1 in self._built):
-                    self._pre.pop(k, None)
+            self._used.add(h)
+            self._drop(h)
             if len(self._built) == len(self.net.hidden):  # the path is built: it keeps no probes
                 self._ins.clear()
                 self._pre.clear()
+
+    def _drop(self, h: int) -> None:
+        if h + 1 in self._ins or self.given:
+            self._ins.pop(h, None)
+        for k in (h, h + 1):
+            own = k >= len(self.net.hidden) or k in self._used
+            if own and (k == 0 or k - 1 in self._built):
+                self._pre.pop(k, None)
 
 
 def exact_blocks(A: np.ndarray, signed: bool, rel: float, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -676,9 +768,12 @@ def _reduced_values(H: np.ndarray, src: Source) -> np.ndarray:
     k = int(src.labels.max()) + 1 if src.labels.size else 0
     first = np.zeros(k, dtype=np.int64)
     first[src.labels[::-1]] = np.arange(src.labels.size)[::-1]
-    h = H[:, first]
     s = src.signs[first]
     c = np.where(src.scales[first] > 0, src.scales[first], 1.0)
+    if k == src.labels.size and np.array_equal(first, np.arange(k)) and np.all(s == 1) and np.all(c == 1.0) \
+            and src.activation != "sigmoid":
+        return np.asarray(H, dtype=np.float64)  # the inputs themselves (h * 1 / 1 = h): no copy
+    h = H[:, first]
     if src.activation == "sigmoid":
         return np.where(s < 0, 1.0 - h, h)
     return h * s / c

@@ -25,6 +25,7 @@ from ..core.network import ODE_DEFINED, Network, as_inputs
 from ..core.partition import Partition
 from ..errors import InvalidArgumentError, InvalidWeightsError, ShapeMismatchError, UnsupportedLayerError
 from . import surgery
+from .chains import LAYERS, GatedChain, LayerChain, kind_of
 from .export import PROGRAM_SUFFIX
 from .groups import Affine, Discovery, Group, find_groups
 from .stack import to_network, to_torch
@@ -165,16 +166,23 @@ class Captured:
         stack's rows after the first are left to the merge path, which runs the network itself
         (in its own dtype)."""
         if x is None:
-            return [surgery.pseudo_inputs(net, first=first) for net in self.nets]
+            return [self.kind(k).pseudo_rows(net, first=first) for k, net in enumerate(self.nets)]
         if self.stack:
             return [[np.asarray(x, dtype=np.float64)]]
+        return self.rows_and_output(x)[0]
+
+    def rows_and_output(self, x) -> tuple[list[list[np.ndarray]], np.ndarray]:
+        """(:meth:`rows`, :meth:`output`) on ``x`` (not None), from one run of the model: the run
+        that draws the rows also gives the outputs."""
+        if self.stack:
+            return self.rows(x), self.output(x)
         was = self.model.training
         train(self.model, False)
         try:
-            got = surgery.capture(self.model, [a for c in self.discovery.chains for a in surgery.chain_affines(c)], x)
+            got, y = surgery.chain_inputs(self.model, self.discovery.chains, x)
         finally:
             train(self.model, was)
-        return [surgery.chain_inputs(self.model, c, got) for c in self.discovery.chains]
+        return got, _output_array(y, len(x), self.model)
 
     def layer_inputs(self, x) -> list[list[np.ndarray]]:
         """Every chain layer's input on ``x`` (as :meth:`calibration` reads it), a plain stack's
@@ -209,8 +217,16 @@ class Captured:
         inputs; a plain stack's path draws its own, as :func:`~afde_nb.core.path.probe_inputs`)."""
         if self.stack:
             return {"calibration": None if rows is None else rows[k][0]}
-        r = self.rows(None)[k] if rows is None else rows[k]
+        if rows is None:  # drawn when the path first needs them (never at eps = 0)
+            return {"inputs": lambda: self.kind(k).pseudo_rows(self.nets[k])}
+        r = rows[k]
         return {"inputs": lambda: r}
+
+    def kind(self, k: int) -> LayerChain | GatedChain:
+        """Chain ``k``'s kind (:mod:`afde_nb.models.chains`): its merge path, reduction and writing
+        back, as the pipeline asks for them (a plain stack's: Linear layers)."""
+        chains = self.discovery.chains
+        return kind_of(chains[k]) if k < len(chains) and not self.stack else LAYERS
 
     def repairable(self, k: int) -> bool:
         """Repair refits chains of Linear layers (tokens of a sequence are rows); a convolution
@@ -233,8 +249,7 @@ class Captured:
             y = surgery.run(model, x)
         finally:
             train(model, was)
-        y = surgery.output_rows(y, len(x), type(model).__name__)
-        return y.detach().to("cpu", torch.float64).numpy()
+        return _output_array(y, len(x), model)
 
     def write(self, nets: list[Network]) -> nn.Module:
         """The model with its chains replaced by ``nets``: a plain stack as a new ``nn.Sequential``
@@ -244,8 +259,8 @@ class Captured:
             device = next((p.device for p in self.model.parameters()), None)
             return to_torch(nets[0], device=device)
         out = surgery.copy_model(self.model)
-        for chain, net in zip(self.discovery.chains, nets):
-            surgery.write_back(out, chain, net)
+        for k, (chain, net) in enumerate(zip(self.discovery.chains, nets)):
+            self.kind(k).write(out, chain, net)
         train(out, self.model.training)
         return out
 
@@ -290,14 +305,19 @@ def _example(model: nn.Module, example_inputs, calibration) -> tuple[tuple, dict
 
 def _traced(model: nn.Module, not_a_stack: str, example=None) -> Captured:
     disc = find_groups(model, example)
-    nets = [surgery.chain_network(model, c) for c in disc.chains]
+    kinds = [kind_of(c) for c in disc.chains]
+    nets = [kd.network(model, c) for kd, c in zip(kinds, disc.chains)]
     for n in nets:
         n.check_finite(type(model).__name__)
-    costs = [[surgery.unit_cost(net.layers[k], a, c[k].norm if k < len(c) else None)
-              for k, a in enumerate(surgery.chain_affines(c))] for net, c in zip(nets, disc.chains)]
+    costs = [kd.costs(net, c) for kd, net, c in zip(kinds, nets, disc.chains)]
     cap = Captured(model, disc, nets, costs, 0, not_a_stack=not_a_stack)
     cap.fixed = count_params(model) - cap.num_params
     return cap
+
+
+def _output_array(y, n: int, model: nn.Module) -> np.ndarray:
+    """A model's output on n rows as (n, outputs) float64 (:func:`~afde_nb.models.surgery.output_rows`)."""
+    return surgery.output_rows(y, n, type(model).__name__).detach().to("cpu", torch.float64).numpy()
 
 
 def as_model_input(model: nn.Module, data) -> torch.Tensor | surgery.Batch:

@@ -20,8 +20,8 @@ operations (GPT-2's ``NewGELUActivation`` is a few ATen ops) count as what they 
 modules (every element-wise one of torch and of Hugging Face's ``ACT2FN``) are recognised by class
 and trusted only once checked on a few values. Consecutive groups (one's consumer the next one's
 producer, as in an MLP) form a *chain*, which is compressed as one network. A gated unit
-(``act(gate(x)) * up(x)``, LLaMA's MLP) is reported as such; it would be a group kind of its own
-(two producers, one consumer), not lumped yet.
+(``down(act(gate(x)) * up(x))``, LLaMA's MLP) is a group kind of its own (two producers, one
+consumer), found by :func:`afde_nb.models.gated.find_gated`, and a chain of its own.
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ from torch import nn
 from ..core.network import apply_activation
 from ..errors import UnsupportedLayerError
 from . import hf
+from .gated import GatedGroup, find_gated
 
 F = nn.functional
 aten = torch.ops.aten
@@ -195,6 +196,9 @@ class Discovery:
         rows = [f"{self.model}{how}: {len(self.groups)} lumpable group(s) in {len(self.chains)} chain(s)"]
         for c in self.chains:
             for g in c:
+                if isinstance(g, GatedGroup):
+                    rows.append(f"  {g.describe()}")
+                    continue
                 norm = f" -> {g.norm.name} (folded)" if g.norm else ""
                 kind = f"{g.producer.kind}, weight stored (in, out)" if g.producer.transposed else g.producer.kind
                 rows.append(f"  lumps {g.producer.name} ({kind}){norm} -> {g.activation} -> {g.consumer.name}")
@@ -534,7 +538,7 @@ def _describe(node: fx.Node, r: _Reader | None = None) -> str:
     if "add" in name and "addmm" not in name:
         return f"{node.name} (an add, e.g. a residual connection{inside})"
     if name.split(".")[0] in ("mul", "mul_") and sum(isinstance(a, fx.Node) for a in node.args) == 2:
-        return f"{node.name} (a product of two tensors{inside}: a gated unit, as in GLU/SwiGLU MLPs, is not lumped)"
+        return f"{node.name} (a product of two tensors{inside}, not a gated unit afde-nb lumps)"
     return f"{node.name} ({node.op} {name}{inside})"
 
 
@@ -666,7 +670,8 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
             continue
         groups.append(group)
     order = {k: i for i, k in enumerate(model.state_dict(keep_vars=True))}
-    chains = sorted(_chains(groups), key=lambda c: order.get(c[0].producer.weight, len(order)))
+    gated, skipped = find_gated(found, uses, groups, skipped)
+    chains = sorted(_chains(groups) + [[g] for g in gated], key=lambda c: order.get(c[0].producer.weight, len(order)))
     skipped.sort(key=lambda t: order.get(f"{t[0]}.weight", -1))
     return Discovery(chains, skipped, type(model).__name__)
 

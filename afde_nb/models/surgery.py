@@ -264,18 +264,33 @@ def tensors(y) -> list[torch.Tensor]:
     return []
 
 
-def capture(model: nn.Module, affines: list[Affine], x) -> dict[str, torch.Tensor]:
-    """The input of each layer in ``affines`` (by weight path) when ``model`` runs on ``x``."""
-    seen: dict[str, torch.Tensor] = {}
+def capture(model: nn.Module, affines: list[Affine], x, keep=None) -> dict[str, torch.Tensor]:
+    """The input of each layer in ``affines`` (by weight path) when ``model`` runs on ``x``
+    (``keep``: what to keep of it, as :func:`capture_run`)."""
+    return capture_run(model, affines, x, keep)[0]
+
+
+def capture_run(model: nn.Module, affines: list[Affine], x, keep=None) -> tuple[dict, object]:
+    """(:func:`capture`'s inputs, the model's output) of one run of ``model`` on ``x``.
+
+    ``keep(a, t)``: what to keep of layer ``a``'s input ``t`` (default: ``t``), taken while the
+    model runs, so a layer's whole input (a convolution's feature maps) need not outlive its use."""
+    seen: dict[str, object] = {}
     want = {a.weight: a for a in affines}
+
+    def put(key: str, t: torch.Tensor) -> None:
+        if key not in seen:
+            t = t.detach()
+            seen[key] = t if keep is None else keep(want[key], t)
+
     if all(a.module for a in affines):
         handles = []
         for a in affines:
             def hook(mod, args, key=a.weight):
-                seen.setdefault(key, args[0].detach())
+                put(key, args[0])
             handles.append(model.get_submodule(a.module).register_forward_pre_hook(hook))
         try:
-            run(model, x)
+            y = run(model, x)
         finally:
             for h in handles:
                 h.remove()
@@ -288,39 +303,59 @@ def capture(model: nn.Module, affines: list[Affine], x) -> dict[str, torch.Tenso
             def run_node(self, n):
                 if n.op == "call_function" and len(n.args) > 1 and isinstance(n.args[1], fx.Node) \
                         and n.args[1].op == "get_attr" and str(n.args[1].target) in prefix_free:
-                    seen.setdefault(str(n.args[1].target), self.env[n.args[0]].detach())
+                    put(str(n.args[1].target), self.env[n.args[0]])
                 return super().run_node(n)
 
-        run(_Recorder(model).run, x, type(model).__name__)
+        y = run(_Recorder(model).run, x, type(model).__name__)
     missing = [k for k in want if k not in seen]
     if missing:
         raise ShapeMismatchError(f"the calibration run did not reach {', '.join(missing)}")
-    return seen
+    return seen, y
 
 
 def rows(t: torch.Tensor, a: Affine, weight: torch.Tensor, seed: int = 0) -> np.ndarray:
     """A layer's input as rows of ``in * taps`` values (a convolution's patches), at most
-    :data:`MAX_ROWS` of them drawn with ``seed``."""
-    t = t.detach().to("cpu", torch.float64)
+    :data:`MAX_ROWS` of them drawn with ``seed`` (float64).
+
+    The rows are those of the whole unfolded input (row ``n * L + l``: image n, output position
+    l), subsampled by ``rng.choice(N * L, MAX_ROWS, replace=False)``, sorted; only the drawn
+    positions' patches are gathered (in the input's dtype, then widened: the same values), so the
+    cost is MAX_ROWS patches, not every position's."""
+    t = t.detach().cpu()
     if a.kind == "linear":
         R = t.reshape(-1, t.shape[-1])
-    else:
-        kernel = tuple(weight.shape[2:])
-        if a.kind == "conv1d":
-            t, kernel = t.unsqueeze(2), (1,) + kernel
-            stride, padding, dilation = (1,) + a.stride, (0,) + a.padding, (1,) + a.dilation
-        else:
-            stride, padding, dilation = a.stride, a.padding, a.dilation
-        if a.padding_mode != "zeros":
-            pad = [p for p in reversed(padding) for _ in (0, 1)]
-            t = nn.functional.pad(t, pad, mode=a.padding_mode)
-            padding = (0,) * len(padding)
-        P = nn.functional.unfold(t, kernel, dilation=dilation, padding=padding, stride=stride)
-        R = P.transpose(1, 2).reshape(-1, P.shape[1])
-    R = R.numpy()
-    if len(R) > MAX_ROWS:
-        R = R[np.sort(np.random.default_rng(seed).choice(len(R), MAX_ROWS, replace=False))]
-    return np.ascontiguousarray(R)
+        if len(R) > MAX_ROWS:
+            R = R[torch.from_numpy(_drawn(len(R), seed))]
+        return np.ascontiguousarray(R.to(torch.float64).numpy())
+    kernel = tuple(weight.shape[2:])
+    stride, padding, dilation = a.stride, a.padding, a.dilation
+    if a.kind == "conv1d":
+        t, kernel = t.unsqueeze(2), (1,) + kernel
+        stride, padding, dilation = (1,) + stride, (0,) + padding, (1,) + dilation
+    pad = [p for p in reversed(padding) for _ in (0, 1)]
+    if any(pad):
+        t = nn.functional.pad(t, pad, mode="constant" if a.padding_mode == "zeros" else a.padding_mode)
+    n, c, hp, wp = t.shape
+    out = [(size - d * (k - 1) - 1) // s + 1 for size, k, s, d in zip((hp, wp), kernel, stride, dilation)]
+    positions = out[0] * out[1]
+    total = n * positions
+    idx = _drawn(total, seed) if total > MAX_ROWS else np.arange(total)
+    img, pos = np.divmod(idx, positions)
+    oy, ox = np.divmod(pos, out[1])
+    iy = oy[:, None] * stride[0] + np.arange(kernel[0]) * dilation[0]  # (S, kh)
+    ix = ox[:, None] * stride[1] + np.arange(kernel[1]) * dilation[1]  # (S, kw)
+    pixel = ((img[:, None, None] * hp + iy[:, :, None]) * wp + ix[:, None, :]).reshape(-1)
+    # channels last, so each gathered pixel is one run of c values
+    last = t.permute(0, 2, 3, 1).reshape(n * hp * wp, c)
+    P = last.index_select(0, torch.from_numpy(pixel)).view(len(idx), kernel[0], kernel[1], c)
+    R = torch.empty((len(idx), c, kernel[0], kernel[1]), dtype=torch.float64)
+    R.copy_(P.permute(0, 3, 1, 2))  # unfold's order (c, kh, kw), widened
+    return R.view(len(idx), -1).numpy()
+
+
+def _drawn(total: int, seed: int) -> np.ndarray:
+    """The MAX_ROWS row indices of ``total`` that :func:`rows` keeps, in order."""
+    return np.sort(np.random.default_rng(seed).choice(total, MAX_ROWS, replace=False))
 
 
 def unit_norms(t: torch.Tensor, kind: str, units: int) -> np.ndarray:
@@ -334,9 +369,14 @@ def unit_norms(t: torch.Tensor, kind: str, units: int) -> np.ndarray:
     return np.sqrt((a.numpy() ** 2).sum(axis=(0, 2)))
 
 
-def chain_inputs(model: nn.Module, chain: list[Group], captured: dict) -> list[np.ndarray]:
-    """Every chain layer's input rows captured on calibration data."""
-    return [rows(captured[a.weight], a, get_tensor(model, a.weight)) for a in chain_affines(chain)]
+def chain_inputs(model: nn.Module, chains: list[list[Group]], x) -> tuple[list[list[np.ndarray]], object]:
+    """(every chain layer's input rows (:func:`rows`) when ``model`` runs on ``x``, the model's
+    output on ``x``): one run, each layer's rows drawn as the run reaches it."""
+    def keep(a: Affine, t: torch.Tensor) -> np.ndarray:
+        return rows(t, a, get_tensor(model, a.weight))
+
+    got, y = capture_run(model, [a for c in chains for a in chain_affines(c)], x, keep)
+    return [[got[a.weight] for a in chain_affines(c)] for c in chains], y
 
 
 def pseudo_inputs(net: Network, seed: int = 0, first: bool = False) -> list[np.ndarray]:

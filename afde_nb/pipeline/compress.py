@@ -19,9 +19,8 @@ from torch import nn
 from ..core.lump import activation_rms, check_eps, check_method, check_mode, lump
 from ..core.network import Network, as_inputs
 from ..core.partition import Partition
-from ..core.path import MergePath, merge_path
-from ..core.reduce import quotient
-from ..core.repair import LOSSY, deviation, repair as refit
+from ..core.path import MergePath
+from ..core.repair import deviation
 from ..core.target import eps_for_error, eps_for_params, pick, scale_candidates
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..models.capture import Captured, capture
@@ -90,7 +89,8 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     how = _repair_how(repair, calib)
     if data_aware and calib is None:
         raise InvalidArgumentError("data_aware=True needs calibration inputs")
-    rows = cap.rows(calib) if calib is not None else None
+    # one run of the model gives the chains' rows and its outputs (the deviations' reference)
+    rows, want = cap.rows_and_output(calib) if calib is not None else (None, None)
     if path is not None:
         _check_path(path, cap, method, mode, relative, symmetry, calib, approx)
     elif method != "components":
@@ -112,7 +112,6 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     reduced = cap.write(nets)
     before = after = held = None
     if calib is not None:
-        want = cap.output(calib)
         after = deviation(want, cap.output(calib, nets, reduced))
         before = deviation(want, cap.output(calib, quotients)) if ran else None
     if ran and how == "calibration":
@@ -141,8 +140,8 @@ def build_path(cap: Captured, rows, *, method: str, mode: str, relative: bool, s
     (``rows``: the chains' layer inputs on calibration data; None: pseudo-inputs), joined so that
     an eps cuts every chain at the same bound and a parameter budget is spent along one global
     order of bounds, counted on the whole model. A plain stack's path is its chain's own."""
-    paths = [merge_path(net, method=method, mode=mode, relative=relative, symmetry=symmetry, threads=threads,
-                        approx=approx, **cap.probes(rows, k)) for k, net in enumerate(cap.nets)]
+    paths = [cap.kind(k).path(net, method=method, mode=mode, relative=relative, symmetry=symmetry, threads=threads,
+                              approx=approx, **cap.probes(rows, k)) for k, net in enumerate(cap.nets)]
     if cap.stack:
         return paths[0]
     return MergePath(cap, [lp for p in paths for lp in p.layers], mode, method, bool(relative), bool(symmetry),
@@ -161,16 +160,12 @@ def _reduce(cap: Captured, part: Partition, fit: list) -> tuple[list[Network], l
     """:func:`reduce_chains`, with each chain's first refit layer (layers ``start..L`` are refit;
     None: the chain was not refit)."""
     quotients, nets, starts = [], [], []
-    for net, p, rows in zip(cap.nets, cap.split(part), fit):
-        small, blocks = quotient(net, p)
+    for k, (net, p, rows) in enumerate(zip(cap.nets, cap.split(part), fit)):
+        # the chain's kind (models/chains.py): the quotient, and the refit where a merge was lossy
+        small, fixed, start = cap.kind(k).reduce(net, p, rows)
         quotients.append(small)
-        lossy = [h for h, b in enumerate(blocks) if b.spread > LOSSY]
-        start = None
-        if rows is not None and lossy:
-            start = lossy[0] + 1
-            small = refit(net, small, rows, [b.target_map() for b in blocks], start=start)
         starts.append(start)
-        nets.append(small)
+        nets.append(fixed)
     return quotients, nets, starts
 
 

@@ -79,6 +79,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from ..eval.bench.run import PROFILES, run
 
+    if args.lm:  # character-level transformer LMs on Tiny Shakespeare, MLPs compressed (afde_nb.eval.bench.lm)
+        from ..eval.bench.lm import read_csv, render, run_lm
+
+        if args.examples:
+            raise InvalidArgumentError("give one of --lm and --examples")
+        out = Path(args.out)
+        if args.from_points:
+            render(read_csv(out / "lm_points.csv"), out, float("nan"))
+            print(f"wrote {out / 'lm_results.md'}, {out / 'lm_tradeoff.png'}")
+            return 0
+        run_lm(out, "quick" if args.quick else "full")
+        print(f"wrote {out / 'lm_results.md'}, {out / 'lm_points.csv'}")
+        return 0
     if args.examples:  # the models that are not plain stacks (afde_nb.eval.zoo), baselines on the same groups
         from ..eval.bench.examples import run_examples
 
@@ -181,6 +194,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--examples", action="store_true", help="instead: the digits CNN, residual GELU MLP and "
                    "transformer encoder (afde_nb.eval.zoo) against structured pruning and folding of the same groups "
                    "(--quick: seed 0; --full: seeds 0-2); writes OUT/examples.md and OUT/examples.csv")
+    b.add_argument("--lm", action="store_true", help="instead: character-level transformer language models (GELU "
+                   "and gated MLPs) trained on Tiny Shakespeare from the data home, their MLPs cut to 80/60/40 %% of "
+                   "their parameters by afde-nb, Torch-Pruning (magnitude, Taylor), Wanda-sp and folding; validation "
+                   "perplexity (without --quick: the documented models, about 5 CPU minutes of training each, "
+                   "cached; --quick: tiny ones); writes OUT/lm_results.md, OUT/lm_points.csv, OUT/lm_tradeoff.png "
+                   "(with --from-points: only re-renders them from OUT/lm_points.csv)")
     b.add_argument("--from-points", action="store_true", help="only re-render OUT/results.md and the plot "
                    "from OUT/points.csv")
     b.set_defaults(func=cmd_bench)

@@ -1,0 +1,90 @@
+"""Chain kinds: what the pipeline does to one chain of groups, per kind of group.
+
+:class:`~afde_nb.models.capture.Captured` reads every chain with its kind (:func:`kind_of`) and the
+pipeline (:mod:`afde_nb.pipeline.compress`) asks ``cap.kind(k)`` for chain k's merge path and its
+reduction (the quotient, and the repair where a merge was lossy), never which kind it is. Two kinds:
+
+* :data:`LAYERS`: a chain of Linear/convolution groups read as a
+  :class:`~afde_nb.core.network.Network` (a plain stack is one): :mod:`afde_nb.core.path`,
+  :mod:`afde_nb.core.reduce`, :mod:`afde_nb.core.repair`, written back by
+  :func:`afde_nb.models.surgery.write_back`;
+* :data:`GATED`: one gated group ``down(act(gate(x)) * up(x))`` read as a
+  :class:`~afde_nb.core.gated.GatedNet`: :mod:`afde_nb.core.gated`, :mod:`afde_nb.models.gated`.
+
+Every kind has the same methods: ``network(root, chain)`` and ``costs(net, chain)`` (capture),
+``pseudo_rows(net, first)`` (the chain's input rows without data), ``path(net, **options)`` (a
+:class:`~afde_nb.core.path.MergePath` with one :class:`~afde_nb.core.path.LayerPath` per hidden
+layer, options as :func:`~afde_nb.core.path.merge_path` takes them), ``reduce(net, part, rows)``
+(-> the quotient, the result after any repair on the chain's input rows ``rows`` (None: none), the
+first refit layer or None) and ``write(root, chain, net)``.
+"""
+from __future__ import annotations
+
+from ..core import gated as core_gated
+from ..core.path import MergePath, merge_path
+from ..core.reduce import quotient
+from ..core.repair import LOSSY, repair
+from . import gated, surgery
+
+
+class LayerChain:
+    """Chains of Linear/convolution groups (and plain stacks)."""
+
+    name = "layers"
+
+    def network(self, root, chain):
+        return surgery.chain_network(root, chain)
+
+    def costs(self, net, chain) -> list[tuple[int, int]]:
+        return [surgery.unit_cost(net.layers[k], a, chain[k].norm if k < len(chain) else None)
+                for k, a in enumerate(surgery.chain_affines(chain))]
+
+    def pseudo_rows(self, net, first: bool = False):
+        return surgery.pseudo_inputs(net, first=first)
+
+    def path(self, net, **options) -> MergePath:
+        return merge_path(net, **options)
+
+    def reduce(self, net, part, rows):
+        small, blocks = quotient(net, part)
+        lossy = [h for h, b in enumerate(blocks) if b.spread > LOSSY]
+        if rows is None or not lossy:
+            return small, small, None
+        start = lossy[0] + 1
+        return small, repair(net, small, rows, [b.target_map() for b in blocks], start=start), start
+
+    def write(self, root, chain, net) -> None:
+        surgery.write_back(root, chain, net)
+
+
+class GatedChain:
+    """One gated group: gate and up projections (their rows) and the down projection (its columns)."""
+
+    name = "gated"
+
+    def network(self, root, chain):
+        return gated.gated_network(root, chain)
+
+    def costs(self, net, chain) -> list[tuple[int, int]]:
+        return gated.unit_costs(net, chain)
+
+    def pseudo_rows(self, net, first: bool = False):
+        return gated.pseudo_rows(net, first=first)
+
+    def path(self, net, **options) -> MergePath:
+        return core_gated.merge_path(net, **options)
+
+    def reduce(self, net, part, rows):
+        return core_gated.reduce_and_repair(net, part, rows)
+
+    def write(self, root, chain, net) -> None:
+        gated.write_back(root, chain, net)
+
+
+LAYERS = LayerChain()
+GATED = GatedChain()
+
+
+def kind_of(chain) -> LayerChain | GatedChain:
+    """The kind of a chain of groups (None or empty: a plain stack's, :data:`LAYERS`)."""
+    return GATED if chain and gated.is_gated(chain) else LAYERS

@@ -1,0 +1,296 @@
+"""Gated groups in a traced or exported graph, read and written back: ``down(act(gate(x)) * up(x))``.
+
+A *gated group* is a ``mul`` of two tensors, one the output of a Linear (the gate projection)
+through one element-wise activation, the other the output of another Linear (the up projection)
+reading the same input, whose product passes only through no-ops into exactly one Linear (the
+down projection) as its data input. Its units are the rows of gate and up and the columns of down:
+a group kind of its own (two producers, one consumer), lumped by :mod:`afde_nb.core.gated`. The
+layers may be ``nn.Linear`` or a transposed Linear (Hugging Face's ``Conv1D``, an ``addmm``), with
+or without biases; LLaMA, Mistral, Qwen and Gemma MLPs are such groups.
+
+:func:`find_gated` is called by :func:`afde_nb.models.groups.find_groups` with the graph reader
+it uses (duck-typed: this module imports neither ``groups`` nor ``surgery``, which import it or its
+importers), :func:`gated_network` reads a group's three weights into a
+:class:`~afde_nb.core.gated.GatedNet`, and :func:`write_back` puts a reduced one into a copy of the
+model, updating ``in_features``/``out_features`` (``nx``/``nf``). A Hugging Face config's
+``intermediate_size`` is left as it was: :func:`afde_nb.models.hf.load_reduced` reloads a saved
+model from its weights' shapes.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..core.gated import GatedNet
+from ..core.path import PROBES
+from ..core.network import Layer
+from ..errors import InvalidWeightsError, UnsupportedLayerError
+
+aten = torch.ops.aten
+_MUL_FUNCS = (operator.mul, torch.mul, aten.mul.Tensor)
+
+
+@dataclass(frozen=True)
+class GatedGroup:
+    """gate -> activation, times up, -> down: the units (rows of gate and up, columns of down)
+    lump. ``gate``, ``up`` and ``down`` are :class:`~afde_nb.models.groups.Affine`. Read like a
+    :class:`~afde_nb.models.groups.Group` where a group's fields are asked for (producer: gate,
+    consumer: down, no norm, pooling or flatten)."""
+
+    gate: object
+    up: object
+    down: object
+    activation: str = "identity"
+    negative_slope: float = 0.01
+    act_params: tuple = ()
+
+    norm = None
+    pools = ()
+    flatten = False
+    negation_ok = True
+
+    @property
+    def producer(self):
+        return self.gate
+
+    @property
+    def consumer(self):
+        return self.down
+
+    @property
+    def name(self) -> str:
+        return self.gate.name
+
+    def describe(self) -> str:
+        kind = f"{self.gate.kind}, weights stored (in, out)" if self.gate.transposed else self.gate.kind
+        return (f"lumps gated units {self.activation}({self.gate.name}) * {self.up.name} ({kind}) -> "
+                f"{self.down.name}")
+
+
+def is_gated(chain) -> bool:
+    """Whether a chain of groups is one gated group."""
+    return len(chain) == 1 and isinstance(chain[0], GatedGroup)
+
+
+# ---- finding them ------------------------------------------------------------------------------
+
+
+def _is_mul(node: fx.Node) -> bool:
+    """A product of two tensors (both arguments graph nodes, no keywords)."""
+    if node.op == "call_function" and node.target in _MUL_FUNCS:
+        pass
+    elif not (node.op == "call_method" and node.target == "mul"):
+        return False
+    return len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args) and not node.kwargs
+
+
+def _to_product(r, node: fx.Node):
+    """Where a Linear's output goes: through no-ops, views that keep its units and at most one
+    element-wise activation into a product of two tensors. (product node, activation or None,
+    the product's operand) or None."""
+    cur, act = node, None
+    while True:
+        if act is None and (region := r.act_region(cur)) is not None:
+            if isinstance(region, str):
+                return None
+            act, cur = region
+            continue
+        users = list(cur.users)
+        if len(users) != 1:
+            return None
+        nxt = users[0]
+        if r.passthrough(nxt) or r.keeps_units(nxt, cur):
+            cur = nxt
+            continue
+        if act is None and (ac := r.activation(nxt)) is not None:
+            act, cur = ac, nxt
+            continue
+        if _is_mul(nxt):
+            return nxt, act, cur
+        return None
+
+
+def _consumer(r, mul: fx.Node):
+    """The one Linear the product feeds as its data input: (node, affine) and "", or None and why."""
+    cur = mul
+    while True:
+        users = list(cur.users)
+        if len(users) != 1:
+            return None, (f"the product {mul.name} feeds {len(users)} operations" if users
+                          else f"the product {mul.name} is not used")
+        nxt = users[0]
+        if r.passthrough(nxt) or r.keeps_units(nxt, cur):
+            cur = nxt
+            continue
+        c = r.affine(nxt)
+        if c is None:
+            t = getattr(nxt.target, "__name__", None) or str(nxt.target)
+            return None, f"the product {mul.name} feeds {nxt.name} ({nxt.op} {t}), not a Linear"
+        if c.kind != "linear":
+            return None, f"the product {mul.name} feeds {c.name}, a {c.kind}"
+        if r.data(nxt) is not cur:
+            return None, f"the product {mul.name} is a parameter of {c.name}, not its input"
+        return (nxt, c), ""
+
+
+def find_gated(found: list, uses: dict, groups: list, skipped: list) -> tuple[list[GatedGroup], list]:
+    """The gated groups among the affine operations ``found`` (``(reader, node, affine)`` as
+    :func:`~afde_nb.models.groups.find_groups` collects them; ``uses``: parameter path -> number of
+    operations reading it), and ``skipped`` with the gate and up layers of each found group taken
+    out and those of a refused gated unit given the reason. ``groups``: the ordinary groups found
+    (a down projection that also produces one is left to it)."""
+    sides: dict[tuple, list] = {}
+    for r, node, a in found:
+        if a.kind != "linear":
+            continue
+        got = _to_product(r, node)
+        if got is not None:
+            mul, act, operand = got
+            sides.setdefault((id(r), mul), []).append((r, node, a, act, operand))
+    producers = {g.producer.weight for g in groups}
+    out: list[GatedGroup] = []
+    lumped: set[str] = set()
+    why: dict[str, str] = {}
+    for (_, mul), parts in sides.items():
+        if len(parts) != 2 or {p[4] for p in parts} != set(mul.args):
+            continue  # not two Linear branches (the generic reason stands)
+        r = parts[0][0]
+        acted = [p for p in parts if p[3] is not None]
+        names = [p[2].name for p in parts]
+        if len(acted) == 2:
+            for nm in names:
+                why[nm] = f"its outputs feed {mul.name}, a product of two activated branches (not a gated unit)"
+            continue
+        if acted:
+            gate = acted[0]
+            up = next(p for p in parts if p is not gate)
+            act = gate[3]
+        else:  # a bilinear unit: (gate x)(up x), the identity as its activation
+            gate, up = sorted(parts, key=lambda p: list(mul.args).index(p[4]))
+            act = ("identity", 0.01, ())
+        g_a, u_a = gate[2], up[2]
+        reason = ""
+        if r.data(gate[1]) is not r.data(up[1]):
+            reason = f"its gated unit ({g_a.name} * {u_a.name}) reads two different inputs"
+        got, text = _consumer(r, mul)
+        if not reason and got is None:
+            reason = f"its gated unit ({g_a.name} * {u_a.name}): {text}"
+        if not reason:
+            d_node, d_a = got
+            params = [p for a in (g_a, u_a, d_a) for p in (a.weight, a.bias) if p]
+            if any(uses.get(p, 0) > 1 for p in params):
+                reason = f"its gated unit ({g_a.name} * {u_a.name} -> {d_a.name}) shares parameters with another operation"
+            elif r.source is not None and not (g_a.module and d_a.module):
+                hidden = g_a.name if not g_a.module else d_a.name
+                reason = (f"its gated unit's {hidden} is computed inside another module's forward, not by a Linear/"
+                          "Conv1D module of its own: its input cannot be observed")
+            elif d_a.weight in producers:
+                reason = f"its gated unit's down projection {d_a.name} also produces a lumped group"
+        if reason:
+            for nm in names:
+                why[nm] = reason
+            continue
+        name, slope, params = act
+        out.append(GatedGroup(g_a, u_a, d_a, name, slope, params))
+        lumped.update(names)
+    kept = [(nm, why.get(nm, w)) for nm, w in skipped if nm not in lumped]
+    return out, kept
+
+
+# ---- reading and writing weights ---------------------------------------------------------------
+
+
+def _owner(root: nn.Module, path: str) -> tuple[nn.Module, str]:
+    mod, _, leaf = path.rpartition(".")
+    return (root.get_submodule(mod) if mod else root), leaf
+
+
+def _get(root: nn.Module, path: str) -> torch.Tensor:
+    owner, leaf = _owner(root, path)
+    return getattr(owner, leaf)
+
+
+def _set(root: nn.Module, path: str, value: torch.Tensor) -> None:
+    """Replace a parameter (kept trainable as it was) or buffer (as ``surgery.set_tensor``)."""
+    owner, leaf = _owner(root, path)
+    old = getattr(owner, leaf)
+    value = value.to(dtype=old.dtype, device=old.device)
+    if isinstance(old, nn.Parameter):
+        setattr(owner, leaf, nn.Parameter(value, requires_grad=old.requires_grad))
+    else:
+        setattr(owner, leaf, value)
+
+
+def _weight(root: nn.Module, a) -> torch.Tensor:
+    w = _get(root, a.weight)
+    return w.t() if a.transposed else w
+
+
+def _np(t: torch.Tensor, name: str) -> np.ndarray:
+    x = t.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(x).all():
+        raise InvalidWeightsError(f"{name} contains NaN or infinite values; afde-nb needs finite weights")
+    return x
+
+
+def _layer(root: nn.Module, a, act: str = "identity", slope: float = 0.01, params: tuple = ()) -> Layer:
+    w = _weight(root, a)
+    if w.dim() != 2:
+        raise UnsupportedLayerError(f"{a.name}: a gated unit's layers are Linear, got a weight of shape {tuple(w.shape)}")
+    W = _np(w, a.weight)
+    b = _np(_get(root, a.bias), a.bias) if a.bias else np.zeros(len(W))
+    return Layer(W, b, act, slope, has_bias=bool(a.bias), path=a.name, act_params=params)
+
+
+def gated_network(root: nn.Module, chain: list) -> GatedNet:
+    """The gated group of a one-group chain as a :class:`~afde_nb.core.gated.GatedNet` (float64)."""
+    (g,) = chain
+    gate = _layer(root, g.gate, g.activation, g.negative_slope, g.act_params)
+    dtype = str(_get(root, g.gate.weight).dtype).replace("torch.", "")
+    return GatedNet([gate, _layer(root, g.down)], dtype=dtype, up=_layer(root, g.up))
+
+
+def unit_costs(net: GatedNet, chain: list) -> list[tuple[int, int]]:
+    """The chain's cost rows as capture counts them (``in * taps * units + per_unit * units`` per
+    layer): the gate and up projections as one layer of two weights per (input, unit) and their
+    biases, then the down projection."""
+    (g,) = chain
+    return [(2, int(bool(g.gate.bias)) + int(bool(g.up.bias))), (1, int(bool(g.down.bias)))]
+
+
+def write_back(root: nn.Module, chain: list, small) -> None:
+    """Put the reduced gated layer ``small`` (a :class:`~afde_nb.core.gated.GatedNet`) into ``root``
+    (modified in place: pass a copy)."""
+    (g,) = chain
+    if not isinstance(small, GatedNet):
+        raise UnsupportedLayerError(
+            f"{g.gate.name} * {g.up.name} -> {g.down.name} is a gated group: it takes a reduced gated layer "
+            f"(afde_nb.core.gated.GatedNet, gate, up and down together), got a {type(small).__name__} (the "
+            "baselines in afde_nb.eval.baselines do not act on gated groups yet)")
+    for a, layer in ((g.gate, small.gate), (g.up, small.up), (g.down, small.down)):
+        W = torch.from_numpy(np.ascontiguousarray(layer.weight))
+        _set(root, a.weight, W.t().contiguous() if a.transposed else W)
+        if a.bias:
+            _set(root, a.bias, torch.from_numpy(np.array(layer.bias, dtype=np.float64)))
+        path = a.module or a.name
+        try:
+            m = root.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(m, nn.Linear):
+            m.in_features, m.out_features = int(W.shape[1]), int(W.shape[0])
+        elif a.transposed and hasattr(m, "nf"):  # Hugging Face's Conv1D: its forward shapes its output by nf
+            m.nx, m.nf = int(W.shape[1]), int(W.shape[0])
+
+
+def pseudo_rows(net: GatedNet, seed: int = 0, first: bool = False, rows: int = PROBES) -> list[np.ndarray]:
+    """The chain's input rows without data: standard-normal rows into the gate and up projections
+    (the draw of :func:`~afde_nb.models.surgery.pseudo_inputs`), and (unless ``first``) the units'
+    values on them, the down projection's input."""
+    x = np.random.default_rng(seed).standard_normal((rows, net.gate.in_features))
+    return [x] if first else [x, net.hidden_values(x)]
