@@ -60,7 +60,7 @@ def test_quickstart(tmp_path, monkeypatch):
     assert "Dataset('glycolysis'" in text
     assert "original: test MSE" in text and "reduced:  test MSE" in text
     assert "parameters 4610 -> " in text and "method=ward, mode=backward, eps=0.05 (relative)" in text
-    assert "after repair (calibration)" in text
+    assert "calibration after repair: max" in text
     assert "panel errors: []" in text
     assert "outputs match exactly: True" in text
     assert "wrote reduced.pt" in text and "wrote reduced.json" in text

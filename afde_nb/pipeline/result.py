@@ -105,7 +105,8 @@ class Compression:
             rows.append(f"calibration before repair: max |diff| {e['max_abs']:.3g}, rms {e['rms']:.3g}")
         if self.calibration_error:
             e = self.calibration_error
-            rows.append(f"calibration{' after repair (' + self.repaired + ')' if self.repaired else ''}: "
+            how = {"calibration": " after repair", "pseudo": " after repair on pseudo-inputs"}.get(self.repaired, "")
+            rows.append(f"calibration{how}: "
                         f"max |diff| {e['max_abs']:.3g}, rms {e['rms']:.3g} over {e['n']} inputs")
         if self.held_out_error:
             e = self.held_out_error
