@@ -30,6 +30,7 @@ from ..core.gated import GatedNet
 from ..core.path import PROBES
 from ..core.network import Layer
 from ..errors import InvalidWeightsError, UnsupportedLayerError
+from .params import get_tensor, set_tensor
 
 aten = torch.ops.aten
 _MUL_FUNCS = (operator.mul, torch.mul, aten.mul.Tensor)
@@ -205,29 +206,8 @@ def find_gated(found: list, uses: dict, groups: list, skipped: list) -> tuple[li
 # ---- reading and writing weights ---------------------------------------------------------------
 
 
-def _owner(root: nn.Module, path: str) -> tuple[nn.Module, str]:
-    mod, _, leaf = path.rpartition(".")
-    return (root.get_submodule(mod) if mod else root), leaf
-
-
-def _get(root: nn.Module, path: str) -> torch.Tensor:
-    owner, leaf = _owner(root, path)
-    return getattr(owner, leaf)
-
-
-def _set(root: nn.Module, path: str, value: torch.Tensor) -> None:
-    """Replace a parameter (kept trainable as it was) or buffer (as ``surgery.set_tensor``)."""
-    owner, leaf = _owner(root, path)
-    old = getattr(owner, leaf)
-    value = value.to(dtype=old.dtype, device=old.device)
-    if isinstance(old, nn.Parameter):
-        setattr(owner, leaf, nn.Parameter(value, requires_grad=old.requires_grad))
-    else:
-        setattr(owner, leaf, value)
-
-
 def _weight(root: nn.Module, a) -> torch.Tensor:
-    w = _get(root, a.weight)
+    w = get_tensor(root, a.weight)
     return w.t() if a.transposed else w
 
 
@@ -243,7 +223,7 @@ def _layer(root: nn.Module, a, act: str = "identity", slope: float = 0.01, param
     if w.dim() != 2:
         raise UnsupportedLayerError(f"{a.name}: a gated unit's layers are Linear, got a weight of shape {tuple(w.shape)}")
     W = _np(w, a.weight)
-    b = _np(_get(root, a.bias), a.bias) if a.bias else np.zeros(len(W))
+    b = _np(get_tensor(root, a.bias), a.bias) if a.bias else np.zeros(len(W))
     return Layer(W, b, act, slope, has_bias=bool(a.bias), path=a.name, act_params=params)
 
 
@@ -251,7 +231,7 @@ def gated_network(root: nn.Module, chain: list) -> GatedNet:
     """The gated group of a one-group chain as a :class:`~afde_nb.core.gated.GatedNet` (float64)."""
     (g,) = chain
     gate = _layer(root, g.gate, g.activation, g.negative_slope, g.act_params)
-    dtype = str(_get(root, g.gate.weight).dtype).replace("torch.", "")
+    dtype = str(get_tensor(root, g.gate.weight).dtype).replace("torch.", "")
     return GatedNet([gate, _layer(root, g.down)], dtype=dtype, up=_layer(root, g.up))
 
 
@@ -274,9 +254,9 @@ def write_back(root: nn.Module, chain: list, small) -> None:
             "baselines in afde_nb.eval.baselines do not act on gated groups yet)")
     for a, layer in ((g.gate, small.gate), (g.up, small.up), (g.down, small.down)):
         W = torch.from_numpy(np.ascontiguousarray(layer.weight))
-        _set(root, a.weight, W.t().contiguous() if a.transposed else W)
+        set_tensor(root, a.weight, W.t().contiguous() if a.transposed else W)
         if a.bias:
-            _set(root, a.bias, torch.from_numpy(np.array(layer.bias, dtype=np.float64)))
+            set_tensor(root, a.bias, torch.from_numpy(np.array(layer.bias, dtype=np.float64)))
         path = a.module or a.name
         try:
             m = root.get_submodule(path)

@@ -28,32 +28,12 @@ from torch import nn
 from ..errors import InvalidWeightsError, ShapeMismatchError, UnsupportedLayerError
 from .export import quiet_leafspec
 from .groups import Affine, Group, Norm
+from .params import get_tensor, set_tensor
 from ..core.network import Layer, Network
 
 #: probe rows kept per layer input (patches of a convolution are subsampled to this many)
 MAX_ROWS = 4096
 PSEUDO = 512
-
-
-def _owner(root: nn.Module, path: str) -> tuple[nn.Module, str]:
-    mod, _, leaf = path.rpartition(".")
-    return (root.get_submodule(mod) if mod else root), leaf
-
-
-def get_tensor(root: nn.Module, path: str) -> torch.Tensor:
-    owner, leaf = _owner(root, path)
-    return getattr(owner, leaf)
-
-
-def set_tensor(root: nn.Module, path: str, value: torch.Tensor) -> None:
-    """Replace a parameter (kept trainable as it was) or buffer of ``root`` by ``value``."""
-    owner, leaf = _owner(root, path)
-    old = getattr(owner, leaf)
-    value = value.to(dtype=old.dtype, device=old.device)
-    if isinstance(old, nn.Parameter):
-        setattr(owner, leaf, nn.Parameter(value, requires_grad=old.requires_grad))
-    else:
-        setattr(owner, leaf, value)
 
 
 def weight(root: nn.Module, a: Affine) -> torch.Tensor:

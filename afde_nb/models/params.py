@@ -1,0 +1,27 @@
+"""A model's parameters and buffers by attribute path: read, and replaced in a copy being written
+back (kept trainable as they were). One place for every writer (surgery's chains, gated chains)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _owner(root: nn.Module, path: str) -> tuple[nn.Module, str]:
+    mod, _, leaf = path.rpartition(".")
+    return (root.get_submodule(mod) if mod else root), leaf
+
+
+def get_tensor(root: nn.Module, path: str) -> torch.Tensor:
+    owner, leaf = _owner(root, path)
+    return getattr(owner, leaf)
+
+
+def set_tensor(root: nn.Module, path: str, value: torch.Tensor) -> None:
+    """Replace a parameter (kept trainable as it was) or buffer of ``root`` by ``value``."""
+    owner, leaf = _owner(root, path)
+    old = getattr(owner, leaf)
+    value = value.to(dtype=old.dtype, device=old.device)
+    if isinstance(old, nn.Parameter):
+        setattr(owner, leaf, nn.Parameter(value, requires_grad=old.requires_grad))
+    else:
+        setattr(owner, leaf, value)
