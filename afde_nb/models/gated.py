@@ -29,8 +29,8 @@ from torch import nn
 from ..core.gated import GatedNet
 from ..core.path import PROBES
 from ..core.network import Layer
-from ..errors import InvalidWeightsError, UnsupportedLayerError
-from .params import get_tensor, set_tensor
+from ..errors import UnsupportedLayerError
+from .params import finite_array as _np, get_tensor, set_tensor, weight as _weight
 
 aten = torch.ops.aten
 _MUL_FUNCS = (operator.mul, torch.mul, aten.mul.Tensor)
@@ -204,18 +204,6 @@ def find_gated(found: list, uses: dict, groups: list, skipped: list) -> tuple[li
 
 
 # ---- reading and writing weights ---------------------------------------------------------------
-
-
-def _weight(root: nn.Module, a) -> torch.Tensor:
-    w = get_tensor(root, a.weight)
-    return w.t() if a.transposed else w
-
-
-def _np(t: torch.Tensor, name: str) -> np.ndarray:
-    x = t.detach().to("cpu", torch.float64).numpy()
-    if not np.isfinite(x).all():
-        raise InvalidWeightsError(f"{name} contains NaN or infinite values; afde-nb needs finite weights")
-    return x
 
 
 def _layer(root: nn.Module, a, act: str = "identity", slope: float = 0.01, params: tuple = ()) -> Layer:

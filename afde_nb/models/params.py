@@ -2,8 +2,11 @@
 back (kept trainable as they were). One place for every writer (surgery's chains, gated chains)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+
+from ..errors import InvalidWeightsError
 
 
 def _owner(root: nn.Module, path: str) -> tuple[nn.Module, str]:
@@ -25,3 +28,17 @@ def set_tensor(root: nn.Module, path: str, value: torch.Tensor) -> None:
         setattr(owner, leaf, nn.Parameter(value, requires_grad=old.requires_grad))
     else:
         setattr(owner, leaf, value)
+
+
+def weight(root: nn.Module, a) -> torch.Tensor:
+    """Layer ``a``'s weight as (out, in, *kernel): a transposed Linear's (in, out) weight (Conv1D) as a view."""
+    w = get_tensor(root, a.weight)
+    return w.t() if a.transposed else w
+
+
+def finite_array(t: torch.Tensor, name: str) -> np.ndarray:
+    """``t`` as a float64 array; NaN or infinite values are an error naming ``name``."""
+    a = t.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(a).all():
+        raise InvalidWeightsError(f"{name} contains NaN or infinite values; afde-nb needs finite weights")
+    return a

@@ -25,28 +25,15 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import InvalidWeightsError, ShapeMismatchError, UnsupportedLayerError
+from ..errors import ShapeMismatchError, UnsupportedLayerError
 from .export import quiet_leafspec
 from .groups import Affine, Group, Norm
-from .params import get_tensor, set_tensor
+from .params import finite_array as _np, get_tensor, set_tensor, weight
 from ..core.network import Layer, Network
 
 #: probe rows kept per layer input (patches of a convolution are subsampled to this many)
 MAX_ROWS = 4096
 PSEUDO = 512
-
-
-def weight(root: nn.Module, a: Affine) -> torch.Tensor:
-    """``a``'s weight as (out, in, *kernel): a transposed Linear's (in, out) weight (Conv1D) as a view."""
-    w = get_tensor(root, a.weight)
-    return w.t() if a.transposed else w
-
-
-def _np(t: torch.Tensor, name: str) -> np.ndarray:
-    a = t.detach().to("cpu", torch.float64).numpy()
-    if not np.isfinite(a).all():
-        raise InvalidWeightsError(f"{name} contains NaN or infinite values; afde-nb needs finite weights")
-    return a
 
 
 def taps(root: nn.Module, a: Affine) -> int:
