@@ -238,11 +238,15 @@ def test_gated_and_ordinary_chains_share_one_path():
     assert b.repaired == "calibration" and rel(run(m, x), run(b.model, x)) < 0.2
 
 
-def test_baselines_refuse_gated_groups_by_name():
+def test_baselines_prune_gated_groups():
+    """The baselines act on gated groups (tests/test_baselines_gated.py has the details): structured
+    pruning keeps whole units, gate and up rows with their down column."""
     from afde_nb.eval.baselines.structured import structured_prune
 
-    with pytest.raises(UnsupportedLayerError, match="gated group"):
-        structured_prune(GatedMLP().eval(), 0.5)
+    m = GatedMLP().eval()
+    n = m.gate.out_features
+    red = structured_prune(m, 0.5).model
+    assert red.gate.out_features == red.up.out_features == red.down.in_features == n - n // 2
 
 
 # ---- Hugging Face: LLaMA, Mistral ------------------------------------------------------------------

@@ -438,14 +438,22 @@ def _heaviest(lab: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
     return ref
 
 
-def repair(original: GatedNet, reduced: GatedNet, X: np.ndarray, ridge: float = RIDGE) -> GatedNet:
+def repair(original: GatedNet, reduced: GatedNet, X: np.ndarray, ridge: float = RIDGE,
+           mask: np.ndarray | None = None) -> GatedNet:
     """``reduced`` with its down projection refit by ridge least squares (the formula of
     :func:`~afde_nb.core.repair.repair`): on the input rows ``X``, the reduced units' values are
-    fit to the original layer's outputs (its down projection's output, bias included)."""
+    fit to the original layer's outputs (its down projection's output, bias included). ``mask``:
+    the boolean (out, units) pattern of down weights the refit may use (a masked pruning's zeros
+    stay zero), None: dense."""
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != np.shape(reduced.down.weight):
+            raise ShapeMismatchError(f"mask of shape {mask.shape} for the down projection {reduced.down.path}, "
+                                     f"expected {np.shape(reduced.down.weight)}")
     X = np.asarray(X, dtype=np.float64)
     Z = original.forward(X)
     H = reduced.hidden_values(X)
-    W, b = _fit(H, Z, reduced.down.has_bias, None, ridge)
+    W, b = _fit(H, Z, reduced.down.has_bias, mask, ridge)
     dt = np.asarray(reduced.down.weight).dtype
     return GatedNet([reduced.gate, reduced.down.with_weights(W.astype(dt), b)], dtype=reduced.dtype,
                     meta=dict(reduced.meta), up=reduced.up)

@@ -238,8 +238,7 @@ def write_back(root: nn.Module, chain: list, small) -> None:
     if not isinstance(small, GatedNet):
         raise UnsupportedLayerError(
             f"{g.gate.name} * {g.up.name} -> {g.down.name} is a gated group: it takes a reduced gated layer "
-            f"(afde_nb.core.gated.GatedNet, gate, up and down together), got a {type(small).__name__} (the "
-            "baselines in afde_nb.eval.baselines do not act on gated groups yet)")
+            f"(afde_nb.core.gated.GatedNet, gate, up and down together), got a {type(small).__name__}")
     for a, layer in ((g.gate, small.gate), (g.up, small.up), (g.down, small.down)):
         W = torch.from_numpy(np.ascontiguousarray(layer.weight))
         set_tensor(root, a.weight, W.t().contiguous() if a.transposed else W)

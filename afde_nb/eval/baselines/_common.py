@@ -1,4 +1,11 @@
-"""Shared pieces of the baselines: the groups they act on, the result, counts."""
+"""Shared pieces of the baselines: the groups they act on, the result, counts.
+
+A chain is either an ordinary one (a :class:`~afde_nb.core.network.Network` of Linear/convolution
+layers) or one gated MLP group (a :class:`~afde_nb.core.gated.GatedNet`: gate, up and down
+projections). The masked methods see both as a list of weight layers, :func:`projections`
+(a gated chain's three projections, each pruned as a Linear layer of its own), with each layer's
+input rows from :func:`projection_inputs` (gate and up read the chain's input x, down reads
+``h = act(gate x) * up x``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...core.network import Network
+from ...core.gated import GatedNet
+from ...core.network import Layer, Network
 from ...errors import InvalidArgumentError, ShapeMismatchError, UnsupportedLayerError
 from ...models.capture import Captured, capture
 
@@ -48,6 +56,29 @@ def finish(cap: Captured, nets: list[Network], method: str, amount: float, dense
     model = cap.write(nets)
     return Pruned(model, count_params(model, nonzero=not dense), method, amount, dense, cap.written(nets, model),
                   maps, repaired)
+
+
+def projections(net: Network) -> list[Layer]:
+    """The weight layers of a chain as the masked methods prune them: a gated chain's gate, up
+    and down projections (``net.layers`` holds only gate and down); an ordinary chain's layers."""
+    return [net.gate, net.up, net.down] if isinstance(net, GatedNet) else list(net.layers)
+
+
+def with_projections(net: Network, layers: list[Layer]) -> Network:
+    """``net`` (a copy) with its :func:`projections` replaced by ``layers``, of the same kind."""
+    if isinstance(net, GatedNet):
+        gate, up, down = layers
+        return GatedNet([gate, down], dtype=net.dtype, meta=dict(net.meta), up=up)
+    return Network(list(layers), dtype=net.dtype, meta=dict(net.meta))
+
+
+def projection_inputs(net: Network, ins: list[np.ndarray]) -> list[np.ndarray]:
+    """Each of :func:`projections`' input rows, from the chain's layer inputs ``ins`` (a gated
+    chain's: [x, h]; gate and up both read x)."""
+    if isinstance(net, GatedNet):
+        x, h = ins
+        return [x, x, h]
+    return list(ins)
 
 
 def count_params(model: nn.Module, nonzero: bool = False) -> int:

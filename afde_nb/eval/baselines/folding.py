@@ -9,12 +9,22 @@ incoming rows ``(W_l[i, :], b_l[i])`` -- computed against the already folded lay
 numpy, seeded). Each cluster becomes one neuron with the mean incoming row and bias; its
 outgoing column is the sum of the members' columns of ``W_{l+1}``. Exact duplicate neurons always
 share a cluster, so folding them is lossless. Folded neurons are ordered by their first member.
+
+A gated MLP's units (``h_i = act(g_i x + c_i)(u_i x + d_i)``, outgoing column ``v_i``) are folded by
+the same rule applied to both incoming rows: clustered by ``(g_i, c_i, u_i, d_i)``, the gate and up
+rows with their biases side by side, raw as an ordinary unit's row (no normalisation: the up row's
+scale is part of what a unit computes, as an ordinary row's is), and each cluster becomes one unit
+with the mean gate row and bias, the mean up row and bias and the summed down columns. Units with
+equal gate and up rows always share a cluster and fold losslessly; units whose up rows are only
+proportional (which afde-nb merges exactly) are folded only when k-means puts them together, and
+then not exactly (the product of the means is not the mean of the products).
 """
 from __future__ import annotations
 
 import numpy as np
 from torch import nn
 
+from ...core.gated import GatedNet
 from ...core.network import Network
 from ...errors import InvalidArgumentError
 from ._common import Pruned, check_amount, dense_counter, finish, n_kept, units
@@ -130,18 +140,42 @@ def fold_layer(net: Network, l: int, labels: np.ndarray) -> Network:
     return Network(layers, dtype=net.dtype, meta=dict(net.meta))
 
 
+def fold_gated(net: GatedNet, labels: np.ndarray) -> GatedNet:
+    """The gated layer ``net`` with its units merged by ``labels``: mean gate and up rows (with
+    their biases), summed down columns."""
+    k = int(labels.max()) + 1
+    n = net.gate.out_features
+    onehot = np.zeros((k, n))
+    onehot[labels, np.arange(n)] = 1.0
+    sizes = onehot.sum(axis=1)
+    g, u, d = net.gate, net.up, net.down
+    mean = [((onehot @ l.weight) / sizes[:, None], (onehot @ l.bias) / sizes) for l in (g, u)]
+    return net.with_units(mean[0], mean[1], (np.asarray(d.weight, dtype=np.float64) @ onehot.T, np.array(d.bias)))
+
+
+def _incoming(layers) -> np.ndarray:
+    """The rows a unit is clustered by: its incoming rows, each with its bias where the layer has one."""
+    return np.column_stack([a for l in layers for a in ((l.weight, l.bias) if l.has_bias else (l.weight,))])
+
+
 def fold_prune(model: nn.Module, amount: float, seed: int = 0, max_iter: int = 300) -> Pruned:
     """Fold every group to ``max(1, round((1 - amount) * n))`` units by k-means on the incoming
-    rows (weights + bias), front to back; returns a smaller dense copy."""
+    rows (weights + bias; a gated unit's gate and up rows together), front to back; returns a
+    smaller dense copy."""
     amount = check_amount(amount)
     cap = units(model)
     nets, maps = [], []
     for net in cap.nets:
+        if isinstance(net, GatedNet):  # one layer of units, gate and up rows together
+            labels = kmeans(_incoming((net.gate, net.up)), n_kept(net.gate.out_features, amount), seed=seed,
+                            max_iter=max_iter)
+            nets.append(fold_gated(net, labels))
+            maps.append([(labels, 1.0 / np.bincount(labels)[labels])])
+            continue
         m = []
         for l in range(len(net.layers) - 1):
             layer = net.layers[l]
-            rows = np.column_stack([layer.weight, layer.bias]) if layer.has_bias else layer.weight
-            labels = kmeans(rows, n_kept(layer.out_features, amount), seed=seed, max_iter=max_iter)
+            labels = kmeans(_incoming((layer,)), n_kept(layer.out_features, amount), seed=seed, max_iter=max_iter)
             m.append((labels, 1.0 / np.bincount(labels)[labels]))  # a folded unit is its cluster's mean
             net = fold_layer(net, l, labels)
         nets.append(net)

@@ -1,6 +1,7 @@
 """Unstructured magnitude pruning: zero the smallest-|W| weights of every layer of the groups
 afde-nb lumps (every Linear of a plain stack; the producers and consumers of each chain of any
-other model, a BatchNorm folded into its producer).
+other model, a BatchNorm folded into its producer; a gated MLP's gate, up and down projections,
+each a layer of its own).
 
 The weights to zero are chosen exactly as ``torch.nn.utils.prune.l1_unstructured`` (scope
 ``"layer"``) and ``prune.global_unstructured(..., pruning_method=prune.L1Unstructured)`` (scope
@@ -14,9 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...core.network import Network
 from ...errors import InvalidArgumentError
-from ._common import Pruned, check_amount, count_params, finish, n_pruned, units
+from ._common import Pruned, check_amount, count_params, finish, n_pruned, projections, units, with_projections
 
 SCOPES = ("layer", "global")
 
@@ -52,10 +52,10 @@ def magnitude_prune(model: nn.Module, amount: float, scope: str = "layer") -> Pr
     if scope not in SCOPES:
         raise InvalidArgumentError(f"scope must be one of {SCOPES}, got {scope!r}")
     cap = units(model)
-    weights = [torch.from_numpy(np.array(l.weight)) for n in cap.nets for l in n.layers]
+    weights = [torch.from_numpy(np.array(l.weight)) for n in cap.nets for l in projections(n)]
     masks = iter(magnitude_masks(weights, amount, scope))
-    nets = [Network([l.with_weights((torch.from_numpy(np.array(l.weight)) * next(masks)).numpy(), l.bias)
-                     for l in n.layers], dtype=n.dtype, meta=dict(n.meta)) for n in cap.nets]
+    nets = [with_projections(n, [l.with_weights((torch.from_numpy(np.array(l.weight)) * next(masks)).numpy(), l.bias)
+                                 for l in projections(n)]) for n in cap.nets]
     return finish(cap, nets, f"magnitude-{scope}", amount, False)
 
 
@@ -65,7 +65,7 @@ def _counter(model: nn.Module, scope: str = "layer"):
     if scope not in SCOPES:
         raise InvalidArgumentError(f"scope must be one of {SCOPES}, got {scope!r}")
     cap = units(model)
-    layers = [l for n in cap.nets for l in n.layers]
+    layers = [l for n in cap.nets for l in projections(n)]
     sizes = [l.weight.size for l in layers]
     nnz = [int((l.weight != 0).sum()) for l in layers]
     rest = count_params(cap.write(cap.nets), nonzero=True) - sum(nnz)  # biases, norms, the rest of the model

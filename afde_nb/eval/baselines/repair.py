@@ -7,6 +7,13 @@ the layers after the first one they shrank, with each kept or folded unit standi
 replaced (``Pruned.maps``). Chains of Linear layers are refit (tokens of a sequence are rows); a
 convolution chain is not, by any method. afde-nb's own repair (``compress(..., repair=...)``) is
 the same function, :func:`afde_nb.core.repair.repair`, on the same rows.
+
+A gated MLP chain is repaired as afde-nb repairs it (:func:`afde_nb.core.gated.repair`): one
+least-squares refit of the down projection towards the original MLP's outputs, from the reduced
+units' values ``act(gate x) * up x`` on the chain's input rows (gate and up keep what the method
+made of them: their products are not linear in the rows). A masked method's down projection keeps
+its zeros; the refit runs where the method changed the chain (a weight zeroed, a unit dropped or
+folded).
 """
 from __future__ import annotations
 
@@ -15,9 +22,11 @@ from dataclasses import replace
 import numpy as np
 from torch import nn
 
+from ...core import gated as core_gated
+from ...core.gated import GatedNet
 from ...core.repair import repair
 from ...errors import InvalidArgumentError
-from ._common import Pruned, as_calibration, count_params, first_changed, units
+from ._common import Pruned, as_calibration, count_params, first_changed, projections, units
 
 
 def repair_pruned(pruned: Pruned, model: nn.Module, calibration=None, pseudo: bool = False) -> Pruned:
@@ -33,6 +42,15 @@ def repair_pruned(pruned: Pruned, model: nn.Module, calibration=None, pseudo: bo
     for k, (net, small) in enumerate(zip(cap.nets, pruned.nets)):
         if not cap.repairable(k):
             nets.append(small)
+            continue
+        if isinstance(net, GatedNet):
+            if pruned.dense:
+                changed, mask = first_changed(pruned.maps[k], 2) == 1, None  # 2: no unit changed
+            else:
+                changed = any(not np.array_equal(a.weight, b.weight) for a, b in zip(projections(net), projections(small)))
+                mask = small.down.weight != 0
+            nets.append(core_gated.repair(net, small, rows[k][0], mask=mask) if changed else small)
+            ran = True
             continue
         if pruned.dense:
             maps, masks = list(pruned.maps[k]), None

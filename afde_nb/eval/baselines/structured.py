@@ -9,6 +9,13 @@ score, all scores taken on the original model:
 * ``"wanda"``: ``||W_{l+1}[:, i]||_2 * ||h_l[:, i]||_2`` with ``h_l`` the unit's activation over
   the calibration inputs (:meth:`~afde_nb.models.capture.Captured.unit_norms`).
 
+A gated MLP's unit i (gate row i, up row i, down column i; ``h_i = act(g_i x + c_i)(u_i x + d_i)``)
+is scored the same way with both incoming rows: ``"norm"``
+``||(g_i, c_i)||_2 * ||(u_i, d_i)||_2 * ||v_i||_2`` (|h_i| grows with each row's norm, so the
+product of the three stands for the unit's size as ``||row|| * ||column||`` does for an ordinary
+unit), ``"wanda"`` ``||v_i||_2 * ||h_i||_2`` on the calibration inputs; the kept units are cut
+out by :func:`afde_nb.core.gated.select`.
+
 Equal scores keep the lower index. The kept units stay in their original order; the result is a
 smaller dense model (rows of ``W_l``/``b_l`` and columns of ``W_{l+1}`` deleted).
 """
@@ -17,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
+from ...core import gated as core_gated
+from ...core.gated import GatedNet
 from ...core.network import Network, unit_columns, unit_norms
 from ...errors import InvalidArgumentError
 from ._common import Pruned, as_calibration, check_amount, dense_counter, finish, maps_of, n_kept, units
@@ -30,6 +39,11 @@ def neuron_scores(net: Network, score: str = "norm", norms: list[np.ndarray] | N
     if score not in SCORES:
         raise InvalidArgumentError(f"score must be one of {SCORES}, got {score!r}")
     outgoing = [unit_norms(nxt.weight, nxt.taps) for nxt in net.layers[1:]]
+    if isinstance(net, GatedNet):
+        if score == "norm":
+            g, u = (np.linalg.norm(np.column_stack([l.weight, l.bias]), axis=1) for l in (net.gate, net.up))
+            return [g * u * outgoing[0]]
+        return [norms[0] * outgoing[0]]
     if score == "norm":
         incoming = [np.linalg.norm(np.column_stack([l.weight, l.bias if l.has_bias else np.zeros(l.out_features)]),
                                    axis=1) for l in net.hidden]
@@ -43,7 +57,11 @@ def keep_indices(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def select_neurons(net: Network, keep: list[np.ndarray]) -> Network:
-    """``net`` with hidden layer l reduced to the units ``keep[l]``."""
+    """``net`` with hidden layer l reduced to the units ``keep[l]`` (a gated chain: its units
+    ``keep[0]``)."""
+    if isinstance(net, GatedNet):
+        (rows,) = keep
+        return core_gated.select(net, rows)
     layers = []
     prev = None  # kept indices of the layer before
     for i, l in enumerate(net.layers):

@@ -1,11 +1,14 @@
 """Wanda (Sun, Liu, Bair, Kolter 2023, arXiv:2306.11695): prune by |W| times input norm, in every
-layer of the groups afde-nb lumps (every Linear of a plain stack).
+layer of the groups afde-nb lumps (every Linear of a plain stack; a gated MLP's gate, up and down
+projections, each a layer of its own).
 
 For every layer, ``S_ij = |W_ij| * ||X_j||_2`` where ``X_j`` is its j-th input feature over the
 calibration inputs (from a float64 forward of the original, unpruned model; a convolution's
-inputs are its patches); in each output row the ``round(amount * in_features)`` lowest scores are
-zeroed (stable sort: among equal scores the lower column index goes first). No weight update.
-The input model is not modified.
+inputs are its patches; a gated MLP's gate and up projections read its input x, its down
+projection ``h = act(gate x) * up x``); in each output row the ``round(amount * in_features)``
+lowest scores are zeroed (stable sort: among equal scores the lower column index goes first). No
+weight update. The input model is not modified. Wanda needs calibration inputs: there is no
+data-free variant (without them it stops with an error).
 
 Differences from the reference implementation, on purpose: inputs come from the original model
 (the reference feeds each block the output of the already pruned blocks before it), and the
@@ -16,20 +19,21 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ...core.network import Network
-from ._common import Pruned, as_calibration, check_amount, count_params, finish, n_pruned, units
+from ._common import (Pruned, as_calibration, check_amount, count_params, finish, n_pruned, projection_inputs,
+                      projections, units, with_projections)
 
 
 def wanda_scores(model: nn.Module, calibration) -> list[np.ndarray]:
-    """``|W| * ||X_j||_2`` for every layer of every chain of ``model``, float64, shaped like the weights."""
+    """``|W| * ||X_j||_2`` for every layer of every chain of ``model`` (a gated chain's gate, up and
+    down projections, in that order), float64, shaped like the weights."""
     cap = units(model)
     return [s for c in _scores(cap, calibration) for s in c]
 
 
 def _scores(cap, calibration) -> list[list[np.ndarray]]:
     ins = cap.layer_inputs(as_calibration(cap, calibration))
-    return [[np.abs(l.weight) * np.linalg.norm(h, axis=0)[None, :] for l, h in zip(net.layers, x)]
-            for net, x in zip(cap.nets, ins)]
+    return [[np.abs(l.weight) * np.linalg.norm(h, axis=0)[None, :]
+             for l, h in zip(projections(net), projection_inputs(net, x))] for net, x in zip(cap.nets, ins)]
 
 
 def _orders(scores: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
@@ -45,11 +49,11 @@ def wanda_prune(model: nn.Module, amount: float, calibration) -> Pruned:
     nets = []
     for net, orders in zip(cap.nets, _orders(_scores(cap, calibration))):
         layers = []
-        for l, order in zip(net.layers, orders):
+        for l, order in zip(projections(net), orders):
             mask = np.ones(order.shape, dtype=bool)
             np.put_along_axis(mask, order[:, :n_pruned(order.shape[1], amount)], False, axis=1)
             layers.append(l.with_weights(l.weight * mask.astype(l.weight.dtype), l.bias))
-        nets.append(Network(layers, dtype=net.dtype, meta=dict(net.meta)))
+        nets.append(with_projections(net, layers))
     return finish(cap, nets, "wanda", amount, False)
 
 
@@ -57,7 +61,7 @@ def _counter(model: nn.Module, calibration=None):
     """params(amount) of :func:`wanda_prune` without pruning: per layer and k, the non-zero
     weights left after the first k columns of every row's pruning order are zeroed."""
     cap = units(model)
-    layers = [l for n in cap.nets for l in n.layers]
+    layers = [l for n in cap.nets for l in projections(n)]
     orders = [o for c in _orders(_scores(cap, calibration)) for o in c]
     left = []  # left[l][k] = non-zero weights of layer l after pruning k per row
     for layer, order in zip(layers, orders):

@@ -22,16 +22,17 @@ Methods, each with the data it may see:
   bias compensation is what the least-squares repair (which refits the bias) does, so it is the
   ``+repair`` row;
 * ``folding``: k-means folding of the hidden units (:func:`afde_nb.eval.baselines.fold_prune`,
-  data-free).
+  data-free; a gated MLP's units clustered by their gate and up rows together).
 
 ``+repair`` (every method, the same calibration text): the MLP output layers refit by the same
 ridge least squares (:mod:`afde_nb.core.repair`) towards the original block's output on the
 original model's block inputs: :func:`~afde_nb.eval.baselines.repair_pruned` for folding,
 ``compress``'s repair for afde-nb, :func:`refit_mlps` (the same formula, tested equal) for the
-pruners' models. afde-nb and folding act on the groups afde-nb finds (:func:`afde_nb.models.capture.capture`);
-where one of them refuses a model (afde-nb a gated MLP before gated units were a group kind; folding
-gated groups) its cells are recorded as not applicable, with the reason, and fill in by themselves
-once it accepts the model.
+pruners' models (for a gated MLP, :func:`~afde_nb.eval.baselines.repair_pruned` refits the down
+projection as afde-nb's repair does). afde-nb and folding act on the groups afde-nb finds
+(:func:`afde_nb.models.capture.capture`: GELU and gated MLPs alike); where one of them refuses a
+model its cells are recorded as not applicable, with the reason, and fill in by themselves once it
+accepts the model.
 """
 from __future__ import annotations
 
