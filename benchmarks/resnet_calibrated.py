@@ -12,7 +12,8 @@ and loads. The second table splits one calibrated call into its parts: one forwa
 with the hooks that draw each chain layer's probe rows (its outputs are the calibration error's
 reference), the merge path, the reduced model's forward (the calibration error), and the rest;
 next to them one plain forward of the model (``torch.no_grad``), the floor below which no
-calibrated call can go (it needs the original's outputs and the reduced model's).
+calibrated call can go (it needs the original's outputs and the reduced model's): one forward over
+the data-free time is the lowest calibrated / data-free ratio any implementation could reach.
 """
 from __future__ import annotations
 
@@ -79,10 +80,10 @@ def main() -> None:
             t, c1 = _timed(lambda: afde_nb.compress(model, eps=eps, calibration=X))
             calib = min(calib, t)
         rows.append([f"ResNet-18, {args.images} images", f"{eps:g}", f"{free:.2f}", f"{calib:.2f}",
-                     f"**{calib / free:.2f}x**", f"{t_fwd:.2f}", f"{calib / t_fwd:.2f}x",
+                     f"**{calib / free:.2f}x**", f"{t_fwd:.2f}", f"{t_fwd / free:.2f}x", f"{calib / t_fwd:.2f}x",
                      f"{c0.params_after / c0.params_before:.3f}", f"{c1.params_after / c1.params_before:.3f}"])
     print(table(["model", "eps", "data-free s", "calibrated s", "calibrated / data-free", "one forward s",
-                 "calibrated / forward", "kept (data-free)", "kept (calibrated)"], rows))
+                 "one forward / data-free (the ratio's floor)", "calibrated / forward", "kept (data-free)", "kept (calibrated)"], rows))
 
     try:
         split = parts(model, X, args.eps[0])
