@@ -410,15 +410,19 @@ def test_program_files_fail_early_and_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and "is not a readable torch.export program" in err[0]
 
 
-def test_a_program_with_a_fixed_batch_says_how_to_export_it(tmp_path, capsys):
+def test_a_program_with_a_fixed_batch_keeps_it_and_says_how_to_export_it(tmp_path, capsys):
     from conftest import small_cnn
 
     program = torch.export.export(small_cnn(), (torch.randn(4, 3, 6, 6),))  # no dynamic_shapes
     torch.export.save(program, tmp_path / "static.pt2")
-    assert main(["compress", str(tmp_path / "static.pt2"), "--eps", "0", "-o", str(tmp_path / "out.pt2")]) == 2
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and "batch size fixed" in err[0] and "dynamic_shapes" in err[0]
-    assert not (tmp_path / "out.pt2").exists()
+    # the reduced program keeps the source's fixed batch of 4 (as a bounded batch keeps its bounds)
+    assert main(["compress", str(tmp_path / "static.pt2"), "--eps", "0", "-o", str(tmp_path / "out.pt2")]) == 0
+    out = torch.export.load(tmp_path / "out.pt2").module()
+    x = torch.randn(4, 3, 6, 6)
+    torch.testing.assert_close(out(x), program.module()(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception):
+        out(torch.randn(5, 3, 6, 6))
+    capsys.readouterr()
     # with calibration inputs of another batch size it failed on the program's guard, with no way out
     np.save(tmp_path / "calib.npy", torch.randn(16, 3, 6, 6).numpy())
     assert main(["compress", str(tmp_path / "static.pt2"), "--eps", "0", "--calibration",

@@ -18,7 +18,8 @@ from torch import nn
 import afde_nb
 from afde_nb.errors import (CorruptFileError, ExportError, InvalidArgumentError, MissingFileError, ShapeMismatchError,
                             UnsafeFileError)
-from afde_nb.models.export import check_batch, export_program, fixed_batch, load_program, read_program, to_program
+from afde_nb.models.export import (batch_bounds, check_batch, export_program, fixed_batch, load_program, read_program,
+                                   to_program)
 
 from conftest import duplicate_units, residual_mlp, small_cnn
 
@@ -272,3 +273,171 @@ def test_a_fixed_batch_is_found_and_says_how_to_export():
     check_batch(dynamic, 16)
     with pytest.raises(ShapeMismatchError, match=r"batch size fixed to 4.*16 rows.*dynamic_shapes"):
         check_batch(static, 16)
+
+
+# ------------------------------------------- what the source program fixed: batch bounds, keyword inputs (issue 23)
+def _mlp():
+    torch.manual_seed(4)
+    m = nn.Sequential(nn.Linear(4, 12), nn.Tanh(), nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 3)).eval()
+    duplicate_units(m[0], slice(5, 8), 2)
+    return m, torch.randn(16, 4)
+
+
+def _cnn():
+    return small_cnn(), torch.randn(16, 3, 6, 6)
+
+
+def _accepts(module: nn.Module, x: torch.Tensor) -> bool:
+    try:
+        with torch.no_grad():
+            module(x)
+    except Exception:  # noqa: BLE001 - torch's guard raises AssertionError/RuntimeError
+        return False
+    return True
+
+
+def _symbol_range(program) -> list[tuple[int, int]]:
+    return [(int(vr.lower), int(vr.upper)) for vr in program.range_constraints.values()]
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.3])
+@pytest.mark.parametrize("make,lo,hi", [(_mlp, 2, 16), (_cnn, 2, 16), (_mlp, 3, 12)])
+def test_a_program_s_batch_bounds_are_kept(tmp_path, make, lo, hi, eps):
+    """A source exported with Dim("batch", min, max) was re-saved with Dim(min=1): its bounds lost,
+    or 'Constraints violated (batch)'. Now the reduced program has the source's range and guards."""
+    model, X = make()
+    src = torch.export.export(model, (X[:4],), dynamic_shapes=({0: torch.export.Dim("batch", min=lo, max=hi)},))
+    c = afde_nb.compress(src.module(), eps, calibration=X[:hi])
+    assert c.batch_bounds == {"input": (str(next(iter(src.range_constraints))), lo, hi)}
+    assert c.params_after < c.params_before
+    c.save(tmp_path / "r.pt2")
+    loaded = torch.export.load(tmp_path / "r.pt2")  # stock torch
+    assert _symbol_range(loaded) == [(lo, hi)]
+    module, source = loaded.module(), src.module()
+    for n in (lo, hi):
+        x = torch.randn(n, *X.shape[1:])
+        with torch.no_grad():
+            assert torch.allclose(module(x), c.model(x), atol=1e-6, rtol=0), f"batch {n}"
+    for n in (lo - 1, hi + 1, 1):
+        x = torch.randn(n, *X.shape[1:])
+        assert _accepts(module, x) == _accepts(source, x), f"batch {n}: the reduced program's guard is not the source's"
+    assert not _accepts(module, torch.randn(hi + 1, *X.shape[1:]))
+    if lo > 2:
+        assert not _accepts(module, torch.randn(lo - 1, *X.shape[1:]))
+    # the user's own example inputs must lie inside the bounds; the compression's two rows are fitted in
+    for n in (lo - 1, hi + 1):
+        with pytest.raises(ShapeMismatchError, match=rf"'input' has {n} rows.*{lo} to {hi}"):
+            c.save(tmp_path / "bad.pt2", example_inputs=torch.randn(n, *X.shape[1:]))
+    assert not (tmp_path / "bad.pt2").exists()
+    c.save(tmp_path / "own.pt2", example_inputs=X[:hi])
+    assert _symbol_range(torch.export.load(tmp_path / "own.pt2")) == [(lo, hi)]
+
+
+def test_a_source_with_a_fixed_batch_stays_fixed(tmp_path):
+    """Exported without dynamic_shapes the source runs at one batch size; so does the reduced program
+    (a dynamic re-export failed on the specialized batch)."""
+    model, X = _cnn()
+    src = torch.export.export(model, (X[:4],))
+    c = afde_nb.compress(src.module(), 0.0, calibration=X[:4])
+    assert c.batch_bounds == {"input": (None, 4, 4)}
+    c.save(tmp_path / "r.pt2")  # traced on the two rows kept, repeated to four
+    loaded = torch.export.load(tmp_path / "r.pt2")
+    assert fixed_batch(loaded) == 4 and not loaded.range_constraints
+    with torch.no_grad():
+        assert torch.allclose(loaded.module()(X[4:8]), c.model(X[4:8]), atol=1e-6, rtol=0)
+    assert not _accepts(loaded.module(), X[:5])
+    with pytest.raises(ShapeMismatchError, match=r"'input' has 2 rows.*exactly 4"):
+        c.save(tmp_path / "bad.pt2", example_inputs=X[:2])
+
+
+def test_only_programs_have_batch_bounds():
+    model, X = _mlp()
+    assert batch_bounds(model) is None and batch_bounds(torch.fx.symbolic_trace(model)) is None
+    assert afde_nb.compress(model, 0.0).batch_bounds is None
+    both = torch.export.export(model, (X[:4],), dynamic_shapes=({0: torch.export.Dim("b", min=2, max=9)},))
+    assert batch_bounds(both) == batch_bounds(both.module()) == {"input": (str(next(iter(both.range_constraints))), 2, 9)}
+
+
+class Masked(nn.Module):
+    """Positional and keyword tensors and a keyword that is no tensor."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.fc, self.out = nn.Linear(5, 8), nn.Linear(8, 2)
+
+    def forward(self, x, mask=None, scale: float = 1.0):
+        h = torch.tanh(self.fc(x)) * scale
+        return self.out(h * mask if mask is not None else h)
+
+
+def test_keyword_inputs_and_args_kwargs_export_with_a_dynamic_batch(tmp_path):
+    m = Masked().eval()
+    x, mask = torch.randn(6, 5), (torch.rand(6, 8) > 0.3).float()
+    forms = {"dict": {"x": x, "mask": mask, "scale": 2.0}, "args_kwargs": ((x,), {"mask": mask, "scale": 2.0})}
+    for name, example in forms.items():
+        path = export_program(m, example, tmp_path / f"{name}.pt2")
+        loaded = torch.export.load(path)
+        assert len(loaded.range_constraints) == 1, f"{name}: x and mask share one batch dimension"
+        module = loaded.module()
+        for n in (3, 11):
+            xs, ms = torch.randn(n, 5), (torch.rand(n, 8) > 0.3).float()
+            with torch.no_grad():
+                got = module(xs, mask=ms, scale=2.0) if name == "args_kwargs" else module(x=xs, mask=ms, scale=2.0)
+                assert torch.allclose(got, m(xs, mask=ms, scale=2.0), atol=1e-6, rtol=0), f"{name} at batch {n}"
+    with pytest.raises(InvalidArgumentError, match=r"does not take the example inputs.*'bogus'"):
+        to_program(m, {"x": x, "bogus": mask})
+    # a keyword the source program took as a tensor, given as something else
+    src = torch.export.export(m, (), {"x": x, "mask": mask}, dynamic_shapes={"x": {0: torch.export.Dim("batch")},
+                                                                             "mask": {0: torch.export.Dim("batch")}})
+    with pytest.raises(InvalidArgumentError, match=r"'mask' is a list.*takes a tensor"):
+        to_program(src.module(), {"x": x, "mask": mask.tolist()}, batch_bounds(src))
+
+
+def test_a_hugging_face_model_saves_with_dict_calibration(tmp_path):
+    """A BERT compressed with {"input_ids", "attention_mask"} calibration: the .pt2 is traced on those
+    keywords (a bare TypeError before), and runs at any batch size."""
+    from test_transformers import logits, plant, rel, tiny, tokens
+
+    m = tiny("bert")
+    plant(m, "bert")
+    c = afde_nb.compress(m, 0.0, calibration=tokens(16))
+    assert c.params_after < c.params_before and c.batch_bounds is None
+    c.save(tmp_path / "bert.pt2")
+    module = torch.export.load(tmp_path / "bert.pt2").module()
+    for n in (3, 9):
+        batch = tokens(n, seed=5)
+        with torch.no_grad():
+            got = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        assert rel(logits(c.model, batch), got) < 1e-5, f"batch {n}"
+    # a bounded Hugging Face export (keywords, Dim(min=2, max=16)) exported again keeps its bounds; one
+    # row of the compression's own is fitted into them
+    b = torch.export.Dim("batch", min=2, max=16)
+    src = torch.export.export(m, (), tokens(4), dynamic_shapes={"input_ids": {0: b}, "attention_mask": {0: b}})
+    bounds = batch_bounds(src)
+    assert set(bounds) == {"input_ids", "attention_mask"} and {v[1:] for v in bounds.values()} == {(2, 16)}
+    again = to_program(src.module(), tokens(1), bounds, fit=True)
+    assert _symbol_range(again) == [(2, 16)]
+    assert rel(logits(src.module(), tokens(16, seed=5)), logits(again.module(), tokens(16, seed=5))) < 1e-6
+    assert not _accepts(lambda x: again.module()(**x), tokens(17))
+    with pytest.raises(ShapeMismatchError, match=r"'input_ids' has 1 rows"):
+        to_program(src.module(), tokens(1), bounds)
+
+
+def test_a_hugging_face_model_that_cannot_export_says_why(tmp_path):
+    """GPT-2 returns a cache object unless use_cache=False: torch's reason, and the way out; the
+    keyword passes through as given (no dynamic shape) when it is in the calibration dict."""
+    from test_transformers import logits, plant, rel, tiny, tokens
+
+    m = tiny("gpt2")
+    plant(m, "gpt2")
+    c = afde_nb.compress(m, 0.0, calibration=tokens(16))
+    with pytest.raises(ExportError, match=r"GPT2LMHeadModel on inputs input_ids \(2, 8\).*DynamicCache.*use_cache=False"):
+        c.save(tmp_path / "gpt2.pt2")
+    assert not (tmp_path / "gpt2.pt2").exists()
+    c.save(tmp_path / "gpt2.pt2", example_inputs={**tokens(2), "use_cache": False})
+    module = torch.export.load(tmp_path / "gpt2.pt2").module()
+    for n in (3, 9):
+        batch = tokens(n, seed=5)
+        with torch.no_grad():
+            assert rel(logits(c.model, batch), module(**batch, use_cache=False).logits) < 1e-5, f"batch {n}"

@@ -156,6 +156,11 @@ class Captured:
         default), or None."""
         if data is None:
             return None
+        if isinstance(data, tuple):  # positional inputs, or (args, kwargs)
+            if len(data) == 2 and isinstance(data[0], (tuple, list)) and isinstance(data[1], Mapping):
+                return (tuple(self.example(a) for a in data[0]), {
+                    k: self.example(v) if isinstance(v, (torch.Tensor, np.ndarray)) else v for k, v in data[1].items()})
+            return tuple(self.example(a) for a in data)
         x = as_model_input(self.model, data if isinstance(data, Mapping) else data[:2])
         return x[:2].clone()
 

@@ -5,7 +5,9 @@ A model that is not one plain Linear stack (a residual MLP, a transformer layer,
 architecture JSON: its forward is the user's own code. ``torch.export`` captures that forward as a
 graph of ATen operations together with the weights, so ``torch.export.load(path).module()`` runs
 the reduced model without afde-nb and without the user's class. The batch dimension (dim 0 of
-every input) stays dynamic.
+every tensor input) stays dynamic; where the model came from a ``torch.export`` program, it keeps
+that program's bounds (:func:`batch_bounds`: the same ``Dim(min, max)``, or the same fixed size),
+so the reduced program takes exactly the batches the source took.
 
 Reading checks the archive before torch does: ``torch.export.load`` unpickles some members with
 ``weights_only=False`` (tensor subclasses, custom objects, and, when ``weights_only=True`` fails, the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import io
 import json
 import logging
@@ -27,6 +30,7 @@ import uuid
 import warnings
 import zipfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -92,28 +96,136 @@ def _default_inputs(model: nn.Module) -> torch.Tensor | None:
     return None
 
 
-def _as_args(model: nn.Module, example_inputs) -> tuple[torch.Tensor, ...]:
-    """The positional inputs to trace with: a tensor (or array), or a tuple of them."""
+#: the bounds of one input's batch dimension: (symbol, min, max); max None where unbounded; symbol
+#: None where the source fixed the batch at min == max. Inputs with one symbol share one ``Dim``
+Bound = tuple[str | None, int, int | None]
+#: a model not read from a program: every tensor input shares one batch dimension of any size
+_FREE: Bound = ("batch", 1, None)
+
+
+def batch_bounds(model) -> dict[str, Bound] | None:
+    """The batch dimension (dim 0) of each tensor input of a ``torch.export`` program (an
+    ``ExportedProgram``, or its ``.module()``), by input name: its symbol's ``range_constraints``,
+    or its fixed size where the program was exported without a dynamic batch; None for any other
+    model. A re-export with these bounds (:func:`to_program`) keeps the source's guards: a program
+    exported with ``Dim("batch", min=2, max=64)`` (as Hugging Face's export helpers do) stays so, a
+    default ``Dim(min=1)`` would drop the bounds or violate them."""
+    if isinstance(model, torch.export.ExportedProgram):
+        with quiet_leafspec():
+            model = model.module()
+    ranges = getattr(model, "range_constraints", None)  # a program's module has them (empty where all fixed)
+    if not isinstance(model, torch.fx.GraphModule) or ranges is None:
+        return None
+    ranges = ranges if isinstance(ranges, dict) else {}
+    try:
+        names = set(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return None
+    out: dict[str, Bound] = {}
+    for node in model.graph.nodes:
+        val = node.meta.get("val") if node.op == "placeholder" else None
+        if node.target not in names or not isinstance(val, torch.Tensor) or val.ndim == 0:
+            continue
+        size = val.shape[0]
+        if isinstance(size, int):
+            out[node.target] = (None, size, size)
+            continue
+        vr = ranges.get(size.node.expr)
+        if vr is not None and getattr(vr.lower, "is_Integer", False):  # else dim 0 is an expression: not a batch
+            out[node.target] = (str(size.node.expr), int(vr.lower),
+                                int(vr.upper) if getattr(vr.upper, "is_Integer", False) else None)
+    return out or None
+
+
+def _split(model: nn.Module, example_inputs) -> tuple[tuple, dict]:
+    """(args, kwargs) of ``example_inputs``: a tensor (or array), a tuple of them, a dict of keyword
+    inputs (or a batch of them with ``.kwargs``, as :class:`~afde_nb.models.surgery.Batch`), or
+    ``(args_tuple, kwargs_dict)``."""
     if example_inputs is None:
         example_inputs = _default_inputs(model)
         if example_inputs is None:
             raise InvalidArgumentError(
                 f"exporting {type(model).__name__} needs example inputs: pass example_inputs= (a batch the model "
                 "takes, e.g. a few calibration rows); a compression made with calibration data keeps two rows")
-    items = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    kw = getattr(example_inputs, "kwargs", None)
+    if isinstance(kw, dict):
+        return (), dict(kw)
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    if (isinstance(example_inputs, tuple) and len(example_inputs) == 2 and isinstance(example_inputs[0], (tuple, list))
+            and isinstance(example_inputs[1], Mapping)):
+        return tuple(example_inputs[0]), dict(example_inputs[1])
+    return (example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)), {}
+
+
+def _inputs(model: nn.Module, example_inputs, bounds: dict[str, Bound] | None, fit: bool) -> tuple[tuple, dict, dict]:
+    """(args, kwargs, dynamic_shapes) to export ``model`` on: tensors (arrays made tensors) in the
+    model's float dtype and on its device, each with its batch dimension (``bounds`` by input name,
+    else one shared free batch); other values as given, with no dynamic shape. A batch outside its
+    bounds is fitted into them where ``fit`` (rows repeated or dropped: the compression's own two
+    rows), else refused; one row is traced as two, since torch.export fixes a dimension of size 1."""
+    args, kwargs = _split(model, example_inputs)
+    try:
+        sig = inspect.signature(model.forward)
+        sig.bind(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"{type(model).__name__} does not take the example inputs "
+                                   f"({len(args)} positional, keywords {sorted(kwargs)}): {exc}") from exc
+    positional = [q.name for q in sig.parameters.values() if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
+    bounds = bounds or {}
+    common = next(iter(bounds.values())) if len(set(bounds.values())) == 1 else _FREE
     ref = next(model.parameters(), None)
-    args = []
-    for k, x in enumerate(items):
-        t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    dims: dict[str, torch.export.Dim] = {}
+
+    def dim(b: Bound):
+        sym, lo, hi = b
+        if sym is None:
+            return None
+        if sym not in dims:
+            dims[sym] = torch.export.Dim("batch" if not dims else f"batch{len(dims)}", min=lo,
+                                         **({} if hi is None else {"max": hi}))
+        return dims[sym]
+
+    def one(name: str, key: str, x):
+        if isinstance(x, (tuple, list)) and any(isinstance(v, (torch.Tensor, np.ndarray)) for v in x):
+            got = [one(f"{name}[{k}]", key, v) for k, v in enumerate(x)]
+            return type(x)(v for v, _ in got), type(x)(d for _, d in got)
+        if isinstance(x, Mapping):
+            got = {k: one(k, k, v) for k, v in x.items()}
+            return {k: v for k, (v, _) in got.items()}, {k: d for k, (_, d) in got.items()}
+        if not isinstance(x, (torch.Tensor, np.ndarray)):
+            if key in bounds:
+                raise InvalidArgumentError(f"example input {name!r} is a {type(x).__name__}, but the program the model "
+                                           "came from takes a tensor there")
+            return x, None
+        t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(x)
         if t.ndim == 0 or len(t) == 0:
-            raise InvalidArgumentError(f"example input {k} needs a non-empty batch dimension (dim 0), got shape "
+            raise InvalidArgumentError(f"example input {name!r} needs a non-empty batch dimension (dim 0), got shape "
                                        f"{tuple(t.shape)}")
         if ref is not None:
             t = t.to(device=ref.device, dtype=ref.dtype if t.is_floating_point() else t.dtype)
-        if len(t) == 1:  # torch.export fixes a dimension of size 1, so trace with two rows
-            t = t.repeat(2, *([1] * (t.ndim - 1)))
-        args.append(t)
-    return tuple(args)
+        b = bounds.get(key, common)
+        _, lo, hi = b
+        inside = lo <= len(t) and (hi is None or len(t) <= hi)
+        if not inside and not fit:
+            raise ShapeMismatchError(
+                f"example input {name!r} has {len(t)} rows, but the program the model came from takes batches of "
+                + (f"exactly {lo}" if b[0] is None else f"{lo} to {'any size' if hi is None else hi}")
+                + ": give example inputs inside those bounds")
+        if not inside or (len(t) == 1 and b[0] is not None and hi != 1):
+            n = max(2, lo) if hi is None else min(max(2, lo), hi)  # 2 clamped into [lo, hi]
+            t = t[torch.arange(n, device=t.device) % len(t)]
+        d = dim(b)
+        return t, None if d is None else {0: d}
+
+    # positional inputs stay positional and keywords keywords (a program checks how it is called);
+    # dynamic_shapes go by the forward's argument names, as torch binds them
+    args = [np.asarray(x) if isinstance(x, list) and not any(isinstance(v, torch.Tensor) for v in x) else x
+            for x in args]  # a positional list of numbers is an array of inputs
+    got = [one(*((positional[k],) * 2 if k < len(positional) else (f"args[{k}]", "")), x) for k, x in enumerate(args)]
+    got_kw = {k: one(k, k, x) for k, x in kwargs.items()}
+    shapes = sig.bind(*(d for _, d in got), **{k: d for k, (_, d) in got_kw.items()}).arguments
+    return tuple(v for v, _ in got), {k: v for k, (v, _) in got_kw.items()}, dict(shapes)
 
 
 def _reason(exc: BaseException) -> str:
@@ -156,41 +268,62 @@ def _quiet_torch():
         log.setLevel(level)
 
 
-def to_program(model: nn.Module, example_inputs=None) -> torch.export.ExportedProgram:
+def to_program(model: nn.Module, example_inputs=None, bounds: dict[str, Bound] | None = None,
+               fit: bool = False) -> torch.export.ExportedProgram:
     """``torch.export.export`` of an eval-mode copy of ``model`` on ``example_inputs`` with a dynamic
-    batch dimension. A model torch cannot export raises :class:`ExportError` with torch's reason."""
+    batch dimension (dim 0 of every tensor input).
+
+    ``example_inputs``: a tensor (or array), a tuple of them (positional inputs), a dict of keyword
+    inputs (a Hugging Face model's ``{"input_ids": ..., "attention_mask": ...}``; values that are no
+    tensors, such as ``use_cache=False``, pass as given), or ``(args_tuple, kwargs_dict)``.
+    ``bounds`` (:func:`batch_bounds` of the program the model came from) keeps that program's batch
+    bounds per input, or its fixed batch size (then the export keeps the batch fixed at that size);
+    example inputs outside them are a :class:`ShapeMismatchError` naming the input, unless ``fit``.
+    A model torch cannot export raises :class:`ExportError` with torch's reason."""
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"only a torch.nn.Module can be exported, got {type(model).__name__}")
-    args = _as_args(model, example_inputs)
-    batch = torch.export.Dim("batch", min=1)
+    args, kwargs, shapes = _inputs(model, example_inputs, bounds, fit)
     try:
         with quiet_leafspec():
             frozen = copy.deepcopy(model)
         _eval(frozen)
         with _quiet_torch():
-            return torch.export.export(frozen, args, dynamic_shapes=tuple({0: batch} for _ in args))
+            return torch.export.export(frozen, args, kwargs, dynamic_shapes=shapes)
     except Exception as exc:  # torch raises many kinds (UserError, ConstraintViolation, TypeError, ...)
-        shapes = ", ".join(str(tuple(a.shape)) for a in args)
-        hint = (f"; a torch.export program exported without dynamic_shapes keeps its batch size fixed: {DYNAMIC_BATCH}"
-                if isinstance(model, torch.fx.GraphModule) and "specialized" in str(exc) else "")
-        raise ExportError(f"torch.export cannot export {type(model).__name__} on inputs shaped {shapes} with a "
-                          f"dynamic batch dimension: {_reason(exc)}{hint}") from exc
+        given = [(str(k), a) for k, a in enumerate(args)] + list(kwargs.items())
+        inputs = ", ".join(f"{k} {tuple(a.shape)}" if isinstance(a, torch.Tensor) else f"{k}={a!r}" for k, a in given)
+        hint = ""
+        if isinstance(model, torch.fx.GraphModule) and "specialized" in str(exc):
+            hint = (f"; a torch.export program exported without dynamic_shapes keeps its batch size fixed: "
+                    f"{DYNAMIC_BATCH}")
+        elif "Cache" in str(exc) and "use_cache" not in kwargs and _takes(model, "use_cache"):
+            hint = "; give use_cache=False with the example inputs (a cache object is no tensor a program returns)"
+        raise ExportError(f"torch.export cannot export {type(model).__name__} on inputs {inputs} with a dynamic "
+                          f"batch dimension: {_reason(exc)}{hint}") from exc
 
 
-def export_program(model: nn.Module, example_inputs, path: str | os.PathLike) -> Path:
+def _takes(model: nn.Module, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def export_program(model: nn.Module, example_inputs, path: str | os.PathLike, bounds: dict[str, Bound] | None = None,
+                   fit: bool = False) -> Path:
     """Write ``model`` as a ``torch.export`` program to ``path`` (``.pt2``); returns the path.
 
-    ``example_inputs``: a batch the model takes (a tensor or array; a tuple for several positional
-    inputs), only traced, never stored as data the program needs; None works for a Sequential
-    that starts with a Linear layer. The file is written to a temporary file beside ``path`` and
-    renamed into place, so a failed export leaves the old file, or none. Load it with stock torch:
-    ``torch.export.load(path).module()``.
+    ``example_inputs``: a batch the model takes (as :func:`to_program` takes it), only traced,
+    never stored as data the program needs; None works for a Sequential that starts with a Linear
+    layer. ``bounds`` and ``fit``: the source program's batch bounds, as :func:`to_program`. The
+    file is written to a temporary file beside ``path`` and renamed into place, so a failed export
+    leaves the old file, or none. Load it with stock torch: ``torch.export.load(path).module()``.
     """
     path = Path(path)
     _check_suffix(path)
     if path.is_dir():
         raise InvalidArgumentError(f"cannot write {path}: it is a directory")
-    program = to_program(model, example_inputs)
+    program = to_program(model, example_inputs, bounds, fit)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the temporary name keeps the suffix: torch.export warns about other names
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{PROGRAM_SUFFIX}")
@@ -297,6 +430,6 @@ def check_batch(program: torch.export.ExportedProgram, rows: int, what: str = "c
                                  f"so {what} of {rows} rows cannot run through it: {DYNAMIC_BATCH}")
 
 
-__all__ = ["DYNAMIC_BATCH", "PROGRAM_SUFFIX", "check_batch", "example_inputs_of", "export_program", "fixed_batch",
-           "is_plain_stack", "is_program_path", "load_program", "quiet_leafspec", "read_program", "to_program",
-           "wants_program"]
+__all__ = ["DYNAMIC_BATCH", "PROGRAM_SUFFIX", "batch_bounds", "check_batch", "example_inputs_of", "export_program",
+           "fixed_batch", "is_plain_stack", "is_program_path", "load_program", "quiet_leafspec", "read_program",
+           "to_program", "wants_program"]

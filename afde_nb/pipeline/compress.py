@@ -24,6 +24,7 @@ from ..core.repair import deviation
 from ..core.target import eps_for_error, eps_for_params, pick, scale_candidates
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..models.capture import Captured, capture
+from ..models.export import batch_bounds
 from .result import Compression, LayerSummary, layer_summaries
 
 __all__ = ["Compression", "LayerSummary", "compress", "layer_summaries"]
@@ -131,6 +132,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         held_out_error=held, path=path,
         groups=cap.discovery, networks=tuple(nets),
         example_inputs=cap.example(calibration if example_inputs is None else example_inputs),
+        batch_bounds=batch_bounds(model),
         methods=cap.methods, formats=cap.formats)
 
 

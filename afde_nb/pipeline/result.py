@@ -74,6 +74,9 @@ class Compression:
     networks: tuple = field(default=(), repr=False)
     #: two calibration inputs as the model takes them, to trace a ``.pt2`` export on
     example_inputs: object = field(default=None, repr=False)
+    #: where the model came from a ``torch.export`` program: the batch bounds of its inputs
+    #: (:func:`~afde_nb.models.export.batch_bounds`), which a ``.pt2`` export keeps
+    batch_bounds: dict | None = field(default=None, repr=False)
     methods: tuple = ("ward", "complete", "components")
     formats: tuple = (".pt", ".pth", ".safetensors", ".pt2")
 
@@ -120,13 +123,17 @@ class Compression:
         A plain stack: its state_dict (.pt/.pth or .safetensors) and its JSON architecture. A
         ``.pt2`` name: a ``torch.export`` program with a dynamic batch dimension that stock torch
         loads with ``torch.export.load(path).module()`` (:mod:`afde_nb.models.export`), traced on
-        ``example_inputs`` (a batch the model takes), else on ``self.example_inputs`` (two rows
-        kept when compressed with calibration data). A model that is not a plain stack has no
-        JSON architecture, so it is saved as ``.pt2`` only (another suffix is an error).
+        ``example_inputs`` (a batch the model takes: a tensor, a tuple, a dict of keyword inputs or
+        ``(args, kwargs)``), else on ``self.example_inputs`` (two rows kept when compressed with
+        calibration data, fitted into the batch bounds). A model compressed from a ``torch.export``
+        program keeps that program's batch bounds (``batch_bounds``), or its fixed batch size. A
+        model that is not a plain stack has no JSON architecture, so it is saved as ``.pt2`` only
+        (another suffix is an error).
         """
         if wants_program(self.model, path):
-            return [export_program(self.model, self.example_inputs if example_inputs is None else example_inputs,
-                                   path)]
+            mine = example_inputs is None
+            return [export_program(self.model, self.example_inputs if mine else example_inputs, path,
+                                   bounds=self.batch_bounds, fit=mine)]
         return save_model(self.model, path, method=self.method, mode=self.mode, eps=self.eps, relative=self.relative,
                           params_before=self.params_before, params_after=self.params_after)
 
