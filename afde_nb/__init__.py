@@ -34,7 +34,8 @@ from .core.lump import Partition, lump
 from .ui.magics import load_ipython_extension, unload_ipython_extension
 from .core.network import Layer, Network
 from .core.reduce import reduce
-from .models.serialize import load_model, load_state_dict, save_model
+from .models.export import load_model
+from .models.serialize import load_state_dict, save_model
 
 __all__ = [
     "AfdeError", "Compression", "CorruptFileError", "DataNotFoundError", "InvalidEpsError", "InvalidWeightsError", "Layer", "LayerSummary", "Network",

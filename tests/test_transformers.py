@@ -245,3 +245,30 @@ def test_an_activation_that_does_not_compute_its_name_is_refused():
     m = nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 2))
     d = find_groups(copy.deepcopy(m))
     assert d.groups == [] and "values are not those of gelu" in dict(d.skipped)["0"]
+
+
+def test_a_hugging_face_program_compresses_with_keyword_calibration(tmp_path):
+    """A BERT exported by torch.export with keyword inputs (and a bounded batch), saved and loaded
+    as a .pt2, compresses with dict calibration: its ATen graph is interpreted on the keywords
+    (flattened by the program's input spec), planted duplicates go exactly, and the reduced
+    program keeps the source's batch bounds."""
+    model = tiny("bert")
+    plant(model, "bert")
+    batch = tokens(4)
+    batch_dim = torch.export.Dim("batch", min=2, max=16)
+    program = torch.export.export(model, (), dict(batch), strict=False,
+                                  dynamic_shapes={"input_ids": {0: batch_dim}, "attention_mask": {0: batch_dim}})
+    torch.export.save(program, tmp_path / "bert.pt2")
+    loaded = afde_nb.load_model(tmp_path / "bert.pt2")
+    calib = tokens(12)
+    c = afde_nb.compress(loaded, 0.0, calibration=calib)
+    assert [s.neurons_before - s.neurons_after for s in c.layers] == [len(q) for q in PLANTED]
+    with torch.no_grad():
+        want, got = loaded(**calib), c.model(**calib)
+    want = want["logits"] if isinstance(want, dict) else want[0] if isinstance(want, (tuple, list)) else want.logits
+    got = got["logits"] if isinstance(got, dict) else got[0] if isinstance(got, (tuple, list)) else got.logits
+    assert rel(want, got) < 1e-4
+    c.save(tmp_path / "small.pt2")
+    small = torch.export.load(tmp_path / "small.pt2")
+    bounds = sorted((int(r.lower), int(r.upper)) for r in small.range_constraints.values())
+    assert (2, 16) in bounds

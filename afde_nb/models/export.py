@@ -40,6 +40,7 @@ from torch import nn
 from ..errors import (CorruptFileError, ExportError, InvalidArgumentError, ShapeMismatchError, UnsafeFileError,
                       UnsupportedLayerError)
 from .serialize import DYNAMIC_SHAPES, _fsync, _readable, _short, architecture
+from .serialize import load_model as _load_stack
 
 PROGRAM_SUFFIX = ".pt2"
 #: archive folders (below the archive's root folder) of compiled code, which torch.export.load would load
@@ -402,6 +403,15 @@ def load_program(path: str | os.PathLike) -> nn.Module:
     return read_program(path).module()
 
 
+def load_model(path: str | os.PathLike) -> nn.Module:
+    """A saved model, whichever way it was saved: a ``.pt2`` program's module (:func:`load_program`,
+    archive checked first), else a state_dict with its JSON architecture
+    (:func:`afde_nb.models.serialize.load_model`). One loader, so a user need not know which."""
+    if is_program_path(path):
+        return load_program(path)
+    return _load_stack(path)
+
+
 def example_inputs_of(program: torch.export.ExportedProgram):
     """The positional inputs a program was exported with (a tensor, or a tuple of them), or None."""
     args, kwargs = program.example_inputs or ((), {})
@@ -431,5 +441,5 @@ def check_batch(program: torch.export.ExportedProgram, rows: int, what: str = "c
 
 
 __all__ = ["DYNAMIC_BATCH", "PROGRAM_SUFFIX", "batch_bounds", "check_batch", "example_inputs_of", "export_program",
-           "fixed_batch", "is_plain_stack", "is_program_path", "load_program", "quiet_leafspec", "read_program",
+           "fixed_batch", "is_plain_stack", "is_program_path", "load_model", "load_program", "quiet_leafspec", "read_program",
            "to_program", "wants_program"]

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 import torch.fx as fx
+import torch.fx._pytree as fx_pytree
 from torch import nn
 
 from ..errors import ShapeMismatchError, UnsupportedLayerError
@@ -273,7 +274,17 @@ def capture_run(model: nn.Module, affines: list[Affine], x, keep=None) -> tuple[
                     put(str(n.args[1].target), self.env[n.args[0]])
                 return super().run_node(n)
 
-        y = run(_Recorder(model).run, x, type(model).__name__)
+        def interpret(*args, **kwargs):
+            """The program's graph on the model's inputs: keyword inputs (a Hugging Face program
+            called with ``input_ids=``) flattened by the program's own input spec, as its forward
+            does, since an interpreter takes positional inputs only."""
+            rec, info = _Recorder(model), getattr(model.graph._codegen, "pytree_info", None)
+            if not kwargs or info is None or info.in_spec is None:
+                return rec.run(*args, **kwargs)
+            flat = fx_pytree.tree_flatten_spec((args, kwargs), info.in_spec)
+            return model.graph.process_outputs(rec.run(*flat, enable_io_processing=False))
+
+        y = run(interpret, x, type(model).__name__)
     missing = [k for k in want if k not in seen]
     if missing:
         raise ShapeMismatchError(f"the calibration run did not reach {', '.join(missing)}")
