@@ -272,3 +272,28 @@ def test_a_hugging_face_program_compresses_with_keyword_calibration(tmp_path):
     small = torch.export.load(tmp_path / "small.pt2")
     bounds = sorted((int(r.lower), int(r.upper)) for r in small.range_constraints.values())
     assert (2, 16) in bounds
+
+
+def test_t5_encoder_with_calibration():
+    """T5 (its encoder returns a BaseModelOutput, and torch.fx cannot trace it): ReLU FFNs found
+    through torch.export, planted duplicates removed exactly with dict calibration (the output's
+    tensors compared), and a 70 % budget reached."""
+    torch.manual_seed(0)
+    model = T.T5EncoderModel(T.T5Config(d_model=32, d_ff=64, num_layers=2, num_heads=2, d_kv=16,
+                                        vocab_size=VOCAB)).eval()
+    paths = [f"encoder.block.{i}.layer.1.DenseReluDense.wi" for i in (0, 1)]
+    with torch.no_grad():
+        for path, pairs in zip(paths, PLANTED):
+            w = model.get_submodule(path).weight
+            for i, j in pairs:
+                w[j] = w[i]
+    batch = tokens()
+    c = afde_nb.compress(model, 0.0, calibration=batch)
+    assert [(s.name, s.neurons_before - s.neurons_after) for s in c.layers] == [(p, len(q)) for p, q in
+                                                                                 zip(paths, PLANTED)]
+    with torch.no_grad():
+        want, got = model(**batch).last_hidden_state, c.model(**batch).last_hidden_state
+    assert rel(want, got) < 1e-4 and c.calibration_error["relative_mse"] < 1e-8
+    budget = int(0.7 * params(model))
+    small = afde_nb.compress(model, target_params=budget, calibration=batch)
+    assert params(small.model) == small.params_after <= budget
