@@ -42,7 +42,7 @@ import numpy as np
 from .. import _core
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from .network import ODD, Layer, Network, apply_activation, finite, non_finite_error
-from .path import EXACT_REL, LINKAGES, PROBES, LayerPath, MergePath, block_sums
+from .path import EXACT_REL, LINKAGES, PROBES, LayerPath, MergePath, block_sums, merge_bounds
 from .repair import LOSSY, RIDGE, _fit
 
 #: odd activations without parameters (hardtanh: only where min_val = -max_val, see :func:`odd`)
@@ -315,10 +315,7 @@ def merge_path(net: GatedNet, *, method: str = "ward", mode: str = "backward", r
         p2, s2, ht = _core.agglomerate(T, mu, lab0, np.ones(n, dtype=np.int64), method, True, threads,
                                        bool(approx), None)
         ht = np.asarray(ht, dtype=np.float64)
-        if method == "ward":
-            bounds = np.sqrt(np.maximum(np.concatenate([[0.0], np.zeros(exact), np.cumsum(ht)]), 0.0))
-        else:
-            bounds = np.sqrt(mu).sum() * np.concatenate([[0.0], np.zeros(exact), ht])
+        bounds = merge_bounds(ht, mu, exact, method)
         bounds = bounds / denom
         p2 = np.asarray(p2, dtype=np.int64).reshape(-1, 2)
         s2 = np.asarray(s2, dtype=np.int64) * o0[p2[:, 0]] * o0[p2[:, 1]]  # -> relative to the raw values

@@ -434,6 +434,16 @@ def merge_path(net: Network, *, method: str = "ward", mode: str = "backward", re
     return MergePath(net, layers, mode, method, bool(relative), bool(symmetry), calibration is not None, meta, ins)
 
 
+def merge_bounds(ht: np.ndarray, mass: np.ndarray, exact: int, method: str) -> np.ndarray:
+    """The (unscaled) bound after each merge of a backward path from the agglomeration's heights
+    ``ht`` (after ``exact`` free merges): Ward's sqrt of the cumulated cost J, complete linkage's
+    sum of sqrt(masses) times the diameter (see the module docstring). Every group kind's path
+    (gated and inverted-residual units too) turns its heights into bounds this one way."""
+    if method == "ward":
+        return np.sqrt(np.maximum(np.concatenate([[0.0], np.zeros(exact), np.cumsum(ht)]), 0.0))
+    return np.sqrt(mass).sum() * np.concatenate([[0.0], np.zeros(exact), ht])
+
+
 def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mode, relative, threads):
     """The rest of hidden layer h's path, built on first use (see :class:`LayerPath`)."""
 
@@ -479,10 +489,7 @@ def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mo
                                            ins.approx, work)
             ins.give(work)
             del A
-            if method == "ward":
-                bounds = np.sqrt(np.maximum(np.concatenate([[0.0], np.zeros(exact), np.cumsum(ht)]), 0.0))
-            else:
-                bounds = np.sqrt(mass).sum() * np.concatenate([[0.0], np.zeros(exact), ht])
+            bounds = merge_bounds(ht, mass, exact, method)
         else:
             hvals = layer.apply(z)
             u = (hvals * s0 if act != "sigmoid" else np.where(s0 < 0, 1.0 - hvals, hvals)) / np.where(c > 0, c, 1.0)

@@ -25,7 +25,7 @@ from ..core.network import ODE_DEFINED, Network, as_inputs
 from ..core.partition import Partition
 from ..errors import InvalidArgumentError, InvalidWeightsError, ShapeMismatchError, UnsupportedLayerError
 from . import surgery
-from .chains import LAYERS, GatedChain, LayerChain, kind_of
+from .chains import LAYERS, GatedChain, LayerChain, chain_inputs, kind_of
 from .export import PROGRAM_SUFFIX
 from .groups import Affine, Discovery, Group, find_groups
 from .stack import to_network, to_torch
@@ -184,7 +184,7 @@ class Captured:
         was = self.model.training
         train(self.model, False)
         try:
-            got, y = surgery.chain_inputs(self.model, self.discovery.chains, x)
+            got, y = chain_inputs(self.model, self.discovery.chains, x)
         finally:
             train(self.model, was)
         return got, _output_array(y, len(x), self.model)
@@ -234,9 +234,10 @@ class Captured:
         return kind_of(chains[k]) if k < len(chains) and not self.stack else LAYERS
 
     def repairable(self, k: int) -> bool:
-        """Repair refits chains of Linear layers (tokens of a sequence are rows); a convolution
-        chain's patches overlap, so its layers are not refit."""
-        return all(l.taps == 1 for l in self.nets[k].layers)
+        """Whether chain ``k``'s kind may refit it (:mod:`afde_nb.models.chains`): chains of Linear
+        layers (tokens of a sequence are rows), not a convolution chain's overlapping patches; an
+        inverted-residual block's 1x1 consumer."""
+        return self.kind(k).repairable(self.nets[k])
 
     # ---- outputs and writing back ------------------------------------------------------------------
 

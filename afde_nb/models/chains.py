@@ -9,22 +9,28 @@ reduction (the quotient, and the repair where a merge was lossy), never which ki
   :mod:`afde_nb.core.reduce`, :mod:`afde_nb.core.repair`, written back by
   :func:`afde_nb.models.surgery.write_back`;
 * :data:`GATED`: one gated group ``down(act(gate(x)) * up(x))`` read as a
-  :class:`~afde_nb.core.gated.GatedNet`: :mod:`afde_nb.core.gated`, :mod:`afde_nb.models.gated`.
+  :class:`~afde_nb.core.gated.GatedNet`: :mod:`afde_nb.core.gated`, :mod:`afde_nb.models.gated`;
+* :data:`INVERTED`: one inverted-residual group (producer -> depthwise -> [SE] -> 1x1 consumer)
+  read as an :class:`~afde_nb.core.inverted.InvertedNet`: :mod:`afde_nb.core.inverted`,
+  :mod:`afde_nb.models.inverted`. Its rows are the producer's input maps (whole images: the
+  depthwise conv reads neighbours), collected by :func:`chain_inputs` in the same model run.
 
 Every kind has the same methods: ``network(root, chain)`` and ``costs(net, chain)`` (capture),
 ``pseudo_rows(net, first)`` (the chain's input rows without data), ``path(net, **options)`` (a
 :class:`~afde_nb.core.path.MergePath` with one :class:`~afde_nb.core.path.LayerPath` per hidden
 layer, options as :func:`~afde_nb.core.path.merge_path` takes them), ``reduce(net, part, rows)``
 (-> the quotient, the result after any repair on the chain's input rows ``rows`` (None: none), the
-first refit layer or None) and ``write(root, chain, net)``.
+first refit layer or None), ``repairable(net)`` (whether a repair may refit it) and
+``write(root, chain, net)``.
 """
 from __future__ import annotations
 
 from ..core import gated as core_gated
+from ..core import inverted as core_inverted
 from ..core.path import MergePath, merge_path
 from ..core.reduce import quotient
 from ..core.repair import LOSSY, repair
-from . import gated, surgery
+from . import gated, inverted, surgery
 
 
 class LayerChain:
@@ -53,6 +59,11 @@ class LayerChain:
         start = lossy[0] + 1
         return small, repair(net, small, rows, [b.target_map() for b in blocks], start=start), start
 
+    def repairable(self, net) -> bool:
+        """Repair refits chains of Linear layers (tokens of a sequence are rows); a convolution
+        chain's patches overlap, so its layers are not refit."""
+        return all(l.taps == 1 for l in net.layers)
+
     def write(self, root, chain, net) -> None:
         surgery.write_back(root, chain, net)
 
@@ -77,14 +88,73 @@ class GatedChain:
     def reduce(self, net, part, rows):
         return core_gated.reduce_and_repair(net, part, rows)
 
+    def repairable(self, net) -> bool:
+        return True
+
     def write(self, root, chain, net) -> None:
         gated.write_back(root, chain, net)
 
 
+class InvertedChain:
+    """One inverted-residual group: producer rows, depthwise kernels, SE gate rows and the consumer's
+    (and fc1's) columns; its rows are the producer's input maps."""
+
+    name = "inverted"
+
+    def network(self, root, chain):
+        return inverted.inverted_network(root, chain)
+
+    def costs(self, net, chain) -> list[tuple[int, int]]:
+        return inverted.unit_costs(net, chain)
+
+    def pseudo_rows(self, net, first: bool = False):
+        return inverted.pseudo_rows(net, first=first)
+
+    def path(self, net, **options) -> MergePath:
+        return core_inverted.merge_path(net, **options)
+
+    def reduce(self, net, part, rows):
+        return core_inverted.reduce_and_repair(net, part, rows)
+
+    def repairable(self, net) -> bool:
+        return True  # the 1x1 consumer is refit on sampled positions of the probe maps
+
+    def write(self, root, chain, net) -> None:
+        inverted.write_back(root, chain, net)
+
+
 LAYERS = LayerChain()
 GATED = GatedChain()
+INVERTED = InvertedChain()
 
 
-def kind_of(chain) -> LayerChain | GatedChain:
+def kind_of(chain) -> LayerChain | GatedChain | InvertedChain:
     """The kind of a chain of groups (None or empty: a plain stack's, :data:`LAYERS`)."""
+    if chain and inverted.is_inverted(chain):
+        return INVERTED
     return GATED if chain and gated.is_gated(chain) else LAYERS
+
+
+def chain_inputs(model, chains: list, x) -> tuple[list[list], object]:
+    """(every chain's rows, the model's output on ``x``) from one run of ``model``: the inverted
+    chains' probe maps by :func:`afde_nb.models.inverted.record`'s hooks, every other chain's rows by
+    :func:`afde_nb.models.surgery.chain_inputs` (a producer without a module of its own, in a
+    torch.export program, is read in a second run)."""
+    own = [k for k, c in enumerate(chains) if inverted.is_inverted(c)]
+    if not own:
+        return surgery.chain_inputs(model, chains, x)
+    rest = [k for k in range(len(chains)) if k not in own]
+    mine = [chains[k] for k in own]
+    with inverted.record(model, mine) as seen:
+        got, y = surgery.chain_inputs(model, [chains[k] for k in rest], x)
+    late = inverted.missing(mine, seen)
+    if late:
+        by = {g.producer.weight: g for (g,) in mine}
+        more, _ = surgery.capture_run(model, late, x, lambda a, t: inverted.maps_of(model, by[a.weight], t))
+        seen.update(more)
+    out: list = [None] * len(chains)
+    for k, r in zip(rest, got):
+        out[k] = r
+    for k, (g,) in zip(own, mine):
+        out[k] = [seen[g.producer.weight]]
+    return out, y

@@ -40,6 +40,7 @@ from ..core.network import apply_activation
 from ..errors import UnsupportedLayerError
 from . import hf
 from .gated import GatedGroup, find_gated
+from .inverted import InvertedGroup, find_inverted
 
 F = nn.functional
 aten = torch.ops.aten
@@ -196,7 +197,7 @@ class Discovery:
         rows = [f"{self.model}{how}: {len(self.groups)} lumpable group(s) in {len(self.chains)} chain(s)"]
         for c in self.chains:
             for g in c:
-                if isinstance(g, GatedGroup):
+                if isinstance(g, (GatedGroup, InvertedGroup)):
                     rows.append(f"  {g.describe()}")
                     continue
                 norm = f" -> {g.norm.name} (folded)" if g.norm else ""
@@ -671,7 +672,9 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
         groups.append(group)
     order = {k: i for i, k in enumerate(model.state_dict(keep_vars=True))}
     gated, skipped = find_gated(found, uses, groups, skipped)
-    chains = sorted(_chains(groups) + [[g] for g in gated], key=lambda c: order.get(c[0].producer.weight, len(order)))
+    inverted, groups, skipped = find_inverted(found, uses, groups, skipped)
+    chains = sorted(_chains(groups) + [[g] for g in gated] + [[g] for g in inverted],
+                    key=lambda c: order.get(c[0].producer.weight, len(order)))
     skipped.sort(key=lambda t: order.get(f"{t[0]}.weight", -1))
     return Discovery(chains, skipped, type(model).__name__)
 
