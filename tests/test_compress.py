@@ -492,3 +492,22 @@ def test_target_error_no_merge_meets_warns(rng):
     (w,) = [w for w in caught if "no merge keeps" in str(w.message)]
     assert w.filename == __file__ and "relative increase" in str(w.message)
     assert c.params_after == c.params_before
+
+
+def test_budget_split_candidates_bounded_for_deep_models():
+    """Up to SEGMENTS layers every layer's eps is scaled in turn (as before); a deeper model's
+    layers are scaled in SEGMENTS consecutive parts, so a calibrated budget costs at most
+    1 + 4 * SEGMENTS scored candidates whatever the depth, and every layer is in one part."""
+    from afde_nb.core.target import SCALES, SEGMENTS, scale_candidates
+
+    for L in range(1, SEGMENTS + 1):
+        c = scale_candidates(L)
+        assert c[0] is None and len(c) == (1 if L == 1 else 1 + len(SCALES) * L)
+        assert all(sum(v != 1.0 for v in x) == 1 for x in c[1:])
+    for L in (5, 13, 17, 50):
+        c = scale_candidates(L)
+        assert len(c) == 1 + len(SCALES) * SEGMENTS
+        parts = [tuple(i for i, v in enumerate(x) if v != 1.0) for x in c[1::len(SCALES)]]
+        assert sorted(i for p in parts for i in p) == list(range(L))  # a partition into consecutive runs
+        assert all(p == tuple(range(p[0], p[-1] + 1)) and max(map(len, parts)) - min(map(len, parts)) <= 1
+                   for p in parts)

@@ -119,7 +119,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         short = underdetermined(nets, starts, fit, len(calib))
         if short:
             warnings.warn(short, UserWarning, stacklevel=2)
-        held = held_out_error(cap, part, calib)
+        held = held_out_error(cap, part, calib, want)
     target = None
     if target_params is not None or target_error is not None:
         target = {"params": target_params} if target_params is not None else {"error_increase": target_error}
@@ -212,11 +212,12 @@ def underdetermined(nets: list[Network], starts: list, fit: list, n_inputs: int)
             "Compression.held_out_error is the error of the same refit on 3/4 of the rows, measured on the other 1/4")
 
 
-def held_out_error(cap: Captured, part: Partition, calib) -> dict | None:
+def held_out_error(cap: Captured, part: Partition, calib, want: np.ndarray | None = None) -> dict | None:
     """The repair's error out of sample: ``part`` reduced and refit on a seeded 3/4 of the
     calibration inputs (:func:`_split`), its outputs' deviation from the original's on the other
     1/4 (:func:`~afde_nb.core.repair.deviation`, plus ``fit_n``: the inputs it was fit on). None
-    with fewer than :data:`HOLD_OUT_MIN` inputs. The returned model is not this one: it is refit on
+    with fewer than :data:`HOLD_OUT_MIN` inputs; ``want``: the original's outputs on ``calib``, where
+    known (its rows on the held-out inputs are the reference: no second run of the original). The returned model is not this one: it is refit on
     every row, so this errs on the high side where rows are few (measured, a trained 64-64 tanh MLP
     on glycolysis, eps = 0.1, relative MSE on 16 / 48 / 512 rows: in-sample 3e-10 / 3e-4 / 2e-3,
     held out 0.42 / 0.11 / 3.1e-3, on 2,000 test inputs 0.15 / 0.029 / 2.7e-3)."""
@@ -225,7 +226,8 @@ def held_out_error(cap: Captured, part: Partition, calib) -> dict | None:
     fit, held = _split(len(calib))
     _, nets, _ = _reduce(cap, part, _fit_rows(cap, "calibration", cap.rows(calib[fit])))
     x = calib[held]
-    return {**deviation(cap.output(x), cap.output(x, nets)), "fit_n": int(len(fit))}
+    ref = cap.output(x) if want is None else want[held]
+    return {**deviation(ref, cap.output(x, nets)), "fit_n": int(len(fit))}
 
 
 def _fit_rows(cap: Captured, how: str | None, rows) -> list:
