@@ -621,3 +621,23 @@ def test_merge_path_memory_a_few_probe_arrays_beside_the_work_buffer():
         tracemalloc.stop()
     probe, ward = PROBES * w * 8, w * _core.ward_stride(w) * 8
     assert (peak - ward) / probe < 5.5
+
+
+def test_for_params_is_the_first_step_of_the_order_within_the_budget():
+    """for_params bisects the global order; it must pick what walking the order does: the first
+    step (fewest merges) whose parameter count is within the target, for every scale."""
+    torch.manual_seed(3)
+    net = to_network(mlp([5, 17, 11, 9, 3], ["tanh"] * 3))
+    path = merge_path(net, method="ward").build()
+    seq = path.sequence()
+    counts = [path.params_at(ms) for ms in seq]
+    for scale in (None, [1.0, 4.0, 0.25]):
+        seq = path.sequence(scale)
+        for target in sorted({path.params_at(ms) for ms in seq}) + [net.num_params - 1, net.num_params + 5]:
+            want = next((ms for ms in seq if path.params_at(ms) <= target), None)
+            assert path.for_params(target, scale) == want
+            if want and sum(want) > sum(lp.exact for lp in path.layers):
+                assert path.params_at(path.for_params(target, scale)) <= target
+    assert counts == sorted(counts, reverse=True)  # every merge removes parameters
+    with pytest.raises(afde_nb.errors.BudgetUnreachableError):
+        path.for_params(min(counts) - 1)

@@ -327,9 +327,8 @@ class MergePath:
         return Partition(tuple(labels), self.mode, e, self.relative, tuple(used), method=self.method,
                          signs=tuple(signs), weights=weights)
 
-    def sequence(self, scale: list[float] | None = None) -> list[list[int]]:
-        """All partitions ordered by eps, one merge at a time: the merge counts per layer after
-        each step of the global order of (scaled) bounds. Every budget lies on it."""
+    def _events(self, scale: list[float] | None = None) -> list[int]:
+        """The layer of each merge beyond the exact ones, in the global order of (scaled) bounds."""
         self.build()
         events = []
         for h, lp in enumerate(self.layers):
@@ -337,9 +336,14 @@ class MergePath:
             for m in range(lp.exact + 1, lp.n):
                 events.append((lp.bounds[m] / s, h))
         events.sort(key=lambda t: t[0])
+        return [h for _, h in events]
+
+    def sequence(self, scale: list[float] | None = None) -> list[list[int]]:
+        """All partitions ordered by eps, one merge at a time: the merge counts per layer after
+        each step of the global order of (scaled) bounds. Every budget lies on it."""
         cur = [lp.exact for lp in self.layers]
         out = [list(cur)]
-        for _, h in events:
+        for h in self._events(scale):
             cur[h] += 1
             out.append(list(cur))
         return out
@@ -353,10 +357,25 @@ class MergePath:
         return self.net.num_params_with([lp.n - m for lp, m in zip(self.layers, merges)])
 
     def for_params(self, target: int, scale: list[float] | None = None) -> list[int]:
-        """Fewest merges along the (scaled) eps order whose network has at most ``target`` params."""
-        for ms in self.sequence(scale):
-            if self.params_at(ms) <= target:
-                return ms
+        """Fewest merges along the (scaled) eps order whose network has at most ``target`` params.
+        Every merge removes a unit, so the count falls along the order: the first step within the
+        budget is found by bisection (a deep model's order has thousands of steps, and a calibrated
+        budget asks for it once per candidate split)."""
+        events = np.asarray(self._events(scale), dtype=np.int64)
+        exact = np.array([lp.exact for lp in self.layers], dtype=np.int64)
+
+        def at(k: int) -> list[int]:
+            return (exact + np.bincount(events[:k], minlength=len(exact))).tolist()
+
+        lo, hi = 0, len(events)
+        if self.params_at(at(hi)) <= target:
+            while lo < hi:  # the first k within the budget: params_at(at(k)) <= target
+                mid = (lo + hi) // 2
+                if self.params_at(at(mid)) <= target:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            return at(lo)
         from ..errors import BudgetUnreachableError
 
         raise BudgetUnreachableError(
