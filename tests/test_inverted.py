@@ -274,3 +274,49 @@ def test_channel_multiplier_two_left_alone_with_reason():
     assert not any(isinstance(c[0], InvertedGroup) for c in disc.chains)
     report = disc.report()
     assert "left alone expand: its outputs feed dw, a depthwise convolution with channel multiplier 2" in report
+
+
+def _plant_group(m: nn.Module, g: InvertedGroup, pairs) -> None:
+    """In a real network: channel j := channel i in one inverted group (producer row, both
+    BatchNorms' entries, depthwise kernel, SE gate row)."""
+    get = m.get_submodule
+    with torch.no_grad():
+        for i, j in pairs:
+            for path in (g.producer.weight, g.dw.weight, getattr(g.fc2, "weight", None)):
+                if path:
+                    get(path.rsplit(".", 1)[0]).weight[j] = get(path.rsplit(".", 1)[0]).weight[i]
+            for norm in (g.norm1, g.norm2):
+                if norm is not None:
+                    bn = get(norm.name)
+                    for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+                        t[j] = t[i]
+            for a in (g.producer, g.dw, g.fc2):
+                if a is not None and getattr(a, "bias", None):
+                    b = get(a.bias.rsplit(".", 1)[0]).bias
+                    b[j] = b[i]
+
+
+@pytest.mark.parametrize("make", [mobilenet_v3_small, efficientnet_b0])
+def test_real_networks_planted_duplicates_exact_and_saved_program_reloads(make, tmp_path):
+    """MobileNetV3-small and EfficientNet-B0 (float64, BN statistics randomised): duplicates
+    planted in three inverted groups go at eps = 0 and nothing else does; the outputs stay within
+    float precision; the reduced model saved as .pt2 reloads with stock torch and gives them."""
+    torch.manual_seed(0)
+    m = random_bn(make(num_classes=10), seed=2).double()
+    groups = [c[0] for c in capture(m).discovery.chains if isinstance(c[0], InvertedGroup)]
+    planted = {groups[k].producer.name: [(0, 3), (0, 5)] if k == 0 else [(1, 2)] for k in (0, len(groups) // 2, -1)}
+    for g in groups:
+        if g.producer.name in planted:
+            _plant_group(m, g, planted[g.producer.name])
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    c = afde_nb.compress(m, 0.0, calibration=x)
+    removed = {s.name: s.neurons_before - s.neurons_after for s in c.layers if s.neurons_before != s.neurons_after}
+    assert removed == {k: len(v) for k, v in planted.items()}
+    with torch.no_grad():
+        y0, y1 = m(x), c.model(x)
+    assert rel(y0, y1) < 1e-9
+    shapes_consistent(c.model)
+    c.save(tmp_path / "small.pt2")
+    loaded = torch.export.load(tmp_path / "small.pt2").module()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), y1, rtol=1e-10, atol=1e-12)
