@@ -42,7 +42,7 @@ import numpy as np
 from .. import _core
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from .network import ODD, Layer, Network, apply_activation, finite, non_finite_error
-from .path import EXACT_REL, LINKAGES, PROBES, LayerPath, MergePath, block_sums, merge_bounds
+from .path import EXACT_REL, LINKAGES, PROBES, LayerPath, MergePath, block_sums, units_path
 from .repair import LOSSY, RIDGE, _fit
 
 #: odd activations without parameters (hardtanh: only where min_val = -max_val, see :func:`odd`)
@@ -304,25 +304,8 @@ def merge_path(net: GatedNet, *, method: str = "ward", mode: str = "backward", r
         live = np.flatnonzero(~al.silent)
         if live.size:
             T[al.silent] = T[live[0]]
-        mu = masses(net, al)
-        mu = np.maximum(mu, 1e-12 * max(float(mu.max(initial=0.0)), 1e-300))
-        y = net.forward(X)
-        denom = float(np.sqrt(np.mean(np.sum(y ** 2, axis=1)))) if relative and len(y) else 1.0
-        denom = denom if denom > 0 else 1.0
-        exact = len(e_pairs)
-        if approx:
-            T = T.astype(np.float32)
-        p2, s2, ht = _core.agglomerate(T, mu, lab0, np.ones(n, dtype=np.int64), method, True, threads,
-                                       bool(approx), None)
-        ht = np.asarray(ht, dtype=np.float64)
-        bounds = merge_bounds(ht, mu, exact, method)
-        bounds = bounds / denom
-        p2 = np.asarray(p2, dtype=np.int64).reshape(-1, 2)
-        s2 = np.asarray(s2, dtype=np.int64) * o0[p2[:, 0]] * o0[p2[:, 1]]  # -> relative to the raw values
-        pairs = np.concatenate([e_pairs, p2]).astype(np.int64).reshape(-1, 2)
-        sg = np.concatenate([e_signs, s2]).astype(np.int64)
-        bounds[: exact + 1] = 0.0
-        return pairs, sg, np.concatenate([np.zeros(exact), ht]), np.maximum.accumulate(bounds), mu
+        return units_path(T, masses(net, al), net.forward(X), lab0, e_pairs, e_signs, method=method,
+                          relative=relative, signed=True, threads=threads, approx=approx, orient=o0)
 
     lp = LayerPath(n, e_pairs, e_signs, net.gate.activation, build)
     meta = {"approx": int(approx)} if approx else {}

@@ -41,7 +41,7 @@ import numpy as np
 from .. import _core
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from .network import Layer, Network, finite, non_finite_error
-from .path import EXACT_REL, LINKAGES, LayerPath, MergePath, block_sums, merge_bounds
+from .path import EXACT_REL, LINKAGES, LayerPath, MergePath, block_sums, units_path
 from .repair import LOSSY, RIDGE, _fit
 
 #: output positions sampled from the probe images for the values, the bounds and the repair
@@ -403,22 +403,8 @@ def merge_path(net: InvertedNet, *, method: str = "ward", mode: str = "backward"
         live = np.flatnonzero(~off)
         if live.size:
             T[off] = T[live[0]]  # a silent channel sits on the block it joined (it carries no mass)
-        mu = masses(net)
-        mu = np.maximum(mu, 1e-12 * max(float(mu.max(initial=0.0)), 1e-300))
-        denom = float(np.sqrt(np.mean(np.sum(y ** 2, axis=1)))) if relative and len(y) else 1.0
-        denom = denom if denom > 0 else 1.0
-        if approx:
-            T = T.astype(np.float32)
-        exact = len(e_pairs)
-        p2, s2, ht = _core.agglomerate(T, mu, lab0, np.ones(C, dtype=np.int64), method, False, threads,
-                                       bool(approx), None)
-        ht = np.asarray(ht, dtype=np.float64)
-        bounds = merge_bounds(ht, mu, exact, method)
-        bounds = bounds / denom
-        pairs = np.concatenate([e_pairs, np.asarray(p2, dtype=np.int64).reshape(-1, 2)]).astype(np.int64)
-        sg = np.ones(len(pairs), dtype=np.int64)
-        bounds[: exact + 1] = 0.0
-        return pairs, sg, np.concatenate([np.zeros(exact), ht]), np.maximum.accumulate(bounds), mu
+        return units_path(T, masses(net), y, lab0, e_pairs, e_signs, method=method, relative=relative,
+                          signed=False, threads=threads, approx=approx)
 
     lp = LayerPath(C, e_pairs, e_signs, net.producer.activation, build)
     meta = {"approx": int(approx)} if approx else {}
@@ -556,18 +542,78 @@ def reduced_values(original: InvertedNet, reduced: InvertedNet, x, idx=None) -> 
     return reduced.rows_of(h if g is None else h * g[:, :, None, None], idx)
 
 
-def repair(original: InvertedNet, reduced: InvertedNet, x, ridge: float = RIDGE) -> InvertedNet:
+def repair(original: InvertedNet, reduced: InvertedNet, x, ridge: float = RIDGE,
+           mask: np.ndarray | None = None) -> InvertedNet:
     """``reduced`` with its consumer refit by ridge least squares (:func:`~afde_nb.core.repair._fit`):
     at the sampled positions of the maps ``x``, the reduced channels' values are fit to the
-    original consumer's outputs (bias included where the consumer has one)."""
+    original consumer's outputs (bias included where the consumer has one). ``mask``: the boolean
+    (out, channels) pattern of consumer weights the refit may use (a masked pruning's zeros stay
+    zero), None: dense."""
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != np.shape(reduced.consumer.weight):
+            raise ShapeMismatchError(f"mask of shape {mask.shape} for the consumer {reduced.consumer.path}, "
+                                     f"expected {np.shape(reduced.consumer.weight)}")
     _, _, Z = _original(original, x)
     H = reduced_values(original, reduced, x)
-    W, b = _fit(H, Z, reduced.consumer.has_bias, None, ridge)
+    W, b = _fit(H, Z, reduced.consumer.has_bias, mask, ridge)
     dt = np.asarray(reduced.consumer.weight).dtype
     v = reduced.consumer
     return InvertedNet([reduced.producer, v.with_weights(W.astype(dt), b if v.has_bias else np.zeros_like(b))],
                        dtype=reduced.dtype, meta=dict(reduced.meta), dw=reduced.dw, fc1=reduced.fc1, fc2=reduced.fc2,
                        pgeo=reduced.pgeo, dgeo=reduced.dgeo)
+
+
+def select(net: InvertedNet, keep) -> InvertedNet:
+    """The block with only the channels ``keep`` (increasing indices; structured pruning of whole
+    channels): their producer rows, depthwise kernels and fc2 rows, the consumer's and fc1's
+    columns. ``meta["keep"]`` names them, so the write-back keeps their unfolded entries bit for bit."""
+    keep = np.asarray(keep, dtype=np.int64).reshape(-1)
+    C = net.channels
+    if keep.size == 0 or keep.min() < 0 or keep.max() >= C or np.any(np.diff(keep) <= 0):
+        raise InvalidArgumentError(f"channels to keep of the inverted-residual block {net.producer.path} must be "
+                                   f"increasing indices in [0, {C}), at least one; got {keep.tolist()}")
+
+    def rows(l):
+        return np.ascontiguousarray(np.asarray(l.weight)[keep]), np.asarray(l.bias)[keep].copy()
+
+    def cols(l):
+        return np.ascontiguousarray(np.asarray(l.weight)[:, keep]), np.asarray(l.bias).copy()
+
+    return net.with_parts(rows(net.producer), rows(net.dw), cols(net.consumer),
+                          cols(net.fc1) if net.se else None, rows(net.fc2) if net.se else None,
+                          meta={**net.meta, "keep": keep})
+
+
+def input_norms(net: InvertedNet, x) -> list[np.ndarray]:
+    """``||X_j||_2`` of every input feature of each weight tensor of the block (producer,
+    depthwise, then fc1 and fc2 with an SE, consumer) over every position of the maps ``x``
+    (Wanda's norms), each shaped to broadcast against its weight: the producer's patches (1, in *
+    taps); the depthwise kernel's, per channel and tap (C, taps: channel c reads only its own
+    ``u_c``); the SE's (1, C) means ``s`` and (1, C_se) ``act_se(F1 s + f1)``; the consumer's (1, C)
+    gated channels ``o``."""
+    X = _maps(x)
+    if X.ndim != 4 or X.shape[1] != net.producer.in_features:
+        raise ShapeMismatchError(f"{net.producer.path} takes maps (n, {net.producer.in_features}, H, W), got "
+                                 f"{X.shape}")
+
+    def tap_norms(a, g):  # (channels, taps), taps in kernel order (rows, then columns)
+        return np.stack([np.sqrt((xs ** 2).sum(axis=(0, 2, 3))) for _, _, xs in _taps(a, g)], axis=1)
+
+    p, d = net.producer, net.dw
+    out = [tap_norms(X, net.pgeo).reshape(1, -1)]
+    W = np.asarray(p.weight, dtype=np.float64).reshape(-1, p.in_features, *net.pgeo.kernel)
+    u = p.apply(conv(X, W, np.asarray(p.bias, dtype=np.float64), net.pgeo))
+    out.append(tap_norms(u, net.dgeo))
+    K = np.asarray(d.weight, dtype=np.float64).reshape(-1, *net.dgeo.kernel)
+    h = d.apply(depthwise(u, K, np.asarray(d.bias, dtype=np.float64), net.dgeo))
+    if net.se:
+        s = h.mean(axis=(2, 3))
+        z = net.fc1.apply(s @ np.asarray(net.fc1.weight, dtype=np.float64).T + net.fc1.bias)
+        out += [np.linalg.norm(s, axis=0)[None, :], np.linalg.norm(z, axis=0)[None, :]]
+        h = h * net.fc2.apply(z @ np.asarray(net.fc2.weight, dtype=np.float64).T + net.fc2.bias)[:, :, None, None]
+    out.append(np.sqrt((h ** 2).sum(axis=(0, 2, 3)))[None, :])
+    return out
 
 
 def reduce_and_repair(net: InvertedNet, part, rows) -> tuple[InvertedNet, InvertedNet, int | None]:
@@ -580,4 +626,5 @@ def reduce_and_repair(net: InvertedNet, part, rows) -> tuple[InvertedNet, Invert
 
 
 __all__ = ["Geometry", "InvertedNet", "InvertedBlocks", "Maps", "conv", "depthwise", "exact_blocks", "merge_path",
-           "quotient", "repair", "reduce_and_repair", "reduced_values", "pseudo_maps", "masses", "unit_values", "silent"]
+           "quotient", "repair", "reduce_and_repair", "reduced_values", "pseudo_maps", "masses", "unit_values", "silent",
+           "select", "input_norms"]

@@ -463,6 +463,35 @@ def merge_bounds(ht: np.ndarray, mass: np.ndarray, exact: int, method: str) -> n
     return np.sqrt(mass).sum() * np.concatenate([[0.0], np.zeros(exact), ht])
 
 
+def units_path(T: np.ndarray, mu: np.ndarray, y: np.ndarray, lab0: np.ndarray, e_pairs: np.ndarray,
+               e_signs: np.ndarray, *, method: str, relative: bool, signed: bool, threads: int, approx,
+               orient: np.ndarray | None = None) -> tuple:
+    """A one-layer path of units seen as their values ``T`` (units x probes, over sqrt(N)) with
+    Ward masses ``mu``, after the exact blocks ``lab0`` (merges ``e_pairs``, ``e_signs``): the
+    engine's agglomeration, its bounds (:func:`merge_bounds`) relative to the RMS norm of the
+    layer's outputs ``y`` on the same probes where ``relative``; ``orient``: each unit's orientation
+    in ``T`` (the merge signs are returned relative to the raw units). The gated and the
+    inverted-residual kinds share it; returns what a :class:`LayerPath` builds."""
+    mu = np.maximum(mu, 1e-12 * max(float(mu.max(initial=0.0)), 1e-300))
+    denom = float(np.sqrt(np.mean(np.sum(y ** 2, axis=1)))) if relative and len(y) else 1.0
+    denom = denom if denom > 0 else 1.0
+    exact = len(e_pairs)
+    if approx:
+        T = T.astype(np.float32)
+    p2, s2, ht = _core.agglomerate(T, mu, lab0, np.ones(len(lab0), dtype=np.int64), method, signed, threads,
+                                   bool(approx), None)
+    ht = np.asarray(ht, dtype=np.float64)
+    bounds = merge_bounds(ht, mu, exact, method) / denom
+    p2 = np.asarray(p2, dtype=np.int64).reshape(-1, 2)
+    s2 = np.asarray(s2, dtype=np.int64)
+    if orient is not None:
+        s2 = s2 * orient[p2[:, 0]] * orient[p2[:, 1]]
+    pairs = np.concatenate([e_pairs, p2]).astype(np.int64).reshape(-1, 2)
+    sg = np.concatenate([e_signs, s2]).astype(np.int64)
+    bounds[: exact + 1] = 0.0
+    return pairs, sg, np.concatenate([np.zeros(exact), ht]), np.maximum.accumulate(bounds), mu
+
+
 def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mode, relative, threads):
     """The rest of hidden layer h's path, built on first use (see :class:`LayerPath`)."""
 
