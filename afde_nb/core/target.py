@@ -36,12 +36,13 @@ def reduced_params(net: Network, labels) -> int:
 SEGMENTS = 4
 
 
-def scale_candidates(layers: int, segments: int = SEGMENTS) -> list[list[float] | None]:
+def scale_candidates(layers: int, segments: int | None = None) -> list[list[float] | None]:
     """One eps for all layers (None), then each layer's eps scaled in turn; a model with more than
-    ``segments`` layers has them in ``segments`` consecutive parts (as even as can be), each part's
-    eps scaled together. So the search costs at most ``1 + 4 * segments`` candidates whatever the
+    ``segments`` (default :data:`SEGMENTS`) layers has them in that many consecutive parts (as even
+    as can be), each part's eps scaled together. So the search costs at most ``1 + 4 * segments`` candidates whatever the
     depth: one per layer made a MobileNetV3's calibrated budget 54 reduced-and-repaired model runs,
     each on 1/4 of the calibration inputs (a few images, whose noise more candidates only fit)."""
+    segments = SEGMENTS if segments is None else segments
     out: list[list[float] | None] = [None]
     if layers > 1:
         parts = np.array_split(np.arange(layers), min(layers, max(int(segments), 1)))
