@@ -540,8 +540,7 @@ def write_back(root: nn.Module, chain: list, small) -> None:
     if not isinstance(small, InvertedNet):
         raise UnsupportedLayerError(
             f"{g.producer.name} -> {g.dw.name} -> {g.consumer.name} is an inverted-residual group: it takes a "
-            f"reduced block (afde_nb.core.inverted.InvertedNet), got a {type(small).__name__} (the baselines in "
-            "afde_nb.eval.baselines do not act on inverted-residual groups yet)")
+            f"reduced block (afde_nb.core.inverted.InvertedNet), got a {type(small).__name__}")
     k = small.channels
     keep = np.asarray(small.meta.get("keep", np.full(k, -1)), dtype=np.int64)
     if keep.shape != (k,):

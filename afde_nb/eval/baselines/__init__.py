@@ -1,7 +1,8 @@
 """Baselines afde-nb is compared with: one-shot (no fine-tuning) pruning and folding, acting on the
 same groups afde-nb lumps in any model (:func:`afde_nb.models.capture.capture`: a plain stack's
 hidden layers, a residual block's or a transformer's feed-forward units, a CNN's channels, a gated
-MLP's units: gate row, up row and down column together).
+MLP's units: gate row, up row and down column together, an inverted-residual block's expanded
+channels: producer row, depthwise kernel and SE gate row with the consumer's and fc1's columns).
 
 Every method takes the model and an ``amount`` in [0, 1], never modifies the model, and returns a
 :class:`Pruned` holding a copy (a plain stack's as a new plain ``nn.Sequential``):

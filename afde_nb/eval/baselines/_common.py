@@ -1,11 +1,14 @@
 """Shared pieces of the baselines: the groups they act on, the result, counts.
 
-A chain is either an ordinary one (a :class:`~afde_nb.core.network.Network` of Linear/convolution
-layers) or one gated MLP group (a :class:`~afde_nb.core.gated.GatedNet`: gate, up and down
-projections). The masked methods see both as a list of weight layers, :func:`projections`
-(a gated chain's three projections, each pruned as a Linear layer of its own), with each layer's
-input rows from :func:`projection_inputs` (gate and up read the chain's input x, down reads
-``h = act(gate x) * up x``)."""
+A chain is an ordinary one (a :class:`~afde_nb.core.network.Network` of Linear/convolution
+layers), one gated MLP group (a :class:`~afde_nb.core.gated.GatedNet`: gate, up and down
+projections) or one inverted-residual block (a :class:`~afde_nb.core.inverted.InvertedNet`:
+producer, depthwise kernels, SE fc1/fc2, consumer; BatchNorms folded). The masked methods see each
+as a list of weight layers, :func:`projections` (a gated chain's three projections, an inverted
+chain's five tensors, each pruned as a layer of its own), with each layer's input norms from
+:func:`input_norms` (gate and up read the chain's input x, down reads ``h = act(gate x) * up x``;
+an inverted block's from its array forward on the chain's probe maps,
+:func:`afde_nb.core.inverted.input_norms`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...core import inverted as core_inverted
 from ...core.gated import GatedNet
+from ...core.inverted import InvertedNet
 from ...core.network import Layer, Network
 from ...errors import InvalidArgumentError, ShapeMismatchError, UnsupportedLayerError
 from ...models.capture import Captured, capture
@@ -60,25 +65,57 @@ def finish(cap: Captured, nets: list[Network], method: str, amount: float, dense
 
 def projections(net: Network) -> list[Layer]:
     """The weight layers of a chain as the masked methods prune them: a gated chain's gate, up
-    and down projections (``net.layers`` holds only gate and down); an ordinary chain's layers."""
-    return [net.gate, net.up, net.down] if isinstance(net, GatedNet) else list(net.layers)
+    and down projections (``net.layers`` holds only gate and down); an inverted block's producer,
+    depthwise kernels, SE fc1 and fc2 (with an SE) and consumer, in the order the block runs them;
+    an ordinary chain's layers."""
+    if isinstance(net, GatedNet):
+        return [net.gate, net.up, net.down]
+    if isinstance(net, InvertedNet):
+        return [net.producer, net.dw] + ([net.fc1, net.fc2] if net.se else []) + [net.consumer]
+    return list(net.layers)
 
 
 def with_projections(net: Network, layers: list[Layer]) -> Network:
-    """``net`` (a copy) with its :func:`projections` replaced by ``layers``, of the same kind."""
+    """``net`` (a copy) with its :func:`projections` replaced by ``layers``, of the same kind. An
+    inverted block's channels whose producer row, depthwise kernel and fc2 row are unchanged are
+    named in ``meta["keep"]`` (written back bit for bit, their BatchNorm entries unfolded); a
+    changed channel is written folded (masked zeros stay zeros), with identity BatchNorm entries."""
     if isinstance(net, GatedNet):
         gate, up, down = layers
         return GatedNet([gate, down], dtype=net.dtype, meta=dict(net.meta), up=up)
+    if isinstance(net, InvertedNet):
+        producer, dw, *se, consumer = layers
+        fc1, fc2 = se if net.se else (None, None)
+        same = np.ones(net.channels, dtype=bool)
+        for a, b in ((net.producer, producer), (net.dw, dw)) + (((net.fc2, fc2),) if net.se else ()):
+            same &= np.all(np.asarray(a.weight) == np.asarray(b.weight), axis=1) & (np.asarray(a.bias) == b.bias)
+        keep = np.where(same, np.arange(net.channels), -1)
+        return InvertedNet([producer, consumer], dtype=net.dtype, meta={**net.meta, "keep": keep}, dw=dw, fc1=fc1,
+                           fc2=fc2, pgeo=net.pgeo, dgeo=net.dgeo)
     return Network(list(layers), dtype=net.dtype, meta=dict(net.meta))
 
 
 def projection_inputs(net: Network, ins: list[np.ndarray]) -> list[np.ndarray]:
     """Each of :func:`projections`' input rows, from the chain's layer inputs ``ins`` (a gated
-    chain's: [x, h]; gate and up both read x)."""
+    chain's: [x, h]; gate and up both read x). An inverted block has none here (its producer's
+    and depthwise kernels' inputs are patches of whole maps): see :func:`input_norms`."""
     if isinstance(net, GatedNet):
         x, h = ins
         return [x, x, h]
+    if isinstance(net, InvertedNet):
+        raise UnsupportedLayerError(f"{net.producer.path}: an inverted-residual block's layer inputs are not rows; "
+                                    "use input_norms")
     return list(ins)
+
+
+def input_norms(net: Network, ins: list) -> list[np.ndarray]:
+    """``||X_j||_2`` of every input feature of each of :func:`projections` (Wanda's norms), each
+    broadcastable against its weight: an ordinary or gated chain's from the input rows ``ins``
+    (a row vector each); an inverted block's from its probe maps ``ins[0]`` by
+    :func:`afde_nb.core.inverted.input_norms` (a depthwise kernel's per channel and tap)."""
+    if isinstance(net, InvertedNet):
+        return core_inverted.input_norms(net, ins[0])
+    return [np.linalg.norm(h, axis=0)[None, :] for h in projection_inputs(net, ins)]
 
 
 def count_params(model: nn.Module, nonzero: bool = False) -> int:

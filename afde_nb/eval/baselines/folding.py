@@ -18,13 +18,25 @@ with the mean gate row and bias, the mean up row and bias and the summed down co
 equal gate and up rows always share a cluster and fold losslessly; units whose up rows are only
 proportional (which afde-nb merges exactly) are folded only when k-means puts them together, and
 then not exactly (the product of the means is not the mean of the products).
+
+An inverted-residual block's channels (producer row, depthwise kernel, SE fc2 row; consumer and fc1
+columns; BatchNorms folded) are folded by the same rule on all three incoming rows: clustered by
+``(P_c, p_c, K_c, q_c, F2_c, r_c)`` side by side, raw, and each cluster becomes one channel with the
+mean rows and the summed consumer and fc1 columns (the SE's mean then sees the folded channel once
+per member). That is the block's quotient by the k-means labels with equal weights,
+:func:`afde_nb.core.inverted.quotient`: a channel alone in its cluster is kept bit for bit (its
+unfolded BatchNorm entries too), and a silent channel (zero consumer and fc1 columns: nothing reads
+it) is left out of its cluster's mean. Channels with equal rows always share a cluster and fold
+losslessly.
 """
 from __future__ import annotations
 
 import numpy as np
 from torch import nn
 
+from ...core import inverted as core_inverted
 from ...core.gated import GatedNet
+from ...core.inverted import InvertedNet
 from ...core.network import Network
 from ...errors import InvalidArgumentError
 from ._common import Pruned, check_amount, dense_counter, finish, n_kept, units
@@ -160,8 +172,8 @@ def _incoming(layers) -> np.ndarray:
 
 def fold_prune(model: nn.Module, amount: float, seed: int = 0, max_iter: int = 300) -> Pruned:
     """Fold every group to ``max(1, round((1 - amount) * n))`` units by k-means on the incoming
-    rows (weights + bias; a gated unit's gate and up rows together), front to back; returns a
-    smaller dense copy."""
+    rows (weights + bias; a gated unit's gate and up rows together; an inverted channel's producer,
+    depthwise and fc2 rows together), front to back; returns a smaller dense copy."""
     amount = check_amount(amount)
     cap = units(model)
     nets, maps = [], []
@@ -170,6 +182,12 @@ def fold_prune(model: nn.Module, amount: float, seed: int = 0, max_iter: int = 3
             labels = kmeans(_incoming((net.gate, net.up)), n_kept(net.gate.out_features, amount), seed=seed,
                             max_iter=max_iter)
             nets.append(fold_gated(net, labels))
+            maps.append([(labels, 1.0 / np.bincount(labels)[labels])])
+            continue
+        if isinstance(net, InvertedNet):  # one layer of channels, its three incoming rows together
+            parts = (net.producer, net.dw) + ((net.fc2,) if net.se else ())
+            labels = kmeans(_incoming(parts), n_kept(net.channels, amount), seed=seed, max_iter=max_iter)
+            nets.append(core_inverted.quotient(net, labels)[0])
             maps.append([(labels, 1.0 / np.bincount(labels)[labels])])
             continue
         m = []

@@ -1,13 +1,17 @@
 """Unstructured magnitude pruning: zero the smallest-|W| weights of every layer of the groups
 afde-nb lumps (every Linear of a plain stack; the producers and consumers of each chain of any
-other model, a BatchNorm folded into its producer; a gated MLP's gate, up and down projections,
-each a layer of its own).
+other model, a BatchNorm folded into its producer; a gated MLP's gate, up and down projections;
+an inverted-residual block's producer, depthwise kernels, SE fc1 and fc2 and consumer, its two
+BatchNorms folded into producer and depthwise kernels; each a layer of its own).
 
 The weights to zero are chosen exactly as ``torch.nn.utils.prune.l1_unstructured`` (scope
 ``"layer"``) and ``prune.global_unstructured(..., pruning_method=prune.L1Unstructured)`` (scope
 ``"global"``) choose them: ``round(amount * n)`` entries, the ``k`` smallest of ``|W|`` by
 ``torch.topk(..., largest=False)`` on the weights in their own dtype, so ties break the same way.
-Biases are not pruned. The input model is not modified.
+Biases are not pruned. The input model is not modified. An inverted-residual channel none of whose
+rows (producer, depthwise, fc2) lost a weight is written back as it was; one that did is written
+folded with identity BatchNorm entries (its zeros are then the model's zeros, so
+``count_params(nonzero=True)`` counts what was pruned).
 """
 from __future__ import annotations
 
@@ -68,7 +72,8 @@ def _counter(model: nn.Module, scope: str = "layer"):
     layers = [l for n in cap.nets for l in projections(n)]
     sizes = [l.weight.size for l in layers]
     nnz = [int((l.weight != 0).sum()) for l in layers]
-    rest = count_params(cap.write(cap.nets), nonzero=True) - sum(nnz)  # biases, norms, the rest of the model
+    as_is = cap.write([with_projections(n, projections(n)) for n in cap.nets])  # as amount 0 writes it
+    rest = count_params(as_is, nonzero=True) - sum(nnz)  # biases, norms, the rest of the model
     if scope == "layer":
         return lambda a: rest + sum(min(n - n_pruned(n, a), z) for n, z in zip(sizes, nnz))
     n, z = sum(sizes), sum(nnz)

@@ -14,6 +14,12 @@ units' values ``act(gate x) * up x`` on the chain's input rows (gate and up keep
 made of them: their products are not linear in the rows). A masked method's down projection keeps
 its zeros; the refit runs where the method changed the chain (a weight zeroed, a unit dropped or
 folded).
+
+An inverted-residual block is repaired the same way, as afde-nb repairs it
+(:func:`afde_nb.core.inverted.repair`): its 1x1 consumer refit at the sampled positions of the
+chain's probe maps, from the reduced channels' gated values towards the original consumer's
+output; producer, depthwise kernels and SE keep what the method made of them, and a masked
+consumer keeps its zeros.
 """
 from __future__ import annotations
 
@@ -23,7 +29,9 @@ import numpy as np
 from torch import nn
 
 from ...core import gated as core_gated
+from ...core import inverted as core_inverted
 from ...core.gated import GatedNet
+from ...core.inverted import InvertedNet
 from ...core.repair import repair
 from ...errors import InvalidArgumentError
 from ._common import Pruned, as_calibration, count_params, first_changed, projections, units
@@ -43,13 +51,15 @@ def repair_pruned(pruned: Pruned, model: nn.Module, calibration=None, pseudo: bo
         if not cap.repairable(k):
             nets.append(small)
             continue
-        if isinstance(net, GatedNet):
+        if isinstance(net, (GatedNet, InvertedNet)):  # one layer of units: refit the layer reading them
+            out = small.down if isinstance(net, GatedNet) else small.consumer
             if pruned.dense:
                 changed, mask = first_changed(pruned.maps[k], 2) == 1, None  # 2: no unit changed
             else:
                 changed = any(not np.array_equal(a.weight, b.weight) for a, b in zip(projections(net), projections(small)))
-                mask = small.down.weight != 0
-            nets.append(core_gated.repair(net, small, rows[k][0], mask=mask) if changed else small)
+                mask = out.weight != 0
+            fix = core_gated.repair if isinstance(net, GatedNet) else core_inverted.repair
+            nets.append(fix(net, small, rows[k][0], mask=mask) if changed else small)
             ran = True
             continue
         if pruned.dense:

@@ -16,6 +16,15 @@ product of the three stands for the unit's size as ``||row|| * ||column||`` does
 unit), ``"wanda"`` ``||v_i||_2 * ||h_i||_2`` on the calibration inputs; the kept units are cut
 out by :func:`afde_nb.core.gated.select`.
 
+An inverted-residual block's channel c (producer row, depthwise kernel and fc2 row; consumer and
+fc1 columns; ``o_c = act2(K_c (*) act1(P_c x + p_c) + q_c) g_c``) is scored with both of its
+incoming rows, BatchNorms folded: ``"norm"`` ``||(P_c, p_c)||_2 * ||(K_c, q_c)||_2 * ||V_c||_2``
+(the producer row and the depthwise kernel each scale the channel, as a gated unit's two rows do;
+the SE's fc2 row does not: its gate is bounded, ``gate(0)`` is not 0), ``"wanda"``
+``||V_c||_2 * ||o_c||_2`` with ``o_c`` the gated channel the consumer reads, over every position of
+the calibration inputs; the kept channels are cut out by :func:`afde_nb.core.inverted.select`
+(written back with their unfolded BatchNorm entries).
+
 Equal scores keep the lower index. The kept units stay in their original order; the result is a
 smaller dense model (rows of ``W_l``/``b_l`` and columns of ``W_{l+1}`` deleted).
 """
@@ -25,7 +34,9 @@ import numpy as np
 from torch import nn
 
 from ...core import gated as core_gated
+from ...core import inverted as core_inverted
 from ...core.gated import GatedNet
+from ...core.inverted import InvertedNet
 from ...core.network import Network, unit_columns, unit_norms
 from ...errors import InvalidArgumentError
 from ._common import Pruned, as_calibration, check_amount, dense_counter, finish, maps_of, n_kept, units
@@ -44,6 +55,9 @@ def neuron_scores(net: Network, score: str = "norm", norms: list[np.ndarray] | N
             g, u = (np.linalg.norm(np.column_stack([l.weight, l.bias]), axis=1) for l in (net.gate, net.up))
             return [g * u * outgoing[0]]
         return [norms[0] * outgoing[0]]
+    if isinstance(net, InvertedNet) and score == "norm":
+        p, k = (np.linalg.norm(np.column_stack([l.weight, l.bias]), axis=1) for l in (net.producer, net.dw))
+        return [p * k * outgoing[0]]
     if score == "norm":
         incoming = [np.linalg.norm(np.column_stack([l.weight, l.bias if l.has_bias else np.zeros(l.out_features)]),
                                    axis=1) for l in net.hidden]
@@ -58,10 +72,13 @@ def keep_indices(scores: np.ndarray, k: int) -> np.ndarray:
 
 def select_neurons(net: Network, keep: list[np.ndarray]) -> Network:
     """``net`` with hidden layer l reduced to the units ``keep[l]`` (a gated chain: its units
-    ``keep[0]``)."""
+    ``keep[0]``; an inverted block: its channels ``keep[0]``)."""
     if isinstance(net, GatedNet):
         (rows,) = keep
         return core_gated.select(net, rows)
+    if isinstance(net, InvertedNet):
+        (rows,) = keep
+        return core_inverted.select(net, rows)
     layers = []
     prev = None  # kept indices of the layer before
     for i, l in enumerate(net.layers):

@@ -1,11 +1,16 @@
 """Wanda (Sun, Liu, Bair, Kolter 2023, arXiv:2306.11695): prune by |W| times input norm, in every
 layer of the groups afde-nb lumps (every Linear of a plain stack; a gated MLP's gate, up and down
-projections, each a layer of its own).
+projections; an inverted-residual block's producer, depthwise kernels, SE fc1 and fc2 and consumer;
+each a layer of its own).
 
 For every layer, ``S_ij = |W_ij| * ||X_j||_2`` where ``X_j`` is its j-th input feature over the
 calibration inputs (from a float64 forward of the original, unpruned model; a convolution's
 inputs are its patches; a gated MLP's gate and up projections read its input x, its down
-projection ``h = act(gate x) * up x``); in each output row the ``round(amount * in_features)``
+projection ``h = act(gate x) * up x``; an inverted-residual block's tensors their own inputs on
+every position of the chain's probe maps (at most 16 calibration images), from the block's float64
+array forward, BatchNorms folded: the producer its patches, depthwise kernel c the taps of its own
+channel ``u_c`` (so its norms differ row by row), fc1 the channels' spatial means, fc2 fc1's
+activations, the consumer the gated channels); in each output row the ``round(amount * in_features)``
 lowest scores are zeroed (stable sort: among equal scores the lower column index goes first). No
 weight update. The input model is not modified. Wanda needs calibration inputs: there is no
 data-free variant (without them it stops with an error).
@@ -19,21 +24,22 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ._common import (Pruned, as_calibration, check_amount, count_params, finish, n_pruned, projection_inputs,
-                      projections, units, with_projections)
+from ._common import (Pruned, as_calibration, check_amount, count_params, finish, input_norms, n_pruned, projections,
+                      units, with_projections)
 
 
 def wanda_scores(model: nn.Module, calibration) -> list[np.ndarray]:
     """``|W| * ||X_j||_2`` for every layer of every chain of ``model`` (a gated chain's gate, up and
-    down projections, in that order), float64, shaped like the weights."""
+    down projections; an inverted block's producer, depthwise, fc1, fc2, consumer; in that order),
+    float64, shaped like the weights."""
     cap = units(model)
     return [s for c in _scores(cap, calibration) for s in c]
 
 
 def _scores(cap, calibration) -> list[list[np.ndarray]]:
     ins = cap.layer_inputs(as_calibration(cap, calibration))
-    return [[np.abs(l.weight) * np.linalg.norm(h, axis=0)[None, :]
-             for l, h in zip(projections(net), projection_inputs(net, x))] for net, x in zip(cap.nets, ins)]
+    return [[np.abs(l.weight) * n for l, n in zip(projections(net), input_norms(net, x))]
+            for net, x in zip(cap.nets, ins)]
 
 
 def _orders(scores: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
@@ -67,5 +73,6 @@ def _counter(model: nn.Module, calibration=None):
     for layer, order in zip(layers, orders):
         nz = np.take_along_axis(layer.weight != 0, order, axis=1).sum(axis=0)  # per pruning position
         left.append(np.concatenate([np.cumsum(nz[::-1])[::-1], [0]]).astype(np.int64))
-    rest = count_params(cap.write(cap.nets), nonzero=True) - sum(int(c[0]) for c in left)
+    as_is = cap.write([with_projections(n, projections(n)) for n in cap.nets])  # as amount 0 writes it
+    rest = count_params(as_is, nonzero=True) - sum(int(c[0]) for c in left)
     return lambda a: rest + sum(int(c[n_pruned(len(c) - 1, a)]) for c in left)
