@@ -545,24 +545,16 @@ def write_back(root: nn.Module, chain: list, small) -> None:
     keep = np.asarray(small.meta.get("keep", np.full(k, -1)), dtype=np.int64)
     if keep.shape != (k,):
         raise UnsupportedLayerError(f"{g.producer.name}: the reduced block's keep map has shape {keep.shape}, expected ({k},)")
-    p, d = small.producer, small.dw
-    pb = np.asarray(p.bias, dtype=np.float64)
-    # producer rows (+bias) and its BatchNorm
-    _channels(root, g.producer.weight, keep, p.weight)
-    if g.producer.bias:
-        _channels(root, g.producer.bias, keep, pb)
-    elif g.norm1 is None and np.any(pb[keep < 0] != 0):
-        raise UnsupportedLayerError(f"{g.producer.name} has no bias or BatchNorm to hold a merged channel's bias")
-    _norm_entries(root, g.norm1, keep, pb, bool(g.producer.bias))
+    # producer rows and depthwise kernels (+bias), each with its BatchNorm
+    for a, layer, norm in ((g.producer, small.producer, g.norm1), (g.dw, small.dw, g.norm2)):
+        b = np.asarray(layer.bias, dtype=np.float64)
+        _channels(root, a.weight, keep, layer.weight)
+        if a.bias:
+            _channels(root, a.bias, keep, b)
+        elif norm is None and np.any(b[keep < 0] != 0):
+            raise UnsupportedLayerError(f"{a.name} has no bias or BatchNorm to hold a merged channel's bias")
+        _norm_entries(root, norm, keep, b, bool(a.bias))
     _set(root, g.producer.module, out_channels=k)
-    # depthwise kernels, its BatchNorm, its groups
-    db = np.asarray(d.bias, dtype=np.float64)
-    _channels(root, g.dw.weight, keep, d.weight)
-    if g.dw.bias:
-        _channels(root, g.dw.bias, keep, db)
-    elif g.norm2 is None and np.any(db[keep < 0] != 0):
-        raise UnsupportedLayerError(f"{g.dw.name} has no bias or BatchNorm to hold a merged channel's bias")
-    _norm_entries(root, g.norm2, keep, db, bool(g.dw.bias))
     if g.dw.module:
         _set(root, g.dw.module, in_channels=k, out_channels=k, groups=k)
     else:
