@@ -50,6 +50,16 @@ class ChecksumError(AfdeError, ValueError):
     the package: corrupt, truncated or another file."""
 
 
+class WriteError(AfdeError, OSError):
+    """A file that could not be written (a folder without write permission, a path under a regular
+    file, a full disk). The message names the path and the cause; ``path`` is the file asked for.
+    Nothing partial is left behind: an earlier file at that path stays as it was."""
+
+    def __init__(self, message: str, path=None):
+        super().__init__(message)
+        self.path = path
+
+
 class DownloadError(AfdeError, OSError):
     """A download that failed or stopped before its end (nothing of it is kept)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 import afde_nb
+from afde_nb import errors
 from afde_nb.errors import CorruptFileError
 from afde_nb.ui.cli import main
 
@@ -271,6 +273,79 @@ def test_bad_output_type_fails_before_compressing(saved_model, tmp_path, capsys)
     captured = capsys.readouterr()
     assert "unknown weights file type '.onnx'" in captured.err and captured.out == ""
     assert not list(tmp_path.glob("reduced*"))
+
+
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _cli_input(tmp_path, suffix):
+    """A model file to compress to ``suffix``: a .pt2 output needs a .pt2 program as input."""
+    torch.manual_seed(0)
+    model = mlp([4, 10, 6, 2], ["tanh", "tanh"])
+    if suffix == ".pt2":
+        return [str(_export(model, torch.randn(3, 4), tmp_path / "model.pt2"))]
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    return [str(tmp_path / "model.pt"), "--activation", "tanh"]
+
+
+def _one_line_exit_2(capsys, argv, *needles):
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # refused before the compression: no table printed
+    assert err.count("\n") == 1 and err.startswith("afde: error: cannot write ") and "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors", ".pt2"])
+@pytest.mark.parametrize("deeper", [False, True])
+def test_an_output_under_a_regular_file_fails_first_in_one_line(tmp_path, capsys, suffix, deeper):
+    """Issue 28: works as root, where chmod does not stop writes."""
+    argv = ["compress", *_cli_input(tmp_path, suffix), "--eps", "0.1"]
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    out = tmp_path / "blocker" / ("sub" if deeper else "") / f"small{suffix}"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _one_line_exit_2(capsys, argv + ["-o", str(out)], str(out), f"{tmp_path / 'blocker'} is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing partial
+    with pytest.raises(errors.WriteError):  # --debug: the typed error with its traceback
+        main(argv + ["-o", str(out), "--debug"])
+
+
+@pytest.mark.skipif(AS_ROOT, reason="as root, chmod does not stop writes (the regular-file variant covers it)")
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors", ".pt2"])
+def test_an_output_in_a_read_only_folder_fails_first_in_one_line(tmp_path, capsys, suffix):
+    argv = ["compress", *_cli_input(tmp_path, suffix), "--eps", "0.1"]
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        _one_line_exit_2(capsys, argv + ["-o", str(folder / f"small{suffix}")], "is not writable (Permission denied)")
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_write_that_fails_after_the_compression_is_one_line(saved_model, tmp_path, capsys, monkeypatch, suffix):
+    """The folder was writable when checked, the write itself fails (the disk filled): torch's and
+    safetensors' own errors come back as one line and exit code 2, and no file is left."""
+    from afde_nb.models import serialize
+
+    _, path = saved_model
+    (tmp_path / "blocker").write_text("x")
+    monkeypatch.setattr(serialize, "_temp_beside", lambda p: tmp_path / "blocker" / "w.tmp")
+    assert main(["compress", str(path), "--activation", "tanh", "--eps", "0.1", "-o",
+                 str(tmp_path / f"small{suffix}")]) == 2
+    out, err = capsys.readouterr()
+    assert "parameters" in out and err.count("\n") == 1 and f"cannot write {tmp_path / f'small{suffix}'}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "model.pt"]
+
+
+def test_an_unwritable_bench_folder_fails_before_any_cell(tmp_path, capsys):
+    (tmp_path / "blocker").write_text("x")
+    assert main(["bench", "--quick", "--out", str(tmp_path / "blocker" / "out")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "is a file, not a folder" in err
 
 
 def test_console_script_runs(tmp_path):

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 import afde_nb
-from afde_nb.errors import (CorruptFileError, ExportError, InvalidArgumentError, MissingFileError, ShapeMismatchError,
-                            UnsafeFileError)
+from afde_nb.errors import (AfdeError, CorruptFileError, ExportError, InvalidArgumentError, MissingFileError,
+                            ShapeMismatchError, UnsafeFileError, WriteError)
 from afde_nb.models.export import (batch_bounds, check_batch, export_program, fixed_batch, load_program, read_program,
                                    to_program)
 
@@ -167,6 +167,62 @@ def test_a_failing_write_leaves_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export_program(model, X, target)
     assert _leftovers(tmp_path) == ["out.pt2"] and target.read_bytes() == b"earlier"
+
+
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _no_trace(monkeypatch):
+    """A path that cannot be written is refused before the trace (the slow part)."""
+    import afde_nb.models.export as export
+
+    monkeypatch.setattr(export, "to_program", lambda *a, **k: pytest.fail("traced before the path was checked"))
+
+
+@pytest.mark.parametrize("deeper", [False, True])
+def test_a_program_under_a_regular_file_is_a_write_error(tmp_path, monkeypatch, deeper):
+    model, X = residual_mlp_case()
+    c = afde_nb.compress(model, 0.0, calibration=X)
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    target = tmp_path / "blocker" / ("sub" if deeper else "") / "out.pt2"
+    _no_trace(monkeypatch)
+    with pytest.raises(WriteError) as info:
+        c.save(target)
+    assert isinstance(info.value, AfdeError) and isinstance(info.value, OSError) and info.value.path == target
+    assert f"cannot write {target}: {tmp_path / 'blocker'} is a file, not a folder" == str(info.value)
+    assert _leftovers(tmp_path) == ["blocker"]
+
+
+@pytest.mark.skipif(AS_ROOT, reason="as root, chmod does not stop writes (the regular-file variant covers it)")
+def test_a_program_in_a_read_only_folder_is_a_write_error(tmp_path, monkeypatch):
+    model, X = residual_mlp_case()
+    c = afde_nb.compress(model, 0.0, calibration=X)
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    _no_trace(monkeypatch)
+    try:
+        with pytest.raises(WriteError, match=rf"cannot write .*out\.pt2: the folder .*ro is not writable "
+                                             r"\(Permission denied\)"):
+            c.save(folder / "out.pt2")
+        assert _leftovers(folder) == []
+    finally:
+        folder.chmod(0o755)
+
+
+def test_a_failed_program_write_is_a_write_error(tmp_path, monkeypatch):
+    """A write that fails after the check (the disk filled) is a WriteError with the OS's cause,
+    and leaves no temporary."""
+    model, X = residual_mlp_case()
+
+    def broken_save(program, f, **kw):
+        f.write(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch.export, "save", broken_save)
+    with pytest.raises(WriteError, match=r"cannot write .*out\.pt2: No space left on device$"):
+        export_program(model, X, tmp_path / "out.pt2")
+    assert _leftovers(tmp_path) == []
 
 
 def test_save_chooses_the_format(tmp_path):

@@ -15,7 +15,7 @@ import afde_nb
 from afde_nb import errors
 from afde_nb.models import serialize
 from afde_nb.errors import (AfdeError, CorruptFileError, InvalidArchitectureError, InvalidArgumentError,
-                            MissingFileError, ShapeMismatchError, UnsafeFileError, UnsupportedLayerError)
+                            MissingFileError, ShapeMismatchError, UnsafeFileError, UnsupportedLayerError, WriteError)
 from afde_nb.models.serialize import load_model, load_state_dict, load_tensor, model_from_state_dict, save_model
 
 try:
@@ -319,7 +319,7 @@ def test_a_failed_second_rename_restores_the_old_weights(tmp_path, monkeypatch):
         return real(src, dst)
 
     monkeypatch.setattr(serialize.os, "replace", replace)
-    with pytest.raises(PermissionError):
+    with pytest.raises(WriteError, match="Permission denied"):
         save_model(_deep_mlp(3), tmp_path / "m.pt")
     monkeypatch.undo()
     assert calls[:2] == [str(tmp_path / "m.pt"), str(tmp_path / "m.json")]  # the weights went in first
@@ -331,6 +331,71 @@ def test_a_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk gone"):
         save_model(_deep_mlp(2), tmp_path / "new" / "m.pt")
     assert list((tmp_path / "new").iterdir()) == []
+
+
+# a file that cannot be written (issue 28): one WriteError (an AfdeError and an OSError) naming the path
+# and the cause, nothing left behind. Two ways to make a folder unwritable: a path under a regular file
+# (works as root too) and a read-only folder (chmod does not stop root, so that variant skips there)
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+SAVE_SUFFIXES = [".pt", pytest.param(".safetensors", marks=needs_safetensors)]
+
+
+def _compressed():
+    return afde_nb.compress(_deep_mlp(3), eps=0.1)
+
+
+def _check_write_error(info, path, cause):
+    exc = info.value
+    assert isinstance(exc, AfdeError) and isinstance(exc, OSError)
+    assert str(path) in str(exc) and cause in str(exc) and "\n" not in str(exc)
+    assert exc.path == path
+
+
+@pytest.mark.parametrize("suffix", SAVE_SUFFIXES)
+@pytest.mark.parametrize("deeper", [False, True])
+def test_saving_under_a_regular_file_is_a_write_error(tmp_path, suffix, deeper):
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    target = tmp_path / "blocker" / ("sub" if deeper else "") / f"m{suffix}"
+    with pytest.raises(WriteError) as info:
+        _compressed().save(target)
+    _check_write_error(info, target, f"{tmp_path / 'blocker'} is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
+@pytest.mark.skipif(AS_ROOT, reason="as root, chmod does not stop writes (the regular-file variant covers it)")
+@pytest.mark.parametrize("suffix", SAVE_SUFFIXES)
+def test_saving_into_a_read_only_folder_is_a_write_error(tmp_path, suffix):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (folder / f"m{suffix}").write_bytes(b"earlier")
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(WriteError) as info:
+            _compressed().save(folder / f"m{suffix}")
+        _check_write_error(info, folder / f"m{suffix}", "is not writable (Permission denied)")
+        assert sorted(p.name for p in folder.iterdir()) == [f"m{suffix}"]
+        assert (folder / f"m{suffix}").read_bytes() == b"earlier"
+    finally:
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("suffix", SAVE_SUFFIXES)
+def test_the_writers_own_failures_are_write_errors(tmp_path, monkeypatch, suffix):
+    """A write that fails after the check (the folder changed, the disk filled): torch raises a
+    RuntimeError, safetensors a SafetensorError; both come back as a WriteError with the cause."""
+    (tmp_path / "blocker").write_text("x")
+    real, calls = serialize._temp_beside, []
+
+    def temp_beside(path):  # the weights' temporary lands under a regular file: the writer itself fails
+        calls.append(path)
+        return tmp_path / "blocker" / "w.tmp" if len(calls) == 1 else real(path)
+
+    monkeypatch.setattr(serialize, "_temp_beside", temp_beside)
+    with pytest.raises(WriteError) as info:
+        save_model(_deep_mlp(3), tmp_path / f"m{suffix}")
+    assert isinstance(info.value.__cause__, RuntimeError if suffix == ".pt" else safetensors.SafetensorError)
+    assert str(tmp_path / f"m{suffix}") in str(info.value) and "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
 
 
 def test_save_replaces_a_pair(tmp_path):

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from ..errors import (CorruptFileError, ExportError, InvalidArgumentError, ShapeMismatchError, UnsafeFileError,
-                      UnsupportedLayerError)
-from .serialize import DYNAMIC_SHAPES, _fsync, _readable, _short, architecture
+                      UnsupportedLayerError, WriteError)
+from .serialize import DYNAMIC_SHAPES, _discard, _fsync, _readable, _short, architecture, check_writable, write_reason
 from .serialize import load_model as _load_stack
 
 PROGRAM_SUFFIX = ".pt2"
@@ -318,23 +318,25 @@ def export_program(model: nn.Module, example_inputs, path: str | os.PathLike, bo
     never stored as data the program needs; None works for a Sequential that starts with a Linear
     layer. ``bounds`` and ``fit``: the source program's batch bounds, as :func:`to_program`. The
     file is written to a temporary file beside ``path`` and renamed into place, so a failed export
-    leaves the old file, or none. Load it with stock torch: ``torch.export.load(path).module()``.
+    leaves the old file, or none; a path that cannot be written is a :class:`WriteError` naming it and
+    the cause, raised before the trace. Load it with stock torch: ``torch.export.load(path).module()``.
     """
     path = Path(path)
     _check_suffix(path)
-    if path.is_dir():
-        raise InvalidArgumentError(f"cannot write {path}: it is a directory")
+    check_writable(path)  # before the trace, which is the slow part
     program = to_program(model, example_inputs, bounds, fit)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # the temporary name keeps the suffix: torch.export warns about other names
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{PROGRAM_SUFFIX}")
     try:
-        with open(tmp, "wb") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:  # opened here, so a failed write is an OSError, whatever torch does
             torch.export.save(program, f)
         _fsync(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: {write_reason(exc)}", path) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
     return path
 
 

@@ -5,7 +5,8 @@ plus a JSON architecture (``<stem>.json`` beside it; safetensors also carry it i
 Both files are written to temporary files in the target directory and renamed into place, so an
 interrupted save leaves the previous pair whole. Loading uses ``torch.load(weights_only=True)``:
 afde-nb never unpickles arbitrary objects (:class:`~afde_nb.errors.UnsafeFileError`); a file that is
-not what was asked for is a :class:`~afde_nb.errors.CorruptFileError`. Every failure raises an
+not what was asked for is a :class:`~afde_nb.errors.CorruptFileError`; a file that cannot be written
+a :class:`~afde_nb.errors.WriteError` (also an ``OSError``). Every failure raises an
 :mod:`afde_nb.errors` type.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,8 +24,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import (CorruptFileError, InvalidArchitectureError, InvalidArgumentError, MissingDependencyError,
-                      MissingFileError, ShapeMismatchError, UnsafeFileError, UnsupportedLayerError)
+from ..errors import (AfdeError, CorruptFileError, InvalidArchitectureError, InvalidArgumentError,
+                      MissingDependencyError, MissingFileError, ShapeMismatchError, UnsafeFileError,
+                      UnsupportedLayerError, WriteError)
 
 FORMAT = "afde-nb.sequential/1"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
@@ -164,6 +167,53 @@ def _temp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
 
 
+def _discard(*paths: Path | None) -> None:
+    """Remove temporaries; never raises (under a path that is a regular file, even unlink fails with
+    NotADirectoryError, which would hide the error being reported)."""
+    for p in paths:
+        if p is not None:
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+def write_reason(exc: BaseException) -> str:
+    """The cause of a failed write in a few words: the OS's own text where there is one (torch's
+    and safetensors' errors carry theirs inside a longer message)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return _short(exc)
+
+
+def check_writable(path: str | Path, sidecar: bool = False) -> Path:
+    """Refuse, before any work is done, a ``path`` that cannot be written: a directory
+    (:class:`InvalidArgumentError`), or a file whose folder is under a regular file or cannot be
+    written (:class:`WriteError`). ``sidecar``: also the ``<stem>.json`` written beside it.
+
+    The folder need not exist (saving creates it): the nearest existing folder above it is probed
+    by creating and removing a temporary file there, which sees what ``os.access`` does not (a
+    read-only file system, ACLs; as root, permission bits do not stop writes, and the probe agrees).
+    """
+    path = Path(path)
+    for p in (path, arch_path(path)) if sidecar else (path,):
+        if p.is_dir():
+            raise InvalidArgumentError(f"cannot write {p}: it is a directory")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:  # exists() is False under a regular file too
+        existing = existing.parent
+    if not existing.is_dir():
+        raise WriteError(f"cannot write {path}: {existing} is a file, not a folder", path)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".afde-write-check-", dir=existing)
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: the folder {existing} is not writable "
+                         f"({write_reason(exc)})", path) from exc
+    os.close(fd)
+    _discard(Path(probe))
+    return path
+
+
 def save_model(model: nn.Sequential, path: str | Path, **info) -> list[Path]:
     """Write ``model``'s state_dict to ``path`` (.pt/.pth or .safetensors) and its JSON architecture
     (``<stem>.json``); returns both paths.
@@ -171,7 +221,9 @@ def save_model(model: nn.Sequential, path: str | Path, **info) -> list[Path]:
     Atomic as a pair: both files are first written in full to temporary files in the same folder,
     then renamed over the old ones (the weights first; if the second rename fails the old weights
     are put back). An interrupted or failed save leaves the previous pair (or nothing) in place,
-    never a truncated file or weights next to another model's architecture.
+    never a truncated file or weights next to another model's architecture. A path that cannot be
+    written raises :class:`WriteError` naming it and the cause, checked before anything is
+    serialised (:func:`check_writable`).
     """
     path = Path(path)
     fmt = weights_format(path)
@@ -179,12 +231,13 @@ def save_model(model: nn.Sequential, path: str | Path, **info) -> list[Path]:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     st = _safetensors() if fmt == "safetensors" else None
     ap = arch_path(path)
-    for p in (path, ap):
-        if p.is_dir():
-            raise InvalidArgumentError(f"cannot write {p}: it is a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(path, sidecar=True)
+    # what a failed write raises: torch's writer reports an unwritable file as a RuntimeError
+    # ("open file failed"), safetensors as its own SafetensorError; both become a WriteError
+    failures = (OSError, RuntimeError) + ((st.SafetensorError,) if st is not None else ())
     tmp_w, tmp_a, backup = _temp_beside(path), _temp_beside(ap), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         if st is not None:
             st.torch.save_file(state, str(tmp_w), metadata={_META_KEY: json.dumps(arch)})
         else:
@@ -207,10 +260,12 @@ def save_model(model: nn.Sequential, path: str | Path, **info) -> list[Path]:
             else:
                 path.unlink(missing_ok=True)
             raise
+    except failures as exc:
+        if isinstance(exc, AfdeError):
+            raise
+        raise WriteError(f"cannot write {path}: {write_reason(exc)}", path) from exc
     finally:
-        for p in (tmp_w, tmp_a, backup):
-            if p is not None:
-                p.unlink(missing_ok=True)
+        _discard(tmp_w, tmp_a, backup)
     try:  # make the renames durable where the platform allows it
         fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -10,8 +10,8 @@ from ..pipeline.compress import compress
 from ..errors import AfdeError, InvalidArgumentError
 from ..models.export import (PROGRAM_SUFFIX, check_batch, example_inputs_of, is_program_path, quiet_leafspec,
                               read_program)
-from ..models.serialize import (ACTIVATIONS, FORMAT, find_architecture, load_state_dict, load_tensor,
-                                model_from_state_dict, read_architecture, weights_format)
+from ..models.serialize import (ACTIVATIONS, FORMAT, check_writable, find_architecture, load_state_dict,
+                                load_tensor, model_from_state_dict, read_architecture, weights_format)
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -23,6 +23,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
                                        f"-o OUT{PROGRAM_SUFFIX}, got {args.output!r}")
         if not is_program_path(args.output):
             weights_format(args.output)
+        # an output that cannot be written fails now too (a read-only folder, a path under a file)
+        check_writable(args.output, sidecar=not is_program_path(args.output))
     if args.keep is not None and not 0 < args.keep <= 1:
         raise InvalidArgumentError(f"--keep must be a fraction in (0, 1], got {args.keep}")
     budget = "--keep" if args.keep is not None else "--target-params" if args.target_params is not None else None
@@ -79,6 +81,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from ..eval.bench.run import PROFILES, run
 
+    check_writable(Path(args.out) / "results.md")  # an unwritable --out fails now, not after the first cells
     if args.lm:  # character-level transformer LMs on Tiny Shakespeare, MLPs compressed (afde_nb.eval.bench.lm)
         from ..eval.bench.lm import read_csv, render, run_lm
 
