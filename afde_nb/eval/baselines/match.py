@@ -6,7 +6,7 @@ from typing import Callable
 
 from torch import nn
 
-from . import folding, magnitude, structured, wanda
+from . import flap, folding, magnitude, structured, wanda
 from ...errors import BudgetUnreachableError, InvalidArgumentError
 from ._common import Pruned
 
@@ -16,6 +16,7 @@ _COUNTERS: dict[Callable, Callable] = {
     wanda.wanda_prune: wanda._counter,
     structured.structured_prune: structured._counter,
     folding.fold_prune: folding._counter,
+    flap.flap_prune: flap._counter,
 }
 
 
