@@ -6,6 +6,7 @@ duplicates, a parameter budget reached, generate and save_pretrained + load_redu
 import copy
 import os
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -365,3 +366,30 @@ def test_load_reduced_allows_keys_never_saved(tmp_path):
     model.save_pretrained(tmp_path)
     batch = W.seq2seq(2)
     assert torch.equal(W.run(load_reduced(type(model), tmp_path), batch), W.run(model, batch))
+
+
+def test_clip_outputs_whose_width_depends_on_the_batch_are_left_out():
+    """CLIP returns logits_per_image/text of shape (n, n): the calibration and held-out errors
+    compare the outputs whose width per row does not depend on the batch (the embeddings, hidden
+    states), so a budget with the held-out split runs and the errors are per row."""
+    from afde_nb.models.surgery import output_rows
+
+    model = W.zoo()["clip"][0]()
+    calib = W.clip_inputs(16, 1)
+    with torch.no_grad():
+        y16, y4 = model(**calib), model(**W.clip_inputs(4, 2))
+    assert y16.logits_per_image.shape == (16, 16)
+    assert output_rows(y16, 16).shape[1] == output_rows(y4, 4).shape[1]  # the (n, n) logits left out
+    assert output_rows(y16, 16).shape[1] == sum(t[0].numel() for t in (y16.text_embeds, y16.image_embeds,
+                                                                          *y16.text_model_output.values(),
+                                                                          *y16.vision_model_output.values()))
+    assert output_rows(torch.zeros(4, 4), 4).shape == (4, 4)  # a plain tensor stays as it is
+    assert output_rows({"logits_per_x": torch.zeros(4, 4)}, 4).shape == (4, 4)  # and so does a lone (n, n) one
+    assert output_rows({"logits_per_x": torch.zeros(4, 4), "e": torch.zeros(4, 3)}, 4).shape == (4, 3)
+    # a fixed width equal to n stays (CLIP's 16-wide embeddings on 16 rows), in every batch
+    assert output_rows({"e": torch.zeros(4, 4), "f": torch.zeros(4, 3)}, 4).shape == (4, 7)
+    target = int(0.7 * params(model))
+    c = afde_nb.compress(model, target_params=target, calibration=calib)
+    assert c.params_after <= target and params(c.model) == c.params_after
+    assert c.held_out_error is not None and np.isfinite(c.held_out_error["relative_mse"])
+    assert c.held_out_error["fit_n"] == 12

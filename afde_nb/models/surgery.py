@@ -209,26 +209,40 @@ def run(fn, x: torch.Tensor | Batch, name: str | None = None):
 def output_rows(y, n: int, name: str = "the model") -> torch.Tensor:
     """A model's outputs on ``n`` rows as one (n, outputs) tensor: a tensor as it is; a
     ``ModelOutput``, dict, tuple or list by its tensors with ``n`` rows (``logits`` first), each
-    flattened per row and side by side (a cache or a scalar loss is left out)."""
+    flattened per row and side by side (a cache or a scalar loss is left out).
+
+    Left out too, while another tensor remains: the scores of each row against every row of the
+    batch, (n, n) tensors named ``logits_per_*`` (CLIP's ``logits_per_image``/``logits_per_text``,
+    and SigLIP's, CLAP's, ALIGN's, ...). Their width per row depends on the batch, so a row's outputs
+    in one batch would not compare with the same row's in another (the held-out error splits the
+    calibration rows: :func:`afde_nb.pipeline.compress.held_out_error`, which also reruns the
+    original on the held-out rows when any other output's width changes with the batch). They
+    are chosen by name, not by shape: a fixed width equal to ``n`` (CLIP's 512-wide embeddings on
+    512 rows) would otherwise be dropped in some batches and not in others. A plain tensor output
+    is kept whatever its shape."""
     if isinstance(y, torch.Tensor):
         return y.reshape(len(y), -1)
-    parts = [t.reshape(n, -1) for t in tensors(y) if t.dim() and len(t) == n]
+    parts = [(k, t) for k, t in tensors(y, named=True) if t.dim() and len(t) == n]
+    fixed = [(k, t) for k, t in parts if not (k.rpartition(".")[2].startswith("logits_per_") and t.dim() >= 2
+                                             and t.shape[1] == n)]
+    parts = [t.reshape(n, -1) for _, t in (fixed or parts)]
     if not parts:
         raise ShapeMismatchError(f"{name} returns {type(y).__name__} without a tensor of {n} rows; calibration "
                                  "errors need one")
     return torch.cat([t.to(parts[0].dtype) for t in parts], dim=1) if len(parts) > 1 else parts[0]
 
 
-def tensors(y) -> list[torch.Tensor]:
+def tensors(y, named: bool = False, _key: str = "") -> list:
     """The tensors in a model's output, in order, ``logits`` first (a ``past_key_values`` cache is
-    state for the next call, not an output)."""
+    state for the next call, not an output); ``named``: as (key path, tensor) pairs, the path of
+    keys and positions joined by dots (``"text_model_output.last_hidden_state"``, ``"0"``)."""
     if isinstance(y, torch.Tensor):
-        return [y]
+        return [(_key, y)] if named else [y]
     if isinstance(y, Mapping):
         keys = sorted((k for k in y.keys() if k != "past_key_values"), key=lambda k: k != "logits")
-        return [t for k in keys for t in tensors(y[k])]
+        return [t for k in keys for t in tensors(y[k], named, f"{_key}.{k}" if _key else str(k))]
     if isinstance(y, (tuple, list)):
-        return [t for v in y for t in tensors(v)]
+        return [t for i, v in enumerate(y) for t in tensors(v, named, f"{_key}.{i}" if _key else str(i))]
     return []
 
 
