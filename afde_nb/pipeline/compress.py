@@ -34,7 +34,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
              relative: bool = True, symmetry: bool = True, calibration=None, repair: bool | str | None = None,
              target_params: int | None = None, target_error: float | None = None, calibration_targets=None,
              data_aware: bool = False, threads: int = 0, path: MergePath | None = None,
-             approx: int | None = None, example_inputs=None) -> Compression:
+             approx: int | None = None, example_inputs=None, progress: bool | None = None) -> Compression:
     """Lump the hidden units of ``model`` that behave alike; return the smaller dense model.
 
     ``method="ward"`` (default) cuts a Ward merge path of aligned neurons, symmetries included
@@ -68,6 +68,10 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     estimates it out of sample (:func:`held_out_error`; the returned model is still the refit on
     every row), and a repair with fewer rows than it has coefficients to fit warns
     (:func:`underdetermined`), saying how many rows would be enough.
+
+    ``progress``: a tqdm bar on stderr over the chains' merge paths, the budget split's candidates
+    and the chains' reductions (issue 29); ``None`` (default) shows it for a model with more than
+    one chain when stderr is a terminal, ``False`` never, ``True`` always.
     """
     mode, method = check_mode(mode), check_method(method)
     given = [name for name, v in (("eps", eps), ("target_params", target_params), ("target_error", target_error))
@@ -86,6 +90,8 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
                                    "measure their bounds on the calibration inputs already")
     cap = capture(model, example_inputs, calibration)
     cap.check(method, mode, approx)
+    bar = progress_bar(progress, len(cap.nets) * (1 if path is not None or method == "components" else 2),
+                       len(cap.nets))
     calib = cap.calibration(calibration) if calibration is not None else None
     how = _repair_how(repair, calib)
     if data_aware and calib is None:
@@ -96,10 +102,10 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         _check_path(path, cap, method, mode, relative, symmetry, calib, approx)
     elif method != "components":
         path = build_path(cap, rows, method=method, mode=mode, relative=relative, symmetry=symmetry,
-                          threads=threads, approx=approx)
+                          threads=threads, approx=approx, bar=bar)
     fit = _fit_rows(cap, how, rows)
     if target_params is not None:
-        part = _for_params(cap, path, int(target_params), calib, how, mode, relative, threads)
+        part = _for_params(cap, path, int(target_params), calib, how, mode, relative, threads, bar=bar)
     elif target_error is not None:
         part = _for_error(cap, path, calib, calibration_targets, float(target_error), fit, mode, relative, threads)
     elif path is not None:
@@ -108,7 +114,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         rms = activation_rms(cap.nets[0], rows[0][0]) if data_aware else None
         part = lump(cap.nets[0], 0.0 if eps is None else eps, mode, relative, threads, rms, method="components")
 
-    quotients, nets, starts = _reduce(cap, part, fit)
+    quotients, nets, starts = _reduce(cap, part, fit, bar=bar)
     ran = any(s is not None for s in starts)
     reduced = cap.write(nets)
     before = after = held = None
@@ -124,6 +130,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     if target_params is not None or target_error is not None:
         target = {"params": target_params} if target_params is not None else {"error_increase": target_error}
     layers = [s for net, p in zip(cap.nets, cap.split(part)) for s in layer_summaries(net, p)]
+    bar.close()
     return Compression(
         model=reduced, partition=[np.array(l) for l in part.labels], params_before=cap.num_params,
         params_after=cap.num_params_with([int(l.max()) + 1 if l.size else 0 for l in part.labels]), layers=layers,
@@ -137,13 +144,14 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
 
 
 def build_path(cap: Captured, rows, *, method: str, mode: str, relative: bool, symmetry: bool, threads: int = 0,
-               approx: int | None = None) -> MergePath:
+               approx: int | None = None, bar=None) -> MergePath:
     """One merge path over every chain's hidden layers: each chain's path on its own probe rows
     (``rows``: the chains' layer inputs on calibration data; None: pseudo-inputs), joined so that
     an eps cuts every chain at the same bound and a parameter budget is spent along one global
     order of bounds, counted on the whole model. A plain stack's path is its chain's own."""
-    paths = [cap.kind(k).path(net, method=method, mode=mode, relative=relative, symmetry=symmetry, threads=threads,
-                              approx=approx, **cap.probes(rows, k)) for k, net in enumerate(cap.nets)]
+    paths = [_step(bar, cap.kind(k).path(net, method=method, mode=mode, relative=relative, symmetry=symmetry,
+                                         threads=threads, approx=approx, **cap.probes(rows, k)))
+             for k, net in enumerate(cap.nets)]
     if cap.stack:
         return paths[0]
     return MergePath(cap, [lp for p in paths for lp in p.layers], mode, method, bool(relative), bool(symmetry),
@@ -158,13 +166,30 @@ def reduce_chains(cap: Captured, part: Partition, fit: list) -> tuple[list[Netwo
     return quotients, nets, any(s is not None for s in starts)
 
 
-def _reduce(cap: Captured, part: Partition, fit: list) -> tuple[list[Network], list[Network], list[int | None]]:
+def progress_bar(progress: bool | None, total: int, chains: int):
+    """compress's tqdm bar (stderr) of ``total`` steps: ``progress`` None shows it for more than
+    one chain when stderr is a terminal (tqdm's ``disable=None``), True always, False never."""
+    from tqdm.auto import tqdm
+
+    disable = (None if chains > 1 else True) if progress is None else not progress
+    return tqdm(total=total, desc="afde compress", unit="step", disable=disable, leave=False)
+
+
+def _step(bar, value):
+    """``value``, one step of ``bar`` done (None: no bar)."""
+    if bar is not None:
+        bar.update(1)
+    return value
+
+
+def _reduce(cap: Captured, part: Partition, fit: list, bar=None
+            ) -> tuple[list[Network], list[Network], list[int | None]]:
     """:func:`reduce_chains`, with each chain's first refit layer (layers ``start..L`` are refit;
     None: the chain was not refit)."""
     quotients, nets, starts = [], [], []
     for k, (net, p, rows) in enumerate(zip(cap.nets, cap.split(part), fit)):
         # the chain's kind (models/chains.py): the quotient, and the refit where a merge was lossy
-        small, fixed, start = cap.kind(k).reduce(net, p, rows)
+        small, fixed, start = _step(bar, cap.kind(k).reduce(net, p, rows))
         quotients.append(small)
         starts.append(start)
         nets.append(fixed)
@@ -217,9 +242,7 @@ def held_out_error(cap: Captured, part: Partition, calib, want: np.ndarray | Non
     calibration inputs (:func:`_split`), its outputs' deviation from the original's on the other
     1/4 (:func:`~afde_nb.core.repair.deviation`, plus ``fit_n``: the inputs it was fit on). None
     with fewer than :data:`HOLD_OUT_MIN` inputs; ``want``: the original's outputs on ``calib``, where
-    known (its rows on the held-out inputs are the reference: no second run of the original, unless
-    their width differs from the held-out run's, as for outputs whose width depends on the batch:
-    CLIP's (n, n) logits are left out of the comparison, :func:`~afde_nb.models.surgery.output_rows`). The returned model is not this one: it is refit on
+    known (its rows on the held-out inputs are the reference: no second run of the original). The returned model is not this one: it is refit on
     every row, so this errs on the high side where rows are few (measured, a trained 64-64 tanh MLP
     on glycolysis, eps = 0.1, relative MSE on 16 / 48 / 512 rows: in-sample 3e-10 / 3e-4 / 2e-3,
     held out 0.42 / 0.11 / 3.1e-3, on 2,000 test inputs 0.15 / 0.029 / 2.7e-3)."""
@@ -228,13 +251,8 @@ def held_out_error(cap: Captured, part: Partition, calib, want: np.ndarray | Non
     fit, held = _split(len(calib))
     _, nets, _ = _reduce(cap, part, _fit_rows(cap, "calibration", cap.rows(calib[fit])))
     x = calib[held]
-    got = cap.output(x, nets)
-    ref = want[held] if want is not None else None
-    if ref is None or ref.shape[1] != got.shape[1]:
-        # an output's width per row depends on the batch (an (n, n) one output_rows does not know
-        # by name): the original run on the held-out rows, compared at their batch size
-        ref = cap.output(x)
-    return {**deviation(ref, got), "fit_n": int(len(fit))}
+    ref = cap.output(x) if want is None else want[held]
+    return {**deviation(ref, cap.output(x, nets)), "fit_n": int(len(fit))}
 
 
 def _fit_rows(cap: Captured, how: str | None, rows) -> list:
@@ -294,7 +312,7 @@ def _split(n: int) -> tuple[np.ndarray, np.ndarray]:
     return idx[:cut], idx[cut:]
 
 
-def _for_params(cap: Captured, path, target: int, calib, how, mode, relative, threads) -> Partition:
+def _for_params(cap: Captured, path, target: int, calib, how, mode, relative, threads, bar=None) -> Partition:
     """The partition within ``target`` parameters. Without calibration data (or with fewer than 8
     samples): the path's global order. With it (method.md §8.6) the split of the budget between
     layers is chosen by measured error: the global order, each layer's bound scaled by 1/4..4 in
@@ -311,12 +329,17 @@ def _for_params(cap: Captured, path, target: int, calib, how, mode, relative, th
     fit_rows = _fit_rows(cap, how, cap.rows(calib[fit]) if how == "calibration" else None)
     want = cap.output(x_held)
     options = [path.for_params(target, scale) for scale in cands] + [path.uniform(target)]
+    if bar is not None:
+        bar.total += len(options)
+        bar.refresh()
 
     def score(ms) -> float:
         _, nets, _ = reduce_chains(cap, path.partition_at(ms), fit_rows)
-        return deviation(want, cap.output(x_held, nets))["relative_mse"]
+        return _step(bar, deviation(want, cap.output(x_held, nets))["relative_mse"])
 
     best = pick(options, score)
+    if bar is not None:  # equal candidates are scored once: what is left is the chains' reductions
+        bar.total = bar.n + len(cap.nets)
     return path.partition_at(best, path.eps_of(best))
 
 

@@ -59,7 +59,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     with quiet_leafspec():  # torch's own deprecation warning on each copy of a program's module
         c = compress(model, eps=eps, method=args.method, mode=args.mode, relative=args.relative,
                      symmetry=args.symmetry, calibration=calib, repair=repair, threads=args.threads,
-                     target_params=target, data_aware=args.data_aware)
+                     target_params=target, data_aware=args.data_aware, progress=False if args.quiet else None)
         print(c.table())
         if c.groups is not None:
             print(c.groups.report())
@@ -167,6 +167,8 @@ def parser() -> argparse.ArgumentParser:
                    "calibration RMS (needs --calibration)")
     c.add_argument("--calibration", help="tensor file (.npy/.pt/.safetensors) of calibration inputs: (n, in_features), "
                    "or for a .pt2 program a batch shaped as the model's input")
+    c.add_argument("--quiet", action="store_true", help="no progress bar on stderr (default: shown for a model "
+                   "with several chains when stderr is a terminal)")
     c.add_argument("--threads", type=int, default=0,
                    help="engine threads (default 0: OpenMP's default); the result is the same for any number")
     c.add_argument("-o", "--output", help="write the reduced model (.pt/.pth/.safetensors + .json, or a .pt2 "
