@@ -420,6 +420,24 @@ def test_compress_to_a_parameter_budget(saved_model, tmp_path, capsys):
     assert "calibration" in capsys.readouterr().err
 
 
+def test_a_budget_the_model_meets_says_so_and_a_floor_holds(saved_model, tmp_path, capsys):
+    model, path = saved_model
+    full = sum(p.numel() for p in model.parameters())
+    for budget in (["--target-params", str(full)], ["--keep", "1"]):
+        assert main(["compress", str(path), "--activation", "tanh", *budget]) == 0
+        out = capsys.readouterr().out
+        assert f"target_params={full} is at or above the model's {full} parameters: nothing lossy was merged" in out
+    assert main(["compress", str(path), "--activation", "tanh", "--keep", "0.6", "--floor", "4",
+                 "-o", str(tmp_path / "floored.pt")]) == 0
+    assert "floor: lossy merges keep at least 4 units of each hidden layer" in capsys.readouterr().out
+    reduced = afde_nb.load_model(tmp_path / "floored.pt")
+    assert reduced[0].out_features >= 4 and reduced[2].out_features >= 4
+    assert main(["compress", str(path), "--activation", "tanh", "--keep", "0.6", "--floor", "0.5"]) == 0
+    assert "0.5 of each hidden layer's units" in capsys.readouterr().out
+    assert main(["compress", str(path), "--activation", "tanh", "--eps", "0.1", "--floor", "3"]) == 2
+    assert "floor applies to a budget" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ torch.export programs (.pt2)
 def _export(model, x, path):
     program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))

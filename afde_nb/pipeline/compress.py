@@ -21,7 +21,8 @@ from ..core.network import Network, as_inputs
 from ..core.partition import Partition
 from ..core.path import MergePath
 from ..core.repair import deviation
-from ..core.target import eps_for_error, eps_for_params, pick, scale_candidates
+from ..core.target import (check_floor, eps_for_error, eps_for_params, merge_caps, pick_scored, scale_candidates)
+from ..core.target import for_params as floored_for_params, sequence as floored_sequence, uniform as floored_uniform
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..models.capture import Captured, capture
 from ..models.export import batch_bounds
@@ -33,6 +34,7 @@ __all__ = ["Compression", "LayerSummary", "compress", "layer_summaries"]
 def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward", mode: str = "backward",
              relative: bool = True, symmetry: bool = True, calibration=None, repair: bool | str | None = None,
              target_params: int | None = None, target_error: float | None = None, calibration_targets=None,
+             floor: int | float | None = None,
              data_aware: bool = False, threads: int = 0, path: MergePath | None = None,
              approx: int | None = None, example_inputs=None, progress: bool | None = None) -> Compression:
     """Lump the hidden units of ``model`` that behave alike; return the smaller dense model.
@@ -56,6 +58,10 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     Target mode, instead of eps: ``target_params=N`` keeps at most N parameters (with calibration,
     the split between layers is chosen by measured error); ``target_error=0.01`` the smallest model
     whose MSE on ``calibration`` against ``calibration_targets`` is at most 1 % above the original's.
+    ``floor`` (budgets on a merge path): no hidden layer goes below this many units (an int) or this
+    fraction of its units (a float in (0, 1]) by lossy merges; None (default): no floor, a layer may
+    keep one unit. A budget at or above the model's size merges nothing lossy, which
+    ``Compression.table()`` says.
 
     ``data_aware=True`` (components only) weights each incoming coefficient by the calibration RMS
     of its source neuron. ``path``: the :class:`~afde_nb.core.path.MergePath` of an earlier call
@@ -85,6 +91,11 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         raise InvalidArgumentError(f"target_params must be a non-negative integer, got {target_params!r}")
     if target_error is not None:
         check_eps(target_error)  # a finite number >= 0
+    floor = check_floor(floor)
+    if floor is not None and (target_params is None and target_error is None or method == "components"):
+        raise InvalidArgumentError("floor applies to a budget (target_params or target_error) cut from a merge path "
+                                   f"(method 'ward' or 'complete'), got {'eps' if eps is not None else 'no budget'} "
+                                   f"with method {method!r}")
     if data_aware and method != "components":
         raise InvalidArgumentError("data_aware=True applies to method='components'; the merge paths "
                                    "measure their bounds on the calibration inputs already")
@@ -105,9 +116,11 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
                           threads=threads, approx=approx, bar=bar)
     fit = _fit_rows(cap, how, rows)
     if target_params is not None:
-        part = _for_params(cap, path, int(target_params), calib, how, mode, relative, threads, bar=bar)
+        part, split = _for_params(cap, path, int(target_params), calib, how, mode, relative, threads, bar=bar,
+                                  floor=floor)
     elif target_error is not None:
-        part = _for_error(cap, path, calib, calibration_targets, float(target_error), fit, mode, relative, threads)
+        part = _for_error(cap, path, calib, calibration_targets, float(target_error), fit, mode, relative, threads,
+                          floor=floor)
     elif path is not None:
         part = path.partition(0.0 if eps is None else eps)
     else:
@@ -129,6 +142,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     target = None
     if target_params is not None or target_error is not None:
         target = {"params": target_params} if target_params is not None else {"error_increase": target_error}
+        target.update(split if target_params is not None else {}, **({"floor": floor} if floor is not None else {}))
     layers = [s for net, p in zip(cap.nets, cap.split(part)) for s in layer_summaries(net, p)]
     bar.close()
     return Compression(
@@ -312,23 +326,31 @@ def _split(n: int) -> tuple[np.ndarray, np.ndarray]:
     return idx[:cut], idx[cut:]
 
 
-def _for_params(cap: Captured, path, target: int, calib, how, mode, relative, threads, bar=None) -> Partition:
+def _for_params(cap: Captured, path, target: int, calib, how, mode, relative, threads, bar=None, floor=None
+                ) -> tuple[Partition, dict]:
     """The partition within ``target`` parameters. Without calibration data (or with fewer than 8
     samples): the path's global order. With it (method.md §8.6) the split of the budget between
     layers is chosen by measured error: the global order, each layer's bound scaled by 1/4..4 in
     turn, and the same fraction of every layer, each reduced (and repaired on 3/4 of the
-    calibration samples when repair is on) and scored on the other 1/4."""
+    calibration samples when repair is on) and scored on the other 1/4. ``floor``: no layer's lossy
+    merges below it (:func:`~afde_nb.core.target.merge_caps`). Also returns what the split was
+    chosen on (``Compression.target``: candidates, their scores, the chosen one; {} where none was
+    scored), which ``Compression.table()`` shows."""
     if path is None:
-        return eps_for_params(cap.nets[0], target, mode, relative, threads)
+        return eps_for_params(cap.nets[0], target, mode, relative, threads), {}
+    caps = merge_caps(path.layers, floor)
+    exact = [lp.exact for lp in path.layers]
+    if path.params_at(exact) <= target:  # every split gives the exact merges alone: nothing to score
+        return path.partition_at(exact, 0.0), {}
     cands = scale_candidates(len(path.layers))
     if calib is None or len(calib) < HOLD_OUT_MIN or len(cands) == 1:
-        ms = path.for_params(target)
-        return path.partition_at(ms, path.eps_of(ms))
+        ms = floored_for_params(path, target, None, caps)
+        return path.partition_at(ms, path.eps_of(ms)), {}
     fit, held = _split(len(calib))
     x_held = calib[held]
     fit_rows = _fit_rows(cap, how, cap.rows(calib[fit]) if how == "calibration" else None)
     want = cap.output(x_held)
-    options = [path.for_params(target, scale) for scale in cands] + [path.uniform(target)]
+    options = [floored_for_params(path, target, scale, caps) for scale in cands] + [floored_uniform(path, target, caps)]
     if bar is not None:
         bar.total += len(options)
         bar.refresh()
@@ -337,17 +359,21 @@ def _for_params(cap: Captured, path, target: int, calib, how, mode, relative, th
         _, nets, _ = reduce_chains(cap, path.partition_at(ms), fit_rows)
         return _step(bar, deviation(want, cap.output(x_held, nets))["relative_mse"])
 
-    best = pick(options, score)
+    best, scores = pick_scored(options, score)
+    split = {"split_candidates": cands + ["uniform"], "split_scores": scores,
+             "split_chosen": next(i for i, o in enumerate(options) if o is best), "split_held_out": len(held)}
     if bar is not None:  # equal candidates are scored once: what is left is the chains' reductions
         bar.total = bar.n + len(cap.nets)
-    return path.partition_at(best, path.eps_of(best))
+    return path.partition_at(best, path.eps_of(best)), split
 
 
-def _for_error(cap: Captured, path, X, targets, max_increase: float, fit: list, mode, relative, threads) -> Partition:
+def _for_error(cap: Captured, path, X, targets, max_increase: float, fit: list, mode, relative, threads,
+               floor=None) -> Partition:
     """The most merges along the path whose model's MSE against ``targets`` on the calibration
     inputs is within (1 + max_increase) of the original's (each candidate repaired as the result
     will be). Where none is, the original model comes back (with its exact merges) and a
-    ``UserWarning`` says why, with the numbers (:func:`_missed_target`)."""
+    ``UserWarning`` says why, with the numbers (:func:`_missed_target`). ``floor``: no layer's lossy
+    merges below it."""
     if X is None or targets is None:
         raise InvalidArgumentError("target_error needs calibration inputs and calibration_targets")
     want = cap.output(X)
@@ -369,7 +395,7 @@ def _for_error(cap: Captured, path, X, targets, max_increase: float, fit: list, 
             warnings.warn(_missed_target(max_increase, base, bound, mse_of(exact, [None]), None), UserWarning,
                           stacklevel=3)
         return part
-    seq = path.sequence()
+    seq = floored_sequence(path, merge_caps(path.layers, floor))
     seen: dict[int, float] = {}
 
     def ok(i: int) -> bool:

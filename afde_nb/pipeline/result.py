@@ -103,6 +103,7 @@ class Compression:
         rows.append(f"parameters {self.params_before} -> {self.params_after} "
                     f"({100 * self.kept:.1f}% kept), method={self.method}, mode={self.mode}, eps={self.eps:g}"
                     f"{' (relative)' if self.relative else ''}")
+        rows.extend(self._budget_lines())
         if self.calibration_error_before_repair and self.repaired:
             e = self.calibration_error_before_repair
             rows.append(f"calibration before repair: max |diff| {e['max_abs']:.3g}, rms {e['rms']:.3g}")
@@ -116,6 +117,44 @@ class Compression:
             rows.append(f"held out (refit on {e['fit_n']}, scored on the other {e['n']}): "
                         f"max |diff| {e['max_abs']:.3g}, rms {e['rms']:.3g}")
         return "\n".join(rows)
+
+    def _budget_lines(self) -> list[str]:
+        """What a budget did that the figures alone do not say: a budget at or above the model's size
+        (nothing lossy merged), the floor, and how the split between layers was chosen (the measured
+        error of the chosen split beside the plain ones: why one layer lost more than another)."""
+        t = self.target or {}
+        out = []
+        if t.get("params") is not None and t["params"] >= self.params_before:
+            out.append(f"target_params={t['params']} is at or above the model's {self.params_before} parameters: "
+                       "nothing lossy was merged" + (" (exact merges only)" if self.params_after < self.params_before
+                                                     else ""))
+        if t.get("floor") is not None:
+            f = t["floor"]
+            out.append(f"floor: lossy merges keep at least {f} units of each hidden layer" if isinstance(f, int) else
+                       f"floor: lossy merges keep at least {f:g} of each hidden layer's units")
+        scores = t.get("split_scores")
+        if scores:
+            cands, chosen = t["split_candidates"], t["split_chosen"]
+            seen = {chosen}
+            parts = [f"{self._split_name(cands[chosen])} (chosen) {scores[chosen]:.4g}"]
+            for i in (0, len(cands) - 1):  # one eps for all layers, the same fraction of every layer
+                if i not in seen:
+                    seen.add(i)
+                    parts.append(f"{self._split_name(cands[i])} {scores[i]:.4g}")
+            out.append(f"budget split between layers, by relative MSE on {t['split_held_out']} held-out calibration "
+                       f"inputs (of {len(cands)} splits scored): " + "; ".join(parts))
+        return out
+
+    def _split_name(self, cand) -> str:
+        """A candidate split of a budget in words (see :func:`afde_nb.core.target.scale_candidates`)."""
+        if cand is None:
+            return "one eps for all layers"
+        if cand == "uniform":
+            return "the same fraction of every layer"
+        scaled = [h for h, c in enumerate(cand) if c != 1.0]
+        names = [self.layers[h].name if h < len(self.layers) else str(h) for h in scaled]
+        where = ", ".join(names) if len(names) <= 2 else f"{names[0]} .. {names[-1]} ({len(names)} layers)"
+        return f"eps x{cand[scaled[0]]:g} in {where}" if scaled else "one eps for all layers"
 
     def save(self, path: str | Path, example_inputs=None) -> list[Path]:
         """Write the reduced model; returns the files written.

@@ -59,6 +59,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     with quiet_leafspec():  # torch's own deprecation warning on each copy of a program's module
         c = compress(model, eps=eps, method=args.method, mode=args.mode, relative=args.relative,
                      symmetry=args.symmetry, calibration=calib, repair=repair, threads=args.threads,
+                     floor=args.floor,
                      target_params=target, data_aware=args.data_aware, progress=False if args.quiet else None)
         print(c.table())
         if c.groups is not None:
@@ -125,6 +126,18 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floor(text: str) -> int | float:
+    """--floor: an integer is a count of units, anything else a fraction (checked by compress)."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a count of units (e.g. 8) or a fraction (e.g. 0.25), "
+                                             f"got {text!r}") from None
+
+
 def parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)  # --debug before or after the command
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -149,6 +162,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--keep", type=float, help="instead of --eps: keep at most this fraction of the parameters "
                    "(finds the smallest eps)")
     t.add_argument("--target-params", type=int, help="instead of --eps: keep at most this many parameters")
+    c.add_argument("--floor", type=_floor, help="with --keep or --target-params: lossy merges keep at least this "
+                   "many units of each hidden layer (an integer, e.g. 8) or this fraction of them (e.g. 0.25); "
+                   "default: none, a layer may keep one unit")
     c.add_argument("--method", default="ward", choices=["ward", "complete", "components"],
                    help="ward (default): bounded blocks from a Ward merge path; complete: complete linkage; "
                    "components: the paper's eps-graph components")
