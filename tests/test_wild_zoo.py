@@ -1,0 +1,53 @@
+"""The wild zoo (issue 27), slow: every model of tests/wild_models.py (Hugging Face architectures
+from tiny configs, trained networks pip packages ship where installed) measured as
+benchmarks/wild_zoo.py measures it; no row may fall below the floor recorded here (units found,
+exact at eps = 0 with planted duplicates, a 70 % budget reached, the reduced model reloading).
+Raise a floor when a change makes more of the zoo work."""
+import os
+
+import pytest
+
+try:
+    import transformers  # noqa: F401
+except ImportError:  # pragma: no cover
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("transformers is not installed (pip install 'afde-nb[test]')", allow_module_level=True)
+
+import wild_models as W
+
+#: name -> (units found, exact, budget, reload), as measured before issue 27's unit finding landed
+#: (load_reduced's key conversion and CLIP's batch-shaped outputs already fixed)
+FLOOR = {
+    "bert": (256, 1, 1, 1), "roberta": (256, 1, 1, 1), "distilbert": (256, 1, 1, 1), "albert": (0, 0, 0, 0),
+    "electra": (256, 1, 1, 1), "deberta-v2": (256, 1, 1, 1), "mpnet": (256, 1, 1, 1),
+    "gpt2": (256, 1, 1, 1), "gpt-neo": (256, 1, 1, 1), "gpt-neox": (256, 1, 1, 1), "gpt-j": (256, 1, 1, 1),
+    "opt": (256, 1, 1, 1), "bloom": (0, 0, 0, 0), "falcon": (256, 1, 1, 1), "llama": (256, 1, 1, 1),
+    "mistral": (256, 1, 1, 1), "qwen2": (256, 1, 1, 1), "gemma": (256, 1, 1, 1), "phi": (256, 1, 1, 1),
+    "phi3": (0, 0, 0, 0), "olmo": (256, 1, 1, 1), "mixtral": (0, 0, 0, 0), "qwen2-moe": (256, 1, 0, 1),
+    "t5": (512, 1, 1, 1), "bart": (512, 1, 1, 1), "marian": (512, 1, 1, 1),
+    "vit": (256, 1, 1, 1), "deit": (256, 1, 1, 1), "beit": (256, 1, 1, 1), "dinov2": (256, 1, 1, 1),
+    "swin": (192, 1, 1, 1), "convnext": (192, 1, 1, 1), "resnet": (48, 1, 1, 1), "mobilenet-v2": (0, 0, 0, 0),
+    "efficientnet": (0, 0, 0, 0), "regnet": (8, 1, 0, 1), "segformer": (32, 1, 0, 1),
+    "wav2vec2": (256, 1, 1, 1), "whisper-encoder": (288, 1, 1, 1), "clip": (512, 1, 1, 1),
+    "crepe-tiny": (0, 0, 0, 0), "minilm-l6": (9216, 1, 1, 1),
+}
+ZOO = W.zoo()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(ZOO))
+def test_wild_model_keeps_its_floor(name, tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    row = W.measure(name, ZOO[name], tmp=tmp_path)
+    got = (row.found, int(row.exact), int(row.budget), int(row.reload))
+    floor = FLOOR.get(name, (0, 0, 0, 0))
+    assert all(g >= f for g, f in zip(got, floor)), (name, got, floor, row.why)
+
+
+def test_every_zoo_model_has_a_floor():
+    """The zoo has at least 30 Hugging Face architectures, and the floors name every model."""
+    assert len(W.hf_zoo()) >= 30
+    assert set(W.hf_zoo()) <= set(FLOOR)
