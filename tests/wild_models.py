@@ -320,9 +320,24 @@ def minilm_batch(sentences) -> dict:
     return {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
 
 
+_WHO = ["My neighbour", "The teacher", "A young engineer", "Our manager", "The old fisherman", "Her sister",
+        "The new student", "A tired nurse"]
+_DID = ["repaired the broken bicycle", "wrote a long letter to the council", "planted tomatoes behind the house",
+        "missed the last bus home", "painted the kitchen walls blue", "found a wallet on the pavement",
+        "cooked dinner for twelve guests", "learned to play the violin"]
+_WHEN = ["last weekend.", "before sunrise.", "during the holidays.", "after a long day at work."]
+
+
+def calibration_sentences(n: int, seed: int = 1) -> list[str]:
+    """``MINILM_CALIBRATION`` then sentences composed from a few parts (distinct, none of the test's)."""
+    g = torch.Generator().manual_seed(seed)
+    made = [f"{a} {b} {c}" for a in _WHO for b in _DID for c in _WHEN]
+    order = torch.randperm(len(made), generator=g).tolist()
+    return (MINILM_CALIBRATION + [made[i] for i in order])[:n]
+
+
 def minilm_inputs(n: int, seed: int = 1) -> dict:
-    s = (MINILM_CALIBRATION * (n // len(MINILM_CALIBRATION) + 1))[:n]
-    return minilm_batch(s)
+    return minilm_batch(calibration_sentences(n, seed))
 
 
 def embed(model: nn.Module, batch: dict) -> torch.Tensor:
