@@ -105,4 +105,34 @@ def quotient(net: Network, labels, signs=None, weights=None, threads: int = 0) -
         out.append(layer.with_weights(M, bo))
         src = Source(lab, s, c, layer.activation)
         blocks.append(Block(lab, s, c, m, float(diff) / (float(amax) or 1.0)))
-    return Network(out, dtype=net.dtype, meta=dict(net.meta), owned=True), blocks
+    meta = dict(net.meta)
+    if "post" in meta:
+        meta["post"] = {h: merged_affine(blocks[h], *st) for h, st in meta["post"].items()}
+    return Network(out, dtype=net.dtype, meta=meta, owned=True), blocks
+
+
+def merged_affine(block: Block, S: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The per-unit affine ``y = S a + T`` that a hidden layer's units pass after their activation
+    (``Network.meta["post"]``: folded into the next layer, ``W' = W S``), for the merged units of
+    ``block``: unit i reads ``a_i = s_i c_i a_B``, so its zero-padded value ``-T_i / S_i`` is
+    ``a_B``'s at ``r_i = s_i T_i / (c_i S_i)``; the merged unit gets the mass-weighted mean ratio
+    ``r_B`` with ``S_B`` the mean scale (``T_B = S_B r_B``). Exact where the members' ratios are
+    equal (a singleton always); the write-back divides the folded column by ``S_B``."""
+    k = int(block.labels.max()) + 1 if block.labels.size else 0
+    lab, m = block.labels, np.where(block.weights > 0, block.weights, 0.0)
+    tot = np.bincount(lab, weights=m, minlength=k)
+    m = np.where(tot[lab] > 0, m, 1.0)
+    tot = np.bincount(lab, weights=m, minlength=k)
+    c = np.where(block.scales > 0, block.scales, 1.0)
+    ok = S != 0
+    r = np.where(ok, block.signs * T / (c * np.where(ok, S, 1.0)), 0.0)
+    S_B = np.bincount(lab, weights=m * S, minlength=k) / tot
+    size = np.bincount(lab, weights=m * np.abs(S), minlength=k) / tot
+    S_B = np.where(np.abs(S_B) > 1e-3 * size, S_B, size)  # opposite signs cancelling: the mean size
+    r_B = np.bincount(lab, weights=m * r, minlength=k) / tot
+    plain = (block.signs == 1) & (c == 1.0)
+    single = (np.bincount(lab, minlength=k) == 1) & (np.bincount(lab, weights=plain, minlength=k) == 1)
+    first = np.full(k, -1)
+    first[lab[::-1]] = np.arange(len(lab))[::-1]
+    # a unit alone, neither flipped nor rescaled, keeps its own (S, T) bit for bit
+    return np.where(single, S[first], S_B), np.where(single, T[first], S_B * r_B)

@@ -42,7 +42,8 @@ class LayerChain:
         return surgery.chain_network(root, chain)
 
     def costs(self, net, chain) -> list[tuple[int, int]]:
-        return [surgery.unit_cost(net.layers[k], a, chain[k].norm if k < len(chain) else None)
+        return [surgery.unit_cost(net.layers[k], a, chain[k].norm if k < len(chain) else None,
+                                  chain[k].post if k < len(chain) else None)
                 for k, a in enumerate(surgery.chain_affines(chain))]
 
     def pseudo_rows(self, net, first: bool = False):

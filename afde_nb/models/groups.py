@@ -26,6 +26,7 @@ consumer), found by :func:`afde_nb.models.gated.find_gated`, and a chain of its 
 from __future__ import annotations
 
 import contextlib
+import operator
 import inspect
 import itertools
 import warnings
@@ -40,6 +41,7 @@ from ..core.network import apply_activation
 from ..errors import UnsupportedLayerError
 from . import hf
 from .gated import GatedGroup, find_gated
+from .indexmap import SHAPED, Ids, followable, is_view
 from .inverted import InvertedGroup, find_inverted
 
 F = nn.functional
@@ -107,7 +109,8 @@ _ADDMM_FUNCS = (torch.addmm, aten.addmm.default)
 #: ATen ops that only regroup the leading axes (or copy) of a Linear's output in an exported graph
 _VIEW_FUNCS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.clone.default,
                aten.alias.default, aten.contiguous.default)
-_CONV_FUNCS = {F.conv1d: "conv1d", aten.conv1d.default: "conv1d", F.conv2d: "conv2d", aten.conv2d.default: "conv2d"}
+_CONV_FUNCS = {F.conv1d: "conv1d", aten.conv1d.default: "conv1d", F.conv2d: "conv2d", aten.conv2d.default: "conv2d",
+               aten.conv1d.padding: "conv1d", aten.conv2d.padding: "conv2d"}
 _BN_FUNCS = (aten.batch_norm.default, F.batch_norm)
 #: channel-wise pooling: commutes with merging channels (max: up to positive scaling only)
 _POOL_MODULES = {nn.MaxPool1d: "max_pool", nn.MaxPool2d: "max_pool", nn.AvgPool1d: "avg_pool", nn.AvgPool2d: "avg_pool",
@@ -118,6 +121,12 @@ _POOL_FUNCS = {F.max_pool1d: "max_pool", F.max_pool2d: "max_pool", F.avg_pool1d:
                aten.max_pool2d.default: "max_pool", aten.max_pool1d.default: "max_pool",
                aten.avg_pool2d.default: "avg_pool", aten.avg_pool1d.default: "avg_pool",
                aten.adaptive_avg_pool2d.default: "avg_pool", aten.adaptive_avg_pool1d.default: "avg_pool"}
+#: poolings that return (values, indices) in an exported graph, followed by getitem 0
+_POOL_PAIRS = {aten.max_pool2d_with_indices.default: "max_pool", aten.max_pool1d_with_indices.default: "max_pool",
+               F.max_pool2d_with_indices: "max_pool", F.max_pool1d_with_indices: "max_pool"}
+_POOL_FUNCS.update(_POOL_PAIRS)
+_PAD_FUNCS = (F.pad, aten.pad.default, aten.constant_pad_nd.default)
+_NEEDS_SHAPES = "give example inputs to read the model through torch.export"
 #: modules fx must not trace into
 _OPAQUE = (nn.MultiheadAttention,)
 ACTIVATIONS = tuple(sorted(set(n for n, _, _ in _ACT_FUNCS.values()) | {"identity"}))
@@ -155,7 +164,10 @@ class Norm:
 
 @dataclass(frozen=True)
 class Group:
-    """producer -> [norm] -> activation -> consumer: the producer's output units lump."""
+    """producer -> [norm] -> activation -> [post] -> consumer: the producer's output units lump.
+
+    Everything between producer and consumer was passed by one rule per operation
+    (:func:`_follow`); ``rules`` names them in order, for the report."""
 
     producer: Affine
     consumer: Affine
@@ -167,6 +179,19 @@ class Group:
     #: Flatten turns the channels into a Linear's inputs (each channel then owns a run of columns)
     pools: tuple = ()
     flatten: bool = False
+    #: a per-unit affine after the activation (an eval BatchNorm: y = S act + T), folded into the
+    #: consumer's columns and bias; ``padded``: zero padding between it and the consumer (an
+    #: explicit pad or the consumer's own), where a merge is exact only for equal T/S
+    post: Norm | None = None
+    padded: bool = False
+    #: a Linear consumer reading flattened channels in another order than channel-major: its
+    #: column of channel c, position t is ``(t // inner) * C * inner + c * inner + t % inner``
+    #: (``inner``; None: channel-major, ``c * T + t``), as ``permute``/``reshape`` made it
+    inner: int | None = None
+    #: module attributes holding the flattened width the forward reshapes to (module path,
+    #: attribute): rewritten with the reduced width (``Crepe.in_features``)
+    width_attrs: tuple = ()
+    rules: tuple = ()
 
     @property
     def name(self) -> str:
@@ -174,8 +199,9 @@ class Group:
 
     @property
     def negation_ok(self) -> bool:
-        """A max-pool commutes with positive scaling, not with negation (max(-u) = -min(u))."""
-        return not any("max" in p for p in self.pools)
+        """A max-pool commutes with positive scaling, not with negation (max(-u) = -min(u)); a
+        flipped sigmoid (1 - u) does not commute with zero padding."""
+        return not any("max" in p for p in self.pools) and not (self.padded and self.activation == "sigmoid")
 
 
 @dataclass
@@ -201,8 +227,13 @@ class Discovery:
                     rows.append(f"  {g.describe()}")
                     continue
                 norm = f" -> {g.norm.name} (folded)" if g.norm else ""
+                post = f" -> {g.post.name} (folded into {g.consumer.name})" if g.post else ""
                 kind = f"{g.producer.kind}, weight stored (in, out)" if g.producer.transposed else g.producer.kind
-                rows.append(f"  lumps {g.producer.name} ({kind}){norm} -> {g.activation} -> {g.consumer.name}")
+                via = f"; passes {', '.join(g.rules)}" if g.rules else ""
+                inexact = ("; inexact where padding meets the shift of " + g.post.name + " (merges exact for equal "
+                           "shift/scale)") if g.post and g.padded else ""
+                rows.append(f"  lumps {g.producer.name} ({kind}){norm} -> {g.activation}{post} -> {g.consumer.name}"
+                            f"{via}{inexact}")
         for name, why in self.skipped:
             rows.append(f"  left alone {name}: {why}")
         return "\n".join(rows)
@@ -300,6 +331,20 @@ def traced_graphs(model: nn.Module) -> tuple[list[tuple[str, fx.Graph]], list[tu
     return graphs, notes
 
 
+def _padding(padding, kernel: tuple, dilation: tuple, stride: tuple) -> tuple | None:
+    """A convolution's padding as ints per side-pair: ``"valid"`` is none, ``"same"`` (stride 1)
+    pads ``dilation * (kernel - 1) / 2`` on each side where that is a whole number (an even kernel
+    pads one side more, which the patch reader does not take: None)."""
+    if not isinstance(padding, str):
+        return tuple(padding)
+    if padding == "valid":
+        return (0,) * len(kernel)
+    total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+    if padding != "same" or any(t % 2 for t in total) or any(s != 1 for s in stride):
+        return None
+    return tuple(t // 2 for t in total)
+
+
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
@@ -369,12 +414,13 @@ class _Reader:
             return Affine(path, "linear", f"{path}.weight", f"{path}.bias" if m.bias is not None else None, path,
                           transposed=not isinstance(m, nn.Linear))
         if isinstance(m, (nn.Conv1d, nn.Conv2d)) and type(m) in (nn.Conv1d, nn.Conv2d):
-            if m.groups != 1 or isinstance(m.padding, str):
+            padding = _padding(m.padding, tuple(m.weight.shape[2:]), tuple(m.dilation), tuple(m.stride))
+            if m.groups != 1 or padding is None:
                 return None
             path = _join(self.prefix, node.target)
             kind = "conv1d" if isinstance(m, nn.Conv1d) else "conv2d"
             return Affine(path, kind, f"{path}.weight", f"{path}.bias" if m.bias is not None else None, path,
-                          tuple(m.stride), tuple(m.padding), tuple(m.dilation), m.padding_mode)
+                          tuple(m.stride), padding, tuple(m.dilation), m.padding_mode)
         if node.op != "call_function":
             return None
         if node.target in _ADDMM_FUNCS:  # addmm(bias, x, weight), beta = alpha = 1
@@ -396,7 +442,11 @@ class _Reader:
             kind = _CONV_FUNCS[node.target]
             d = 1 if kind == "conv1d" else 2
             stride, padding, dilation, groups = (args[3] or 1), (args[4] or 0), (args[5] or 1), (args[6] or 1)
-            if groups != 1 or isinstance(padding, str):
+            wv = args[1].meta.get("val") if isinstance(args[1], fx.Node) else None
+            kernel = tuple(wv.shape[2:]) if isinstance(wv, torch.Tensor) else None
+            if isinstance(padding, str):
+                padding = _padding(padding, kernel, _tuple(dilation, d), _tuple(stride, d)) if kernel else None
+            if groups != 1 or padding is None:
                 return None
             return Affine(name, kind, w, b, self.owner(node, w), _tuple(stride, d), _tuple(padding, d),
                           _tuple(dilation, d))
@@ -489,9 +539,70 @@ class _Reader:
                     return None  # zero padding counted in the mean: a flipped sigmoid would not follow; keep it simple
                 return _POOL_MODULES[type(m)]
             return None
-        if node.op == "call_function" and node.target in _POOL_FUNCS and not node.kwargs.get("return_indices"):
+        if node.op == "call_function" and node.target in _POOL_FUNCS and (
+                node.target in _POOL_PAIRS or not node.kwargs.get("return_indices")):
             return _POOL_FUNCS[node.target]
         return None
+
+    def first_of(self, node: fx.Node) -> fx.Node | None:
+        """The ``getitem(node, 0)`` that takes a pooling's values from its (values, indices) pair,
+        where ``node`` returns one (``max_pool2d_with_indices`` in an exported graph)."""
+        if node.op != "call_function" or node.target not in _POOL_PAIRS:
+            return None
+        used = [u for u in node.users if u.users or u.target is not operator.getitem]  # an unused getitem(1)
+        if len(used) == 1 and used[0].target is operator.getitem and used[0].args[1] == 0:
+            return used[0]
+        return None
+
+    def zero_pad(self, node: fx.Node, prev: fx.Node) -> bool:
+        """A constant zero pad of ``prev``'s positions only (``F.pad``, ``aten.pad``,
+        ``constant_pad_nd``), never of its batch or channel axes: merged channels see the same
+        zeros, so padding keeps equal channels equal (a shift folded from a later BatchNorm does
+        not: see :class:`Group`)."""
+        m = self.module(node)
+        if m is not None:
+            if isinstance(m, (nn.ZeroPad1d, nn.ZeroPad2d)) or (
+                    isinstance(m, (nn.ConstantPad1d, nn.ConstantPad2d)) and float(m.value) == 0.0):
+                pad, ndim = tuple(m.padding), 3 if isinstance(m, (nn.ZeroPad1d, nn.ConstantPad1d)) else 4
+                return len(pad) <= 2 * (ndim - 2)
+            return False
+        if node.op != "call_function" or node.target not in _PAD_FUNCS or not node.args or node.args[0] is not prev:
+            return False
+        a = list(node.args) + [None, None, None]
+        pad = node.kwargs.get("pad", a[1])
+        if node.target is aten.constant_pad_nd.default:
+            mode, value = "constant", node.kwargs.get("value", a[2])
+        else:
+            mode, value = node.kwargs.get("mode", a[2] or "constant"), node.kwargs.get("value", a[3])
+        if mode != "constant" or (value not in (None, 0, 0.0)) or not isinstance(pad, (list, tuple)):
+            return False
+        if any(not isinstance(v, int) for v in pad):
+            return False
+        shape = (prev.meta.get("val").dim() if isinstance(prev.meta.get("val"), torch.Tensor) else None)
+        return shape is None or len(pad) <= 2 * (shape - 2)
+
+    def width_attrs(self, views: list[fx.Node], width: int) -> tuple | str:
+        """Module attributes holding ``width``, where a view's shape is that literal (a forward's
+        ``x.reshape(-1, self.in_features)``): the reduced model's forward must read its own width
+        there. A literal with no attribute is a width the reduced model cannot run with."""
+        found = []
+        for v in views:
+            if v.target not in SHAPED:
+                continue
+            shape = v.args[1] if len(v.args) > 1 else v.kwargs.get("size", v.kwargs.get("shape"))
+            if not isinstance(shape, (list, tuple)) or width not in [d for d in shape if isinstance(d, int)]:
+                continue
+            o = self.origin(v)
+            mods = [(o[1], o[2])] if o and o[2] is not None else []
+            if self.source is None:
+                mods = [(self.prefix, self.root.get_submodule(self.prefix) if self.prefix else self.root)]
+            hit = [(path, k) for path, m in mods for k, val in sorted(vars(m).items())
+                   if type(val) is int and val == width and not k.startswith("_")]
+            if not hit:
+                return (f"its units are reshaped to the fixed width {width}{_where(v)}, not read from a module "
+                        "attribute: a reduced model would not run")
+            found.append(hit[0])
+        return tuple(dict.fromkeys(found))
 
     def flatten(self, node: fx.Node) -> bool:
         """A flatten of everything after the channel axis: (n, C, ...) -> (n, C * ...)."""
@@ -609,13 +720,16 @@ def find_groups(model: nn.Module, example=None) -> Discovery:
         raise UnsupportedLayerError(f"expected a torch.nn.Module, got {type(model).__name__}")
     graphs, notes = traced_graphs(model)
     disc = _discover(model, model, graphs, notes)
-    if not notes:
+    # torch.fx graphs carry no shapes: index maps (permute, reshape) are followed in an exported one
+    shapes = any(_NEEDS_SHAPES in why for _, why in disc.skipped)
+    if not notes and not shapes:
         return disc
     if callable(example):
         example = example()
     if example is None:
-        disc.note = ("torch.fx cannot trace its whole forward; give example inputs (calibration= or example_inputs=) "
-                     "to read it through torch.export")
+        if notes:
+            disc.note = ("torch.fx cannot trace its whole forward; give example inputs (calibration= or "
+                         "example_inputs=) to read it through torch.export")
         return disc
     try:
         gm = export_graph(model, *example)
@@ -625,10 +739,15 @@ def find_groups(model: nn.Module, example=None) -> Discovery:
                      f"{text.splitlines()[0][:160] if text else type(exc).__name__}")
         return disc
     ex = _discover(model, gm, [("", gm.graph)], [], source=model)
-    if len(ex.groups) < len(disc.groups):
-        disc.note = f"torch.fx in parts; torch.export found fewer groups ({len(ex.groups)})"
+    if len(ex.groups) < len(disc.groups) or (not notes and len(ex.groups) == len(disc.groups)):
+        if notes:
+            disc.note = f"torch.fx in parts; torch.export found fewer groups ({len(ex.groups)})"
+        # what the exported graph said of the layers torch.fx could not follow without shapes
+        said = dict(ex.skipped)
+        disc.skipped = [(n, said.get(n, why) if _NEEDS_SHAPES in why else why) for n, why in disc.skipped]
         return disc
-    ex.note = "read through torch.export: torch.fx cannot trace its whole forward"
+    ex.note = ("read through torch.export: torch.fx cannot trace its whole forward" if notes else
+               "read through torch.export: its index maps need the shapes torch.fx does not record")
     return ex
 
 
@@ -679,16 +798,49 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
     return Discovery(chains, skipped, type(model).__name__)
 
 
+def _where(node: fx.Node) -> str:
+    """`` (file:line)`` of the user's source line that made ``node``, where the graph recorded it."""
+    trace = node.meta.get("stack_trace") or ""
+    lines = [l.strip() for l in trace.splitlines() if l.strip().startswith("File ")]
+    if not lines:
+        return ""
+    last = lines[-1].split(",")
+    try:
+        return f" ({last[0].split('File ', 1)[1].strip().strip(chr(34)).rsplit('/', 1)[-1]}:{last[1].split()[-1]})"
+    except IndexError:
+        return ""
+
+
+def _reads_shape(node: fx.Node) -> bool:
+    """A traced read of a tensor's shape, not its values (``x.shape``, ``x.size()``, ``x.dim()``,
+    ``aten.sym_size``): it does not see the units' values, so it does not stop a group."""
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in ("shape", "ndim", "dtype", "device")
+    if node.op == "call_method":
+        return node.target in ("size", "dim")
+    return node.op == "call_function" and "sym_size" in str(node.target)
+
+
 def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
-    """The group that ``node``'s outputs form, or None and why not."""
+    """The group that ``node``'s outputs form, or None and why not.
+
+    One rule per operation on the way from producer to consumer, tried in this order: an
+    activation module's operations (an exported graph); a BatchNorm before the activation
+    (folded into the producer); no-ops (dropout, identity, copies); the activation; a per-unit
+    affine after it (an eval BatchNorm: folded into the consumer); channel-wise pooling; zero
+    padding; index maps (flatten, and where the graph has shapes, permute/transpose/reshape/view/
+    unsqueeze/squeeze, followed on the indices: :mod:`.indexmap`); then the consumer, a Linear or
+    convolution reading the units as its data input."""
     cur, norm, act, pools, flat = node, None, None, [], False
+    post, padded, ids, views, rules = None, False, None, [], []
+    conv = a.kind != "linear"
     while True:
         if act is None and not pools and (region := r.act_region(cur)) is not None:
             if isinstance(region, str):
                 return None, f"its outputs feed {region}"
             act, cur = region
             continue
-        users = list(cur.users)
+        users = [u for u in cur.users if not _reads_shape(u)]
         if len(users) != 1:
             if not users:
                 return None, "its output is not used"
@@ -697,7 +849,7 @@ def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
         if norm is None and act is None and (n := r.norm(nxt, a.kind)) is not None:
             norm, cur = n, nxt
             continue
-        if r.passthrough(nxt) or (a.kind == "linear" and r.keeps_units(nxt, cur)):
+        if r.passthrough(nxt) or (a.kind == "linear" and ids is None and r.keeps_units(nxt, cur)):
             cur = nxt
             continue
         if act is None and not pools:
@@ -708,27 +860,71 @@ def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
             if (ac := r.activation(nxt)) is not None:
                 act, cur = ac, nxt
                 continue
-        if a.kind != "linear" and not flat and (pool := r.pool(nxt)) is not None:
+        if act is not None and post is None and ids is None and (n := r.norm(nxt, a.kind)) is not None:
+            post, cur = n, nxt
+            rules.append("a BatchNorm after the activation")
+            continue
+        if conv and not flat and ids is None and (pool := r.pool(nxt)) is not None:
             pools.append(pool)
             cur = nxt
+            if nxt.target in _POOL_PAIRS:  # (values, indices), then getitem 0
+                if (got := r.first_of(nxt)) is None:
+                    return None, f"its outputs feed {_describe(nxt, r)}{_where(nxt)}, whose indices are used"
+                cur = got
+            rules.append(pool)
             continue
-        if a.kind != "linear" and not flat and r.flatten(nxt):
+        if conv and not flat and ids is None and r.zero_pad(nxt, cur):
+            padded, cur = True, nxt
+            rules.append("zero padding")
+            continue
+        if not flat and ids is None and r.flatten(nxt) and conv and not followable(nxt):
             flat, cur = True, nxt
+            continue
+        if is_view(nxt) and not flat:
+            if ids is None:
+                ids = Ids.start(cur, conv)
+            if ids is None or not ids.apply(nxt):
+                return None, (f"its outputs feed {_describe(nxt, r)}{_where(nxt)}, an index map this reading cannot "
+                              f"follow ({_NEEDS_SHAPES})")
+            views.append(nxt)
+            cur = nxt
+            rules.append(str(getattr(nxt.target, "__name__", nxt.target)).split(".")[0])
             continue
         c = r.affine(nxt)
         if c is None and isinstance(r.module(nxt), (nn.Conv1d, nn.Conv2d)):
             return None, f"its outputs feed {nxt.target}, a grouped, depthwise or string-padded convolution"
         if c is None:
             where = "" if act else " before any activation"
-            return None, f"its outputs feed {_describe(nxt, r)}{where}, not a Linear/convolution"
+            return None, f"its outputs feed {_describe(nxt, r)}{_where(nxt)}{where}, not a Linear/convolution"
         if r.data(nxt) is not cur:
             return None, f"its outputs are a parameter of {c.name}, not its input"
+        inner, attrs = None, ()
+        if ids is not None and not ids.identity():
+            if c.kind != "linear":
+                return None, f"its units reach {c.name}, a {c.kind}, through {', '.join(rules[-len(views):])}"
+            got = ids.columns()
+            if isinstance(got, str):
+                return None, f"its units reach {c.name} through {', '.join(rules[-len(views):])}: {got}"
+            inner, T = got
+            if conv:
+                flat = True
+            elif T != 1 or inner != 1:
+                return None, f"its units reach {c.name} in another order ({', '.join(rules[-len(views):])})"
+            attrs = r.width_attrs(views, int(ids.ids.shape[-1]))
+            if isinstance(attrs, str):
+                return None, attrs
+            if inner == T:
+                inner = None  # channel-major: a Flatten's layout
         if flat and c.kind != "linear":
             return None, f"its channels are flattened into {c.name}, a {c.kind}"
         if not flat and c.kind != a.kind:
             return None, f"its outputs ({a.kind}) feed a {c.kind} ({c.name}) without a Flatten"
+        if padded and flat:
+            return None, f"its channels are zero-padded, then flattened into {c.name}"
+        padded = padded or (c.kind != "linear" and any(c.padding))
         name, slope, params = act or ("identity", 0.01, ())
-        return Group(a, c, name, slope, params, norm, tuple(pools), flat), ""
+        return Group(a, c, name, slope, params, norm, tuple(pools), flat, post, padded, inner,
+                     attrs, tuple(rules)), ""
 
 
 def _chains(groups: list[Group]) -> list[list[Group]]:

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import ShapeMismatchError, UnsupportedLayerError
 from .export import quiet_leafspec
+from . import indexmap
 from .groups import Affine, Group, Norm
 from .params import finite_array as _np, get_tensor, set_tensor, weight
 from ..core.network import Layer, Network
@@ -42,18 +43,17 @@ def taps(root: nn.Module, a: Affine) -> int:
     return int(math.prod(w.shape[2:])) if w.dim() > 2 else 1
 
 
-def _affine_layer(root: nn.Module, a: Affine, norm: Norm | None, group: Group | None, units_in: int | None) -> Layer:
+def _affine_layer(root: nn.Module, a: Affine, norm: Norm | None, group: Group | None, units_in: int | None,
+                  feed: Group | None = None) -> Layer:
     """Layer view of ``a``; ``units_in``: the units feeding it (the previous chain layer's outputs),
     which fix its taps: a convolution's kernel size, or the positions per channel of a Linear
-    reading flattened channels."""
+    reading flattened channels; ``feed``: the group whose units it reads (their column layout and a
+    per-unit affine after their activation, folded in: :func:`feed_map`)."""
     w = weight(root, a)
     W = _np(w, a.weight).reshape(w.shape[0], -1)
     b = _np(get_tensor(root, a.bias), a.bias) if a.bias else np.zeros(w.shape[0])
     if norm is not None:
-        mean, var = _np(get_tensor(root, norm.mean), norm.mean), _np(get_tensor(root, norm.var), norm.var)
-        gamma = _np(get_tensor(root, norm.weight), norm.weight) if norm.weight else np.ones_like(mean)
-        beta = _np(get_tensor(root, norm.bias), norm.bias) if norm.bias else np.zeros_like(mean)
-        scale = gamma / np.sqrt(var + norm.eps)
+        mean, scale, beta = _norm_parts(root, norm)
         W, b = W * scale[:, None], (b - mean) * scale + beta
     act = group.activation if group else "identity"
     t = taps(root, a)
@@ -61,13 +61,67 @@ def _affine_layer(root: nn.Module, a: Affine, norm: Norm | None, group: Group | 
         if W.shape[1] % units_in:
             raise UnsupportedLayerError(f"{a.name} takes {W.shape[1]} inputs, not a multiple of the {units_in} units feeding it")
         t = W.shape[1] // units_in
-    return Layer(W, b, act, group.negative_slope if group else 0.01, has_bias=bool(a.bias or norm), path=a.name,
+    if feed is not None:
+        perm, S, T = feed_map(root, feed, units_in, t)
+        if perm is not None:
+            W = W[:, perm]
+        if S is not None:
+            Wc = W.reshape(len(W), units_in, t)
+            b = b + np.einsum("ict,c->i", Wc, T)
+            W = (Wc * S[None, :, None]).reshape(len(W), -1)
+    return Layer(W, b, act, group.negative_slope if group else 0.01,
+                 has_bias=bool(a.bias or norm or (feed is not None and feed.post is not None)), path=a.name,
                  taps=t, act_params=group.act_params if group else ())
 
 
+def _norm_parts(root: nn.Module, norm: Norm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, scale gamma / sqrt(var + eps), beta) of an eval BatchNorm (float64)."""
+    mean, var = _np(get_tensor(root, norm.mean), norm.mean), _np(get_tensor(root, norm.var), norm.var)
+    gamma = _np(get_tensor(root, norm.weight), norm.weight) if norm.weight else np.ones_like(mean)
+    beta = _np(get_tensor(root, norm.bias), norm.bias) if norm.bias else np.zeros_like(mean)
+    return mean, gamma / np.sqrt(var + norm.eps), beta
+
+
+def norm_affine(root: nn.Module, norm: Norm) -> tuple[np.ndarray, np.ndarray]:
+    """(S, T) of an eval BatchNorm read as y = S x + T (float64)."""
+    mean, scale, beta = _norm_parts(root, norm)
+    return scale, beta - mean * scale
+
+
+def feed_map(root: nn.Module, g: Group, units: int, t: int) -> tuple[np.ndarray | None, np.ndarray | None,
+                                                                       np.ndarray | None]:
+    """How a consumer reads group ``g``'s ``units`` (``t`` columns each): the permutation to
+    channel-major columns (None: they are), and the per-unit affine after the activation (S, T;
+    None: none). The network folds it in, ``W' = W S``, ``b' = b + W T``, so the units' values are
+    their activations ``a`` and the consumer's input rows are read back as ``(y - T) / S``: the same
+    consumer output for every row, a zero-padded one too (where ``a`` reads ``-T / S``)."""
+    perm = indexmap.channel_major(units, t, g.inner)
+    if g.post is None:
+        return perm, None, None
+    S, T = norm_affine(root, g.post)
+    return perm, S, T
+
+
+def unit_rows(root: nn.Module, g: Group, R: np.ndarray, units: int) -> np.ndarray:
+    """A consumer's input rows ``R`` (model layout, ``units`` units) as the chain's network reads
+    them (:func:`feed_map`): channel-major, the post-activation affine undone."""
+    t = R.shape[1] // units
+    perm, S, T = feed_map(root, g, units, t)
+    if perm is not None:
+        R = R[:, perm]
+    if S is not None:
+        safe = np.where(S != 0, S, 1.0)
+        R = ((R.reshape(len(R), units, t) - T[None, :, None]) / safe[None, :, None]).reshape(len(R), -1)
+    return np.ascontiguousarray(R)
+
+
 def chain_network(root: nn.Module, chain: list[Group]) -> Network:
-    """The chain as a network: producers (norms folded) with their activations, then the last consumer."""
+    """The chain as a network: producers (norms folded) with their activations, then the last
+    consumer (a per-unit affine after an activation folded into the layer reading it; its (S, T)
+    per hidden layer in ``meta["post"]``, which :func:`~afde_nb.core.reduce.quotient` merges and
+    :func:`write_back` writes)."""
     layers: list[Layer] = []
+    post = {}
     for k, a in enumerate(chain_affines(chain)):
         g = chain[k] if k < len(chain) else None
         prev = chain[k - 1] if k else None
@@ -76,21 +130,27 @@ def chain_network(root: nn.Module, chain: list[Group]) -> Network:
             have = int(weight(root, a).shape[1])
             if have != units:
                 raise UnsupportedLayerError(f"{a.name} takes {have} inputs but {prev.producer.name} gives {units}")
-        layers.append(_affine_layer(root, a, g.norm if g else None, g, units))
+        layers.append(_affine_layer(root, a, g.norm if g else None, g, units, feed=prev))
+        if prev is not None and prev.post is not None:
+            post[k - 1] = norm_affine(root, prev.post)
     dtype = str(get_tensor(root, chain[0].producer.weight).dtype).replace("torch.", "")
     # a max-pool between a layer and its consumer does not commute with negation
     unsigned = tuple(k for k, g in enumerate(chain) if not g.negation_ok)
-    return Network(layers, dtype=dtype, meta={"unsigned": unsigned} if unsigned else {})
+    meta = {"unsigned": unsigned} if unsigned else {}
+    if post:
+        meta["post"] = post
+    return Network(layers, dtype=dtype, meta=meta)
 
 
 def chain_affines(chain: list[Group]) -> list[Affine]:
     return [g.producer for g in chain] + [chain[-1].consumer]
 
 
-def unit_cost(layer: Layer, a: Affine, norm: Norm | None) -> tuple[int, int]:
+def unit_cost(layer: Layer, a: Affine, norm: Norm | None, post: Norm | None = None) -> tuple[int, int]:
     """(parameters per (input unit x output unit), parameters per output unit) of a chain layer:
-    its taps; its bias and its norm's scale and shift."""
-    per_out = (1 if a.bias else 0) + (2 if norm is not None and norm.weight else 0)
+    its taps; its bias and its norms' scales and shifts (before and after the activation)."""
+    per_out = (1 if a.bias else 0) + (2 if norm is not None and norm.weight else 0) + \
+        (2 if post is not None and post.weight else 0)
     return layer.taps, per_out
 
 
@@ -104,11 +164,12 @@ def write_back(root: nn.Module, chain: list[Group], small: Network) -> None:
     for k, (a, layer) in enumerate(zip(affines, small.layers)):
         norm = chain[k].norm if k < len(chain) else None
         old = get_tensor(root, a.weight)
-        W = torch.from_numpy(np.ascontiguousarray(layer.weight))
+        W = torch.from_numpy(np.ascontiguousarray(_unfed(root, chain[k - 1], small, k, layer))) if k else \
+            torch.from_numpy(np.ascontiguousarray(layer.weight))
         if old.dim() > 2:
             W = W.reshape(layer.out_features, layer.in_features, *old.shape[2:])
         set_tensor(root, a.weight, W.t().contiguous() if a.transposed else W)
-        b = torch.from_numpy(layer.bias.copy())
+        b = torch.from_numpy(_unfed_bias(root, chain[k - 1], small, k, layer) if k else layer.bias.copy())
         if a.bias:
             set_tensor(root, a.bias, b)
         if norm is not None:
@@ -131,6 +192,67 @@ def write_back(root: nn.Module, chain: list[Group], small: Network) -> None:
                 m.nx, m.nf = int(W.shape[1]), layer.out_features
             else:
                 m.in_channels, m.out_channels = layer.in_features, layer.out_features
+
+
+def _post_of(g: Group, small: Network, h: int, root: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """(S, T) of group ``g``'s post-activation affine for the reduced layer ``h``: the quotient's
+    merged ones (``meta["post"]``, :func:`~afde_nb.core.reduce.merged_affine`); a network reduced
+    without them keeps the original's where no unit went, else the identity (S = 1, T = 0: the
+    shift then rides in the consumer's bias, exact away from zero padding)."""
+    n = small.layers[h].out_features
+    got = small.meta.get("post", {}).get(h)
+    if got is not None and len(got[0]) == n:
+        return got
+    S, T = norm_affine(root, g.post)
+    return (S, T) if len(S) == n else (np.ones(n), np.zeros(n))
+
+
+def _unfed(root: nn.Module, g: Group, small: Network, k: int, layer: Layer) -> np.ndarray:
+    """Chain layer ``k``'s weight as the model holds it: the post-activation affine of the group it
+    reads unfolded (``W = W' / S``) and its columns back in the model's layout; the post's module
+    written with the reduced (S, T), and module attributes holding the flattened width updated."""
+    W = layer.weight
+    units, t = layer.in_features, layer.taps
+    if g.post is not None:
+        S, T = _post_of(g, small, k - 1, root)
+        W = W.reshape(len(W), units, t) / np.where(S != 0, S, 1.0)[None, :, None]
+        W = W.reshape(len(W), -1)
+        _write_post(root, g.post, S, T)
+    if g.inner is not None and g.inner != t:
+        out = np.empty_like(W)
+        out[:, indexmap.layout(units, t, g.inner).reshape(-1)] = W
+        W = out
+    for path, attr in g.width_attrs:
+        setattr(root.get_submodule(path) if path else root, attr, units * t)
+    return W
+
+
+def _unfed_bias(root: nn.Module, g: Group, small: Network, k: int, layer: Layer) -> np.ndarray:
+    """Chain layer ``k``'s bias with the post-activation shift it read folded in taken out again."""
+    if g.post is None:
+        return layer.bias.copy()
+    S, T = _post_of(g, small, k - 1, root)
+    W = layer.weight.reshape(layer.out_features, layer.in_features, layer.taps) / np.where(S != 0, S, 1.0)[None, :, None]
+    return layer.bias - np.einsum("ict,c->i", W, T)
+
+
+def _write_post(root: nn.Module, norm: Norm, S: np.ndarray, T: np.ndarray) -> None:
+    """An eval BatchNorm set to compute ``S x + T``: unit variance, zero mean, S and T as its
+    affine weight and bias (one without them: 1 / S in its variance, -T / S in its mean)."""
+    n = len(S)
+    if norm.weight and norm.bias:
+        set_tensor(root, norm.weight, torch.from_numpy(np.asarray(S, dtype=np.float64)))
+        set_tensor(root, norm.bias, torch.from_numpy(np.asarray(T, dtype=np.float64)))
+        set_tensor(root, norm.mean, torch.zeros(n, dtype=torch.float64))
+        set_tensor(root, norm.var, torch.ones(n, dtype=torch.float64) * (1.0 - norm.eps))
+    else:
+        if norm.weight:
+            set_tensor(root, norm.weight, torch.ones(n, dtype=torch.float64))
+        if norm.bias:
+            set_tensor(root, norm.bias, torch.zeros(n, dtype=torch.float64))
+        set_tensor(root, norm.mean, torch.from_numpy(-T / S))
+        set_tensor(root, norm.var, torch.from_numpy(1.0 / S ** 2 - norm.eps))
+    _set_width(root, norm.name, "num_features", n)
 
 
 def _set_width(root: nn.Module, path: str, attr: str, n: int) -> None:
@@ -350,22 +472,38 @@ def _drawn(total: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(total, MAX_ROWS, replace=False))
 
 
-def unit_norms(t: torch.Tensor, kind: str, units: int) -> np.ndarray:
+def unit_norms(t: torch.Tensor, kind: str, units: int, root: nn.Module | None = None,
+               feed: Group | None = None) -> np.ndarray:
     """``||h_i||_2`` of each of ``units`` units over a layer input ``t``: a Linear's last axis (a
-    run of columns per unit after a Flatten), a convolution's channels."""
+    run of columns per unit after a Flatten), a convolution's channels; read as the chain's
+    network reads them where ``feed`` (the group feeding the layer, in ``root``) says how
+    (:func:`unit_rows`)."""
     t = t.detach().to("cpu", torch.float64)
     if kind == "linear":
-        a = t.reshape(-1, units, t.shape[-1] // units)
+        R = t.reshape(-1, t.shape[-1]).numpy()
     else:
-        a = t.transpose(0, 1).reshape(units, -1).T[:, :, None]
-    return np.sqrt((a.numpy() ** 2).sum(axis=(0, 2)))
+        R = t.transpose(0, 1).reshape(units, -1).T.numpy()
+    if feed is not None and _reads_through(feed):
+        R = unit_rows(root, feed, R, units)
+    a = R.reshape(len(R), units, -1)
+    return np.sqrt((a ** 2).sum(axis=(0, 2)))
+
+
+def _reads_through(g) -> bool:
+    """Whether group ``g``'s consumer reads its units other than as they are (a permuted layout,
+    a post-activation affine)."""
+    return getattr(g, "post", None) is not None or getattr(g, "inner", None) is not None
 
 
 def chain_inputs(model: nn.Module, chains: list[list[Group]], x) -> tuple[list[list[np.ndarray]], object]:
     """(every chain layer's input rows (:func:`rows`) when ``model`` runs on ``x``, the model's
     output on ``x``): one run, each layer's rows drawn as the run reaches it."""
+    feeds = {c[k].consumer.weight: c[k] for c in chains for k in range(len(c)) if _reads_through(c[k])}
+
     def keep(a: Affine, t: torch.Tensor) -> np.ndarray:
-        return rows(t, a, get_tensor(model, a.weight))
+        R = rows(t, a, get_tensor(model, a.weight))
+        g = feeds.get(a.weight)
+        return R if g is None else unit_rows(model, g, R, int(get_tensor(model, g.producer.weight).shape[0]))
 
     got, y = capture_run(model, [a for c in chains for a in chain_affines(c)], x, keep)
     return [[got[a.weight] for a in chain_affines(c)] for c in chains], y

@@ -1,0 +1,237 @@
+"""One rule per operation between a producer and its consumer (afde_nb.models.groups._follow,
+afde_nb.models.indexmap): index maps proved on the index arithmetic, a BatchNorm after the
+activation, zero padding, a pooling's (values, indices) pair, string padding, and a model as
+users bring them (CREPE's layout: pad -> conv -> ReLU -> BatchNorm -> max-pool, a permute + reshape
+into the classifier read from a module attribute, a Python branch on a keyword flag)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import afde_nb
+from afde_nb.models import indexmap
+from afde_nb.models.groups import export_graph, find_groups
+
+
+def _ids_through(x: torch.Tensor, fn, channels_first: bool = True):
+    """Ids of ``x``'s elements carried through the view ops of ``fn`` in its exported graph."""
+    class M(nn.Module):
+        def forward(self, t):
+            return fn(t)
+    gm = export_graph(M(), (x,), {})
+    nodes = [n for n in gm.graph.nodes if n.op == "call_function" and indexmap.is_view(n)]
+    start = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    ids = indexmap.Ids.start(start, channels_first)
+    for n in nodes:
+        assert ids.apply(n), n.target
+    return ids
+
+
+@pytest.mark.parametrize("fn, inner", [
+    (lambda t: t.flatten(1), 6),                                       # channel-major: c * T + t
+    (lambda t: t.permute(0, 2, 1, 3).reshape(t.shape[0], -1), 2),      # CREPE's (W = 1 there: t * C + c)
+    (lambda t: t.permute(0, 2, 3, 1).flatten(1), 1),                   # channels last
+    (lambda t: t.reshape(t.shape[0], 4, 6).transpose(1, 2).reshape(t.shape[0], -1), 1),
+])
+def test_product_layouts_are_found_and_proved_on_the_indices(fn, inner):
+    x = torch.randn(2, 4, 3, 2)
+    ids = _ids_through(x, fn)
+    got = ids.columns()
+    assert got == (inner, 6)
+    # on the real tensor: channel c's columns (the layout's) hold channel c's values, and every
+    # channel's t-th column reads the same position as channel 0's
+    C, T = 4, 6
+    y = fn(x)
+    flat = x.reshape(2, C, -1)
+    for c in range(C):
+        assert sorted(y[0, indexmap.layout(C, T, inner)[c]].tolist()) == sorted(flat[0, c].tolist())
+    perm = indexmap.channel_major(C, T, inner)
+    yy = y if perm is None else y[:, perm]
+    positions = [torch.nonzero(flat[0, 0] == v).item() for v in yy[0, :T]]
+    for c in range(1, C):
+        assert [torch.nonzero(flat[0, c] == v).item() for v in yy[0, c * T:(c + 1) * T]] == positions
+
+
+@pytest.mark.parametrize("fn, why", [
+    (lambda t: t.transpose(0, 1).reshape(4, -1), "mixes samples"),
+    (lambda t: t.reshape(t.shape[0], 2, 2, 6).permute(0, 2, 1, 3).reshape(t.shape[0], -1), "product layout"),
+])
+def test_layouts_that_would_merge_the_wrong_columns_are_refused(fn, why):
+    ids = _ids_through(torch.randn(2, 4, 3, 2), fn)
+    got = ids.columns()
+    assert isinstance(got, str) and why in got
+
+
+class CrepeLike(nn.Module):
+    """CREPE's block (torchcrepe.model.Crepe) at a small size: F.pad -> conv -> ReLU -> BatchNorm ->
+    max-pool per layer, the last conv's channels read by the classifier through
+    ``permute(0, 2, 1, 3).reshape(-1, self.in_features)``, a Python branch on ``embed``."""
+
+    def __init__(self, ch=(8, 6, 5)):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(1, ch[0], (8, 1), (2, 1)), nn.BatchNorm2d(ch[0], eps=1e-3)
+        self.c2, self.b2 = nn.Conv2d(ch[0], ch[1], (4, 1)), nn.BatchNorm2d(ch[1], eps=1e-3)
+        self.c3, self.b3 = nn.Conv2d(ch[1], ch[2], (4, 1)), nn.BatchNorm2d(ch[2], eps=1e-3)
+        self.in_features = ch[2] * 8
+        self.classifier = nn.Linear(self.in_features, 10)
+        g = torch.Generator().manual_seed(1)
+        for b in (self.b1, self.b2, self.b3):
+            n = b.num_features
+            b.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            b.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            b.weight.data.copy_(torch.rand(n, generator=g) * 2 - 0.5)  # some negative scales
+            b.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+
+    def layer(self, x, conv, bn, padding=(0, 0, 1, 2)):
+        x = F.pad(x, padding)
+        return F.max_pool2d(bn(F.relu(conv(x))), (2, 1), (2, 1))
+
+    def forward(self, x, embed=False):
+        x = x[:, None, :, None]
+        x = self.layer(x, self.c1, self.b1, (0, 0, 3, 4))
+        x = self.layer(x, self.c2, self.b2)
+        if embed:
+            return x
+        x = self.layer(x, self.c3, self.b3)
+        x = x.permute(0, 2, 1, 3).reshape(-1, self.in_features)
+        return torch.sigmoid(self.classifier(x))
+
+
+def _plant(model: CrepeLike, pairs) -> CrepeLike:
+    """Channel j a copy of channel i (conv row, bias, BatchNorm entries) in each (conv, bn, i, j)."""
+    with torch.no_grad():
+        for conv, bn, i, j in pairs:
+            conv.weight[j] = conv.weight[i]
+            conv.bias[j] = conv.bias[i]
+            for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+                t[j] = t[i]
+    return model
+
+
+def _crepe(seed=0) -> CrepeLike:
+    torch.manual_seed(seed)
+    m = CrepeLike().eval()
+    return _plant(m, [(m.c1, m.b1, 0, 5), (m.c2, m.b2, 1, 4), (m.c3, m.b3, 2, 3)])
+
+
+def test_a_crepe_like_network_is_read_whole_and_its_planted_duplicates_go_exactly():
+    m = _crepe()
+    x = torch.randn(48, 128)
+    c = afde_nb.compress(m, eps=0.0, calibration=x)
+    report = c.groups.report()
+    assert "3 lumpable group(s)" in report
+    assert "lumps c3 (conv2d) -> relu -> b3 (folded into classifier) -> classifier" in report
+    assert "permute, reshape" in report and "zero padding" in report
+    widths = [(s.neurons_before, s.neurons_after) for s in c.layers]
+    assert widths == [(8, 7), (6, 5), (5, 4)]
+    y0, y1 = m(x), c.model(x)
+    assert (y1 - y0).abs().max().item() < 1e-5 * y0.abs().max().item()
+    # the reduced model's forward reads its own width: the attribute was rewritten, not the user's
+    assert c.model.in_features == 4 * 8 and m.in_features == 5 * 8
+    assert c.model.b3.num_features == 4 and c.model.classifier.in_features == 32
+    assert m(x, embed=True).shape[1] == 6 and c.model(x, embed=True).shape[1] == 5
+
+
+def test_the_strided_classifier_columns_are_the_ones_merged():
+    """The classifier reads channel c at position t from column t * C + c: a merge of channels 2
+    and 3 must add columns t * 5 + 2 and t * 5 + 3, not a consecutive run."""
+    m = _crepe()
+    x = torch.randn(48, 128)
+    c = afde_nb.compress(m, eps=0.0, calibration=x)
+    W0 = m.classifier.weight.detach().reshape(10, 8, 5)      # (out, t, c)
+    W1 = c.model.classifier.weight.detach().reshape(10, 8, 4)
+    # b3's unit 2 after the merge stands for channels 2 and 3: S-weighted sum of their columns
+    s0 = (m.b3.weight / torch.sqrt(m.b3.running_var + m.b3.eps)).detach()
+    s1 = (c.model.b3.weight / torch.sqrt(c.model.b3.running_var + c.model.b3.eps)).detach()
+    kept = [k for k in range(5) if k != 3]
+    for new, old in enumerate(kept):
+        # up to the positive factor a ReLU unit is rescaled by (its row norm)
+        want = W0[:, :, old] * s0[old] + (W0[:, :, 3] * s0[3] if old == 2 else 0)
+        got = W1[:, :, new] * s1[new]
+        k = (got * want).sum() / (want * want).sum()
+        assert k > 0 and torch.allclose(got, k * want, atol=1e-5 * float(want.abs().max()))
+
+
+def test_the_reduced_crepe_exports_and_reloads_with_stock_torch(tmp_path):
+    m = _crepe()
+    x = torch.randn(32, 128)
+    c = afde_nb.compress(m, eps=0.3, calibration=x)
+    assert c.params_after < c.params_before
+    c.save(tmp_path / "r.pt2", example_inputs=x[:2])
+    prog = torch.export.load(str(tmp_path / "r.pt2")).module()
+    assert torch.allclose(prog(x[:5]), c.model(x[:5]), atol=1e-6)
+
+
+def test_without_shapes_the_index_map_is_named_and_export_is_suggested():
+    m = _crepe()
+    c = afde_nb.compress(m, eps=0.0)  # data-free: no inputs to export on
+    report = c.groups.report()
+    assert "left alone c3: its outputs feed permute" in report and "torch.export" in report
+    assert [(s.neurons_before, s.neurons_after) for s in c.layers] == [(8, 7), (6, 5)]
+
+
+def test_a_reshape_to_a_literal_width_is_left_alone_with_its_line():
+    class Literal(CrepeLike):
+        def __init__(self):
+            super().__init__()
+            self.in_features = None  # the width is a literal below, in no attribute
+
+        def forward(self, x, embed=False):
+            x = x[:, None, :, None]
+            x = self.layer(x, self.c1, self.b1, (0, 0, 3, 4))
+            x = self.layer(x, self.c2, self.b2)
+            x = self.layer(x, self.c3, self.b3)
+            return self.classifier(x.permute(0, 2, 1, 3).reshape(-1, 40))
+    torch.manual_seed(0)
+    m = Literal().eval()
+    d = find_groups(m, ((torch.randn(2, 128),), {}))
+    why = dict(d.skipped)["c3"]
+    assert "fixed width 40" in why and "test_rules.py:" in why
+
+
+def test_a_batchnorm_after_the_activation_into_a_linear_is_exact_and_lossy_merges_are_measured():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.BatchNorm1d(12), nn.Linear(12, 3)).eval()
+    with torch.no_grad():
+        bn = m[2]
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(-1, 2), bn.bias.uniform_(-1, 1)
+        m[0].weight[7] = m[0].weight[2]
+        m[0].bias[7] = m[0].bias[2]
+        for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+            t[7] = t[2]
+    x = torch.randn(256, 6)
+    c = afde_nb.compress(m, eps=0.0, calibration=x)
+    assert c.layers[0].neurons_before == 12 and c.layers[0].neurons_after == 11
+    assert (c.model(x) - m(x)).abs().max() < 1e-5
+    c = afde_nb.compress(m, eps=0.2, calibration=x, repair=False)
+    assert c.layers[0].neurons_after < 11
+    y0 = m(x).detach().double()
+    err = float(((c.model(x).detach().double() - y0) ** 2).mean() / ((y0 - y0.mean(0)) ** 2).mean())
+    assert err > 1e-8 and abs(err - c.calibration_error["relative_mse"]) < 1e-4 * err
+
+
+@pytest.mark.parametrize("pool_indices", [False, True])
+def test_string_padding_and_a_pool_returning_indices_pass(pool_indices):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding="same")
+            self.b = nn.Conv2d(8, 6, 3, padding="same")
+            self.fc = nn.Linear(6 * 4 * 4, 2)
+
+        def forward(self, x):
+            h = torch.tanh(self.a(x))
+            h = F.max_pool2d(h, 2, return_indices=True)[0] if pool_indices else F.max_pool2d(h, 2)
+            return self.fc(torch.relu(self.b(h)).flatten(1))
+    torch.manual_seed(0)
+    m = Net().eval()
+    with torch.no_grad():
+        m.a.weight[5] = m.a.weight[1]
+        m.a.bias[5] = m.a.bias[1]
+    x = torch.randn(16, 3, 8, 8)
+    c = afde_nb.compress(m, eps=0.0, calibration=x)
+    assert [(s.neurons_before, s.neurons_after) for s in c.layers][:1] == [(8, 7)]
+    assert (c.model(x) - m(x)).abs().max() < 1e-5
