@@ -319,3 +319,23 @@ def test_tiny_llama_every_baseline():
         for lin in (l.mlp.gate_proj, l.mlp.up_proj, l.mlp.down_proj):
             assert int((lin.weight == 0).sum()) == lin.weight.numel() // 2
     assert wanda_prune(m, 0.5, batch).params == masked.params
+
+
+def test_repair_reuses_the_originals_values_bit_for_bit():
+    """issue 29: the original's outputs on the repair rows are computed once per (net, rows) and
+    reused; the refit, the units' values and SiLU are bit-identical to the plain formulas."""
+    from afde_nb.core.network import apply_activation
+    from scipy.special import expit
+
+    g = gated()
+    x = calib().double().numpy()
+    net = capture(g).nets[0]
+    small = cg.select(net, np.arange(0, 16, 2))
+    first, again = cg.repair(net, small, x), cg.repair(net, small, x)
+    fresh = cg.repair(capture(g).nets[0], small, x.copy())
+    for a in (again, fresh):
+        assert np.array_equal(first.down.weight, a.down.weight) and np.array_equal(first.down.bias, a.down.bias)
+    z = x @ net.gate.weight.T + net.gate.bias
+    assert np.array_equal(net.hidden_values(x), apply_activation(z, "silu") * (x @ net.up.weight.T + net.up.bias))
+    assert np.array_equal(apply_activation(z, "silu"), z * expit(1.0 * z))
+    assert np.array_equal(apply_activation(z, "silu", params=(("beta", 1.702),)), z * expit(1.702 * z))

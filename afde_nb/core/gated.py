@@ -43,7 +43,7 @@ from .. import _core
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from .network import ODD, Layer, Network, apply_activation, finite, non_finite_error
 from .path import EXACT_REL, LINKAGES, PROBES, LayerPath, MergePath, block_sums, units_path
-from .repair import LOSSY, RIDGE, _fit
+from .repair import LOSSY, RIDGE, _fit, original_values
 
 #: odd activations without parameters (hardtanh: only where min_val = -max_val, see :func:`odd`)
 ODD_GATES = ("identity", "tanh") + ODD
@@ -115,7 +115,14 @@ class GatedNet(Network):
         """The units' values h = act(gate x) * (up x) on rows ``x`` (float64)."""
         x = np.asarray(x, dtype=np.float64)
         g, u = self.gate, self.up
-        return g.apply(x @ g.weight.T + g.bias) * (x @ u.weight.T + u.bias)
+        z = x @ g.weight.T
+        z += g.bias  # in place: the same sums as ``x @ W.T + b``, without another (rows, units) array
+        h = g.apply(z)
+        v = x @ u.weight.T
+        v += u.bias
+        if isinstance(h, np.ndarray) and h.dtype == v.dtype and h.shape == v.shape:
+            return np.multiply(h, v, out=h)
+        return h * v
 
     def layer_inputs(self, x: np.ndarray) -> list[np.ndarray]:
         return [np.asarray(x, dtype=np.float64), self.hidden_values(x)]
@@ -431,7 +438,7 @@ def repair(original: GatedNet, reduced: GatedNet, X: np.ndarray, ridge: float = 
             raise ShapeMismatchError(f"mask of shape {mask.shape} for the down projection {reduced.down.path}, "
                                      f"expected {np.shape(reduced.down.weight)}")
     X = np.asarray(X, dtype=np.float64)
-    Z = original.forward(X)
+    Z = original_values(original, "out", X, lambda: original.forward(X))
     H = reduced.hidden_values(X)
     W, b = _fit(H, Z, reduced.down.has_bias, mask, ridge)
     dt = np.asarray(reduced.down.weight).dtype
