@@ -34,16 +34,17 @@ def _ids_through(x: torch.Tensor, fn, channels_first: bool = True):
     (lambda t: t.flatten(1), 6),                                       # channel-major: c * T + t
     (lambda t: t.permute(0, 2, 1, 3).reshape(t.shape[0], -1), 2),      # CREPE's (W = 1 there: t * C + c)
     (lambda t: t.permute(0, 2, 3, 1).flatten(1), 1),                   # channels last
-    (lambda t: t.reshape(t.shape[0], 4, 6).transpose(1, 2).reshape(t.shape[0], -1), 1),
+    (lambda t: t.reshape(t.shape[0], t.shape[1], 6).transpose(1, 2).reshape(t.shape[0], -1), 1),
 ])
-def test_product_layouts_are_found_and_proved_on_the_indices(fn, inner):
-    x = torch.randn(2, 4, 3, 2)
+@pytest.mark.parametrize("C", [4, 9])
+def test_product_layouts_are_found_and_proved_on_the_indices(fn, inner, C):
+    x = torch.randn(2, C, 3, 2)
     ids = _ids_through(x, fn)
     got = ids.columns()
-    assert got == (inner, 6)
+    T = 6
+    assert got == (inner, T)
     # on the real tensor: channel c's columns (the layout's) hold channel c's values, and every
     # channel's t-th column reads the same position as channel 0's
-    C, T = 4, 6
     y = fn(x)
     flat = x.reshape(2, C, -1)
     for c in range(C):

@@ -153,7 +153,7 @@ class Ids:
         if (unit != (j // inner) % C).any():
             return "its columns are not one product layout of units and positions"
         cols = layout(C, T, inner)
-        if (pos[cols] != pos[cols[:T]][None, :]).any():
+        if (pos[cols] != pos[cols[0]][None, :]).any():
             return "its units' columns read different positions"
         return inner, T
 
