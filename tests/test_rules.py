@@ -236,3 +236,76 @@ def test_string_padding_and_a_pool_returning_indices_pass(pool_indices):
     c = afde_nb.compress(m, eps=0.0, calibration=x)
     assert [(s.neurons_before, s.neurons_after) for s in c.layers][:1] == [(8, 7)]
     assert (c.model(x) - m(x)).abs().max() < 1e-5
+
+
+class InlineGelu(nn.Module):
+    """BLOOM's BloomGelu: the tanh GELU written as multiplies, a class no table names."""
+
+    def forward(self, x):
+        return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
+
+
+def test_an_activation_module_of_an_unknown_class_is_recognised_by_its_values():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 10), InlineGelu(), nn.Linear(10, 2)).eval()
+    with torch.no_grad():
+        m[0].weight[6], m[0].bias[6] = m[0].weight[3], m[0].bias[3]
+    x = torch.randn(64, 5)
+    c = afde_nb.compress(m, eps=0.0, calibration=x)
+    assert "-> gelu -> 2" in c.groups.report()
+    assert [(s.neurons_before, s.neurons_after) for s in c.layers] == [(10, 9)]
+    assert (c.model(x) - m(x)).abs().max() < 1e-5
+    # a parameter-free module computing something else is not taken for an activation
+    class Cube(nn.Module):
+        def forward(self, x):
+            return x * x * x
+    d = find_groups(nn.Sequential(nn.Linear(5, 10), Cube(), nn.Linear(10, 2)))
+    assert not d.groups
+
+
+class FusedMLP(nn.Module):
+    """Phi-3's MLP: one gate_up_proj cut by chunk, up * silu(gate), down_proj."""
+
+    def __init__(self, d=6, inner=10):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(d, 2 * inner, bias=False)
+        self.down_proj = nn.Linear(inner, d, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return x + self.down_proj(up * F.silu(gate))
+
+
+def test_a_fused_gate_up_projection_cut_by_chunk_is_a_gated_group(tmp_path):
+    torch.manual_seed(0)
+    m = nn.Sequential(FusedMLP(), FusedMLP()).eval()
+    with torch.no_grad():
+        w = m[0].gate_up_proj.weight
+        w[7], w[10 + 7] = w[2], 2.5 * w[10 + 2]    # gate rows equal, up rows proportional: exact
+    x = torch.randn(64, 6)
+    c = afde_nb.compress(m, eps=0.0, calibration=x)
+    report = c.groups.report()
+    assert "silu(0.gate_up_proj) * 0.gate_up_proj (linear, fused: rows 0:10 and 10:20) -> 0.down_proj" in report
+    assert [(s.neurons_before, s.neurons_after) for s in c.layers] == [(10, 9), (10, 10)]
+    assert (c.model(x) - m(x)).abs().max() < 1e-5
+    assert c.model[0].gate_up_proj.weight.shape == (18, 6) and c.model[0].gate_up_proj.out_features == 18
+    c = afde_nb.compress(m, eps=0.5, calibration=x)
+    assert c.params_after < c.params_before
+    c.save(tmp_path / "r.pt2", example_inputs=x[:2])
+    prog = torch.export.load(str(tmp_path / "r.pt2")).module()
+    assert torch.allclose(prog(x[:4]), c.model(x[:4]), atol=1e-6)
+
+
+def test_experts_stored_fused_in_three_axes_are_named_not_passed_over():
+    class Experts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate_up_proj = nn.Parameter(torch.randn(4, 16, 6))
+            self.down_proj = nn.Parameter(torch.randn(4, 6, 8))
+
+        def forward(self, x):
+            gate, up = torch.einsum("nd,eod->neo", x, self.gate_up_proj).chunk(2, dim=-1)
+            return torch.einsum("neo,edo->nd", F.silu(gate) * up, self.down_proj)
+    d = find_groups(nn.Sequential(nn.Linear(6, 6), Experts()))
+    why = dict(d.skipped)["1"]
+    assert "fused in three axes" in why and "gate_up_proj (4, 16, 6)" in why

@@ -431,10 +431,11 @@ def plant(model: nn.Module, group, pairs) -> None:
             if getattr(a, "transposed", False):
                 w = w.t()
             b = param(a.bias) if getattr(a, "bias", None) else None
+            off = a.rows[0] if getattr(a, "rows", None) else 0  # one half of a fused projection
             for i, j in pairs:
-                w[j] = w[i]
+                w[off + j] = w[off + i]
                 if b is not None:
-                    b[j] = b[i]
+                    b[off + j] = b[off + i]
         for n in norms:
             for path in (n.weight, n.bias, n.mean, n.var):
                 if path:

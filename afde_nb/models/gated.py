@@ -19,7 +19,7 @@ model from its weights' shapes.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -67,8 +67,15 @@ class GatedGroup:
     def name(self) -> str:
         return self.gate.name
 
+    @property
+    def fused(self) -> bool:
+        """Gate and up are two halves of one projection (``gate_up_proj``, cut by ``chunk``)."""
+        return self.gate.weight == self.up.weight
+
     def describe(self) -> str:
         kind = f"{self.gate.kind}, weights stored (in, out)" if self.gate.transposed else self.gate.kind
+        if self.fused:
+            kind += f", fused: rows {self.gate.rows[0]}:{self.gate.rows[1]} and {self.up.rows[0]}:{self.up.rows[1]}"
         return (f"lumps gated units {self.activation}({self.gate.name}) * {self.up.name} ({kind}) -> "
                 f"{self.down.name}")
 
@@ -139,6 +146,41 @@ def _consumer(r, mul: fx.Node):
         return (nxt, c), ""
 
 
+_CHUNK_FUNCS = (torch.chunk, aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default, torch.split)
+
+
+def _halves(r, node: fx.Node, a) -> list[tuple[fx.Node, object]]:
+    """Where a Linear's output is cut in two equal halves along its units (``chunk(2, dim=-1)``,
+    ``split(n, dim=-1)``, each half taken by ``getitem``): [(getitem node, the affine of that half's
+    rows)], else []. A fused projection, Phi-3's ``gate_up_proj``, is then two producers."""
+    users = list(node.users)
+    if len(users) != 1:
+        return []
+    cut = users[0]
+    method = cut.op == "call_method" and cut.target in ("chunk", "split")
+    if not (method or (cut.op == "call_function" and cut.target in _CHUNK_FUNCS)):
+        return []
+    args = list(cut.args) + [None, None]
+    rows = int(get_tensor(r.root, a.weight).shape[1 if a.transposed else 0])
+    dim = cut.kwargs.get("dim", args[2] if args[2] is not None else 0)
+    if dim not in (-1, _ndim(node) - 1):
+        return []
+    size = cut.kwargs.get("chunks", cut.kwargs.get("split_size", cut.kwargs.get("split_size_or_sections", args[1])))
+    chunked = "chunk" in str(cut.target)
+    if (chunked and size != 2) or (not chunked and size not in (rows // 2, [rows // 2] * 2)) or rows % 2:
+        return []
+    takes = {u.args[1]: u for u in cut.users if u.target is operator.getitem}
+    if set(takes) != {0, 1} or len(cut.users) != 2:
+        return []
+    half = rows // 2
+    return [(takes[k], replace(a, rows=(k * half, (k + 1) * half))) for k in (0, 1)]
+
+
+def _ndim(node: fx.Node) -> int:
+    val = node.meta.get("val")
+    return val.dim() if isinstance(val, torch.Tensor) else -1
+
+
 def find_gated(found: list, uses: dict, groups: list, skipped: list) -> tuple[list[GatedGroup], list]:
     """The gated groups among the affine operations ``found`` (``(reader, node, affine)`` as
     :func:`~afde_nb.models.groups.find_groups` collects them; ``uses``: parameter path -> number of
@@ -149,10 +191,11 @@ def find_gated(found: list, uses: dict, groups: list, skipped: list) -> tuple[li
     for r, node, a in found:
         if a.kind != "linear":
             continue
-        got = _to_product(r, node)
-        if got is not None:
-            mul, act, operand = got
-            sides.setdefault((id(r), mul), []).append((r, node, a, act, operand))
+        for start, part in _halves(r, node, a) or [(node, a)]:
+            got = _to_product(r, start)
+            if got is not None:
+                mul, act, operand = got
+                sides.setdefault((id(r), mul), []).append((r, node, part, act, operand))
     producers = {g.producer.weight for g in groups}
     out: list[GatedGroup] = []
     lumped: set[str] = set()
@@ -167,6 +210,8 @@ def find_gated(found: list, uses: dict, groups: list, skipped: list) -> tuple[li
             for nm in names:
                 why[nm] = f"its outputs feed {mul.name}, a product of two activated branches (not a gated unit)"
             continue
+        if names[0] == names[1] and parts[0][2].rows is None:
+            continue  # one Linear read twice, not a fused projection cut in two
         if acted:
             gate = acted[0]
             up = next(p for p in parts if p is not gate)
@@ -212,6 +257,8 @@ def _layer(root: nn.Module, a, act: str = "identity", slope: float = 0.01, param
         raise UnsupportedLayerError(f"{a.name}: a gated unit's layers are Linear, got a weight of shape {tuple(w.shape)}")
     W = _np(w, a.weight)
     b = _np(get_tensor(root, a.bias), a.bias) if a.bias else np.zeros(len(W))
+    if a.rows is not None:  # one half of a fused projection
+        W, b = W[a.rows[0]:a.rows[1]], b[a.rows[0]:a.rows[1]]
     return Layer(W, b, act, slope, has_bias=bool(a.bias), path=a.name, act_params=params)
 
 
@@ -239,11 +286,16 @@ def write_back(root: nn.Module, chain: list, small) -> None:
         raise UnsupportedLayerError(
             f"{g.gate.name} * {g.up.name} -> {g.down.name} is a gated group: it takes a reduced gated layer "
             f"(afde_nb.core.gated.GatedNet, gate, up and down together), got a {type(small).__name__}")
-    for a, layer in ((g.gate, small.gate), (g.up, small.up), (g.down, small.down)):
-        W = torch.from_numpy(np.ascontiguousarray(layer.weight))
+    parts = [(g.gate, small.gate.weight, small.gate.bias), (g.up, small.up.weight, small.up.bias),
+             (g.down, small.down.weight, small.down.bias)]
+    if g.fused:  # the two halves back into one projection, in the order its rows had
+        first, second = sorted(parts[:2], key=lambda p: p[0].rows[0])
+        parts = [(first[0], np.concatenate([first[1], second[1]]), np.concatenate([first[2], second[2]])), parts[2]]
+    for a, weight, bias in parts:
+        W = torch.from_numpy(np.ascontiguousarray(weight))
         set_tensor(root, a.weight, W.t().contiguous() if a.transposed else W)
         if a.bias:
-            set_tensor(root, a.bias, torch.from_numpy(np.array(layer.bias, dtype=np.float64)))
+            set_tensor(root, a.bias, torch.from_numpy(np.array(bias, dtype=np.float64)))
         path = a.module or a.name
         try:
             m = root.get_submodule(path)

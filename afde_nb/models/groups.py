@@ -148,6 +148,9 @@ class Affine:
     padding_mode: str = "zeros"
     #: a Linear whose weight is stored (in, out): y = x @ W + b (Hugging Face's Conv1D, an addmm)
     transposed: bool = False
+    #: (start, stop): this layer is those output rows of its parameters, a fused projection cut by
+    #: ``chunk``/``split`` (Phi-3's ``gate_up_proj``); None: all of them
+    rows: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -662,7 +665,7 @@ def _recognise(m: nn.Module) -> tuple[str, float, tuple] | str | None:
         if read is not None or (hf.from_transformers(m) and type(m).__name__ in hf.ACTIVATIONS):
             return (f"a {type(m).__name__} that is not one element-wise function (a slope per channel, or random "
                     "slopes in training)")
-        return None
+        return _by_values(m)
     name, p = got
     p = dict(p)
     slope = float(p.pop("negative_slope", 0.01))
@@ -685,6 +688,35 @@ def _recognise(m: nn.Module) -> tuple[str, float, tuple] | str | None:
     if y.shape != want.shape or not np.allclose(y, want, rtol=tol, atol=tol):
         return f"a {type(m).__name__} whose values are not those of {name}{dict(params) or ''}"
     return name, slope, params
+
+
+#: what a module of a class nobody registered may compute, tried on :data:`_PROBE` (BLOOM's
+#: ``BloomGelu`` writes the tanh GELU as multiplies): the first one whose values it gives
+_BY_VALUES = (("gelu", 0.01, (("approximate", "tanh"),)), ("gelu", 0.01, (("approximate", "none"),)),
+              ("silu", 0.01, ()), ("relu", 0.01, ()), ("tanh", 0.01, ()), ("sigmoid", 0.01, ()),
+              ("mish", 0.01, ()), ("hardswish", 0.01, ()), ("elu", 0.01, (("alpha", 1.0),)),
+              ("softplus", 0.01, (("beta", 1.0), ("threshold", 20.0))))
+
+
+def _by_values(m: nn.Module) -> tuple[str, float, tuple] | None:
+    """(name, slope, parameters) of a parameter-free module whose values on :data:`_PROBE` are one
+    known activation's (to float32 rounding), else None: a rule on what an element-wise module
+    computes rather than on its class name."""
+    if next(itertools.chain(m.parameters(), m.buffers()), None) is not None:
+        return None
+    try:
+        with torch.no_grad():
+            y = m(_PROBE.clone())
+    except Exception:  # noqa: BLE001 - not a function of one tensor
+        return None
+    if not isinstance(y, torch.Tensor) or y.shape != _PROBE.shape or not torch.isfinite(y).all():
+        return None
+    y = y.detach().to(torch.float64).numpy()
+    for name, slope, params in _BY_VALUES:
+        want = apply_activation(_PROBE.numpy(), name, slope, params)
+        if np.allclose(y, want, rtol=1e-5, atol=1e-5):
+            return name, slope, params
+    return None
 
 
 def export_graph(model: nn.Module, args: tuple = (), kwargs: dict | None = None) -> fx.GraphModule:
@@ -790,6 +822,7 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
             continue
         groups.append(group)
     order = {k: i for i, k in enumerate(model.state_dict(keep_vars=True))}
+    skipped += _fused(model, {a.weight for _, _, a in found})
     gated, skipped = find_gated(found, uses, groups, skipped)
     inverted, groups, skipped = find_inverted(found, uses, groups, skipped)
     chains = sorted(_chains(groups) + [[g] for g in gated] + [[g] for g in inverted],
@@ -809,6 +842,21 @@ def _where(node: fx.Node) -> str:
         return f" ({last[0].split('File ', 1)[1].strip().strip(chr(34)).rsplit('/', 1)[-1]}:{last[1].split()[-1]})"
     except IndexError:
         return ""
+
+
+def _fused(model: nn.Module, read: set[str]) -> list[tuple[str, str]]:
+    """Modules holding parameters of three or more axes that no convolution reads: a mixture of
+    experts stored fused (transformers 5's ``MixtralExperts``: ``gate_up_proj`` (experts, 2 I, H),
+    ``down_proj`` (experts, H, I)), batched matrix products whose units no rule here follows. Named,
+    so a report never passes them over in silence."""
+    out: dict[str, list[str]] = {}
+    for name, p in model.named_parameters():
+        if p.dim() >= 3 and name not in read and not isinstance(
+                model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model, nn.modules.conv._ConvNd):
+            path, _, attr = name.rpartition(".")
+            out.setdefault(path or "(model)", []).append(f"{attr} {tuple(p.shape)}")
+    return [(path, f"parameters stored fused in three axes ({', '.join(v)}; a mixture of experts' batched weights): "
+                   "their units are not lumped") for path, v in out.items()]
 
 
 def _reads_shape(node: fx.Node) -> bool:
