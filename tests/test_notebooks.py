@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -16,7 +17,12 @@ pytest.importorskip("matplotlib")
 import afde_nb  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-BUDGET_S = 120  # each notebook is meant to run in well under a minute
+# A hang guard per cell, not a speed check. Each notebook runs in well under a minute on an idle
+# machine (beyond_stacks: 43 s, quickstart: 11 s at load 5 on 2 cores, 2026-12-07), but a 120 s
+# limit on the whole notebook, which this test had, failed once in three runs at load 7 (issue 28):
+# wall-clock limits that load can exceed make the check depend on the machine, not the notebook.
+# The panels' background work is waited for without a timeout (panel.wait(), checked below).
+CELL_TIMEOUT_S = 600
 
 
 def _execute(name: str, tmp_path: Path, monkeypatch) -> tuple[nbformat.NotebookNode, str]:
@@ -26,10 +32,9 @@ def _execute(name: str, tmp_path: Path, monkeypatch) -> tuple[nbformat.NotebookN
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (pkg_parent, os.environ.get("PYTHONPATH")) if p))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     t0 = time.perf_counter()
-    nbclient.NotebookClient(nb, timeout=BUDGET_S, kernel_name="python3", startup_timeout=60,
+    nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", startup_timeout=CELL_TIMEOUT_S,
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
-    elapsed = time.perf_counter() - t0
-    assert elapsed < BUDGET_S, f"{name} took {elapsed:.0f} s"
+    print(f"{name}: {time.perf_counter() - t0:.0f} s")  # shown with -s; no limit (see CELL_TIMEOUT_S)
     text = []
     for cell in nb.cells:
         for out in cell.get("outputs", []):
@@ -52,6 +57,31 @@ def test_committed_without_outputs(name):
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, f"{name}: clear the outputs before committing"
+
+
+def _code(name: str) -> list[str]:
+    return [c.source for c in nbformat.read(NOTEBOOKS / name, as_version=4).cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "study.ipynb", "beyond_stacks.ipynb"])
+def test_panels_are_waited_for_without_a_timeout(name):
+    """A notebook that builds a Panel (in a kernel its first results come on a background thread)
+    waits for them with panel.wait() before reading them, never with a timeout that load can
+    exceed, and none sleeps to let the work finish."""
+    cells = _code(name)
+    made = [i for i, src in enumerate(cells) if re.search(r"\bPanel\(", src)]
+    for i, src in enumerate(cells):
+        assert "time.sleep" not in src, f"{name}: cell {i} sleeps"
+        for args in re.findall(r"\.wait\(([^)]*)\)", src):
+            assert args.strip() == "", f"{name}: cell {i} waits with a timeout: wait({args})"
+    for i in made:
+        reads = [j for j in range(i + 1, len(cells)) if re.search(r"panel\.(figures|curve|set_eps|export)", cells[j])]
+        if reads:
+            first = reads[0]
+            assert any("panel.wait()" in cells[j] for j in range(i, first + 1)), \
+                f"{name}: the panel of cell {i} is read in cell {first} before panel.wait()"
+    if name != "study.ipynb":
+        assert made, f"{name} builds no Panel any more: update this test"
 
 
 @pytest.mark.slow

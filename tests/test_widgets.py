@@ -664,6 +664,10 @@ def test_target_kept_shows_what_compress_finds(Panel, model, data):
 
 
 # ------------------------------------------------------------- shown at once, filled in the background
+# How long a test waits for the panel's background work: a hang guard, not a speed check (the work
+# takes about a second here; a shared 2-core machine at load 7 stretches it several-fold, issue 28)
+WAIT_S = 600.0
+
 def _gated(monkeypatch):
     """Gates in front of the panel's first compression and its trade-off rows: the test decides
     when each may run (so what the panel shows meanwhile is deterministic)."""
@@ -676,12 +680,12 @@ def _gated(monkeypatch):
     real_update, real_tradeoff = PanelState.update, bench.tradeoff
 
     def update(self):
-        assert gates["update"].wait(60)
+        assert gates["update"].wait(WAIT_S)
         return real_update(self)
 
     @functools.wraps(real_tradeoff)  # its signature: the state asks it which variants it has
     def tradeoff(*args, **kw):
-        assert gates["tradeoff"].wait(60)
+        assert gates["tradeoff"].wait(WAIT_S)
         return real_tradeoff(*args, **kw)
 
     monkeypatch.setattr(PanelState, "update", update)
@@ -689,7 +693,7 @@ def _gated(monkeypatch):
     return gates
 
 
-def _until(cond, timeout=60.0):
+def _until(cond, timeout=WAIT_S):
     import time
 
     end = time.monotonic() + timeout
@@ -717,7 +721,7 @@ def test_panel_appears_at_once_and_fills_in_the_background(Panel, model, data, m
     p.set_eps(1.5)  # the panel answers while the trade-off is computed
     _check_matches(p, model, X, y, 1.5, "backward")
     gates["tradeoff"].set()
-    assert p.wait(120)
+    assert p.wait(WAIT_S)
     assert not p.loading and p.errors == [] and p.error_area.value == ""
     assert {"afde-backward+repair", "magnitude+repair"} <= {r["method"] for r in p.curve}
     assert "image/png" in p.tradeoff_out.outputs[0]["data"] and not p.tradeoff_button.disabled
@@ -733,11 +737,11 @@ def test_panel_appears_at_once_and_fills_in_the_background(Panel, model, data, m
 def test_background_errors_are_shown(Panel, model, data, monkeypatch):
     X, y = data
     p = Panel("not a model", background=True)
-    assert p.wait(60) and p.compression is None
+    assert p.wait(WAIT_S) and p.compression is None
     assert "UnsupportedLayerError" in p.errors[-1] and "UnsupportedLayerError" in p.error_area.value
     assert p.progress.layout.visibility == "hidden"
     p = Panel(model, (X, y), mode="sideways", background=True, tradeoff=False)
-    assert p.wait(60) and p.compression.mode == "backward" and "mode must be" in p.error_area.value
+    assert p.wait(WAIT_S) and p.compression.mode == "backward" and "mode must be" in p.error_area.value
 
     import functools
 
@@ -749,7 +753,7 @@ def test_background_errors_are_shown(Panel, model, data, monkeypatch):
 
     monkeypatch.setattr(bench, "tradeoff", boom)
     p = Panel(model, (X, y), eps=0.5, background=True)
-    assert p.wait(60) and p.compression is not None
+    assert p.wait(WAIT_S) and p.compression is not None
     assert p.errors == ["RuntimeError: boom in the trade-off"] and "boom" in p.error_area.value
     assert p.progress.layout.visibility == "hidden" and not p.tradeoff_button.disabled
 
@@ -764,7 +768,7 @@ def test_close_stops_the_background_work(Panel, model, data, monkeypatch):
     _until(lambda: p.compression is not None)
     p.close()
     gates["tradeoff"].set()  # the trade-off's first step sees the panel closed and stops
-    assert p.wait(60) and p.curve is None and p.errors == []
+    assert p.wait(WAIT_S) and p.curve is None and p.errors == []
     assert not set(open_) - before
 
 
@@ -798,7 +802,7 @@ def test_background_by_default_in_a_kernel(Panel, model, data, monkeypatch):
     p = Panel(model, (X, y), eps=0.5, tradeoff=False)
     assert p.loading and p.compression is None
     gates["update"].set()
-    assert p.wait(60) and p.errors == []
+    assert p.wait(WAIT_S) and p.errors == []
     _check_matches(p, model, X, y, 0.5, "backward")
 
 
