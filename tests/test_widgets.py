@@ -540,6 +540,19 @@ def _plain_torch(arch_path, weights):
     return m.eval()
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors", ".pt2"])
+def test_an_export_that_cannot_be_written_is_shown_in_one_line(Panel, model, data, tmp_path, suffix):
+    """Issue 28: the panel's export button goes through Compression.save, so a path under a regular
+    file (or a read-only folder) is one WriteError in the error area, and nothing is written."""
+    X, y = data
+    p = Panel(model, (X, y), eps=1.0, tradeoff=False)
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    assert p.export(str(tmp_path / "blocker" / f"small{suffix}"), suffix) is None
+    assert len(p.errors) == 1 and p.errors[0].startswith(f"WriteError: cannot write {tmp_path / 'blocker'}")
+    assert "is a file, not a folder" in p.errors[0] and "WriteError" in p.error_area.value
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["blocker"]
+
+
 def test_export_reloads_in_plain_torch(Panel, model, data, tmp_path):
     X, y = data
     p = Panel(model, (X, y), eps=1.0, tradeoff=False)
