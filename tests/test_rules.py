@@ -309,3 +309,37 @@ def test_experts_stored_fused_in_three_axes_are_named_not_passed_over():
     d = find_groups(nn.Sequential(nn.Linear(6, 6), Experts()))
     why = dict(d.skipped)["1"]
     assert "fused in three axes" in why and "gate_up_proj (4, 16, 6)" in why
+
+
+class TFPadBlock(nn.Module):
+    """Hugging Face's MobileNetV2 block: expand 1x1 -> BN -> ReLU6 -> TensorFlow's asymmetric
+    "same" pad -> depthwise 3x3 stride 2 -> BN -> ReLU6 -> a pad of nothing -> reduce 1x1 -> BN."""
+
+    def __init__(self, cin=4, hidden=12, cout=5):
+        super().__init__()
+        self.expand, self.bn1 = nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden)
+        self.dw, self.bn2 = nn.Conv2d(hidden, hidden, 3, stride=2, groups=hidden, bias=False), nn.BatchNorm2d(hidden)
+        self.reduce, self.bn3 = nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        h = F.relu6(self.bn1(self.expand(x)))
+        h = F.relu6(self.bn2(self.dw(F.pad(h, (0, 1, 0, 1)))))
+        return self.bn3(self.reduce(F.pad(h, (0, 0, 0, 0))))
+
+
+def test_tensorflow_padding_before_a_depthwise_conv_keeps_the_channel_one_unit():
+    torch.manual_seed(0)
+    m = TFPadBlock().eval()
+    with torch.no_grad():
+        for t in (m.bn1.running_mean, m.bn1.running_var, m.bn2.running_mean, m.bn2.running_var):
+            t.uniform_(0.5, 1.5)
+        m.expand.weight[9] = m.expand.weight[3]
+        m.dw.weight[9] = m.dw.weight[3]
+        for bn in (m.bn1, m.bn2):
+            for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+                t[9] = t[3]
+    x = torch.randn(8, 4, 9, 9)
+    c = afde_nb.compress(m, eps=0.0, calibration=x)
+    assert "lumps expand (conv2d) -> hardtanh -> zero padding -> depthwise dw -> hardtanh -> reduce" in c.groups.report()
+    assert [(s.neurons_before, s.neurons_after) for s in c.layers] == [(12, 11)]
+    assert (c.model(x) - m(x)).abs().max() < 1e-5

@@ -58,25 +58,33 @@ class Geometry:
     stride: tuple = (1, 1)
     padding: tuple = (0, 0)
     dilation: tuple = (1, 1)
+    #: explicit zero padding before the convolution (top, bottom, left, right): TensorFlow's
+    #: asymmetric "same" padding written as an ``F.pad`` (Hugging Face's MobileNetV2)
+    pre: tuple = (0, 0, 0, 0)
+
+    def _sides(self) -> tuple[int, int]:
+        return self.pre[0] + self.pre[1], self.pre[2] + self.pre[3]
 
     def out(self, h: int, w: int) -> tuple[int, int]:
-        return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1
-                     for s, k, st, p, d in zip((h, w), self.kernel, self.stride, self.padding, self.dilation))
+        return tuple((s + e + 2 * p - d * (k - 1) - 1) // st + 1 for s, e, k, st, p, d in zip(
+            (h, w), self._sides(), self.kernel, self.stride, self.padding, self.dilation))
 
     def size_in(self, h: int, w: int) -> tuple[int, int]:
         """An input size whose output is (h, w)."""
-        return tuple((o - 1) * st + d * (k - 1) + 1 - 2 * p
-                     for o, k, st, p, d in zip((h, w), self.kernel, self.stride, self.padding, self.dilation))
+        return tuple((o - 1) * st + d * (k - 1) + 1 - 2 * p - e for o, e, k, st, p, d in zip(
+            (h, w), self._sides(), self.kernel, self.stride, self.padding, self.dilation))
 
 
 def _taps(x: np.ndarray, g: Geometry):
     """(i, j, the input slice tap (i, j) reads at every output position) of a zero-padded conv."""
     ph, pw = g.padding
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    ho, wo = g.out(x.shape[2] - 2 * ph, x.shape[3] - 2 * pw)
+    t, b, l, r = g.pre
+    h0, w0 = x.shape[2], x.shape[3]
+    if ph or pw or any(g.pre):
+        x = np.pad(x, ((0, 0), (0, 0), (ph + t, ph + b), (pw + l, pw + r)))
+    ho, wo = g.out(h0, w0)
     if ho < 1 or wo < 1:
-        raise ShapeMismatchError(f"maps of {x.shape[2] - 2 * ph}x{x.shape[3] - 2 * pw} are too small for a "
+        raise ShapeMismatchError(f"maps of {h0}x{w0} are too small for a "
                                  f"{g.kernel} kernel with padding {g.padding}")
     for i in range(g.kernel[0]):
         for j in range(g.kernel[1]):

@@ -41,7 +41,7 @@ from ..core.network import apply_activation
 from ..errors import UnsupportedLayerError
 from . import hf
 from .gated import GatedGroup, find_gated
-from .indexmap import SHAPED, Ids, followable, is_view
+from .indexmap import SHAPED, Ids, followable, is_view, reads_shape
 from .inverted import InvertedGroup, find_inverted
 
 F = nn.functional
@@ -637,6 +637,9 @@ class _Reader:
         m = self.module(node)
         if m is not None:
             return isinstance(m, _PASS_MODULES) and not (isinstance(m, nn.Dropout) and m.training)
+        if node.op == "call_function" and node.target in _PAD_FUNCS and node.args:
+            pad = node.kwargs.get("pad", node.args[1] if len(node.args) > 1 else None)
+            return isinstance(pad, (list, tuple)) and all(v == 0 for v in pad)  # a pad of nothing
         if node.op == "call_function" and node.target in _DROPOUT_FUNCS:
             train = node.kwargs.get("training", node.kwargs.get("train", node.args[2] if len(node.args) > 2 else True))
             return train is False
@@ -859,16 +862,6 @@ def _fused(model: nn.Module, read: set[str]) -> list[tuple[str, str]]:
                    "their units are not lumped") for path, v in out.items()]
 
 
-def _reads_shape(node: fx.Node) -> bool:
-    """A traced read of a tensor's shape, not its values (``x.shape``, ``x.size()``, ``x.dim()``,
-    ``aten.sym_size``): it does not see the units' values, so it does not stop a group."""
-    if node.op == "call_function" and node.target is getattr:
-        return len(node.args) > 1 and node.args[1] in ("shape", "ndim", "dtype", "device")
-    if node.op == "call_method":
-        return node.target in ("size", "dim")
-    return node.op == "call_function" and "sym_size" in str(node.target)
-
-
 def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
     """The group that ``node``'s outputs form, or None and why not.
 
@@ -888,7 +881,7 @@ def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
                 return None, f"its outputs feed {region}"
             act, cur = region
             continue
-        users = [u for u in cur.users if not _reads_shape(u)]
+        users = [u for u in cur.users if not reads_shape(u)]
         if len(users) != 1:
             if not users:
                 return None, "its output is not used"

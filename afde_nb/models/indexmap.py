@@ -77,6 +77,16 @@ _METHODS = ("permute", "reshape", "view", "transpose", "flatten", "unflatten", "
             "t", "mT")
 
 
+def reads_shape(node: fx.Node) -> bool:
+    """A read of a tensor's shape, not its values (``x.shape``, ``x.size()``, ``x.dim()``,
+    ``aten.sym_size``): it sees no unit's value, so it does not stop a walk."""
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in ("shape", "ndim", "dtype", "device")
+    if node.op == "call_method":
+        return node.target in ("size", "dim")
+    return node.op == "call_function" and "sym_size" in str(node.target)
+
+
 def followable(node: fx.Node) -> bool:
     """A view op whose effect on the indices :meth:`Ids.apply` computes (an exported graph's)."""
     return node.op == "call_function" and node.target in _APPLY

@@ -23,7 +23,7 @@ chain's rows.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from ..core.inverted import POSITIONS, Geometry, InvertedNet, Maps, pseudo_maps
 from ..core.network import Layer
 from ..errors import UnsupportedLayerError
 from .gated import _is_mul
+from .indexmap import reads_shape
 from .params import finite_array as _np, get_tensor, set_tensor, weight as _weight
 
 F = nn.functional
@@ -65,6 +66,8 @@ class Depthwise:
     stride: tuple
     padding: tuple
     dilation: tuple
+    #: an explicit zero pad before it (top, bottom, left, right; ``Geometry.pre``)
+    pre: tuple = (0, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,8 @@ class InvertedGroup:
             self.dw.weight,)
 
     def describe(self) -> str:
-        parts = [f"lumps {self.producer.name} ({self.producer.kind})", self.act1[0], f"depthwise {self.dw.name}"]
+        parts = [f"lumps {self.producer.name} ({self.producer.kind})", self.act1[0]] + \
+            (["zero padding"] if any(self.dw.pre) else []) + [f"depthwise {self.dw.name}"]
         if self.act2[0] != "identity":
             parts.append(self.act2[0])
         if self.fc1 is not None:
@@ -152,6 +156,17 @@ def r_join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def _pre(node: fx.Node) -> tuple | None:
+    """(top, bottom, left, right) of a zero pad's list (``F.pad`` order: last axis first), or
+    None for one that pads more than the two spatial axes."""
+    pad = list(node.kwargs.get("pad", node.args[1] if len(node.args) > 1 else ()))
+    if len(pad) == 2:
+        return (0, 0, pad[0], pad[1])
+    if len(pad) == 4:
+        return (pad[2], pad[3], pad[0], pad[1])
+    return None
+
+
 def _depthwise(r, node: fx.Node, cur: fx.Node, channels: int) -> tuple[Depthwise | None, str]:
     """The depthwise convolution ``node`` reading ``cur``, or None and why (empty: not a grouped conv)."""
     got = _conv_call(r, node)
@@ -172,18 +187,9 @@ def _depthwise(r, node: fx.Node, cur: fx.Node, channels: int) -> tuple[Depthwise
     return Depthwise(name, w, b, module, tuple(stride), tuple(padding), tuple(dilation)), ""
 
 
-def _shape_read(node: fx.Node) -> bool:
-    """``x.shape``, ``x.size(...)``, ``x.dim()``: reads of a tensor's shape, not of its values."""
-    if node.op == "call_function" and node.target is getattr and len(node.args) == 2:
-        return node.args[1] in ("shape", "ndim")
-    if node.op == "call_method" and node.target in ("size", "dim"):
-        return True
-    return node.op == "call_function" and "sym_size" in str(node.target)
-
-
 def _users(cur: fx.Node) -> list[fx.Node]:
     """The operations reading ``cur``'s values (shape reads left out)."""
-    return [u for u in cur.users if not _shape_read(u)]
+    return [u for u in cur.users if not reads_shape(u)]
 
 
 def _single(cur: fx.Node) -> fx.Node | None:
@@ -292,7 +298,7 @@ def _follow(r, node: fx.Node, a) -> tuple[InvertedGroup | None, str]:
     """The inverted-residual group ``node``'s outputs form, or None and why (empty: no depthwise conv
     follows, so the ordinary reason stands)."""
     channels = int(_weight(r.root, a).shape[0])
-    cur, norm1, act1 = node, None, None
+    cur, norm1, act1, pre = node, None, None, (0, 0, 0, 0)
     while True:
         if act1 is None and (got := _act(r, cur)) is not None:
             act1, cur = got
@@ -306,9 +312,13 @@ def _follow(r, node: fx.Node, a) -> tuple[InvertedGroup | None, str]:
         if r.passthrough(nxt):
             cur = nxt
             continue
+        if not any(pre) and r.zero_pad(nxt, cur) and (got := _pre(nxt)) is not None:
+            pre, cur = got, nxt
+            continue
         dw, why = _depthwise(r, nxt, cur, channels)
         if dw is None:
             return None, why
+        dw = replace(dw, pre=pre)
         break
     cur, norm2, act2 = nxt, None, None
     se = None
@@ -415,9 +425,9 @@ def _fold(root: nn.Module, norm, W: np.ndarray, b: np.ndarray) -> tuple[np.ndarr
     return W * scale[:, None], (b - mean) * scale + beta
 
 
-def _geometry(root: nn.Module, weight: str, stride, padding, dilation) -> Geometry:
+def _geometry(root: nn.Module, weight: str, stride, padding, dilation, pre=(0, 0, 0, 0)) -> Geometry:
     k = tuple(int(s) for s in get_tensor(root, weight).shape[2:])
-    return Geometry(k, tuple(stride), tuple(padding), tuple(dilation))
+    return Geometry(k, tuple(stride), tuple(padding), tuple(dilation), tuple(pre))
 
 
 def _plain(root: nn.Module, a, act=("identity", 0.01, ())) -> Layer:
@@ -443,7 +453,7 @@ def inverted_network(root: nn.Module, chain: list) -> InvertedNet:
     prod = Layer(W, b, g.act1[0], g.act1[1], has_bias=True, path=p.name, taps=int(np.prod(pgeo.kernel)),
                  act_params=g.act1[2])
     d = g.dw
-    dgeo = _geometry(root, d.weight, d.stride, d.padding, d.dilation)
+    dgeo = _geometry(root, d.weight, d.stride, d.padding, d.dilation, d.pre)
     K = _np(get_tensor(root, d.weight), d.weight).reshape(len(W), -1)
     kb = _np(get_tensor(root, d.bias), d.bias) if d.bias else np.zeros(len(W))
     K, kb = _fold(root, g.norm2, K, kb)

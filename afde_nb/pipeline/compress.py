@@ -115,6 +115,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         path = build_path(cap, rows, method=method, mode=mode, relative=relative, symmetry=symmetry,
                           threads=threads, approx=approx, bar=bar)
     fit = _fit_rows(cap, how, rows)
+    split = {}  # how a calibrated target_params was split between layers (Compression.budget_split)
     if target_params is not None:
         part, split = _for_params(cap, path, int(target_params), calib, how, mode, relative, threads, bar=bar,
                                   floor=floor)
@@ -142,7 +143,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     target = None
     if target_params is not None or target_error is not None:
         target = {"params": target_params} if target_params is not None else {"error_increase": target_error}
-        target.update(split if target_params is not None else {}, **({"floor": floor} if floor is not None else {}))
+        target.update({"floor": floor} if floor is not None else {})
     layers = [s for net, p in zip(cap.nets, cap.split(part)) for s in layer_summaries(net, p)]
     bar.close()
     return Compression(
@@ -150,7 +151,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         params_after=cap.num_params_with([int(l.max()) + 1 if l.size else 0 for l in part.labels]), layers=layers,
         mode=part.mode, eps=part.eps, relative=part.relative, method=method, symmetry=bool(symmetry), target=target,
         repaired=how if ran else None, calibration_error=after, calibration_error_before_repair=before,
-        held_out_error=held, path=path,
+        held_out_error=held, path=path, budget_split=split or None,
         groups=cap.discovery, networks=tuple(nets),
         example_inputs=cap.example(calibration if example_inputs is None else example_inputs),
         batch_bounds=batch_bounds(model),
@@ -234,7 +235,7 @@ def underdetermined(nets: list[Network], starts: list, fit: list, n_inputs: int)
     calibration input) the count is converted to calibration inputs."""
     worst = None
     for net, start, rows in zip(nets, starts, fit):
-        if start is None or rows is None:
+        if start is None or rows is None or not len(rows):
             continue
         width = max(l.in_features for l in net.layers[start:])
         if len(rows) < width + 1:
@@ -256,7 +257,9 @@ def held_out_error(cap: Captured, part: Partition, calib, want: np.ndarray | Non
     calibration inputs (:func:`_split`), its outputs' deviation from the original's on the other
     1/4 (:func:`~afde_nb.core.repair.deviation`, plus ``fit_n``: the inputs it was fit on). None
     with fewer than :data:`HOLD_OUT_MIN` inputs; ``want``: the original's outputs on ``calib``, where
-    known (its rows on the held-out inputs are the reference: no second run of the original). The returned model is not this one: it is refit on
+    known (its rows on the held-out inputs are the reference: no second run of the original, unless
+    their width differs from the held-out run's, as for outputs whose width depends on the batch:
+    CLIP's (n, n) logits are left out of the comparison, :func:`~afde_nb.models.surgery.output_rows`). The returned model is not this one: it is refit on
     every row, so this errs on the high side where rows are few (measured, a trained 64-64 tanh MLP
     on glycolysis, eps = 0.1, relative MSE on 16 / 48 / 512 rows: in-sample 3e-10 / 3e-4 / 2e-3,
     held out 0.42 / 0.11 / 3.1e-3, on 2,000 test inputs 0.15 / 0.029 / 2.7e-3)."""
@@ -265,8 +268,13 @@ def held_out_error(cap: Captured, part: Partition, calib, want: np.ndarray | Non
     fit, held = _split(len(calib))
     _, nets, _ = _reduce(cap, part, _fit_rows(cap, "calibration", cap.rows(calib[fit])))
     x = calib[held]
-    ref = cap.output(x) if want is None else want[held]
-    return {**deviation(ref, cap.output(x, nets)), "fit_n": int(len(fit))}
+    got = cap.output(x, nets)
+    ref = want[held] if want is not None else None
+    if ref is None or ref.shape[1] != got.shape[1]:
+        # an output's width per row depends on the batch (an (n, n) one output_rows does not know
+        # by name): the original run on the held-out rows, compared at their batch size
+        ref = cap.output(x)
+    return {**deviation(ref, got), "fit_n": int(len(fit))}
 
 
 def _fit_rows(cap: Captured, how: str | None, rows) -> list:
