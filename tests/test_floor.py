@@ -56,14 +56,14 @@ def test_a_floor_keeps_every_llama_mlp_above_it(llama):
     assert [s.neurons_before for s in free.layers] == [128, 128]
     assert min(_units(free)) < 32  # without a floor the split leaves one layer below a quarter
     assert min(_units(floored)) >= 32 and floored.params_after <= budget  # with it no layer is, in budget
-    assert floored.target["floor"] == 0.25
+    assert floored.target == {"params": budget, "floor": 0.25} and free.target == {"params": budget}
     table = floored.table()
     assert "floor: lossy merges keep at least 0.25 of each hidden layer's units" in table
     # why the split is what it is: the chosen split's measured error beside one eps for all layers
     line = next(l for l in free.table().splitlines() if l.startswith("budget split between layers"))
     assert "relative MSE on 16 held-out calibration inputs" in line and "(chosen)" in line
-    chosen = free.target["split_scores"][free.target["split_chosen"]]
-    assert chosen == min(free.target["split_scores"]) and f"(chosen) {chosen:.4g}" in line
+    chosen = free.budget_split["split_scores"][free.budget_split["split_chosen"]]
+    assert chosen == min(free.budget_split["split_scores"]) and f"(chosen) {chosen:.4g}" in line
     # the layer that lost most units is the one whose eps is largest: the eps column says so
     lo = int(np.argmin(_units(free)))
     assert free.layers[lo].eps == max(s.eps for s in free.layers)
@@ -84,6 +84,7 @@ def test_a_floor_that_does_not_bind_changes_nothing(calibrated):
         b = afde_nb.compress(model, target_params=budget, floor=1, **kw)
         assert all(np.array_equal(x, y) for x, y in zip(a.partition, b.partition)), keep
         assert a.params_after == b.params_after
+        assert (a.budget_split is not None) == calibrated  # a split is scored only on calibration data
 
 
 @pytest.mark.parametrize("floor, least", [(14, [14, 14]), (0.5, [24, 12])])

@@ -70,6 +70,12 @@ class Compression:
     #: The model itself is refit on every input, so ``calibration_error`` is in-sample
     held_out_error: dict | None = None
     path: MergePath | None = field(default=None, repr=False)
+    #: where a calibrated ``target_params`` chose the split between layers by measured error: the
+    #: candidates (``split_candidates``: None for one eps for all layers, a per-layer eps scale, or
+    #: "uniform" for the same fraction of every layer), their relative MSE on the held-out
+    #: calibration inputs (``split_scores``), the index chosen (``split_chosen``) and the inputs
+    #: held out (``split_held_out``); None where no split was scored. ``table()`` shows it
+    budget_split: dict | None = field(default=None, repr=False)
     groups: Discovery | None = field(default=None, repr=False)
     networks: tuple = field(default=(), repr=False)
     #: two calibration inputs as the model takes them, to trace a ``.pt2`` export on
@@ -124,6 +130,7 @@ class Compression:
         error of the chosen split beside the plain ones: why one layer lost more than another)."""
         t = self.target or {}
         out = []
+        split = self.budget_split or {}
         if t.get("params") is not None and t["params"] >= self.params_before:
             out.append(f"target_params={t['params']} is at or above the model's {self.params_before} parameters: "
                        "nothing lossy was merged" + (" (exact merges only)" if self.params_after < self.params_before
@@ -132,17 +139,17 @@ class Compression:
             f = t["floor"]
             out.append(f"floor: lossy merges keep at least {f} units of each hidden layer" if isinstance(f, int) else
                        f"floor: lossy merges keep at least {f:g} of each hidden layer's units")
-        scores = t.get("split_scores")
+        scores = split.get("split_scores")
         if scores:
-            cands, chosen = t["split_candidates"], t["split_chosen"]
+            cands, chosen = split["split_candidates"], split["split_chosen"]
             seen = {chosen}
             parts = [f"{self._split_name(cands[chosen])} (chosen) {scores[chosen]:.4g}"]
             for i in (0, len(cands) - 1):  # one eps for all layers, the same fraction of every layer
                 if i not in seen:
                     seen.add(i)
                     parts.append(f"{self._split_name(cands[i])} {scores[i]:.4g}")
-            out.append(f"budget split between layers, by relative MSE on {t['split_held_out']} held-out calibration "
-                       f"inputs (of {len(cands)} splits scored): " + "; ".join(parts))
+            out.append(f"budget split between layers, by relative MSE on {split['split_held_out']} held-out "
+                       f"calibration inputs (of {len(cands)} splits scored): " + "; ".join(parts))
         return out
 
     def _split_name(self, cand) -> str:
