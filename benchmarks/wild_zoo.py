@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--tasks", action="store_true", help="instead: the trained networks on their own tasks "
                     "at 70/50/30 %% of the parameters against Torch-Pruning")
     ap.add_argument("--crepe", default="tiny", choices=["tiny", "full"], help="which CREPE for --tasks")
+    ap.add_argument("--tones", type=int, default=300, help="test tones for CREPE's task")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     warnings.filterwarnings("ignore")
@@ -48,7 +49,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     if args.tasks:
         rows = []
-        for name, run in (("crepe", lambda: crepe_task(args.crepe)), ("minilm", minilm_task)):
+        for name, run in (("crepe", lambda: crepe_task(args.crepe, test_n=args.tones)), ("minilm", minilm_task)):
             if args.names and name not in args.names:
                 continue
             try:

@@ -51,3 +51,10 @@ def test_every_zoo_model_has_a_floor():
     """The zoo has at least 30 Hugging Face architectures, and the floors name every model."""
     assert len(W.hf_zoo()) >= 30
     assert set(W.hf_zoo()) <= set(FLOOR)
+
+
+def test_a_row_is_measured(tmp_path):
+    """One cheap row (BERT), as the benchmark measures it: every column passes."""
+    row = W.measure("bert", ZOO["bert"], tmp=tmp_path)
+    assert (row.found, row.exact, row.budget, row.reload, row.why) == (256, True, True, True, "")
+    assert "| bert | 31,971 | 2 | 256 | yes | yes | yes |  |" in W.table([row])

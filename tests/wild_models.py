@@ -468,7 +468,7 @@ class Row:
         msg = e if isinstance(e, str) else f"{type(e).__name__}: {e}"
         msg = " ".join(str(msg).split())
         if not self.why:
-            self.why = f"{what}: {msg[:150]}"
+            self.why = f"{what}: {msg[:220]}"
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -516,7 +516,7 @@ def measure(name: str, entry=None, tmp: str | os.PathLike | None = None, n: int 
         try:
             c0 = afde_nb.compress(model, 0.0, calibration=calib)
         except Exception as e:  # noqa: BLE001 - recorded per model
-            row.note("find", e)
+            row.note("find", _why_none(model, calib) or e)
             return row
         row.found = sum(s.neurons_before for s in c0.layers)
         groups = c0.groups.groups if c0.groups is not None else []
@@ -566,6 +566,25 @@ def measure(name: str, entry=None, tmp: str | os.PathLike | None = None, n: int 
         row.seconds = time.time() - t0
         if tmpdir is not None:
             tmpdir.cleanup()
+
+
+_ROUTINE = ("residual connection", "the model's output", "call_function view", "call_function transpose",
+            "call_function slice", "softmax")
+
+
+def _why_none(model: nn.Module, calib) -> str | None:
+    """Where nothing was lumped: the first reason the report gives that is not a routine one
+    (a residual add, the output, attention's reshapes into heads)."""
+    try:
+        from afde_nb.models.capture import capture
+
+        skipped = capture(model, calibration=calib).discovery.skipped
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {e}"
+    for name, why in skipped:
+        if not any(r in why for r in _ROUTINE):
+            return f"0 groups; {name}: {why}"
+    return f"0 groups; {skipped[0][0]}: {skipped[0][1]}" if skipped else None
 
 
 def table(rows: list[Row]) -> str:
