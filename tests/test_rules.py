@@ -343,3 +343,52 @@ def test_tensorflow_padding_before_a_depthwise_conv_keeps_the_channel_one_unit()
     assert "lumps expand (conv2d) -> hardtanh -> zero padding -> depthwise dw -> hardtanh -> reduce" in c.groups.report()
     assert [(s.neurons_before, s.neurons_after) for s in c.layers] == [(12, 11)]
     assert (c.model(x) - m(x)).abs().max() < 1e-5
+
+
+class SharedFFN(nn.Module):
+    """ALBERT's sharing: one feed-forward block applied at every depth (its parameters serve three
+    calls, each reading another input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ffn, self.ffn_output = nn.Linear(6, 12), nn.Linear(12, 6)
+
+    def forward(self, x):
+        for _ in range(3):
+            x = x + self.ffn_output(torch.tanh(self.ffn(x)))
+        return x
+
+
+def test_a_layer_shared_by_several_calls_lumps_for_all_of_them():
+    torch.manual_seed(0)
+    m = SharedFFN().eval()
+    with torch.no_grad():
+        m.ffn.weight[8], m.ffn.bias[8] = -m.ffn.weight[2], -m.ffn.bias[2]  # tanh: a negated twin
+    x = torch.randn(128, 6)
+    c = afde_nb.compress(m, eps=0.0, calibration=x)
+    assert "lumps ffn (linear) -> tanh -> ffn_output; passes shared by 3 calls" in c.groups.report()
+    assert [(s.neurons_before, s.neurons_after) for s in c.layers] == [(12, 11)]
+    assert (c.model(x) - m(x)).abs().max() < 1e-5
+    # the merge path sees every call's rows: 3 x 128 of them
+    from afde_nb.models.capture import capture
+    cap = capture(m, calibration=x)
+    rows = cap.rows(cap.calibration(x))
+    assert rows[0][0].shape == (3 * 128, 6)
+    c = afde_nb.compress(m, eps=0.3, calibration=x)
+    assert c.params_after < c.params_before and c.model.ffn.out_features == c.model.ffn_output.in_features
+
+
+def test_a_model_that_cannot_be_traced_is_refused_naming_its_line():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = torch.tanh(self.a(x))
+            if h.sum() > 0:  # a branch on the data's values: no trace can follow it
+                h = h * 2
+            return self.b(h)
+    with pytest.raises(afde_nb.errors.UnsupportedLayerError) as err:
+        afde_nb.compress(Branchy(), 0.0, calibration=torch.randn(8, 4))
+    assert "test_rules.py:" in str(err.value) and "(if h.sum() > 0:" in str(err.value)

@@ -30,7 +30,7 @@ import operator
 import inspect
 import itertools
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -195,6 +195,8 @@ class Group:
     #: attribute): rewritten with the reduced width (``Crepe.in_features``)
     width_attrs: tuple = ()
     rules: tuple = ()
+    #: calls of producer and consumer (their parameters shared: ALBERT): the rows are every call's
+    uses: int = 1
 
     @property
     def name(self) -> str:
@@ -301,7 +303,7 @@ def traced_graphs(model: nn.Module) -> tuple[list[tuple[str, fx.Graph]], list[tu
                 return
             except Exception as exc:  # noqa: BLE001 - any tracing failure: look inside instead
                 text = str(exc).strip()
-                why[id(m)] = text.splitlines()[0][:120] if text else type(exc).__name__
+                why[id(m)] = (text.splitlines()[0][:120] if text else type(exc).__name__) + failing_line(exc)
             if attempt == 0:
                 for child in m.children():
                     settle(child)
@@ -771,7 +773,7 @@ def find_groups(model: nn.Module, example=None) -> Discovery:
     except Exception as exc:  # noqa: BLE001 - keep what torch.fx found, and say why
         text = str(exc).strip()
         disc.note = ("torch.fx cannot trace its whole forward, and torch.export failed on the example inputs: "
-                     f"{text.splitlines()[0][:160] if text else type(exc).__name__}")
+                     f"{text.splitlines()[0][:160] if text else type(exc).__name__}{failing_line(exc)}")
         return disc
     ex = _discover(model, gm, [("", gm.graph)], [], source=model)
     if len(ex.groups) < len(disc.groups) or (not notes and len(ex.groups) == len(disc.groups)):
@@ -806,16 +808,25 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
                         uses[p] = uses.get(p, 0) + 1
             elif node.op in ("call_module", "call_function") and isinstance(r.module(node), (nn.Linear, nn.Conv1d, nn.Conv2d)):
                 skipped.append((_join(prefix, node.target), "grouped, depthwise or string-padded convolution"))
+    shared = _shared_groups(found, uses)
+    done: set[str] = set()
     for r, node, a in found:
+        if a.weight in done:
+            continue
         if uses[a.weight] > 1 or (a.bias and uses[a.bias] > 1):
-            skipped.append((a.name, "its parameters are used by more than one operation (shared weights)"))
-            continue
-        group, why = _follow(r, node, a)
-        if group is None:
-            skipped.append((a.name, why))
-            continue
+            done.add(a.weight)
+            got = shared.get(a.weight)
+            if isinstance(got, str):
+                skipped.append((a.name, got))
+                continue
+            group = got
+        else:
+            group, why = _follow(r, node, a)
+            if group is None:
+                skipped.append((a.name, why))
+                continue
         c = group.consumer
-        if uses[c.weight] > 1 or (c.bias and uses[c.bias] > 1):
+        if group.uses == 1 and (uses[c.weight] > 1 or (c.bias and uses[c.bias] > 1)):
             skipped.append((a.name, f"its consumer {c.name} shares its parameters with another operation"))
             continue
         if source is not None and not (a.module and c.module):
@@ -834,6 +845,18 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
     return Discovery(chains, skipped, type(model).__name__)
 
 
+def failing_line(exc: BaseException) -> str:
+    """`` at file:line (code)``: the last line of the user's own code in ``exc``'s traceback (the
+    line a trace stopped at: a branch on a tensor's value, an unsupported call), or ''."""
+    import traceback
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not any(k in f.filename.replace("\\", "/") for k in ("/torch/", "/afde_nb/", "/transformers/", "<"))]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" at {f.filename.rsplit('/', 1)[-1]}:{f.lineno} ({(f.line or '').strip()[:80]})"
+
+
 def _where(node: fx.Node) -> str:
     """`` (file:line)`` of the user's source line that made ``node``, where the graph recorded it."""
     trace = node.meta.get("stack_trace") or ""
@@ -845,6 +868,36 @@ def _where(node: fx.Node) -> str:
         return f" ({last[0].split('File ', 1)[1].strip().strip(chr(34)).rsplit('/', 1)[-1]}:{last[1].split()[-1]})"
     except IndexError:
         return ""
+
+
+def _shared_groups(found: list, uses: dict) -> dict[str, Group | str]:
+    """Producers called more than once with the same parameters (ALBERT's one layer applied at
+    every depth): a group when each call forms the same group with one consumer that is called as
+    often (``Group.uses``; its rows are every call's inputs, so a merge is judged, and exact, for
+    all calls at once), else why not. By producer weight path."""
+    calls: dict[str, list] = {}
+    for r, node, a in found:
+        if uses[a.weight] > 1 or (a.bias and uses[a.bias] > 1):
+            calls.setdefault(a.weight, []).append((r, node, a))
+    out: dict[str, Group | str] = {}
+    for w, got in calls.items():
+        k = uses[w]
+        if len(got) != k or (got[0][2].bias and uses[got[0][2].bias] != k):
+            out[w] = "its parameters are used by more than one operation, not all as this layer (shared weights)"
+            continue
+        follows = [_follow(r, node, a) for r, node, a in got]
+        groups = {g for g, _ in follows}
+        if None in groups or len(groups) != 1:
+            why = next((y for g, y in follows if g is None), "its calls form different groups")
+            out[w] = f"its parameters are shared by {k} calls, and not every call lumps: {why}"
+            continue
+        g = groups.pop()
+        c = g.consumer
+        if uses[c.weight] != k or (c.bias and uses[c.bias] != k):
+            out[w] = f"its parameters are shared by {k} calls, its consumer {c.name}'s by {uses[c.weight]}"
+            continue
+        out[w] = replace(g, uses=k, rules=g.rules + (f"shared by {k} calls",))
+    return out
 
 
 def _fused(model: nn.Module, read: set[str]) -> list[tuple[str, str]]:

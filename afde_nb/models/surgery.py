@@ -374,16 +374,21 @@ def capture(model: nn.Module, affines: list[Affine], x, keep=None) -> dict[str, 
     return capture_run(model, affines, x, keep)[0]
 
 
-def capture_run(model: nn.Module, affines: list[Affine], x, keep=None) -> tuple[dict, object]:
+def capture_run(model: nn.Module, affines: list[Affine], x, keep=None, many: set | None = None) -> tuple[dict, object]:
     """(:func:`capture`'s inputs, the model's output) of one run of ``model`` on ``x``.
 
     ``keep(a, t)``: what to keep of layer ``a``'s input ``t`` (default: ``t``), taken while the
-    model runs, so a layer's whole input (a convolution's feature maps) need not outlive its use."""
+    model runs, so a layer's whole input (a convolution's feature maps) need not outlive its use.
+    A layer is read at its first call, or at every call for the weight paths in ``many`` (a layer
+    whose parameters serve several calls: its kept rows stacked, in call order)."""
     seen: dict[str, object] = {}
     want = {a.weight: a for a in affines}
+    many = many or set()
 
     def put(key: str, t: torch.Tensor) -> None:
-        if key not in seen:
+        if key in many:
+            seen.setdefault(key, []).append(t.detach() if keep is None else keep(want[key], t.detach()))
+        elif key not in seen:
             t = t.detach()
             seen[key] = t if keep is None else keep(want[key], t)
 
@@ -424,6 +429,9 @@ def capture_run(model: nn.Module, affines: list[Affine], x, keep=None) -> tuple[
     missing = [k for k in want if k not in seen]
     if missing:
         raise ShapeMismatchError(f"the calibration run did not reach {', '.join(missing)}")
+    for key in many & set(seen):
+        parts = seen[key]
+        seen[key] = np.concatenate(parts) if isinstance(parts[0], np.ndarray) else torch.cat(parts)
     return seen, y
 
 
@@ -505,7 +513,8 @@ def chain_inputs(model: nn.Module, chains: list[list[Group]], x) -> tuple[list[l
         g = feeds.get(a.weight)
         return R if g is None else unit_rows(model, g, R, int(get_tensor(model, g.producer.weight).shape[0]))
 
-    got, y = capture_run(model, [a for c in chains for a in chain_affines(c)], x, keep)
+    many = {a.weight for c in chains if any(getattr(g, "uses", 1) > 1 for g in c) for a in chain_affines(c)}
+    got, y = capture_run(model, [a for c in chains for a in chain_affines(c)], x, keep, many)
     return [[got[a.weight] for a in chain_affines(c)] for c in chains], y
 
 
