@@ -250,6 +250,23 @@ class LayerPath:
     bounds = property(lambda self: self._get()[3])
     weights = property(lambda self: self._get()[4])
 
+    @property
+    def to_centred(self) -> float:
+        """What turns this layer's bounds into its output-level first-order error (issue 30):
+        ``bound * to_centred`` is sqrt(J) over the *centred* RMS of the consumer's outputs on the
+        probes (the bounds' own denominator, with ``relative=True``, is their uncentred RMS, which
+        a large mean inflates: 2.84x on the digits CNN's fc1). 1 where the build did not record
+        the spreads (a builder of another kind)."""
+        full = self._get()
+        if len(full) < 6:
+            return 1.0
+        denom, spread = full[5].get("denom", 1.0), full[5].get("spread", 0.0)
+        return denom / spread if spread > 0 else 1.0
+
+    def centred(self, m: int) -> float:
+        """The bound after m merges over the consumer's centred spread (see :attr:`to_centred`)."""
+        return 0.0 if m <= self.exact else self.bound(m) * self.to_centred
+
     def bound(self, m: int) -> float:
         return 0.0 if m <= self.exact else float(self.bounds[min(int(m), self.n - 1)])
 
@@ -347,6 +364,16 @@ class MergePath:
             cur[h] += 1
             out.append(list(cur))
         return out
+
+    def first_order(self, merges: list[int]) -> float:
+        """The first-order estimate of the model output's relative RMS error after these merges
+        (issue 30; docs/method.md, "What the estimate is"): each layer's bound over the centred
+        spread of its consumer's outputs (:meth:`LayerPath.centred`), a layer's relative error
+        taken to reach the output unchanged, and the layers' errors combined as uncorrelated
+        (root of the sum of squares). 0 with exact merges only."""
+        if any(m > lp.exact for lp, m in zip(self.layers, merges)):
+            self.build()
+        return float(np.sqrt(sum(lp.centred(m) ** 2 for lp, m in zip(self.layers, merges))))
 
     def eps_of(self, merges: list[int], scale: list[float] | None = None) -> float:
         """The smallest eps whose cut has at least these merges in every layer."""
@@ -475,6 +502,7 @@ def units_path(T: np.ndarray, mu: np.ndarray, y: np.ndarray, lab0: np.ndarray, e
     mu = np.maximum(mu, 1e-12 * max(float(mu.max(initial=0.0)), 1e-300))
     denom = float(np.sqrt(np.mean(np.sum(y ** 2, axis=1)))) if relative and len(y) else 1.0
     denom = denom if denom > 0 else 1.0
+    spread = centred_rms(y)
     exact = len(e_pairs)
     if approx:
         T = T.astype(np.float32)
@@ -489,7 +517,17 @@ def units_path(T: np.ndarray, mu: np.ndarray, y: np.ndarray, lab0: np.ndarray, e
     pairs = np.concatenate([e_pairs, p2]).astype(np.int64).reshape(-1, 2)
     sg = np.concatenate([e_signs, s2]).astype(np.int64)
     bounds[: exact + 1] = 0.0
-    return pairs, sg, np.concatenate([np.zeros(exact), ht]), np.maximum.accumulate(bounds), mu
+    return (pairs, sg, np.concatenate([np.zeros(exact), ht]), np.maximum.accumulate(bounds), mu,
+            {"denom": denom, "spread": spread})
+
+
+def centred_rms(y: np.ndarray) -> float:
+    """sqrt(mean over rows of ||y - mean(y)||^2): the RMS norm of a layer's outputs about their
+    mean over the probe rows (0 without rows)."""
+    if not len(y):
+        return 0.0
+    y = np.asarray(y)
+    return float(np.sqrt(max(float(np.sum(np.var(y, axis=0, dtype=np.float64))), 0.0)))
 
 
 def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mode, relative, threads):
@@ -509,6 +547,7 @@ def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mo
             ins.consumed(h, inputs_only=True)  # its metric rows do not read them: they go first
         denom = float(np.sqrt(np.mean(np.sum(znext ** 2, axis=1)))) if relative else 1.0
         denom = denom if denom > 0 else 1.0
+        spread = centred_rms(znext)  # the output-level estimate's denominator (issue 30)
         del znext
         if route == "pre":
             A = _metric_rows(None, z, layer, src, act, c)
@@ -559,7 +598,7 @@ def _builder(net, h, src, c, lab0, s0, e_pairs, e_signs, signed, ins, method, mo
         ht = np.concatenate([np.zeros(exact), ht])
         bounds[: exact + 1] = 0.0
         ins.done(h)
-        return pairs, sg, ht, np.maximum.accumulate(bounds), mass
+        return pairs, sg, ht, np.maximum.accumulate(bounds), mass, {"denom": denom, "spread": spread}
 
     return build
 

@@ -145,17 +145,39 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         target = {"params": target_params} if target_params is not None else {"error_increase": target_error}
         target.update({"floor": floor} if floor is not None else {})
     layers = [s for net, p in zip(cap.nets, cap.split(part)) for s in layer_summaries(net, p)]
+    estimated = _estimated(cap, path, part, calib, how, eps if target is None else None, relative, held or after)
     bar.close()
     return Compression(
         model=reduced, partition=[np.array(l) for l in part.labels], params_before=cap.num_params,
         params_after=cap.num_params_with([int(l.max()) + 1 if l.size else 0 for l in part.labels]), layers=layers,
         mode=part.mode, eps=part.eps, relative=part.relative, method=method, symmetry=bool(symmetry), target=target,
         repaired=how if ran else None, calibration_error=after, calibration_error_before_repair=before,
-        held_out_error=held, path=path, budget_split=split or None,
+        held_out_error=held, path=path, budget_split=split or None, estimated_error=estimated,
         groups=cap.discovery, networks=tuple(nets),
         example_inputs=cap.example(calibration if example_inputs is None else example_inputs),
         batch_bounds=batch_bounds(model),
         methods=cap.methods, formats=cap.formats)
+
+
+def _estimated(cap: Captured, path, part: Partition, calib, how, eps, relative: bool, measured: dict | None
+               ) -> float | None:
+    """``Compression.estimated_error`` of ``part`` (issue 30, :mod:`afde_nb.pipeline.estimate`; None
+    for the paper's components), and the guard: a calibrated ``eps`` whose measured output error
+    (held out where measured, else on the calibration inputs) exceeds 3x the estimate or 3x a
+    relative eps warns with both numbers and the eps that would meet it."""
+    from .estimate import anchors, estimate, guard, merges_of
+
+    if path is None:
+        return None
+    ms = merges_of(path, part.labels)
+    marks = anchors(cap, path, calib, how) if calib is not None else []
+    est = estimate(path, ms, marks)
+    if calib is not None and eps is not None and measured is not None:
+        what = "held out" if "fit_n" in measured else "on the calibration inputs"
+        msg = guard(path, ms, eps, relative, est, float(np.sqrt(measured["relative_mse"])), marks, what)
+        if msg:
+            warnings.warn(msg, UserWarning, stacklevel=3)
+    return est
 
 
 def build_path(cap: Captured, rows, *, method: str, mode: str, relative: bool, symmetry: bool, threads: int = 0,

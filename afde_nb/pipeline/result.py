@@ -76,6 +76,11 @@ class Compression:
     #: calibration inputs (``split_scores``), the index chosen (``split_chosen``) and the inputs
     #: held out (``split_held_out``); None where no split was scored. ``table()`` shows it
     budget_split: dict | None = field(default=None, repr=False)
+    #: the estimate of the model output's relative RMS error at this cut (issue 30): the RMS of the
+    #: outputs' change over their centred spread, the figure ``sqrt(calibration_error["relative_mse"])``
+    #: measures; first order data-free, with the path's measured correction where calibrated
+    #: (:mod:`afde_nb.pipeline.estimate`); None for the paper's components
+    estimated_error: float | None = None
     groups: Discovery | None = field(default=None, repr=False)
     networks: tuple = field(default=(), repr=False)
     #: two calibration inputs as the model takes them, to trace a ``.pt2`` export on
@@ -110,6 +115,9 @@ class Compression:
                     f"({100 * self.kept:.1f}% kept), method={self.method}, mode={self.mode}, eps={self.eps:g}"
                     f"{' (relative)' if self.relative else ''}")
         rows.extend(self._budget_lines())
+        if self.estimated_error is not None:
+            rows.append(f"estimated output error (relative RMS): {self.estimated_error:.3g}"
+                        + self._measured_beside())
         if self.calibration_error_before_repair and self.repaired:
             e = self.calibration_error_before_repair
             rows.append(f"calibration before repair: max |diff| {e['max_abs']:.3g}, rms {e['rms']:.3g}")
@@ -123,6 +131,13 @@ class Compression:
             rows.append(f"held out (refit on {e['fit_n']}, scored on the other {e['n']}): "
                         f"max |diff| {e['max_abs']:.3g}, rms {e['rms']:.3g}")
         return "\n".join(rows)
+
+    def _measured_beside(self) -> str:
+        """The measured relative RMS error beside the estimate (held out where measured)."""
+        e, what = (self.held_out_error, "held out") if self.held_out_error else (self.calibration_error, "calibration")
+        if not e:
+            return ""
+        return f", measured {np.sqrt(e['relative_mse']):.3g} ({what})"
 
     def _budget_lines(self) -> list[str]:
         """What a budget did that the figures alone do not say: a budget at or above the model's size
