@@ -97,30 +97,15 @@ def _is_mul(node: fx.Node) -> bool:
     return len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args) and not node.kwargs
 
 
-def _to_product(r, node: fx.Node):
-    """Where a Linear's output goes: through no-ops, views that keep its units and at most one
-    element-wise activation into a product of two tensors. (product node, activation or None,
+def _to_product(r, node: fx.Node, a):
+    """Where a Linear's output goes: through the rules of the one walk (``r.walk``,
+    :func:`afde_nb.models.groups.walk`), passing at most one element-wise activation, no-ops and
+    views that keep its units, into a product of two tensors. (product node, activation or None,
     the product's operand) or None."""
-    cur, act = node, None
-    while True:
-        if act is None and (region := r.act_region(cur)) is not None:
-            if isinstance(region, str):
-                return None
-            act, cur = region
-            continue
-        users = list(cur.users)
-        if len(users) != 1:
-            return None
-        nxt = users[0]
-        if r.passthrough(nxt) or r.keeps_units(nxt, cur):
-            cur = nxt
-            continue
-        if act is None and (ac := r.activation(nxt)) is not None:
-            act, cur = ac, nxt
-            continue
-        if _is_mul(nxt):
-            return nxt, act, cur
+    w, _ = r.walk(node, a)
+    if w is None or not w.plain or not _is_mul(w.nxt):
         return None
+    return w.nxt, w.act, w.cur
 
 
 def _consumer(r, mul: fx.Node):
@@ -192,7 +177,7 @@ def find_gated(found: list, uses: dict, groups: list, skipped: list) -> tuple[li
         if a.kind != "linear":
             continue
         for start, part in _halves(r, node, a) or [(node, a)]:
-            got = _to_product(r, start)
+            got = _to_product(r, start, part)
             if got is not None:
                 mul, act, operand = got
                 sides.setdefault((id(r), mul), []).append((r, node, part, act, operand))

@@ -70,21 +70,28 @@ _ACT_MODULES = {
     # eval: the mean slope; training: random slopes
     nn.RReLU: lambda m: None if m.training else ("leaky_relu", {"negative_slope": (m.lower + m.upper) / 2}),
 }
+def _inplace(name: str) -> tuple:
+    """An in-place ATen activation (``relu_``, ``hardswish_``: what an exported ``inplace=True``
+    module runs), where this torch has it."""
+    op = getattr(aten, name, None)
+    return (op.default,) if op is not None else ()
+
+
 #: function -> (name, positional names after the input, defaults)
 _ACT_FUNCS = {}
 for _name, _fns, _pos, _dflt in [
-    ("tanh", (torch.tanh, F.tanh, aten.tanh.default), (), {}),
-    ("sigmoid", (torch.sigmoid, F.sigmoid, aten.sigmoid.default), (), {}),
+    ("tanh", (torch.tanh, F.tanh, aten.tanh.default) + _inplace("tanh_"), (), {}),
+    ("sigmoid", (torch.sigmoid, F.sigmoid, aten.sigmoid.default) + _inplace("sigmoid_"), (), {}),
     ("relu", (torch.relu, F.relu, aten.relu.default, aten.relu_.default), (), {}),
     ("leaky_relu", (F.leaky_relu, aten.leaky_relu.default), ("negative_slope",), {"negative_slope": 0.01}),
     ("gelu", (F.gelu, aten.gelu.default), (), {"approximate": "none"}),
-    ("silu", (F.silu, aten.silu.default), (), {}),
+    ("silu", (F.silu, aten.silu.default) + _inplace("silu_"), (), {}),
     ("elu", (F.elu, aten.elu.default), ("alpha",), {"alpha": 1.0}),
     ("softplus", (F.softplus, aten.softplus.default), ("beta", "threshold"), {"beta": 1.0, "threshold": 20.0}),
     ("hardtanh", (F.hardtanh, aten.hardtanh.default), ("min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0}),
     ("hardtanh", (F.relu6, aten.relu6.default), (), {"min_val": 0.0, "max_val": 6.0}),
-    ("hardswish", (F.hardswish, aten.hardswish.default), (), {}),
-    ("hardsigmoid", (F.hardsigmoid, aten.hardsigmoid.default), (), {}),
+    ("hardswish", (F.hardswish, aten.hardswish.default) + _inplace("hardswish_"), (), {}),
+    ("hardsigmoid", (F.hardsigmoid, aten.hardsigmoid.default) + _inplace("hardsigmoid_"), (), {}),
     ("mish", (F.mish, aten.mish.default), (), {}),
     ("selu", (F.selu, aten.selu.default), (), {}),
     ("celu", (F.celu, aten.celu.default), ("alpha",), {"alpha": 1.0}),
@@ -549,6 +556,10 @@ class _Reader:
             return _POOL_FUNCS[node.target]
         return None
 
+    def walk(self, node: fx.Node, a: Affine) -> tuple["Walk | None", str]:
+        """:func:`walk` in this graph (the gated and inverted readings ask the reader for it)."""
+        return walk(self, node, a)
+
     def first_of(self, node: fx.Node) -> fx.Node | None:
         """The ``getitem(node, 0)`` that takes a pooling's values from its (values, indices) pair,
         where ``node`` returns one (``max_pool2d_with_indices`` in an exported graph)."""
@@ -915,24 +926,49 @@ def _fused(model: nn.Module, read: set[str]) -> list[tuple[str, str]]:
                    "their units are not lumped") for path, v in out.items()]
 
 
-def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
-    """The group that ``node``'s outputs form, or None and why not.
+@dataclass
+class Walk:
+    """Where :func:`walk` stopped: ``cur`` the last node the rules took, ``nxt`` the operation no
+    rule takes (the consumer, a product, a depthwise convolution: the caller's to judge), and what
+    was passed on the way."""
 
-    One rule per operation on the way from producer to consumer, tried in this order: an
-    activation module's operations (an exported graph); a BatchNorm before the activation
-    (folded into the producer); no-ops (dropout, identity, copies); the activation; a per-unit
-    affine after it (an eval BatchNorm: folded into the consumer); channel-wise pooling; zero
-    padding; index maps (flatten, and where the graph has shapes, permute/transpose/reshape/view/
-    unsqueeze/squeeze, followed on the indices: :mod:`.indexmap`); then the consumer, a Linear or
-    convolution reading the units as its data input."""
-    cur, norm, act, pools, flat = node, None, None, [], False
-    post, padded, ids, views, rules = None, False, None, [], []
+    cur: fx.Node
+    nxt: fx.Node | None = None
+    norm: Norm | None = None
+    act: tuple | None = None
+    post: Norm | None = None
+    pools: list = field(default_factory=list)
+    pads: list = field(default_factory=list)
+    flat: bool = False
+    ids: Ids | None = None
+    views: list = field(default_factory=list)
+    rules: list = field(default_factory=list)
+
+    @property
+    def plain(self) -> bool:
+        """Only an activation and no-ops on the way (what a gated unit's branch may pass)."""
+        return not (self.norm or self.post or self.pools or self.pads or self.flat or self.views)
+
+
+def walk(r: _Reader, node: fx.Node, a: Affine) -> tuple[Walk | None, str]:
+    """Follow ``node``'s units (producer ``a``) through the graph, one rule per operation, tried in
+    this order: an activation module's operations (an exported graph); a BatchNorm before the
+    activation (folded into the producer); no-ops (dropout, identity, copies, a pad of nothing);
+    the activation (by class, by value, in place); a per-unit affine after it (an eval BatchNorm:
+    folded into the consumer); channel-wise pooling; zero padding; index maps (flatten, and where
+    the graph has shapes, permute/transpose/reshape/view/unsqueeze/squeeze, followed on the
+    indices: :mod:`.indexmap`). The one walk of every reading: a plain group (:func:`_follow`), a
+    gated unit's branches (:func:`afde_nb.models.gated.find_gated`) and an inverted-residual
+    channel up to its depthwise convolution (:mod:`afde_nb.models.inverted`). (Walk, "") where it
+    reaches an operation no rule takes, else (None, why)."""
+    w = Walk(node)
     conv = a.kind != "linear"
     while True:
-        if act is None and not pools and (region := r.act_region(cur)) is not None:
+        cur = w.cur
+        if w.act is None and not w.pools and (region := r.act_region(cur)) is not None:
             if isinstance(region, str):
                 return None, f"its outputs feed {region}"
-            act, cur = region
+            w.act, w.cur = region
             continue
         users = [u for u in cur.users if not reads_shape(u)]
         if len(users) != 1:
@@ -940,85 +976,98 @@ def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
                 return None, "its output is not used"
             return None, f"its outputs feed {len(users)} operations ({', '.join(_describe(u, r) for u in users[:3])})"
         nxt = users[0]
-        if norm is None and act is None and (n := r.norm(nxt, a.kind)) is not None:
-            norm, cur = n, nxt
+        if w.norm is None and w.act is None and (n := r.norm(nxt, a.kind)) is not None:
+            w.norm, w.cur = n, nxt
             continue
-        if r.passthrough(nxt) or (a.kind == "linear" and ids is None and r.keeps_units(nxt, cur)):
-            cur = nxt
+        if r.passthrough(nxt) or (not conv and w.ids is None and r.keeps_units(nxt, cur)):
+            w.cur = nxt
             continue
-        if act is None and not pools:
+        if w.act is None and not w.pools:
             m = r.module(nxt)
             known = r.act_module(m) if m is not None else None
             if isinstance(known, str):
                 return None, f"its outputs feed {nxt.target}, {known}"
             if (ac := r.activation(nxt)) is not None:
-                act, cur = ac, nxt
+                w.act, w.cur = ac, nxt
                 continue
-        if act is not None and post is None and ids is None and (n := r.norm(nxt, a.kind)) is not None:
-            post, cur = n, nxt
-            rules.append("a BatchNorm after the activation")
+        if w.act is not None and w.post is None and w.ids is None and (n := r.norm(nxt, a.kind)) is not None:
+            w.post, w.cur = n, nxt
+            w.rules.append("a BatchNorm after the activation")
             continue
-        if conv and not flat and ids is None and (pool := r.pool(nxt)) is not None:
-            pools.append(pool)
-            cur = nxt
+        if conv and not w.flat and w.ids is None and (pool := r.pool(nxt)) is not None:
+            w.pools.append(pool)
+            w.cur = nxt
             if nxt.target in _POOL_PAIRS:  # (values, indices), then getitem 0
                 if (got := r.first_of(nxt)) is None:
                     return None, f"its outputs feed {_describe(nxt, r)}{_where(nxt)}, whose indices are used"
-                cur = got
-            rules.append(pool)
+                w.cur = got
+            w.rules.append(pool)
             continue
-        if conv and not flat and ids is None and r.zero_pad(nxt, cur):
-            padded, cur = True, nxt
-            rules.append("zero padding")
+        if conv and not w.flat and w.ids is None and r.zero_pad(nxt, cur):
+            w.pads.append(nxt)
+            w.cur = nxt
+            w.rules.append("zero padding")
             continue
-        if not flat and ids is None and r.flatten(nxt) and conv and not followable(nxt):
-            flat, cur = True, nxt
+        if not w.flat and w.ids is None and r.flatten(nxt) and conv and not followable(nxt):
+            w.flat, w.cur = True, nxt
             continue
-        if is_view(nxt) and not flat:
-            if ids is None:
-                ids = Ids.start(cur, conv)
-            if ids is None or not ids.apply(nxt):
+        if is_view(nxt) and not w.flat:
+            if w.ids is None:
+                w.ids = Ids.start(cur, conv)
+            if w.ids is None or not w.ids.apply(nxt):
                 return None, (f"its outputs feed {_describe(nxt, r)}{_where(nxt)}, an index map this reading cannot "
                               f"follow ({_NEEDS_SHAPES})")
-            views.append(nxt)
-            cur = nxt
-            rules.append(str(getattr(nxt.target, "__name__", nxt.target)).split(".")[0])
+            w.views.append(nxt)
+            w.cur = nxt
+            w.rules.append(str(getattr(nxt.target, "__name__", nxt.target)).split(".")[0])
             continue
-        c = r.affine(nxt)
-        if c is None and isinstance(r.module(nxt), (nn.Conv1d, nn.Conv2d)):
-            return None, f"its outputs feed {nxt.target}, a grouped, depthwise or string-padded convolution"
-        if c is None:
-            where = "" if act else " before any activation"
-            return None, f"its outputs feed {_describe(nxt, r)}{_where(nxt)}{where}, not a Linear/convolution"
-        if r.data(nxt) is not cur:
-            return None, f"its outputs are a parameter of {c.name}, not its input"
-        inner, attrs = None, ()
-        if ids is not None and not ids.identity():
-            if c.kind != "linear":
-                return None, f"its units reach {c.name}, a {c.kind}, through {', '.join(rules[-len(views):])}"
-            got = ids.columns()
-            if isinstance(got, str):
-                return None, f"its units reach {c.name} through {', '.join(rules[-len(views):])}: {got}"
-            inner, T = got
-            if conv:
-                flat = True
-            elif T != 1 or inner != 1:
-                return None, f"its units reach {c.name} in another order ({', '.join(rules[-len(views):])})"
-            attrs = r.width_attrs(views, int(ids.ids.shape[-1]))
-            if isinstance(attrs, str):
-                return None, attrs
-            if inner == T:
-                inner = None  # channel-major: a Flatten's layout
-        if flat and c.kind != "linear":
-            return None, f"its channels are flattened into {c.name}, a {c.kind}"
-        if not flat and c.kind != a.kind:
-            return None, f"its outputs ({a.kind}) feed a {c.kind} ({c.name}) without a Flatten"
-        if padded and flat:
-            return None, f"its channels are zero-padded, then flattened into {c.name}"
-        padded = padded or (c.kind != "linear" and any(c.padding))
-        name, slope, params = act or ("identity", 0.01, ())
-        return Group(a, c, name, slope, params, norm, tuple(pools), flat, post, padded, inner,
-                     attrs, tuple(rules)), ""
+        w.nxt = nxt
+        return w, ""
+
+
+def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
+    """The group that ``node``'s outputs form (:func:`walk`, then the consumer: a Linear or
+    convolution reading the units as its data input), or None and why not."""
+    w, why = walk(r, node, a)
+    if w is None:
+        return None, why
+    nxt, cur, act, flat, ids, views, rules = w.nxt, w.cur, w.act, w.flat, w.ids, w.views, w.rules
+    conv = a.kind != "linear"
+    c = r.affine(nxt)
+    if c is None and isinstance(r.module(nxt), (nn.Conv1d, nn.Conv2d)):
+        return None, f"its outputs feed {nxt.target}, a grouped, depthwise or string-padded convolution"
+    if c is None:
+        where = "" if act else " before any activation"
+        return None, f"its outputs feed {_describe(nxt, r)}{_where(nxt)}{where}, not a Linear/convolution"
+    if r.data(nxt) is not cur:
+        return None, f"its outputs are a parameter of {c.name}, not its input"
+    inner, attrs = None, ()
+    if ids is not None and not ids.identity():
+        if c.kind != "linear":
+            return None, f"its units reach {c.name}, a {c.kind}, through {', '.join(rules[-len(views):])}"
+        got = ids.columns()
+        if isinstance(got, str):
+            return None, f"its units reach {c.name} through {', '.join(rules[-len(views):])}: {got}"
+        inner, T = got
+        if conv:
+            flat = True
+        elif T != 1 or inner != 1:
+            return None, f"its units reach {c.name} in another order ({', '.join(rules[-len(views):])})"
+        attrs = r.width_attrs(views, int(ids.ids.shape[-1]))
+        if isinstance(attrs, str):
+            return None, attrs
+        if inner == T:
+            inner = None  # channel-major: a Flatten's layout
+    if flat and c.kind != "linear":
+        return None, f"its channels are flattened into {c.name}, a {c.kind}"
+    if not flat and c.kind != a.kind:
+        return None, f"its outputs ({a.kind}) feed a {c.kind} ({c.name}) without a Flatten"
+    if w.pads and flat:
+        return None, f"its channels are zero-padded, then flattened into {c.name}"
+    padded = bool(w.pads) or (c.kind != "linear" and any(c.padding))
+    name, slope, params = act or ("identity", 0.01, ())
+    return Group(a, c, name, slope, params, w.norm, tuple(w.pools), flat, w.post, padded, inner,
+                 attrs, tuple(rules)), ""
 
 
 def _chains(groups: list[Group]) -> list[list[Group]]:

@@ -48,12 +48,6 @@ _VIEWS = (torch.flatten, aten.flatten.using_ints, aten.view.default, aten.reshap
 _VIEW_METHODS = ("view", "reshape", "flatten", "unsqueeze", "squeeze", "expand_as")
 #: calibration images kept per chain as its probe maps
 IMAGES = 16
-#: in-place ATen activations (a torch.export program of modules built with ``inplace=True``), read
-#: where no source model names their module
-_INPLACE = {getattr(aten, n).default: (a, 0.01, p) for n, a, p in [
-    ("hardswish_", "hardswish", ()), ("silu_", "silu", ()), ("hardsigmoid_", "hardsigmoid", ()),
-    ("relu_", "relu", ()), ("sigmoid_", "sigmoid", ()), ("tanh_", "tanh", ())] if hasattr(aten, n)}
-
 
 @dataclass(frozen=True)
 class Depthwise:
@@ -226,11 +220,8 @@ def _act(r, cur: fx.Node):
     if region is not None:
         return None
     nxt = _single(cur)
-    if nxt is not None and (ac := r.activation(nxt)) is not None:
+    if nxt is not None and (ac := r.activation(nxt)) is not None:  # in-place ones too (relu_, hardswish_)
         return ac, nxt
-    if nxt is not None and nxt.op == "call_function" and nxt.target in _INPLACE and len(nxt.args) == 1 \
-            and not nxt.kwargs:
-        return _INPLACE[nxt.target], nxt
     return None
 
 
@@ -298,28 +289,17 @@ def _follow(r, node: fx.Node, a) -> tuple[InvertedGroup | None, str]:
     """The inverted-residual group ``node``'s outputs form, or None and why (empty: no depthwise conv
     follows, so the ordinary reason stands)."""
     channels = int(_weight(r.root, a).shape[0])
-    cur, norm1, act1, pre = node, None, None, (0, 0, 0, 0)
-    while True:
-        if act1 is None and (got := _act(r, cur)) is not None:
-            act1, cur = got
-            continue
-        nxt = _single(cur)
-        if nxt is None:
-            return None, ""
-        if norm1 is None and act1 is None and (n := r.norm(nxt, "conv2d")) is not None:
-            norm1, cur = n, nxt
-            continue
-        if r.passthrough(nxt):
-            cur = nxt
-            continue
-        if not any(pre) and r.zero_pad(nxt, cur) and (got := _pre(nxt)) is not None:
-            pre, cur = got, nxt
-            continue
-        dw, why = _depthwise(r, nxt, cur, channels)
-        if dw is None:
-            return None, why
-        dw = replace(dw, pre=pre)
-        break
+    w, _ = r.walk(node, a)  # the one walk's rules, up to the operation they do not take
+    if w is None or w.post or w.pools or w.flat or w.views or len(w.pads) > 1:
+        return None, ""
+    pre = _pre(w.pads[0]) if w.pads else (0, 0, 0, 0)
+    if pre is None:
+        return None, ""
+    cur, nxt, norm1, act1 = w.cur, w.nxt, w.norm, w.act
+    dw, why = _depthwise(r, nxt, cur, channels)
+    if dw is None:
+        return None, why
+    dw = replace(dw, pre=pre)
     cur, norm2, act2 = nxt, None, None
     se = None
     while True:
