@@ -98,6 +98,12 @@ def test_state_matches_compress(model, data, method, mode):
         assert f["mse_before"] == metrics.mse(model, X, y)
         assert f["calib_max_abs"] == close(want.calibration_error["max_abs"]) and f["calib_n"] == len(X)
         assert [m["labels"] for m in s.merges] == [lab.tolist() for lab in want.partition]
+        # the slider's number in output terms, as compress estimates it (issue 30), shown beside eps
+        if method == "components":
+            assert "estimated_error" not in f
+        else:
+            assert f["estimated_error"] == close(want.estimated_error)
+            assert "estimated output error" in render.figures_html(f)
         seen.add(c.params_after)
     assert len(seen) >= 2, "the eps grid should reach several sizes"
     assert_unchanged(model, snap)

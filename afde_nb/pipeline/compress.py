@@ -26,6 +26,7 @@ from ..core.target import for_params as floored_for_params, sequence as floored_
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..models.capture import Captured, capture
 from ..models.export import batch_bounds
+from .estimate import ANCHORS, cache_key
 from .result import Compression, LayerSummary, layer_summaries
 
 __all__ = ["Compression", "LayerSummary", "compress", "layer_summaries"]
@@ -165,7 +166,7 @@ def _estimated(cap: Captured, path, part: Partition, calib, how, eps, relative: 
     for the paper's components), and the guard: a calibrated ``eps`` whose measured output error
     (held out where measured, else on the calibration inputs) exceeds 3x the estimate or 3x a
     relative eps warns with both numbers and the eps that would meet it."""
-    from .estimate import anchors, estimate, guard, merges_of
+    from .estimate import estimate, guard, merges_of
 
     if path is None:
         return None
@@ -492,3 +493,40 @@ def model_inputs(model: nn.Module, X, what: str = "calibration"):
     cap = capture(model)
     cap.check("ward", "backward")
     return cap.inputs(X, what)
+
+
+def anchors(cap, path: MergePath, calib, how: str | None) -> list[tuple[float, float]]:
+    """(first-order estimate, measured held-out relative RMS error) at the anchor cuts of ``path``
+    (:data:`~afde_nb.pipeline.estimate.ANCHORS`), measured once per calibration set and repair setting and cached on the path;
+    [] with fewer than 8 calibration inputs."""
+    if calib is None or len(calib) < HOLD_OUT_MIN:
+        return []
+    cache = path.__dict__.setdefault("_anchors", {})
+    key = cache_key(calib, how)
+    if key in cache:
+        return cache[key]
+    seq = path.sequence()
+    n = np.array([lp.n for lp in path.layers])
+    fit, held = _split(len(calib))
+    rows = _fit_rows(cap, how, cap.rows(calib[fit]) if how == "calibration" else None)
+    x = calib[held]
+    want = cap.output(x)
+    out, seen = [], set()
+    for f in ANCHORS:
+        i = next((i for i, ms in enumerate(seq) if (n - np.asarray(ms)).sum() <= f * n.sum()), len(seq) - 1)
+        if i in seen:
+            continue
+        seen.add(i)
+        first = path.first_order(seq[i])
+        if first <= 0:
+            continue
+        _, nets, _ = reduce_chains(cap, path.partition_at(seq[i]), rows)
+        got = cap.output(x, nets)
+        if got.shape != want.shape:
+            continue
+        measured = float(np.sqrt(deviation(want, got)["relative_mse"]))
+        if measured > 0 and np.isfinite(measured):
+            out.append((first, measured))
+    out.sort()
+    cache[key] = out
+    return out

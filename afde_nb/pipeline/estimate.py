@@ -9,7 +9,8 @@ measure. Two parts (docs/method.md, "What the estimate is"):
   each layer's Ward bound sqrt(J) over the *centred* RMS of its consumer's outputs on the probes,
   a layer's relative error taken to reach the output unchanged, the layers' errors combined as
   uncorrelated (root of the sum of squares);
-* **measured correction along the path** (calibrated, :func:`anchors`): at :data:`ANCHORS` cuts of
+* **measured correction along the path** (calibrated, :func:`afde_nb.pipeline.compress.anchors`,
+  beside the reduction it runs): at :data:`ANCHORS` cuts of
   the path's eps order (95 % .. 5 % of the lumpable units kept) the model is reduced as compress
   reduces it (repaired on a seeded 3/4 of the calibration inputs where the repair is on, as for
   ``held_out_error``) and its output error measured on the other 1/4; the estimate at any cut is
@@ -26,7 +27,6 @@ import hashlib
 import numpy as np
 
 from ..core.path import MergePath
-from ..core.repair import deviation
 
 #: lumpable units kept at the anchor cuts of the measured correction
 ANCHORS = (0.95, 0.8, 0.6, 0.4, 0.25, 0.12, 0.05)
@@ -40,7 +40,8 @@ def merges_of(path: MergePath, labels) -> list[int]:
     return [lp.n - (int(np.max(l)) + 1 if np.size(l) else 0) for lp, l in zip(path.layers, labels)]
 
 
-def _key(calib, how) -> tuple:
+def cache_key(calib, how) -> tuple:
+    """The anchors' cache key: the repair setting and a digest of the calibration inputs."""
     h = hashlib.sha1()
     for a in _arrays(calib):
         h.update(str(a.shape).encode())
@@ -61,45 +62,6 @@ def _arrays(x) -> list[np.ndarray]:
         return [np.asarray(x)]
     except (TypeError, ValueError):  # something else: keyed by identity (a new object measures anew)
         return [np.asarray([id(x)])]
-
-
-def anchors(cap, path: MergePath, calib, how: str | None) -> list[tuple[float, float]]:
-    """(first-order estimate, measured held-out relative RMS error) at the anchor cuts of ``path``
-    (:data:`ANCHORS`), measured once per calibration set and repair setting and cached on the path;
-    [] with fewer than 8 calibration inputs."""
-    from .compress import HOLD_OUT_MIN, _fit_rows, _split, reduce_chains
-
-    if calib is None or len(calib) < HOLD_OUT_MIN:
-        return []
-    cache = path.__dict__.setdefault("_anchors", {})
-    key = _key(calib, how)
-    if key in cache:
-        return cache[key]
-    seq = path.sequence()
-    n = np.array([lp.n for lp in path.layers])
-    fit, held = _split(len(calib))
-    rows = _fit_rows(cap, how, cap.rows(calib[fit]) if how == "calibration" else None)
-    x = calib[held]
-    want = cap.output(x)
-    out, seen = [], set()
-    for f in ANCHORS:
-        i = next((i for i, ms in enumerate(seq) if (n - np.asarray(ms)).sum() <= f * n.sum()), len(seq) - 1)
-        if i in seen:
-            continue
-        seen.add(i)
-        first = path.first_order(seq[i])
-        if first <= 0:
-            continue
-        _, nets, _ = reduce_chains(cap, path.partition_at(seq[i]), rows)
-        got = cap.output(x, nets)
-        if got.shape != want.shape:
-            continue
-        measured = float(np.sqrt(deviation(want, got)["relative_mse"]))
-        if measured > 0 and np.isfinite(measured):
-            out.append((first, measured))
-    out.sort()
-    cache[key] = out
-    return out
 
 
 def corrected(first: float, marks: list[tuple[float, float]]) -> float:

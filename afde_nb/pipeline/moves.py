@@ -33,6 +33,21 @@ _TORCH_ACT = {"identity": lambda z, l: z, "tanh": lambda z, l: torch.tanh(z), "s
               "leaky_relu": lambda z, l: torch.nn.functional.leaky_relu(z, l.negative_slope)}
 
 
+def _estimate(model, path, part, calib, how) -> float | None:
+    """``Compression.estimated_error`` of a slider move, as ``compress`` gives it: the path's
+    first-order estimate times the correction measured along the path on the calibration inputs
+    (:func:`~afde_nb.pipeline.compress.anchors`: measured once per path and repair setting, cached
+    on the path, so later moves cost nothing); None for the paper's components."""
+    from ..models.capture import capture
+    from .compress import anchors
+    from .estimate import estimate, merges_of
+
+    if path.method == "components":
+        return None
+    marks = anchors(capture(model), path, calib, how) if calib is not None else []
+    return estimate(path, merges_of(path, part.labels), marks)
+
+
 def _versions(model) -> tuple:
     """What changes when a parameter of ``model`` is replaced or written in place."""
     params = getattr(model, "parameters", None)
@@ -244,7 +259,8 @@ class SliderCache:
                             params_after=params_after, layers=layer_summaries(net, part), mode=part.mode, eps=part.eps,
                             relative=part.relative, calibration_error=after, target=None, method=path.method,
                             symmetry=bool(path.symmetry), repaired=how if ran else None,
-                            calibration_error_before_repair=before, path=path)
+                            calibration_error_before_repair=before, path=path,
+                            estimated_error=_estimate(self.model, path, part, self.calib, how))
         return c, None if pred is None else pred.copy()
 
     def _answer(self, part, how: str | None) -> tuple:

@@ -89,6 +89,10 @@ def figures_html(f: dict, data_label: str = "") -> str:
     if "calib_max_abs" in f:
         rows.append((f"deviation on {f['calib_n']} calibration inputs",
                      f"max {fmt(f['calib_max_abs'], '.3g')}, rms {fmt(f['calib_rms'], '.3g')}"))
+    if f.get("estimated_error") is not None:
+        rows.append(("estimated output error (relative RMS)",
+                     f"<b class='afde-estimate'>{fmt(f['estimated_error'], '.3g')}</b>"
+                     + (f", measured {fmt(f['calib_rel_rms'], '.3g')}" if f.get("calib_rel_rms") is not None else "")))
     setting = f"{f['mode']}, eps = {f['eps']:.4g}{' (relative)' if f['relative'] else ''}"
     if f.get("method"):
         setting += f", {html.escape(str(f['method']))}"

@@ -485,7 +485,10 @@ class PanelState:
                      calib_n=before["n"])
         if c.calibration_error:
             e = c.calibration_error
-            f.update(calib_max_abs=e["max_abs"], calib_rms=e["rms"], calib_n=e["n"])
+            f.update(calib_max_abs=e["max_abs"], calib_rms=e["rms"], calib_n=e["n"],
+                     calib_rel_rms=float(np.sqrt(e["relative_mse"])) if "relative_mse" in e else None)
+        if getattr(c, "estimated_error", None) is not None:  # the slider's number in output terms (issue 30)
+            f["estimated_error"] = float(c.estimated_error)
         return f
 
     @property
