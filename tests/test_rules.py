@@ -392,3 +392,29 @@ def test_a_model_that_cannot_be_traced_is_refused_naming_its_line():
     with pytest.raises(afde_nb.errors.UnsupportedLayerError) as err:
         afde_nb.compress(Branchy(), 0.0, calibration=torch.randn(8, 4))
     assert "test_rules.py:" in str(err.value) and "(if h.sum() > 0:" in str(err.value)
+
+
+def test_structured_pruning_through_a_post_activation_batchnorm_removes_whole_units():
+    """A baseline's pruned CREPE-like model is the original minus whole channels: zeroing the
+    pruned channels' consumer columns in the original gives the same outputs, borders included
+    (the kept channels keep their BatchNorm's scale and shift; none is folded into a bias)."""
+    from afde_nb.eval.baselines import structured_prune
+
+    m = _crepe()
+    x = torch.randn(16, 128)
+    p = structured_prune(m, 0.0)
+    assert (p.model(x) - m(x)).abs().max() < 1e-5
+    p = structured_prune(m, 0.4)
+    ref = CrepeLike().eval()
+    ref.load_state_dict(m.state_dict())
+    (maps,) = p.maps
+    with torch.no_grad():
+        for (labels, _), nxt in zip(maps, (ref.c2, ref.c3, None)):
+            gone = torch.from_numpy(np.where(np.asarray(labels) < 0)[0])
+            assert len(gone) > 0
+            if nxt is not None:
+                nxt.weight[:, gone] = 0.0
+            else:  # the classifier reads channel c at position t from column t * 5 + c
+                cols = (torch.arange(8)[:, None] * 5 + gone[None, :]).reshape(-1)
+                ref.classifier.weight[:, cols] = 0.0
+    assert (p.model(x) - ref(x)).abs().max() < 1e-5

@@ -38,6 +38,7 @@ from ...core import inverted as core_inverted
 from ...core.gated import GatedNet
 from ...core.inverted import InvertedNet
 from ...core.network import Network
+from ...core.reduce import Block, merged_affine
 from ...errors import InvalidArgumentError
 from ._common import Pruned, check_amount, dense_counter, finish, n_kept, units
 
@@ -149,7 +150,11 @@ def fold_layer(net: Network, l: int, labels: np.ndarray) -> Network:
     layers = list(net.layers)
     layers[l] = layer.with_weights(w, b)
     layers[l + 1] = nxt.with_weights(w_next, nxt.bias.copy())
-    return Network(layers, dtype=net.dtype, meta=dict(net.meta))
+    meta = dict(net.meta)
+    if l in meta.get("post", {}):  # the folded units' affine after the activation, merged as the quotient merges it
+        ones = np.ones(layer.out_features)
+        meta["post"] = {**meta["post"], l: merged_affine(Block(labels, ones, ones, ones, 0.0), *meta["post"][l])}
+    return Network(layers, dtype=net.dtype, meta=meta)
 
 
 def fold_gated(net: GatedNet, labels: np.ndarray) -> GatedNet:

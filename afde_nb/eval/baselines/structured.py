@@ -84,11 +84,26 @@ def select_neurons(net: Network, keep: list[np.ndarray]) -> Network:
     for i, l in enumerate(net.layers):
         rows = keep[i] if i < len(keep) else np.arange(l.out_features)
         w = l.weight[rows]
+        b = l.bias[rows].copy()
         if prev is not None:
             w = w[:, unit_columns(prev, l.taps)]
-        layers.append(l.with_weights(np.ascontiguousarray(w), l.bias[rows].copy()))
+            if i - 1 in net.meta.get("post", {}):
+                b -= _shift_of_removed(l, prev, *net.meta["post"][i - 1])[rows]
+        layers.append(l.with_weights(np.ascontiguousarray(w), b))
         prev = rows
-    return Network(layers, dtype=net.dtype, meta=dict(net.meta))
+    meta = dict(net.meta)
+    if "post" in meta:  # a kept unit keeps its affine after the activation (models.surgery.feed_map)
+        meta["post"] = {h: (S[keep[h]], T[keep[h]]) for h, (S, T) in meta["post"].items()}
+    return Network(layers, dtype=net.dtype, meta=meta)
+
+
+def _shift_of_removed(layer, kept: np.ndarray, S: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """What the units not in ``kept`` add to ``layer``'s bias through their affine after the
+    activation (folded: ``b' = b + W T``, ``W' = W S``): taken out with them, so a pruned model is
+    the original minus whole units, zero-padded borders included."""
+    gone = np.setdiff1d(np.arange(len(S)), kept)
+    W = layer.weight.reshape(layer.out_features, len(S), layer.taps)[:, gone]
+    return np.einsum("oct,c->o", W / np.where(S[gone] != 0, S[gone], 1.0)[None, :, None], T[gone])
 
 
 def structured_prune(model: nn.Module, amount: float, score: str = "norm", calibration=None) -> Pruned:
