@@ -418,3 +418,39 @@ def test_structured_pruning_through_a_post_activation_batchnorm_removes_whole_un
                 cols = (torch.arange(8)[:, None] * 5 + gone[None, :]).reshape(-1)
                 ref.classifier.weight[:, cols] = 0.0
     assert (p.model(x) - ref(x)).abs().max() < 1e-5
+
+
+class BNAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: ``F.batch_norm`` called with keyword arguments, then an activation."""
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, weight=self.weight, bias=self.bias,
+                         training=False, momentum=0.1, eps=self.eps)
+        return F.relu(x)
+
+
+def test_a_batchnorm_called_with_keyword_arguments_is_read_whole():
+    """Its weight and bias were read as absent: the fold left out gamma and beta and a lossy
+    merge left the BatchNorm's weight at its old width (timm's MobileNetV3 then did not run)."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.bn, self.b = nn.Conv2d(3, 8, 3, bias=False), BNAct(8), nn.Conv2d(8, 4, 3)
+
+        def forward(self, x):
+            return self.b(self.bn(self.a(x)))
+    torch.manual_seed(0)
+    m = Net().eval()
+    with torch.no_grad():
+        m.bn.weight.uniform_(0.5, 2), m.bn.bias.uniform_(-1, 1), m.bn.running_var.uniform_(0.5, 2)
+        m.a.weight[6] = m.a.weight[1]
+        for t in (m.bn.weight, m.bn.bias, m.bn.running_mean, m.bn.running_var):
+            t[6] = t[1]
+    x = torch.randn(16, 3, 10, 10)
+    (g,) = afde_nb.compress(m, 0.0, calibration=x).groups.groups
+    assert (g.norm.weight, g.norm.bias) == ("bn.weight", "bn.bias")
+    c = afde_nb.compress(m, 0.0, calibration=x)
+    assert c.model.bn.weight.shape == (7,) and (c.model(x) - m(x)).abs().max() < 1e-5
+    c = afde_nb.compress(m, target_params=int(0.7 * sum(p.numel() for p in m.parameters())), calibration=x)
+    assert c.model.bn.weight.shape == c.model.bn.running_mean.shape == (c.model.a.out_channels,)
+    assert c.model(x).shape == m(x).shape

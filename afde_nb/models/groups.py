@@ -472,11 +472,13 @@ class _Reader:
             return Norm(path, f"{path}.weight" if m.affine else None, f"{path}.bias" if m.affine else None,
                         f"{path}.running_mean", f"{path}.running_var", float(m.eps))
         if node.op == "call_function" and node.target in _BN_FUNCS:
-            a = list(node.args) + [None] * 9
-            if node.target is F.batch_norm:  # (x, mean, var, weight, bias, training, momentum, eps)
-                mean, var, w, b, training, eps = a[1], a[2], a[3], a[4], a[5], a[7]
-            else:  # aten: (x, weight, bias, mean, var, training, momentum, eps, cudnn)
-                w, b, mean, var, training, eps = a[1], a[2], a[3], a[4], a[5], a[7]
+            names = (("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+                     if node.target is F.batch_norm else  # aten: (x, weight, bias, mean, var, training, momentum, eps, cudnn)
+                     ("input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps"))
+            # by position or by keyword (timm's BatchNormAct2d passes weight=, bias=, training=, eps=)
+            got = {**dict(zip(names, node.args)), **node.kwargs}
+            mean, var, w, b = (got.get(k) for k in ("running_mean", "running_var", "weight", "bias"))
+            training, eps = got.get("training", False), got.get("eps")
             if training or self.attr(mean) is None or self.attr(var) is None:
                 return None
             wn, bn = self.attr(w), self.attr(b)
