@@ -213,7 +213,7 @@ def condense(model, why: str) -> str:
         what = cls(target) if op == "call_module" else target
         return what + (f" in <{inside}>" if inside else "")
     s = _NODE.sub(node, s)
-    s = re.sub(r"feed [A-Za-z_]\w* \((\w+)\), not", r"feed <\1>, not", s)  # "feed blocks_5_1_bn2_act (SiLU), not"
+    s = re.sub(r"feed [A-Za-z_]\w* \(<?(\w+)>?\), not", r"feed <\1>, not", s)  # "feed blocks_5_1_bn2_act (SiLU), not"
     # "feeds 17 operations (cat, cat, cat)" -> "feeds k operations (cat)": the distinct operations
     s = re.sub(r"feed (\d+) operations \((.*)\)$",
                lambda m: f"feed 2 operations ({', '.join(sorted(t.strip() for t in m.group(2).split(', ')))})"
