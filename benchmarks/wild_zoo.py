@@ -107,10 +107,23 @@ def _tp_prune(model, example, score: str, ratio_of, ignored_of, loss=None):
     return m.eval()
 
 
-def _kept(bias0: torch.Tensor, bias1: torch.Tensor) -> list[int]:
-    """Which of the original units a pruned layer kept (its biases are the originals' entries)."""
-    where = {float(v): i for i, v in enumerate(bias0.tolist())}
-    return [where.get(float(v), -1) for v in bias1.tolist()]
+def _kept(bias0, bias1) -> list[int]:
+    """Which of the original units a pruned layer kept: its per-unit entries (a bias, or a tuple
+    of per-unit tensors read together where one alone repeats values) are the originals'."""
+    def keys(t):
+        ts = t if isinstance(t, (tuple, list)) else (t,)
+        return list(zip(*[x.tolist() for x in ts]))
+
+    k0 = keys(bias0)
+    where = {k: i for i, k in enumerate(k0)}
+    if len(where) != len(k0):
+        raise ValueError("per-unit entries repeat: the kept units cannot be told apart")
+    return [where.get(k, -1) for k in keys(bias1)]
+
+
+def _crepe_keys(m, i: int):
+    conv, bn = getattr(m, f"conv{i}"), getattr(m, f"conv{i}_BN")
+    return (conv.bias, bn.weight, bn.running_mean)
 
 
 def _fit(prune, n0: int, target: int, lo: float = 0.0, hi: float = 0.99):
@@ -198,7 +211,7 @@ def _strided_classifier(model, pruned):
     import copy
 
     p = copy.deepcopy(pruned)
-    kept = _kept(model.conv6.bias, pruned.conv6.bias)
+    kept = _kept(_crepe_keys(model, 6), _crepe_keys(pruned, 6))
     c_all, c_kept = model.conv6.out_channels, len(kept)
     t_len = model.classifier.in_features // c_all
     src = [t * c_all + c for t in range(t_len) for c in kept]  # destination column t * c_kept + k, in order
@@ -221,7 +234,7 @@ def _crepe_units(model, pruned, x) -> str:
     with torch.no_grad():
         for i in range(1, 7):
             conv0, conv1 = getattr(model, f"conv{i}"), getattr(pruned, f"conv{i}")
-            kept = _kept(conv0.bias, conv1.bias)
+            kept = _kept(_crepe_keys(model, i), _crepe_keys(pruned, i))
             removed = sorted(set(range(conv0.out_channels)) - set(kept))
             if i < 6:
                 getattr(z, f"conv{i + 1}").weight[:, removed] = 0
