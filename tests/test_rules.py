@@ -454,3 +454,53 @@ def test_a_batchnorm_called_with_keyword_arguments_is_read_whole():
     c = afde_nb.compress(m, target_params=int(0.7 * sum(p.numel() for p in m.parameters())), calibration=x)
     assert c.model.bn.weight.shape == c.model.bn.running_mean.shape == (c.model.a.out_channels,)
     assert c.model(x).shape == m(x).shape
+
+
+class BNDropAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d as it is built: batch_norm, a drop (nn.Identity in eval), an activation."""
+
+    def __init__(self, c):
+        super().__init__(c)
+        self.drop, self.act = nn.Identity(), nn.ReLU()
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, weight=self.weight, bias=self.bias,
+                         training=False, momentum=0.1, eps=self.eps)
+        return self.act(self.drop(x))
+
+
+def test_an_inverted_block_of_timm_style_norm_act_modules_is_one_group():
+    """The Identity before the activation was taken for an identity activation after the depthwise
+    conv, and the real one then stopped the channel: 0 groups on timm's MobileNets."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(4, 16, 1), BNDropAct(16), nn.Conv2d(16, 16, 3, padding=1, groups=16),
+                      BNDropAct(16), nn.Conv2d(16, 8, 1)).eval()
+    with torch.no_grad():
+        for t in (m[0].weight, m[0].bias, m[2].weight, m[2].bias):
+            t[9] = t[2]
+    x = torch.randn(8, 4, 8, 8)
+    c = afde_nb.compress(m, 0.0, calibration=x)
+    assert "lumps 0 (conv2d) -> relu -> depthwise 2 -> relu -> 4" in c.groups.report()
+    assert [(s.neurons_before, s.neurons_after) for s in c.layers] == [(16, 15)]
+    assert (c.model(x) - m(x)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_a_mean_over_positions_is_a_global_average_pool(keepdim):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.fc = nn.Linear(8, 2) if not keepdim else nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).mean([2, 3], keepdim=keepdim))
+    torch.manual_seed(0)
+    m = Net().eval()
+    with torch.no_grad():
+        m.conv.weight[5], m.conv.bias[5] = 0.5 * m.conv.weight[1], 0.5 * m.conv.bias[1]  # ReLU: positive scaling
+    x = torch.randn(16, 3, 8, 8)
+    c = afde_nb.compress(m, 0.0, calibration=x)
+    assert "passes mean over positions" in c.groups.report()
+    assert [(s.neurons_before, s.neurons_after) for s in c.layers] == [(8, 7)]
+    assert (c.model(x) - m(x)).abs().max() < 1e-5

@@ -558,6 +558,27 @@ class _Reader:
             return _POOL_FUNCS[node.target]
         return None
 
+    @staticmethod
+    def spatial_mean(node: fx.Node, ndim: int) -> bool | None:
+        """For ``x.mean([2, 3])`` (a global average pool written as a mean over every axis after the
+        channels of an ``ndim``-axis tensor): whether it keeps those axes (``keepdim``); None for
+        anything else."""
+        if node.op == "call_method" and node.target == "mean":
+            args = list(node.args[1:])
+        elif node.op == "call_function" and node.target in (torch.mean, aten.mean.dim):
+            args = list(node.args[1:])
+        else:
+            return None
+        dims = node.kwargs.get("dim", args[0] if args else None)
+        keep = node.kwargs.get("keepdim", args[1] if len(args) > 1 else False)
+        if isinstance(dims, int):
+            dims = [dims]
+        if not isinstance(dims, (list, tuple)) or not all(isinstance(d, int) for d in dims) or ndim < 3:
+            return None
+        if sorted(d % ndim for d in dims) != list(range(2, ndim)):
+            return None
+        return bool(keep)
+
     def walk(self, node: fx.Node, a: Affine) -> tuple["Walk | None", str]:
         """:func:`walk` in this graph (the gated and inverted readings ask the reader for it)."""
         return walk(self, node, a)
@@ -918,14 +939,16 @@ def _fused(model: nn.Module, read: set[str]) -> list[tuple[str, str]]:
     experts stored fused (transformers 5's ``MixtralExperts``: ``gate_up_proj`` (experts, 2 I, H),
     ``down_proj`` (experts, H, I)), batched matrix products whose units no rule here follows. Named,
     so a report never passes them over in silence."""
-    out: dict[str, list[str]] = {}
+    banks: dict[str, list] = {}
     for name, p in model.named_parameters():
-        if p.dim() >= 3 and name not in read and not isinstance(
-                model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model, nn.modules.conv._ConvNd):
+        if p.dim() == 3 and name not in read and ".parametrizations." not in name:
             path, _, attr = name.rpartition(".")
-            out.setdefault(path or "(model)", []).append(f"{attr} {tuple(p.shape)}")
-    return [(path, f"parameters stored fused in three axes ({', '.join(v)}; a mixture of experts' batched weights): "
-                   "their units are not lumped") for path, v in out.items()]
+            banks.setdefault(path or "(model)", []).append((attr, tuple(p.shape)))
+    # a bank: two or more such parameters of one module sharing a leading (expert) axis of size > 1;
+    # a class token, a position table or a layer scale is no bank
+    return [(path, f"parameters stored fused in three axes ({', '.join(f'{a} {sh}' for a, sh in v)}; a mixture "
+                   "of experts' batched weights): their units are not lumped")
+            for path, v in banks.items() if len(v) >= 2 and len({sh[0] for _, sh in v}) == 1 and v[0][1][0] > 1]
 
 
 @dataclass
@@ -1004,6 +1027,13 @@ def walk(r: _Reader, node: fx.Node, a: Affine) -> tuple[Walk | None, str]:
                     return None, f"its outputs feed {_describe(nxt, r)}{_where(nxt)}, whose indices are used"
                 w.cur = got
             w.rules.append(pool)
+            continue
+        if conv and not w.flat and w.ids is None and \
+                (keep := r.spatial_mean(nxt, 3 if a.kind == "conv1d" else 4)) is not None:
+            w.pools.append("avg_pool")
+            w.flat = not keep  # (n, C): the channels are a Linear's inputs, one column each
+            w.cur = nxt
+            w.rules.append("mean over positions")
             continue
         if conv and not w.flat and w.ids is None and r.zero_pad(nxt, cur):
             w.pads.append(nxt)

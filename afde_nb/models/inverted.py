@@ -220,6 +220,9 @@ def _act(r, cur: fx.Node):
     if region is not None:
         return None
     nxt = _single(cur)
+    # a no-op (timm's BatchNormAct2d's drop: nn.Identity) is passed, not taken for the identity activation
+    while nxt is not None and r.passthrough(nxt):
+        nxt = _single(nxt)
     if nxt is not None and (ac := r.activation(nxt)) is not None:  # in-place ones too (relu_, hardswish_)
         return ac, nxt
     return None
