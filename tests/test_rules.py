@@ -504,3 +504,24 @@ def test_a_mean_over_positions_is_a_global_average_pool(keepdim):
     assert "passes mean over positions" in c.groups.report()
     assert [(s.neurons_before, s.neurons_after) for s in c.layers] == [(8, 7)]
     assert (c.model(x) - m(x)).abs().max() < 1e-5
+
+
+def test_widening_casts_pass_and_narrowing_ones_stop_a_group():
+    class Net(nn.Module):
+        def __init__(self, narrow=False):
+            super().__init__()
+            self.a, self.b, self.narrow = nn.Linear(4, 8), nn.Linear(8, 2), narrow
+
+        def forward(self, x):
+            h = torch.tanh(self.a(x)).to(torch.float32).float()
+            return self.b(h.to(torch.bfloat16).to(torch.float32) if self.narrow else h)
+    torch.manual_seed(0)
+    m = Net().eval()
+    with torch.no_grad():
+        m.a.weight[5], m.a.bias[5] = m.a.weight[1], m.a.bias[1]
+    x = torch.randn(32, 4)
+    c = afde_nb.compress(m, 0.0, calibration=x)
+    assert [(s.neurons_before, s.neurons_after) for s in c.layers] == [(8, 7)]
+    assert (c.model(x) - m(x)).abs().max() < 1e-5
+    d = find_groups(Net(narrow=True), ((x[:2],), {}))
+    assert not d.groups  # a cast to bfloat16 rounds the units: not a no-op

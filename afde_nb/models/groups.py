@@ -679,7 +679,32 @@ class _Reader:
         if node.op == "call_function" and node.target in _DROPOUT_FUNCS:
             train = node.kwargs.get("training", node.kwargs.get("train", node.args[2] if len(node.args) > 2 else True))
             return train is False
+        return _widening_cast(node)
+
+
+#: floating dtypes by precision: a cast to one at least as wide keeps every value
+_WIDTH = {torch.float16: 1, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+_CASTS = (aten.to.dtype, aten._to_copy.default)
+
+
+def _widening_cast(node: fx.Node) -> bool:
+    """A dtype cast that keeps every value (float32 -> float32 or float64: Mixtral's router and
+    mixed-precision code write ``x.to(torch.float32)``): a no-op for the units. A narrowing cast
+    (to bfloat16) rounds them and is not passed."""
+    if node.op == "call_method" and node.target in ("float", "double") and len(node.args) == 1:
+        want = torch.float32 if node.target == "float" else torch.float64
+    elif (node.op == "call_method" and node.target == "to") or (node.op == "call_function" and node.target in _CASTS):
+        extra = [a for a in node.args[1:] if isinstance(a, torch.dtype)]
+        want = node.kwargs.get("dtype", extra[0] if extra else None)
+    else:
         return False
+    src = node.args[0].meta.get("val") if node.args and isinstance(node.args[0], fx.Node) else None
+    have = getattr(src, "dtype", None)
+    if want not in _WIDTH:
+        return False
+    if have is None:  # a torch.fx trace records no dtypes: a cast to float32 or wider (models run in float32)
+        return _WIDTH[want] >= _WIDTH[torch.float32]
+    return have in _WIDTH and _WIDTH[want] >= _WIDTH[have]
 
 
 def _describe(node: fx.Node, r: _Reader | None = None) -> str:

@@ -79,12 +79,15 @@ _METHODS = ("permute", "reshape", "view", "transpose", "flatten", "unflatten", "
 
 def reads_shape(node: fx.Node) -> bool:
     """A read of a tensor's shape, not its values (``x.shape``, ``x.size()``, ``x.dim()``,
-    ``aten.sym_size``): it sees no unit's value, so it does not stop a walk."""
+    ``aten.sym_size``, ``_assert_tensor_metadata``): it sees no unit's value, so it does not stop a
+    walk."""
     if node.op == "call_function" and node.target is getattr:
         return len(node.args) > 1 and node.args[1] in ("shape", "ndim", "dtype", "device")
     if node.op == "call_method":
         return node.target in ("size", "dim")
-    return node.op == "call_function" and "sym_size" in str(node.target)
+    # and the bookkeeping an export emits: metadata asserts whose result nothing reads
+    name = str(node.target)
+    return node.op == "call_function" and ("sym_size" in name or ("_assert" in name and not node.users))
 
 
 def followable(node: fx.Node) -> bool:
