@@ -525,3 +525,47 @@ def test_widening_casts_pass_and_narrowing_ones_stop_a_group():
     assert (c.model(x) - m(x)).abs().max() < 1e-5
     d = find_groups(Net(narrow=True), ((x[:2],), {}))
     assert not d.groups  # a cast to bfloat16 rounds the units: not a no-op
+
+
+class MixFFN(nn.Module):
+    """SegFormer's Mix-FFN: dense1 -> its tokens laid out as maps -> depthwise 3x3 -> back to tokens
+    -> GELU -> dense2, the units' way through ``transpose(1, 2).view(B, C, H, W)`` and back."""
+
+    def __init__(self, d=8, hidden=16, side=4):
+        super().__init__()
+        self.side = side
+        self.dense1, self.dense2 = nn.Linear(d, hidden), nn.Linear(hidden, d)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+
+    def forward(self, x):
+        h = self.dense1(x)
+        B, N, C = h.shape
+        h = self.dwconv(h.transpose(1, 2).view(B, C, self.side, self.side)).flatten(2).transpose(1, 2)
+        return x + self.dense2(F.gelu(h))
+
+
+def test_a_linear_over_tokens_laid_out_as_maps_for_a_depthwise_conv_is_one_group(tmp_path):
+    torch.manual_seed(0)
+    m = MixFFN().eval()
+    with torch.no_grad():
+        for t in (m.dense1.weight, m.dense1.bias, m.dwconv.weight, m.dwconv.bias):
+            t[11] = t[3]
+    x = torch.randn(12, 16, 8)
+    c = afde_nb.compress(m, 0.0, calibration=x)
+    assert "lumps dense1 (linear) -> identity -> tokens as 4x4 maps -> depthwise dwconv -> gelu -> dense2" in \
+        c.groups.report()
+    assert [(s.neurons_before, s.neurons_after) for s in c.layers] == [(16, 15)]
+    assert (c.model(x) - m(x)).abs().max() < 1e-5
+    c = afde_nb.compress(m, target_params=300, calibration=x)
+    assert c.params_after <= 300 and c.model.dense1.out_features == c.model.dwconv.out_channels
+    c.save(tmp_path / "r.pt2", example_inputs=x[:2])
+    prog = torch.export.load(str(tmp_path / "r.pt2")).module()
+    assert torch.allclose(prog(x[:3]), c.model(x[:3]), atol=1e-6)
+    # tokens read back in another order are not the maps' channels: no group
+    class Shuffled(MixFFN):
+        def forward(self, x):
+            h = self.dense1(x)
+            B, N, C = h.shape
+            h = self.dwconv(h.transpose(1, 2).view(B, C, self.side, self.side)).transpose(2, 3).flatten(2)
+            return x + self.dense2(F.gelu(h.transpose(1, 2)))
+    assert not find_groups(Shuffled().eval(), ((x[:2],), {})).groups

@@ -171,6 +171,41 @@ class Ids:
         return inner, T
 
 
+    def _coords(self):
+        """(unit, sample, position) of every element now, each as the current shape."""
+        coords = np.unravel_index(self.ids.numpy(), self.shape)
+        unit = coords[self.axis]
+        sample = np.ravel_multi_index([coords[a] for a in self.batch], [self.shape[a] for a in self.batch]) \
+            if self.batch else np.zeros_like(unit)
+        rest = [a for a in range(len(self.shape)) if a != self.axis and a not in self.batch]
+        pos = np.ravel_multi_index([coords[a] for a in rest], [self.shape[a] for a in rest]) \
+            if rest else np.zeros_like(unit)
+        return unit, sample, pos
+
+    def maps(self) -> tuple[int, int] | None:
+        """(H, W) where a Linear's tokens ``(B, N, C)`` now stand as maps ``(B, C, H, W)``: channel c
+        of image b at (h, w) is unit c of token ``h W + w`` of sample b (SegFormer's Mix-FFN:
+        ``transpose(1, 2).view(B, C, H, W)``); None otherwise."""
+        if self.ids.dim() != 4 or len(self.shape) != 3 or self.axis != 2:
+            return None
+        B, C, H, W = self.ids.shape
+        b, n, c = np.unravel_index(self.ids.numpy(), self.shape)  # where each element began: (B, N, C)
+        ok = (c == np.arange(C)[None, :, None, None]).all() and (b == np.arange(B)[:, None, None, None]).all() \
+            and (n == (np.arange(H)[:, None] * W + np.arange(W)[None, :])[None, None]).all()
+        return (H, W) if ok and H * W == self.shape[1] and C == self.shape[2] else None
+
+    def tokens(self) -> bool:
+        """Whether maps ``(B, C, H, W)`` (where the ids began) now stand as tokens ``(B, H W, C)``:
+        the inverse of :meth:`maps`, what a Linear then reads one token per row."""
+        if self.ids.dim() != 3 or len(self.shape) != 4 or self.axis != 1:
+            return False
+        B, N, C = self.ids.shape
+        unit, sample, pos = self._coords()
+        return N == self.shape[2] * self.shape[3] and C == self.shape[1] and bool(
+            (unit == np.arange(C)[None, None, :]).all() and (pos == np.arange(N)[None, :, None]).all()
+            and (sample == np.arange(B)[:, None, None]).all())
+
+
 def layout(C: int, T: int, inner: int) -> np.ndarray:
     """(C, T) array: the column of unit c, position t in the product layout of ``inner``."""
     t = np.arange(T)

@@ -34,7 +34,7 @@ from ..core.inverted import POSITIONS, Geometry, InvertedNet, Maps, pseudo_maps
 from ..core.network import Layer
 from ..errors import UnsupportedLayerError
 from .gated import _is_mul
-from .indexmap import reads_shape
+from .indexmap import Ids, is_view, reads_shape
 from .params import finite_array as _np, get_tensor, set_tensor, weight as _weight
 
 F = nn.functional
@@ -81,6 +81,10 @@ class InvertedGroup:
     act_se: tuple = ("identity", 0.01, ())
     fc2: object = None
     gate: tuple = ("identity", 0.01, ())
+    #: (H, W) where producer and consumer are Linear layers over tokens that the forward lays out as
+    #: maps around the depthwise conv (SegFormer's Mix-FFN: ``transpose(1, 2).view(B, C, H, W)``, then
+    #: ``flatten(2).transpose(1, 2)``); None for 1x1 convolutions
+    grid: tuple | None = None
 
     pools = ()
     flatten = False
@@ -106,6 +110,7 @@ class InvertedGroup:
 
     def describe(self) -> str:
         parts = [f"lumps {self.producer.name} ({self.producer.kind})", self.act1[0]] + \
+            ([f"tokens as {self.grid[0]}x{self.grid[1]} maps"] if self.grid else []) + \
             (["zero padding"] if any(self.dw.pre) else []) + [f"depthwise {self.dw.name}"]
         if self.act2[0] != "identity":
             parts.append(self.act2[0])
@@ -293,7 +298,12 @@ def _follow(r, node: fx.Node, a) -> tuple[InvertedGroup | None, str]:
     follows, so the ordinary reason stands)."""
     channels = int(_weight(r.root, a).shape[0])
     w, _ = r.walk(node, a)  # the one walk's rules, up to the operation they do not take
-    if w is None or w.post or w.pools or w.flat or w.views or len(w.pads) > 1:
+    grid = None
+    if w is not None and a.kind == "linear" and w.views:  # tokens laid out as maps (SegFormer)
+        grid = w.ids.maps() if w.ids is not None else None
+        if grid is None or w.post or w.norm or w.pads or w.pools:
+            return None, ""
+    elif w is None or w.post or w.pools or w.flat or w.views or len(w.pads) > 1:
         return None, ""
     pre = _pre(w.pads[0]) if w.pads else (0, 0, 0, 0)
     if pre is None:
@@ -305,9 +315,15 @@ def _follow(r, node: fx.Node, a) -> tuple[InvertedGroup | None, str]:
     dw = replace(dw, pre=pre)
     cur, norm2, act2 = nxt, None, None
     se = None
+    back = Ids.start(cur, True) if grid is not None else None  # maps back into tokens
     while True:
         if act2 is None and se is None and (got := _act(r, cur)) is not None:
             act2, cur = got
+            continue
+        if back is not None and (nxt := _single(cur)) is not None and is_view(nxt):
+            if not back.apply(nxt):
+                return None, f"its channels' maps are read back through {nxt.name}, which this reading cannot follow"
+            cur = nxt
             continue
         users = _users(cur)
         if len(users) == 2 and se is None:
@@ -328,6 +344,13 @@ def _follow(r, node: fx.Node, a) -> tuple[InvertedGroup | None, str]:
             continue
         break
     c = r.affine(nxt)
+    if grid is not None:  # a Linear over the tokens, read back from the maps one token per row
+        if c is None or c.kind != "linear" or c.transposed or not back.tokens() or r.data(nxt) is not cur \
+                or se is not None or not (a.module and c.module):
+            return None, (f"its depthwise conv {dw.name}'s channels feed {nxt.name} ({_target(nxt)}), not a Linear "
+                          "reading them back as tokens")
+        ident = ("identity", 0.01, ())
+        return InvertedGroup(a, norm1, act1 or ident, dw, norm2, act2 or ident, c, grid=grid), ""
     if c is None or c.kind != "conv2d":
         return None, f"its depthwise conv {dw.name}'s channels feed {nxt.name} ({_target(nxt)}), not a 1x1 convolution"
     if r.data(nxt) is not cur:
@@ -357,7 +380,7 @@ def find_inverted(found: list, uses: dict, groups: list, skipped: list) -> tuple
             if got is not None and got[6] != 1:
                 dw_uses[got[0]] = dw_uses.get(got[0], 0) + 1
     for r, node, a in found:
-        if a.kind != "conv2d":
+        if a.kind != "conv2d" and (a.kind != "linear" or a.transposed):  # a Linear: over tokens laid out as maps
             continue
         g, reason = _follow(r, node, a)
         if g is None:
@@ -408,6 +431,14 @@ def _fold(root: nn.Module, norm, W: np.ndarray, b: np.ndarray) -> tuple[np.ndarr
     return W * scale[:, None], (b - mean) * scale + beta
 
 
+def _pgeo(root: nn.Module, g: InvertedGroup) -> Geometry:
+    """The producer's geometry: a Linear over tokens laid out as maps is a 1x1 convolution."""
+    p = g.producer
+    if g.grid is not None:
+        return Geometry((1, 1))
+    return _geometry(root, p.weight, p.stride, p.padding, p.dilation)
+
+
 def _geometry(root: nn.Module, weight: str, stride, padding, dilation, pre=(0, 0, 0, 0)) -> Geometry:
     k = tuple(int(s) for s in get_tensor(root, weight).shape[2:])
     return Geometry(k, tuple(stride), tuple(padding), tuple(dilation), tuple(pre))
@@ -426,10 +457,10 @@ def inverted_network(root: nn.Module, chain: list) -> InvertedNet:
     (g,) = chain
     p = g.producer
     w = _weight(root, p)
-    if w.dim() != 4:
+    if w.dim() != 4 and not (g.grid is not None and w.dim() == 2):
         raise UnsupportedLayerError(f"{p.name}: an inverted-residual producer is a 2-d convolution, got a weight of "
                                     f"shape {tuple(w.shape)}")
-    pgeo = _geometry(root, p.weight, p.stride, p.padding, p.dilation)
+    pgeo = _pgeo(root, g)
     W = _np(w, p.weight).reshape(w.shape[0], -1)
     b = _np(get_tensor(root, p.bias), p.bias) if p.bias else np.zeros(len(W))
     W, b = _fold(root, g.norm1, W, b)
@@ -547,7 +578,7 @@ def write_back(root: nn.Module, chain: list, small) -> None:
         elif norm is None and np.any(b[keep < 0] != 0):
             raise UnsupportedLayerError(f"{a.name} has no bias or BatchNorm to hold a merged channel's bias")
         _norm_entries(root, norm, keep, b, bool(a.bias))
-    _set(root, g.producer.module, out_channels=k)
+    _set(root, g.producer.module, out_channels=k, out_features=k)
     if g.dw.module:
         _set(root, g.dw.module, in_channels=k, out_channels=k, groups=k)
     else:
@@ -603,9 +634,11 @@ def _picked(n: int) -> torch.Tensor:
 def maps_of(root: nn.Module, g: InvertedGroup, t: torch.Tensor) -> Maps:
     """A producer's input ``t`` (n, in, H, W) as the chain's probe maps: at most :data:`IMAGES` images."""
     t = t.detach()
+    if g.grid is not None:  # tokens (B, N, in) as the maps (B, in, H, W) the forward lays them out as
+        t = t.transpose(1, 2).reshape(len(t), t.shape[2], *g.grid)
     x = t[_picked(len(t)).to(t.device)].to("cpu", torch.float64).numpy()
-    pgeo = _geometry(root, g.producer.weight, g.producer.stride, g.producer.padding, g.producer.dilation)
-    dgeo = _geometry(root, g.dw.weight, g.dw.stride, g.dw.padding, g.dw.dilation)
+    pgeo = _pgeo(root, g)
+    dgeo = _geometry(root, g.dw.weight, g.dw.stride, g.dw.padding, g.dw.dilation, g.dw.pre)
     h, w = dgeo.out(*pgeo.out(x.shape[2], x.shape[3]))
     return Maps(np.ascontiguousarray(x), min(POSITIONS, len(x) * h * w))
 
