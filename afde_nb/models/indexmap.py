@@ -145,13 +145,7 @@ class Ids:
     def columns(self) -> tuple[int, int] | str:
         """(inner, T) of the product layout (module docstring) in which a Linear consumer's
         columns (the last axis now) read the units, or why they do not form one."""
-        coords = np.unravel_index(self.ids.reshape(-1, self.ids.shape[-1]).numpy(), self.shape)
-        unit = coords[self.axis]
-        sample = np.ravel_multi_index([coords[a] for a in self.batch], [self.shape[a] for a in self.batch]) \
-            if self.batch else np.zeros_like(unit)
-        rest = [a for a in range(len(self.shape)) if a != self.axis and a not in self.batch]
-        pos = np.ravel_multi_index([coords[a] for a in rest], [self.shape[a] for a in rest]) \
-            if rest else np.zeros_like(unit)
+        unit, sample, pos = (a.reshape(-1, self.ids.shape[-1]) for a in self._coords())
         if (sample != sample[:, :1]).any():
             return "a row of the consumer mixes samples"
         if (unit != unit[:1]).any() or (pos != pos[:1]).any():
@@ -169,7 +163,6 @@ class Ids:
         if (pos[cols] != pos[cols[0]][None, :]).any():
             return "its units' columns read different positions"
         return inner, T
-
 
     def _coords(self):
         """(unit, sample, position) of every element now, each as the current shape."""
