@@ -388,26 +388,34 @@ class MergePath:
         Every merge removes a unit, so the count falls along the order: the first step within the
         budget is found by bisection (a deep model's order has thousands of steps, and a calibrated
         budget asks for it once per candidate split)."""
-        events = np.asarray(self._events(scale), dtype=np.int64)
+        got = self.first_within(np.asarray(self._events(scale), dtype=np.int64), target)
+        if got is not None:
+            return got
+        from ..errors import BudgetUnreachableError
+
+        raise BudgetUnreachableError(
+            f"target_params={target} is below {self.params_at([lp.n - 1 for lp in self.layers])}, "
+            "the size with one neuron per hidden layer")
+
+    def first_within(self, events: np.ndarray, target: int) -> list[int] | None:
+        """Merges per layer after the fewest of ``events`` (layer indices, in merge order, after
+        the exact merges) whose network has at most ``target`` parameters, by bisection (the count
+        falls with every merge); None where even all of them leave more."""
         exact = np.array([lp.exact for lp in self.layers], dtype=np.int64)
 
         def at(k: int) -> list[int]:
             return (exact + np.bincount(events[:k], minlength=len(exact))).tolist()
 
         lo, hi = 0, len(events)
-        if self.params_at(at(hi)) <= target:
-            while lo < hi:  # the first k within the budget: params_at(at(k)) <= target
-                mid = (lo + hi) // 2
-                if self.params_at(at(mid)) <= target:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            return at(lo)
-        from ..errors import BudgetUnreachableError
-
-        raise BudgetUnreachableError(
-            f"target_params={target} is below {self.params_at([lp.n - 1 for lp in self.layers])}, "
-            "the size with one neuron per hidden layer")
+        if self.params_at(at(hi)) > target:
+            return None
+        while lo < hi:  # the first k within the budget: params_at(at(k)) <= target
+            mid = (lo + hi) // 2
+            if self.params_at(at(mid)) <= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        return at(lo)
 
     def uniform(self, target: int) -> list[int]:
         """Merge counts keeping the same fraction of every hidden layer (as folding does), the

@@ -130,24 +130,15 @@ def for_params(path, target: int, scale=None, caps: list[int] | None = None) -> 
     if caps is None:
         return path.for_params(target, scale)
     events = _floored_events(path, caps, scale)
-    exact = np.array([lp.exact for lp in path.layers], dtype=np.int64)
-
-    def at(k: int) -> list[int]:
-        return (exact + np.bincount(events[:k], minlength=len(exact))).tolist()
-
-    lo, hi = 0, len(events)
-    if path.params_at(at(hi)) > target:
+    got = path.first_within(events, target)
+    if got is None:
+        exact = np.array([lp.exact for lp in path.layers], dtype=np.int64)
+        smallest = path.params_at((exact + np.bincount(events, minlength=len(exact))).tolist())
         raise BudgetUnreachableError(
-            f"target_params={target} is below {path.params_at(at(hi))}, the smallest size the floor allows "
+            f"target_params={target} is below {smallest}, the smallest size the floor allows "
             f"(at least {[lp.n - c for lp, c in zip(path.layers, caps)]} units per hidden layer); lower the floor "
             f"or raise the budget")
-    while lo < hi:  # parameters fall with every merge: the first step within the budget
-        mid = (lo + hi) // 2
-        if path.params_at(at(mid)) <= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    return at(lo)
+    return got
 
 
 def uniform(path, target: int, caps: list[int] | None = None) -> list[int]:
