@@ -16,6 +16,13 @@ from afde_nb.models import indexmap
 from afde_nb.models.groups import export_graph, find_groups
 
 
+def _reloads(c, x, tmp_path) -> None:
+    """The reduced model saved as a .pt2 program loads with stock torch and computes what it did."""
+    c.save(tmp_path / "r.pt2", example_inputs=x[:2])
+    prog = torch.export.load(str(tmp_path / "r.pt2")).module()
+    assert torch.allclose(prog(x[:4]), c.model(x[:4]), atol=1e-6)
+
+
 def _ids_through(x: torch.Tensor, fn, channels_first: bool = True):
     """Ids of ``x``'s elements carried through the view ops of ``fn`` in its exported graph."""
     class M(nn.Module):
@@ -161,9 +168,7 @@ def test_the_reduced_crepe_exports_and_reloads_with_stock_torch(tmp_path):
     x = torch.randn(32, 128)
     c = afde_nb.compress(m, eps=0.3, calibration=x)
     assert c.params_after < c.params_before
-    c.save(tmp_path / "r.pt2", example_inputs=x[:2])
-    prog = torch.export.load(str(tmp_path / "r.pt2")).module()
-    assert torch.allclose(prog(x[:5]), c.model(x[:5]), atol=1e-6)
+    _reloads(c, x, tmp_path)
 
 
 def test_without_shapes_the_index_map_is_named_and_export_is_suggested():
@@ -291,9 +296,7 @@ def test_a_fused_gate_up_projection_cut_by_chunk_is_a_gated_group(tmp_path):
     assert c.model[0].gate_up_proj.weight.shape == (18, 6) and c.model[0].gate_up_proj.out_features == 18
     c = afde_nb.compress(m, eps=0.5, calibration=x)
     assert c.params_after < c.params_before
-    c.save(tmp_path / "r.pt2", example_inputs=x[:2])
-    prog = torch.export.load(str(tmp_path / "r.pt2")).module()
-    assert torch.allclose(prog(x[:4]), c.model(x[:4]), atol=1e-6)
+    _reloads(c, x, tmp_path)
 
 
 def test_experts_stored_fused_in_three_axes_are_named_not_passed_over():
@@ -558,9 +561,7 @@ def test_a_linear_over_tokens_laid_out_as_maps_for_a_depthwise_conv_is_one_group
     assert (c.model(x) - m(x)).abs().max() < 1e-5
     c = afde_nb.compress(m, target_params=300, calibration=x)
     assert c.params_after <= 300 and c.model.dense1.out_features == c.model.dwconv.out_channels
-    c.save(tmp_path / "r.pt2", example_inputs=x[:2])
-    prog = torch.export.load(str(tmp_path / "r.pt2")).module()
-    assert torch.allclose(prog(x[:3]), c.model(x[:3]), atol=1e-6)
+    _reloads(c, x, tmp_path)
     # tokens read back in another order are not the maps' channels: no group
     class Shuffled(MixFFN):
         def forward(self, x):
