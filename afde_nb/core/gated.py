@@ -31,19 +31,21 @@ column. What follows:
   normalised up row and the outgoing column ``sum_i s_i lam_i v_i``; a block with one (non-silent)
   member keeps that unit's own rows untouched.
 * **Repair**: the down projection refit by the ridge least squares of :mod:`afde_nb.core.repair`
-  (its ``_fit``) so its outputs on the probe rows, from the reduced units, match the original's.
+  (its :func:`~afde_nb.core.repair.fit`, in torch) so its outputs on the probe rows, from the reduced units, match the original's.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .. import _core
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from .network import ODD, Layer, Network, apply_activation, finite, non_finite_error
 from .path import EXACT_REL, LINKAGES, PROBES, LayerPath, MergePath, block_sums, units_path
-from .repair import LOSSY, RIDGE, _fit, original_values
+from .compute import array, tensor, where
+from .repair import LOSSY, RIDGE, fit, original_values
 
 #: odd activations without parameters (hardtanh: only where min_val = -max_val, see :func:`odd`)
 ODD_GATES = ("identity", "tanh") + ODD
@@ -111,25 +113,30 @@ class GatedNet(Network):
     def engine_args(self):
         raise InvalidArgumentError("a gated layer has no polynomial ODE encoding (method.md): use the merge path")
 
-    def hidden_values(self, x: np.ndarray) -> np.ndarray:
-        """The units' values h = act(gate x) * (up x) on rows ``x`` (float64)."""
-        x = np.asarray(x, dtype=np.float64)
+    def values(self, x) -> torch.Tensor:
+        """The units' values h = act(gate x) * (up x) on rows ``x`` (an array or a tensor), as a
+        tensor in the model's dtype on its device (:mod:`afde_nb.core.compute`)."""
+        at = where(self)
+        x = tensor(x, **at)
         g, u = self.gate, self.up
-        z = x @ g.weight.T
-        z += g.bias  # in place: the same sums as ``x @ W.T + b``, without another (rows, units) array
-        h = g.apply(z)
-        v = x @ u.weight.T
-        v += u.bias
-        if isinstance(h, np.ndarray) and h.dtype == v.dtype and h.shape == v.shape:
-            return np.multiply(h, v, out=h)
-        return h * v
+        h = g.apply(torch.addmm(tensor(g.bias, **at), x, tensor(g.weight, **at).T))
+        return h.mul_(torch.addmm(tensor(u.bias, **at), x, tensor(u.weight, **at).T))
+
+    def outputs(self, x) -> torch.Tensor:
+        """The down projection's outputs on rows ``x``, as :meth:`values` computes them."""
+        at, d = where(self), self.down
+        return torch.addmm(tensor(d.bias, **at), self.values(x), tensor(d.weight, **at).T)
+
+    def hidden_values(self, x: np.ndarray) -> np.ndarray:
+        """The units' values h = act(gate x) * (up x) on rows ``x`` (:meth:`values` as an array:
+        float32 for a float32 model, float64 for a float64 one)."""
+        return array(self.values(x))
 
     def layer_inputs(self, x: np.ndarray) -> list[np.ndarray]:
-        return [np.asarray(x, dtype=np.float64), self.hidden_values(x)]
+        return [np.asarray(x), self.hidden_values(x)]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        d = self.down
-        return self.hidden_values(x) @ d.weight.T + d.bias
+        return array(self.outputs(x))
 
     def with_units(self, gate: tuple, up: tuple, down: tuple) -> "GatedNet":
         """This layer with other (weight, bias) of the gate, up and down projections."""
@@ -246,7 +253,7 @@ def probe_rows(net: GatedNet, calibration=None, seed: int = 0) -> np.ndarray:
     """The rows the bounds are measured on: calibration rows (the gated layer's inputs), else
     :data:`~afde_nb.core.path.PROBES` standard-normal pseudo-inputs."""
     if calibration is not None and len(calibration):
-        return np.asarray(calibration, dtype=np.float64)
+        return np.asarray(calibration)  # in its own dtype: the values are computed in the model's
     return np.random.default_rng(seed).standard_normal((PROBES, net.gate.in_features))
 
 
@@ -261,13 +268,15 @@ def _fewer(x: np.ndarray, r: int | None, first: bool) -> np.ndarray:
 
 def unit_values(net: GatedNet, X: np.ndarray, al: Aligned, orient: np.ndarray) -> np.ndarray:
     """(n, N): each unit's aligned values on the probe rows, ``orient_i act(gate_i . xa)(a_i . xa)``,
-    over sqrt(N) (so squared norms are means over the rows)."""
-    X = np.asarray(X, dtype=np.float64)
+    over sqrt(N) (so squared norms are means over the rows). Computed in the model's dtype on its
+    device (:mod:`afde_nb.core.compute`), handed to the engine as float64."""
+    at = where(net)
+    X = tensor(X, **at)
     N = max(len(X), 1)
-    Xa = np.column_stack([X, np.ones(len(X))])
-    g = net.gate
-    T = g.apply(Xa @ al.gate.T) * (Xa @ al.up.T)
-    return np.ascontiguousarray(T.T * (orient / np.sqrt(N))[:, None])
+    G, A = tensor(al.gate, **at), tensor(al.up, **at)
+    T = net.gate.apply(torch.addmm(G[:, -1], X, G[:, :-1].T)).mul_(torch.addmm(A[:, -1], X, A[:, :-1].T))
+    T = T.T.to(torch.float64) * tensor(orient / np.sqrt(N), torch.float64, T.device)[:, None]
+    return np.ascontiguousarray(array(T))
 
 
 def masses(net: GatedNet, al: Aligned) -> np.ndarray:
@@ -437,12 +446,10 @@ def repair(original: GatedNet, reduced: GatedNet, X: np.ndarray, ridge: float = 
         if mask.shape != np.shape(reduced.down.weight):
             raise ShapeMismatchError(f"mask of shape {mask.shape} for the down projection {reduced.down.path}, "
                                      f"expected {np.shape(reduced.down.weight)}")
-    X = np.asarray(X, dtype=np.float64)
-    Z = original_values(original, "out", X, lambda: original.forward(X))
-    H = reduced.hidden_values(X)
-    W, b = _fit(H, Z, reduced.down.has_bias, mask, ridge)
+    Z = original_values(original, "out", X, lambda: original.outputs(X))
+    W, b = fit(reduced.values(X), Z, reduced.down.has_bias, mask, ridge)
     dt = np.asarray(reduced.down.weight).dtype
-    return GatedNet([reduced.gate, reduced.down.with_weights(W.astype(dt), b)], dtype=reduced.dtype,
+    return GatedNet([reduced.gate, reduced.down.with_weights(array(W).astype(dt), array(b))], dtype=reduced.dtype,
                     meta=dict(reduced.meta), up=reduced.up)
 
 

@@ -9,9 +9,12 @@ probe forwards) converts locally; numpy's promotion does it for ``x @ W.T`` with
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
+from torch.nn import functional as F
 
 #: activation name -> engine code (cpp/polyode.hpp, enum Act)
 ACTIVATION_CODES = {"identity": 0, "tanh": 1, "sigmoid": 2, "relu": 3, "leaky_relu": 4}
@@ -244,8 +247,14 @@ def apply_activation(z: np.ndarray, activation: str, negative_slope: float = 0.0
     z where |z| > lambd else 0; softshrink(lambd): z -+ lambd beyond +-lambd else 0;
     threshold(threshold, value): z where z > threshold else value; relu2: relu(z)^2; laplace(mu,
     sigma): Phi((z - mu) / sigma); sqrt_softplus: sqrt(softplus(z)); xielu(alpha_p, alpha_n, beta,
-    eps): alpha_p z^2 + beta z for z > 0, else alpha_n (expm1(min(z, eps)) - z) + beta z."""
+    eps): alpha_p z^2 + beta z for z > 0, else alpha_n (expm1(min(z, eps)) - z) + beta z.
+
+    ``z`` a torch tensor: the same function by torch's own kernels, in the tensor's dtype and on
+    its device (:mod:`afde_nb.core.compute`); the result may be ``z`` itself (identity) or a new
+    tensor, never a write into ``z``."""
     p = dict(params)
+    if isinstance(z, torch.Tensor):
+        return _torch_activation(z, activation, negative_slope, p)
     if activation == "identity":
         return z
     if activation == "tanh":
@@ -325,4 +334,55 @@ _VALUES = {
     "sqrt_softplus": lambda z, p: np.sqrt(_softplus(z)),
     "xielu": lambda z, p: np.where(z > 0, p["alpha_p"] * z * z + p["beta"] * z,
                                    (np.expm1(np.minimum(z, p["eps"])) - z) * p["alpha_n"] + p["beta"] * z),
+}
+
+
+def _torch_activation(z: torch.Tensor, activation: str, negative_slope: float, p: dict) -> torch.Tensor:
+    """:func:`apply_activation` of a tensor (the definitions above, by torch.nn.functional)."""
+    f = _TORCH.get(activation)
+    if f is None:
+        from ..errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"unknown activation {activation!r}")
+    return f(z, dict(p, negative_slope=negative_slope))
+
+
+def _torch_gelu(z: torch.Tensor, p: dict) -> torch.Tensor:
+    h = F.gelu(z, approximate="tanh" if p.get("approximate", "none") == "tanh" else "none")
+    return h.clamp_(p["min"], p["max"]) if "min" in p else h
+
+
+def _torch_silu(z: torch.Tensor, p: dict) -> torch.Tensor:
+    beta = p.get("beta", 1.0)
+    return F.silu(z) if beta == 1.0 else z * torch.sigmoid(beta * z)
+
+
+#: name -> phi(z, params) on tensors, for every activation of :data:`ACTIVATIONS`
+_TORCH = {
+    "identity": lambda z, p: z,
+    "tanh": lambda z, p: torch.tanh(z),
+    "sigmoid": lambda z, p: torch.sigmoid(z),
+    "relu": lambda z, p: torch.relu(z),
+    "leaky_relu": lambda z, p: F.leaky_relu(z, p["negative_slope"]),
+    "gelu": _torch_gelu,
+    "silu": _torch_silu,
+    "elu": lambda z, p: F.elu(z, p.get("alpha", 1.0)),
+    "softplus": lambda z, p: F.softplus(z, p.get("beta", 1.0), p.get("threshold", 20.0)),
+    "hardtanh": lambda z, p: F.hardtanh(z, p.get("min_val", -1.0), p.get("max_val", 1.0)),
+    "hardswish": lambda z, p: F.hardswish(z),
+    "hardsigmoid": lambda z, p: F.hardsigmoid(z),
+    "mish": lambda z, p: F.mish(z),
+    "selu": lambda z, p: F.selu(z),
+    "celu": lambda z, p: F.celu(z, p.get("alpha", 1.0)),
+    "logsigmoid": lambda z, p: F.logsigmoid(z),
+    "softsign": lambda z, p: F.softsign(z),
+    "tanhshrink": lambda z, p: F.tanhshrink(z),
+    "hardshrink": lambda z, p: F.hardshrink(z, p.get("lambd", 0.5)),
+    "softshrink": lambda z, p: F.softshrink(z, p.get("lambd", 0.5)),
+    "threshold": lambda z, p: F.threshold(z, p["threshold"], p["value"]),
+    "relu2": lambda z, p: torch.relu(z).square_(),
+    "laplace": lambda z, p: 0.5 * (1.0 + torch.erf((z - p["mu"]) / (p["sigma"] * math.sqrt(2.0)))),
+    "sqrt_softplus": lambda z, p: F.softplus(z).sqrt_(),
+    "xielu": lambda z, p: torch.where(z > 0, p["alpha_p"] * z * z + p["beta"] * z,
+                                      (torch.expm1(torch.clamp(z, max=p["eps"])) - z) * p["alpha_n"] + p["beta"] * z),
 }

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .compute import array, tensor, where
 from .lump import Partition
 from .network import Network
 from .reduce import quotient
@@ -25,36 +26,66 @@ from .reduce import quotient
 RIDGE = 1e-6
 
 
+#: rows per block of repair's float64 Gram sums (a block's float64 copy is the only one made)
+GRAM_ROWS = 2048
+
+
+def fit(H, Z, bias: bool, mask: np.ndarray | None, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ridge least squares of the module docstring: (W, b), float64 tensors on ``H``'s device.
+
+    ``H`` (rows, k) and ``Z`` (rows, out) are tensors (or arrays) in the model's dtype (float32 for
+    a float32 model, :mod:`afde_nb.core.compute`). The Gram matrix ``H~^T H~``, ``H~^T Z~`` and the
+    means are summed in float64, one block of :data:`GRAM_ROWS` rows at a time widened: a product
+    of two float32 values is exact in float64, so these are the exact sums of the float32 rows to
+    float64 rounding. In float32 each entry would carry a relative error of about 1e-7 sqrt(rows),
+    and the solve amplifies it by the ridged Gram's condition number, up to about 1 / ridge = 1e6
+    for the nearly collinear units a merge leaves: the refit weights could change at order one.
+    The solve is float64 too (a Cholesky of the ridged Gram, LU where it is not positive definite)."""
+    f64 = torch.float64
+    H = tensor(H)
+    Z = tensor(Z, device=H.device)
+    n, k = H.shape
+    m = Z.shape[1]
+    dev = H.device
+    hm = H.mean(dim=0, dtype=f64) if bias and n else torch.zeros(k, dtype=f64, device=dev)
+    zm = Z.mean(dim=0, dtype=f64) if bias and n else torch.zeros(m, dtype=f64, device=dev)
+    G = torch.zeros((k, k), dtype=f64, device=dev)
+    B = torch.zeros((k, m), dtype=f64, device=dev)
+    for i in range(0, n, GRAM_ROWS):
+        Hc = H[i:i + GRAM_ROWS].to(f64) - hm
+        G.addmm_(Hc.T, Hc)
+        B.addmm_(Hc.T, Z[i:i + GRAM_ROWS].to(f64) - zm)
+    lam = ridge * float(torch.trace(G)) / max(k, 1)
+    lam = lam if lam > 0 else ridge
+    if mask is None:
+        G.diagonal().add_(lam)
+        L, info = torch.linalg.cholesky_ex(G)
+        W = (torch.cholesky_solve(B, L) if int(info) == 0 else torch.linalg.solve(G, B)).T
+    else:
+        W = torch.zeros((m, k), dtype=f64, device=dev)
+        for j in range(m):
+            keep = torch.from_numpy(np.flatnonzero(mask[j])).to(dev)
+            if keep.numel():
+                Gj = G[keep][:, keep]
+                Gj.diagonal().add_(lam)
+                W[j, keep] = torch.linalg.solve(Gj, B[keep, j])
+    b = zm - W @ hm if bias else torch.zeros(m, dtype=f64, device=dev)
+    return W, b
+
+
 def _fit(H: np.ndarray, Z: np.ndarray, bias: bool, mask: np.ndarray | None, ridge: float
          ) -> tuple[np.ndarray, np.ndarray]:
-    if bias:
-        hm, zm = H.mean(axis=0), Z.mean(axis=0)
-        Hc, Zc = H - hm, Z - zm
-    else:
-        hm, zm = np.zeros(H.shape[1]), np.zeros(Z.shape[1])
-        Hc, Zc = H, Z
-    G = Hc.T @ Hc
-    k = G.shape[0]
-    lam = ridge * float(np.trace(G)) / max(k, 1)
-    lam = lam if lam > 0 else ridge
-    B = Hc.T @ Zc  # (k, out)
-    if mask is None:
-        W = np.linalg.solve(G + lam * np.eye(k), B).T
-    else:
-        W = np.zeros((Z.shape[1], k))
-        for j in range(Z.shape[1]):
-            keep = np.flatnonzero(mask[j])
-            if keep.size:
-                W[j, keep] = np.linalg.solve(G[np.ix_(keep, keep)] + lam * np.eye(keep.size), B[keep, j])
-    b = zm - W @ hm if bias else np.zeros(Z.shape[1])
-    return W, b
+    """:func:`fit` of arrays, as float64 arrays."""
+    W, b = fit(H, Z, bias, mask, ridge)
+    return array(W), array(b)
 
 
 def original_values(net: Network, key: str, X: np.ndarray, compute):
     """``compute()`` (arrays of the *original* network ``net`` on rows ``X``), computed once per
     (``net``, ``X``) object pair and kept on ``net``: a budget split repairs many candidate
     reductions of one original chain on the same rows, and the original's values on them do not
-    change (issue 29's profile: half of the gated repair's time). The arrays come back read-only;
+    change (issue 29's profile: half of the gated repair's time). Arrays come back read-only (tensors
+are never written into by their users);
     a network whose layers were replaced is another object and computes its own. The original's
     arrays are never modified in place (compress never modifies the model)."""
     cache = net.__dict__.setdefault("_original_values", {})
@@ -65,37 +96,49 @@ def original_values(net: Network, key: str, X: np.ndarray, compute):
         return hit[2]
     value = compute()
     for a in value if isinstance(value, list) else [value]:
-        a.setflags(write=False)
+        if isinstance(a, np.ndarray):
+            a.setflags(write=False)
     cache[key] = (X, ids, value)
     return value
 
 
 def repair(original: Network, reduced: Network, X: np.ndarray, maps: list[tuple[np.ndarray, np.ndarray] | None],
            start: int = 0, masks: list[np.ndarray | None] | None = None, ridge: float = RIDGE) -> Network:
-    """Refit layers ``start..L`` of ``reduced`` (a new Network; the inputs are untouched).
+    """Refit layers ``start..L`` of ``reduced`` (a new Network; the inputs are untouched). The rows
+    run through the layers in the model's dtype on its device (:mod:`afde_nb.core.compute`); each
+    refit is :func:`fit`'s, float64 where its sums need it.
 
     ``maps[h]`` = (labels, coef) for hidden layer h: reduced neuron B's target is
     ``sum_{i: labels_i = B} coef_i z_i`` (labels -1: neuron dropped); None: the identity.
     ``masks[k]``: boolean (out, in) pattern of weights layer k may use (None: dense).
     """
-    X = np.asarray(X, dtype=np.float64)
-    Z_orig = original_values(original, "pre", X, lambda: [ins @ l.weight.T + l.bias for ins, l in
-                                                          zip(original.layer_inputs(X), original.layers)])
+    at = where(reduced)
+
+    def pre() -> list[torch.Tensor]:  # the original's pre-activations on X, in the model's dtype
+        out, H = [], tensor(X, **at)
+        for layer in original.layers:
+            out.append(torch.addmm(tensor(layer.bias, **at), H, tensor(layer.weight, **at).T))
+            H = layer.apply(out[-1])
+        return out
+
+    Z_orig = original_values(original, "pre", X, pre)
     layers = list(reduced.layers)
-    H = X
+    H = tensor(X, **at)
     for k, layer in enumerate(layers):
         if k >= start:
             Z = Z_orig[k]
             if k < len(maps) and maps[k] is not None:
                 lab, coef = maps[k]
-                keep = lab >= 0
-                T = np.zeros((len(X), layer.out_features))
-                np.add.at(T.T, lab[keep], (Z[:, keep] * coef[keep]).T)
+                keep = np.flatnonzero(lab >= 0)
+                idx = torch.from_numpy(keep).to(Z.device)
+                T = torch.zeros((len(Z), layer.out_features), dtype=Z.dtype, device=Z.device)
+                T.index_add_(1, torch.from_numpy(lab[keep]).to(Z.device), Z[:, idx] * tensor(coef[keep], **at))
                 Z = T
             mask = None if masks is None else masks[k]
-            W, b = _fit(H, Z, layer.has_bias, mask, ridge)
-            layers[k] = layer = layer.with_weights(W, b)
-        H = layer.apply(H @ layer.weight.T + layer.bias)
+            W, b = fit(H, Z, layer.has_bias, mask, ridge)
+            layers[k] = layer = layer.with_weights(array(W), array(b))
+        if k + 1 < len(layers):
+            H = layer.apply(torch.addmm(tensor(layer.bias, **at), H, tensor(layer.weight, **at).T))
     return Network(layers, dtype=reduced.dtype, meta=dict(reduced.meta))
 
 

@@ -30,6 +30,7 @@ from ..core.gated import GatedNet
 from ..core.path import PROBES
 from ..core.network import Layer
 from ..errors import UnsupportedLayerError
+from . import surgery
 from .params import finite_array as _np, get_tensor, set_tensor, weight as _weight
 
 aten = torch.ops.aten
@@ -248,11 +249,13 @@ def _layer(root: nn.Module, a, act: str = "identity", slope: float = 0.01, param
 
 
 def gated_network(root: nn.Module, chain: list) -> GatedNet:
-    """The gated group of a one-group chain as a :class:`~afde_nb.core.gated.GatedNet` (float64)."""
+    """The gated group of a one-group chain as a :class:`~afde_nb.core.gated.GatedNet` (float64
+    weights; its arithmetic on rows runs in the model's dtype, on its device)."""
     (g,) = chain
     gate = _layer(root, g.gate, g.activation, g.negative_slope, g.act_params)
     dtype = str(get_tensor(root, g.gate.weight).dtype).replace("torch.", "")
-    return GatedNet([gate, _layer(root, g.down)], dtype=dtype, up=_layer(root, g.up))
+    return GatedNet([gate, _layer(root, g.down)], dtype=dtype, up=_layer(root, g.up),
+                    meta=surgery.device_meta(root, g.gate.weight))
 
 
 def unit_costs(net: GatedNet, chain: list) -> list[tuple[int, int]]:

@@ -111,7 +111,7 @@ def unit_rows(root: nn.Module, g: Group, R: np.ndarray, units: int) -> np.ndarra
         R = R[:, perm]
     if S is not None:
         safe = np.where(S != 0, S, 1.0)
-        R = ((R.reshape(len(R), units, t) - T[None, :, None]) / safe[None, :, None]).reshape(len(R), -1)
+        R = ((R.reshape(len(R), units, t) - T[None, :, None]) / safe[None, :, None]).reshape(len(R), -1).astype(R.dtype)
     return np.ascontiguousarray(R)
 
 
@@ -137,9 +137,17 @@ def chain_network(root: nn.Module, chain: list[Group]) -> Network:
     # a max-pool between a layer and its consumer does not commute with negation
     unsigned = tuple(k for k, g in enumerate(chain) if not g.negation_ok)
     meta = {"unsigned": unsigned} if unsigned else {}
+    meta.update(device_meta(root, chain[0].producer.weight))
     if post:
         meta["post"] = post
     return Network(layers, dtype=dtype, meta=meta)
+
+
+def device_meta(root: nn.Module, name: str) -> dict:
+    """``{"device": ...}`` where tensor ``name`` of ``root`` is not on the CPU (a chain's arithmetic
+    then runs there, :mod:`afde_nb.core.compute`), else {}."""
+    dev = get_tensor(root, name).device
+    return {} if dev.type == "cpu" else {"device": str(dev)}
 
 
 def chain_affines(chain: list[Group]) -> list[Affine]:
@@ -437,18 +445,21 @@ def capture_run(model: nn.Module, affines: list[Affine], x, keep=None, many: set
 
 def rows(t: torch.Tensor, a: Affine, weight: torch.Tensor, seed: int = 0) -> np.ndarray:
     """A layer's input as rows of ``in * taps`` values (a convolution's patches), at most
-    :data:`MAX_ROWS` of them drawn with ``seed`` (float64).
+    :data:`MAX_ROWS` of them drawn with ``seed``, in the model's dtype (float32 for float32 and half
+    models: the rows of every chain are held at once, so float64 would double the peak memory; the
+    arithmetic on them runs in that dtype too, :mod:`afde_nb.core.compute`).
 
     The rows are those of the whole unfolded input (row ``n * L + l``: image n, output position
     l), subsampled by ``rng.choice(N * L, MAX_ROWS, replace=False)``, sorted; only the drawn
     positions' patches are gathered (in the input's dtype, then widened: the same values), so the
     cost is MAX_ROWS patches, not every position's."""
     t = t.detach().cpu()
+    wide = row_dtype(t.dtype)
     if a.kind == "linear":
         R = t.reshape(-1, t.shape[-1])
         if len(R) > MAX_ROWS:
             R = R[torch.from_numpy(_drawn(len(R), seed))]
-        return np.ascontiguousarray(R.to(torch.float64).numpy())
+        return np.ascontiguousarray(R.to(wide).numpy())
     kernel = tuple(weight.shape[2:])
     stride, padding, dilation = a.stride, a.padding, a.dilation
     if a.kind == "conv1d":
@@ -470,9 +481,14 @@ def rows(t: torch.Tensor, a: Affine, weight: torch.Tensor, seed: int = 0) -> np.
     # channels last, so each gathered pixel is one run of c values
     last = t.permute(0, 2, 3, 1).reshape(n * hp * wp, c)
     P = last.index_select(0, torch.from_numpy(pixel)).view(len(idx), kernel[0], kernel[1], c)
-    R = torch.empty((len(idx), c, kernel[0], kernel[1]), dtype=torch.float64)
+    R = torch.empty((len(idx), c, kernel[0], kernel[1]), dtype=wide)
     R.copy_(P.permute(0, 3, 1, 2))  # unfold's order (c, kh, kw), widened
     return R.view(len(idx), -1).numpy()
+
+
+def row_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype rows of a tensor of ``dtype`` are kept in: float64 stays, anything else is float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _drawn(total: int, seed: int) -> np.ndarray:
