@@ -216,3 +216,65 @@ def quotient_numpy(net, labels, signs=None, weights=None):
         scale = float(np.abs(A).max(initial=0.0)) or 1.0
         blocks.append((lab, s, c, m, float(np.abs(A - M[lab]).max(initial=0.0)) / scale))
     return Network(out, dtype=net.dtype, meta=dict(net.meta)), blocks
+
+
+# ---- the float64 numpy arithmetic that torch replaced (issue 29) ----------------------------------
+
+def fit_numpy(H, Z, bias, mask=None, ridge=1e-6):
+    """The former ``afde_nb.core.repair._fit``: ridge least squares in float64 numpy."""
+    H, Z = np.asarray(H, dtype=np.float64), np.asarray(Z, dtype=np.float64)
+    if bias:
+        hm, zm = H.mean(axis=0), Z.mean(axis=0)
+        Hc, Zc = H - hm, Z - zm
+    else:
+        hm, zm = np.zeros(H.shape[1]), np.zeros(Z.shape[1])
+        Hc, Zc = H, Z
+    G = Hc.T @ Hc
+    k = G.shape[0]
+    lam = ridge * float(np.trace(G)) / max(k, 1)
+    lam = lam if lam > 0 else ridge
+    B = Hc.T @ Zc
+    if mask is None:
+        W = np.linalg.solve(G + lam * np.eye(k), B).T
+    else:
+        W = np.zeros((Z.shape[1], k))
+        for j in range(Z.shape[1]):
+            keep = np.flatnonzero(mask[j])
+            if keep.size:
+                W[j, keep] = np.linalg.solve(G[np.ix_(keep, keep)] + lam * np.eye(keep.size), B[keep, j])
+    return W, (zm - W @ hm if bias else np.zeros(Z.shape[1]))
+
+
+def gated_values_numpy(net, x):
+    """The former ``GatedNet.hidden_values``: act(gate x) * (up x) in float64 numpy."""
+    x = np.asarray(x, dtype=np.float64)
+    g, u = net.gate, net.up
+    return g.apply(x @ np.asarray(g.weight, np.float64).T + g.bias) * (x @ np.asarray(u.weight, np.float64).T + u.bias)
+
+
+def gated_repair_numpy(original, reduced, X):
+    """The former ``afde_nb.core.gated.repair`` (dense): (W, b) of the refit down projection."""
+    Z = gated_values_numpy(original, X) @ np.asarray(original.down.weight, np.float64).T + original.down.bias
+    return fit_numpy(gated_values_numpy(reduced, X), Z, reduced.down.has_bias)
+
+
+def repair_numpy(original, reduced, X, maps, start=0):
+    """The former ``afde_nb.core.repair.repair`` (dense): the refit layers' (W, b), float64 numpy."""
+    X = np.asarray(X, dtype=np.float64)
+    ins = original.layer_inputs(X)
+    Z_orig = [h @ np.asarray(l.weight, np.float64).T + l.bias for h, l in zip(ins, original.layers)]
+    H, out = X, []
+    for k, layer in enumerate(reduced.layers):
+        W, b = np.asarray(layer.weight, np.float64), np.asarray(layer.bias, np.float64)
+        if k >= start:
+            Z = Z_orig[k]
+            if k < len(maps) and maps[k] is not None:
+                lab, coef = maps[k]
+                keep = lab >= 0
+                T = np.zeros((len(X), layer.out_features))
+                np.add.at(T.T, lab[keep], (Z[:, keep] * coef[keep]).T)
+                Z = T
+            W, b = fit_numpy(H, Z, layer.has_bias)
+            out.append((W, b))
+        H = layer.apply(H @ W.T + b)
+    return out

@@ -45,7 +45,7 @@ from ..errors import InvalidArgumentError, ShapeMismatchError
 from .network import ODD, Layer, Network, apply_activation, finite, non_finite_error
 from .path import EXACT_REL, LINKAGES, PROBES, LayerPath, MergePath, block_sums, units_path
 from .compute import array, tensor, where
-from .repair import LOSSY, RIDGE, fit, original_values
+from .repair import LOSSY, RIDGE, fit, means, original_values, products, solve, sums
 
 #: odd activations without parameters (hardtanh: only where min_val = -max_val, see :func:`odd`)
 ODD_GATES = ("identity", "tanh") + ODD
@@ -113,14 +113,19 @@ class GatedNet(Network):
     def engine_args(self):
         raise InvalidArgumentError("a gated layer has no polynomial ODE encoding (method.md): use the merge path")
 
-    def values(self, x) -> torch.Tensor:
+    def values(self, x, units: np.ndarray | None = None) -> torch.Tensor:
         """The units' values h = act(gate x) * (up x) on rows ``x`` (an array or a tensor), as a
-        tensor in the model's dtype on its device (:mod:`afde_nb.core.compute`)."""
+        tensor in the model's dtype on its device (:mod:`afde_nb.core.compute`); ``units``: only
+        these units' (None: all)."""
         at = where(self)
         x = tensor(x, **at)
         g, u = self.gate, self.up
-        h = g.apply(torch.addmm(tensor(g.bias, **at), x, tensor(g.weight, **at).T))
-        return h.mul_(torch.addmm(tensor(u.bias, **at), x, tensor(u.weight, **at).T))
+
+        def part(a):
+            return tensor(a if units is None else np.asarray(a)[units], **at)
+
+        h = g.apply(torch.addmm(part(g.bias), x, part(g.weight).T))
+        return h.mul_(torch.addmm(part(u.bias), x, part(u.weight).T))
 
     def outputs(self, x) -> torch.Tensor:
         """The down projection's outputs on rows ``x``, as :meth:`values` computes them."""
@@ -422,6 +427,10 @@ def quotient(net: GatedNet, labels, signs=None, weights=None) -> tuple[GatedNet,
     small = net.with_units(
         (Gm[:, :-1].astype(dt), Gm[:, -1].copy()), (Um[:, :-1].astype(dt), Um[:, -1].copy()),
         (D.astype(dt), np.asarray(net.down.bias, dtype=np.float64).copy()))
+    keep = np.full(k, -1, dtype=np.int64)  # the units kept as they were (repair reads their values off the original's)
+    if one.size:
+        keep[one] = src
+    small.meta["keep"] = keep
     return small, GatedBlocks(lab, s, w, spread)
 
 
@@ -446,11 +455,71 @@ def repair(original: GatedNet, reduced: GatedNet, X: np.ndarray, ridge: float = 
         if mask.shape != np.shape(reduced.down.weight):
             raise ShapeMismatchError(f"mask of shape {mask.shape} for the down projection {reduced.down.path}, "
                                      f"expected {np.shape(reduced.down.weight)}")
-    Z = original_values(original, "out", X, lambda: original.outputs(X))
-    W, b = fit(reduced.values(X), Z, reduced.down.has_bias, mask, ridge)
+    bias = reduced.down.has_bias
+    keep = _kept(original, reduced)
+    if keep is None:
+        Z = original_values(original, "out", X, lambda: original.outputs(X))
+        W, b = fit(reduced.values(X), Z, bias, mask, ridge)
+    else:
+        W, b = solve(*_reduced_sums(original, reduced, X, keep, bias), bias, mask, ridge)
     dt = np.asarray(reduced.down.weight).dtype
     return GatedNet([reduced.gate, reduced.down.with_weights(array(W).astype(dt), array(b))], dtype=reduced.dtype,
                     meta=dict(reduced.meta), up=reduced.up)
+
+
+def _kept(original: GatedNet, reduced: GatedNet) -> np.ndarray | None:
+    """``reduced.meta["keep"]`` (per reduced unit, the original unit it is bit for bit, -1 for a
+    merged one: :func:`quotient`, :func:`select`) where it holds for ``original``, else None."""
+    keep = reduced.meta.get("keep")
+    k, n = reduced.gate.out_features, original.gate.out_features
+    if keep is None or len(keep) != k or (len(keep) and int(np.max(keep)) >= n):
+        return None
+    own = np.flatnonzero(keep >= 0)
+    src = keep[own]
+    same = all(np.array_equal(np.asarray(a)[own], np.asarray(b)[src])
+               for a, b in ((reduced.gate.weight, original.gate.weight), (reduced.gate.bias, original.gate.bias),
+                            (reduced.up.weight, original.up.weight), (reduced.up.bias, original.up.bias)))
+    return keep if same else None
+
+
+def _original_sums(original: GatedNet, X, bias: bool) -> tuple:
+    """(the original units' values H0 on ``X``, the down projection's outputs Z, the centred Gram
+    of H0, H0~^T Z~, mean(H0), mean(Z)): what every refit of a reduction of ``original`` on ``X``
+    shares (:func:`_reduced_sums`)."""
+    H0 = original.values(X)
+    at, d = where(original), original.down
+    Z = torch.addmm(tensor(d.bias, **at), H0, tensor(d.weight, **at).T)
+    return (H0, Z) + sums(H0, Z, bias)
+
+
+def _reduced_sums(original: GatedNet, reduced: GatedNet, X, keep: np.ndarray, bias: bool) -> tuple:
+    """:func:`~afde_nb.core.repair.sums` of the reduced units' values against the original's
+    outputs on ``X``, from the original's (computed once per (layer, rows) and kept,
+    :func:`~afde_nb.core.repair.original_values`): a unit kept as it was (``keep[i] >= 0``) has
+    the original unit's values, so its Gram entries and its row of ``H~^T Z~`` are read off the
+    original's; only the merged units' values and their products are computed (issue 29: the
+    budget split refits many reductions of one layer on the same rows). The same sums as computing
+    all of them, to float64 rounding."""
+    H0, Z, G0, B0, hm0, zm = original_values(original, f"sums{int(bool(bias))}", X,
+                                             lambda: list(_original_sums(original, X, bias)))
+    dev = G0.device
+    own, new = np.flatnonzero(keep >= 0), np.flatnonzero(keep < 0)
+    o, src, nw = (torch.from_numpy(a).to(dev) for a in (own, keep[own], new))
+    k = len(keep)
+    G = torch.empty((k, k), dtype=G0.dtype, device=dev)
+    B = torch.empty((k, B0.shape[1]), dtype=B0.dtype, device=dev)
+    hm = torch.empty(k, dtype=hm0.dtype, device=dev)
+    G[o[:, None], o[None, :]] = G0[src[:, None], src[None, :]]
+    B[o], hm[o] = B0[src], hm0[src]
+    if new.size:
+        Hn = reduced.values(X, new)
+        hn = means(Hn, bias)
+        C = products(Hn, hn, H0[:, src], hm0[src])
+        G[nw[:, None], nw[None, :]] = products(Hn, hn, Hn, hn)
+        G[nw[:, None], o[None, :]] = C
+        G[o[:, None], nw[None, :]] = C.T
+        B[nw], hm[nw] = products(Hn, hn, Z, zm), hn
+    return G, B, hm, zm
 
 
 def reduce_and_repair(net: GatedNet, part, rows) -> tuple[GatedNet, GatedNet, int | None]:
@@ -466,9 +535,11 @@ def select(net: GatedNet, keep: np.ndarray) -> GatedNet:
     """The gated layer with only the units ``keep`` (structured pruning of whole units)."""
     keep = np.asarray(keep, dtype=np.int64)
     g, u, d = net.gate, net.up, net.down
-    return net.with_units((np.ascontiguousarray(g.weight[keep]), np.asarray(g.bias)[keep].copy()),
-                          (np.ascontiguousarray(u.weight[keep]), np.asarray(u.bias)[keep].copy()),
-                          (np.ascontiguousarray(d.weight[:, keep]), np.asarray(d.bias).copy()))
+    small = net.with_units((np.ascontiguousarray(g.weight[keep]), np.asarray(g.bias)[keep].copy()),
+                           (np.ascontiguousarray(u.weight[keep]), np.asarray(u.bias)[keep].copy()),
+                           (np.ascontiguousarray(d.weight[:, keep]), np.asarray(d.bias).copy()))
+    small.meta["keep"] = keep.copy()  # every unit kept as it was (see quotient)
+    return small
 
 
 __all__ = ["GatedNet", "Aligned", "GatedBlocks", "aligned", "exact_blocks", "merge_path", "quotient", "repair",

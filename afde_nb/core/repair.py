@@ -34,27 +34,50 @@ def fit(H, Z, bias: bool, mask: np.ndarray | None, ridge: float) -> tuple[torch.
     """The ridge least squares of the module docstring: (W, b), float64 tensors on ``H``'s device.
 
     ``H`` (rows, k) and ``Z`` (rows, out) are tensors (or arrays) in the model's dtype (float32 for
-    a float32 model, :mod:`afde_nb.core.compute`). The Gram matrix ``H~^T H~``, ``H~^T Z~`` and the
-    means are summed in float64, one block of :data:`GRAM_ROWS` rows at a time widened: a product
-    of two float32 values is exact in float64, so these are the exact sums of the float32 rows to
-    float64 rounding. In float32 each entry would carry a relative error of about 1e-7 sqrt(rows),
-    and the solve amplifies it by the ridged Gram's condition number, up to about 1 / ridge = 1e6
-    for the nearly collinear units a merge leaves: the refit weights could change at order one.
-    The solve is float64 too (a Cholesky of the ridged Gram, LU where it is not positive definite)."""
-    f64 = torch.float64
+    a float32 model, :mod:`afde_nb.core.compute`); the sums are :func:`sums`', the solve
+    :func:`solve`'s, both in float64."""
     H = tensor(H)
     Z = tensor(Z, device=H.device)
-    n, k = H.shape
-    m = Z.shape[1]
-    dev = H.device
-    hm = H.mean(dim=0, dtype=f64) if bias and n else torch.zeros(k, dtype=f64, device=dev)
-    zm = Z.mean(dim=0, dtype=f64) if bias and n else torch.zeros(m, dtype=f64, device=dev)
-    G = torch.zeros((k, k), dtype=f64, device=dev)
-    B = torch.zeros((k, m), dtype=f64, device=dev)
-    for i in range(0, n, GRAM_ROWS):
-        Hc = H[i:i + GRAM_ROWS].to(f64) - hm
-        G.addmm_(Hc.T, Hc)
-        B.addmm_(Hc.T, Z[i:i + GRAM_ROWS].to(f64) - zm)
+    return solve(*sums(H, Z, bias), bias, mask, ridge)
+
+
+def means(H: torch.Tensor, bias: bool) -> torch.Tensor:
+    """The column means of ``H`` in float64 (zeros without a bias: no centring)."""
+    if bias and len(H):
+        return H.mean(dim=0, dtype=torch.float64)
+    return torch.zeros(H.shape[1], dtype=torch.float64, device=H.device)
+
+
+def products(A: torch.Tensor, am: torch.Tensor, B: torch.Tensor, bm: torch.Tensor) -> torch.Tensor:
+    """``(A - am)^T (B - bm)`` in float64, one block of :data:`GRAM_ROWS` rows at a time widened
+    (a block's float64 copy is the only one made). Why float64: a product of two float32 values is
+    exact in float64, so this is the exact sum of the float32 rows' products to float64 rounding;
+    summed in float32 each entry of a Gram matrix would carry a relative error of about
+    1e-7 sqrt(rows), which the solve amplifies by the ridged Gram's condition number, up to about
+    1 / ridge = 1e6 for the nearly collinear units a merge leaves: the refit weights could change
+    at order one."""
+    f64 = torch.float64
+    out = torch.zeros((A.shape[1], B.shape[1]), dtype=f64, device=A.device)
+    for i in range(0, len(A), GRAM_ROWS):
+        Ac = A[i:i + GRAM_ROWS].to(f64) - am
+        out.addmm_(Ac.T, Ac if B is A else B[i:i + GRAM_ROWS].to(f64) - bm)
+    return out
+
+
+def sums(H: torch.Tensor, Z: torch.Tensor, bias: bool) -> tuple:
+    """(G, B, mean(H), mean(Z)): the centred Gram ``H~^T H~`` and ``H~^T Z~`` (float64,
+    :func:`products`) and the float64 means (zeros without a bias)."""
+    hm, zm = means(H, bias), means(Z, bias)
+    return products(H, hm, H, hm), products(H, hm, Z, zm), hm, zm
+
+
+def solve(G: torch.Tensor, B: torch.Tensor, hm: torch.Tensor, zm: torch.Tensor, bias: bool,
+          mask: np.ndarray | None, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, b) from :func:`sums`' (G is written into): ``W = B^T (G + lambda I)^-1`` by a float64
+    Cholesky (LU where the ridged Gram is not positive definite), ``b = mean(Z) - W mean(H)``; a
+    ``mask`` row refits only its kept inputs."""
+    f64, dev = torch.float64, G.device
+    k, m = B.shape
     lam = ridge * float(torch.trace(G)) / max(k, 1)
     lam = lam if lam > 0 else ridge
     if mask is None:
@@ -100,6 +123,13 @@ are never written into by their users);
             a.setflags(write=False)
     cache[key] = (X, ids, value)
     return value
+
+
+def forget_original_values(nets) -> None:
+    """Drop what :func:`original_values` kept on ``nets`` (at the end of a compress call: the
+    chains live on in its result's merge path, their rows' values and Gram matrices need not)."""
+    for net in nets:
+        net.__dict__.pop("_original_values", None)
 
 
 def repair(original: Network, reduced: Network, X: np.ndarray, maps: list[tuple[np.ndarray, np.ndarray] | None],

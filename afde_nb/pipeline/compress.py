@@ -20,7 +20,7 @@ from ..core.lump import activation_rms, check_eps, check_method, check_mode, lum
 from ..core.network import Network, as_inputs
 from ..core.partition import Partition
 from ..core.path import MergePath
-from ..core.repair import deviation
+from ..core.repair import deviation, forget_original_values
 from ..core.target import (check_floor, eps_for_error, eps_for_params, merge_caps, pick_scored, scale_candidates)
 from ..core.target import for_params as floored_for_params, sequence as floored_sequence, uniform as floored_uniform
 from ..errors import InvalidArgumentError, ShapeMismatchError
@@ -147,6 +147,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         target.update({"floor": floor} if floor is not None else {})
     layers = [s for net, p in zip(cap.nets, cap.split(part)) for s in layer_summaries(net, p)]
     estimated = _estimated(cap, path, part, calib, how, eps if target is None else None, relative, held or after)
+    forget_original_values(cap.nets)
     bar.close()
     return Compression(
         model=reduced, partition=[np.array(l) for l in part.labels], params_before=cap.num_params,
