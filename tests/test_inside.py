@@ -547,7 +547,8 @@ def _unfolded_rows(t, a, weight, max_rows, seed=0):
 def test_rows_gather_only_the_drawn_patches(kind, monkeypatch):
     """surgery.rows gathers the drawn positions' patches only, and they are bit for bit the rows
     of the whole unfolded input subsampled as before (so partitions do not move): strides,
-    dilations, every padding mode, channels-last inputs, token rows, above and below MAX_ROWS."""
+    dilations, every padding mode, channels-last inputs, token rows, above and below MAX_ROWS; in
+    the model's dtype (float32 here; a float64 input's stay float64)."""
     from afde_nb.models import surgery
     from afde_nb.models.groups import Affine
 
@@ -569,8 +570,9 @@ def test_rows_gather_only_the_drawn_patches(kind, monkeypatch):
             a, w = Affine("c", kind, "c.weight", None, None, s, p, dl, mode), torch.zeros((3, c) + k)
         want = _unfolded_rows(t, a, w, 300)
         got = surgery.rows(t, a, w)
-        assert got.dtype == np.float64 and got.flags.c_contiguous
+        assert got.dtype == np.float32 and got.flags.c_contiguous  # the model's dtype (issue 29)
         np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}: {a}")
+        assert surgery.rows(t.double(), a, w.double()).dtype == np.float64
 
 
 def test_one_run_gives_the_rows_and_the_outputs():

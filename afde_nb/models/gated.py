@@ -30,8 +30,7 @@ from ..core.gated import GatedNet
 from ..core.path import PROBES
 from ..core.network import Layer
 from ..errors import UnsupportedLayerError
-from . import surgery
-from .params import finite_array as _np, get_tensor, set_tensor, weight as _weight
+from .params import device_meta, finite_array as _np, get_tensor, set_tensor, weight as _weight
 
 aten = torch.ops.aten
 _MUL_FUNCS = (operator.mul, torch.mul, aten.mul.Tensor)
@@ -255,7 +254,7 @@ def gated_network(root: nn.Module, chain: list) -> GatedNet:
     gate = _layer(root, g.gate, g.activation, g.negative_slope, g.act_params)
     dtype = str(get_tensor(root, g.gate.weight).dtype).replace("torch.", "")
     return GatedNet([gate, _layer(root, g.down)], dtype=dtype, up=_layer(root, g.up),
-                    meta=surgery.device_meta(root, g.gate.weight))
+                    meta=device_meta(root, g.gate.weight))
 
 
 def unit_costs(net: GatedNet, chain: list) -> list[tuple[int, int]]:

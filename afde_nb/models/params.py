@@ -42,3 +42,10 @@ def finite_array(t: torch.Tensor, name: str) -> np.ndarray:
     if not np.isfinite(a).all():
         raise InvalidWeightsError(f"{name} contains NaN or infinite values; afde-nb needs finite weights")
     return a
+
+
+def device_meta(root: nn.Module, name: str) -> dict:
+    """``{"device": ...}`` where tensor ``name`` of ``root`` is not on the CPU (a chain's arithmetic
+    then runs there, :mod:`afde_nb.core.compute`), else {}."""
+    dev = get_tensor(root, name).device
+    return {} if dev.type == "cpu" else {"device": str(dev)}

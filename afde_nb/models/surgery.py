@@ -30,7 +30,7 @@ from ..errors import ShapeMismatchError, UnsupportedLayerError
 from .export import quiet_leafspec
 from . import indexmap
 from .groups import Affine, Group, Norm
-from .params import finite_array as _np, get_tensor, set_tensor, weight
+from .params import device_meta, finite_array as _np, get_tensor, set_tensor, weight
 from ..core.network import Layer, Network
 
 #: probe rows kept per layer input (patches of a convolution are subsampled to this many)
@@ -141,13 +141,6 @@ def chain_network(root: nn.Module, chain: list[Group]) -> Network:
     if post:
         meta["post"] = post
     return Network(layers, dtype=dtype, meta=meta)
-
-
-def device_meta(root: nn.Module, name: str) -> dict:
-    """``{"device": ...}`` where tensor ``name`` of ``root`` is not on the CPU (a chain's arithmetic
-    then runs there, :mod:`afde_nb.core.compute`), else {}."""
-    dev = get_tensor(root, name).device
-    return {} if dev.type == "cpu" else {"device": str(dev)}
 
 
 def chain_affines(chain: list[Group]) -> list[Affine]:
