@@ -45,7 +45,7 @@ from ..errors import InvalidArgumentError, ShapeMismatchError
 from .network import ODD, Layer, Network, apply_activation, finite, non_finite_error
 from .path import EXACT_REL, LINKAGES, PROBES, LayerPath, MergePath, block_sums, units_path
 from .compute import array, tensor, where
-from .repair import LOSSY, RIDGE, fit, means, original_values, products, solve, sums
+from .repair import LOSSY, RIDGE, fit, means, original_values, products, seen_before, solve, sums
 
 #: odd activations without parameters (hardtanh: only where min_val = -max_val, see :func:`odd`)
 ODD_GATES = ("identity", "tanh") + ODD
@@ -456,7 +456,7 @@ def repair(original: GatedNet, reduced: GatedNet, X: np.ndarray, ridge: float = 
             raise ShapeMismatchError(f"mask of shape {mask.shape} for the down projection {reduced.down.path}, "
                                      f"expected {np.shape(reduced.down.weight)}")
     bias = reduced.down.has_bias
-    keep = _kept(original, reduced)
+    keep = _kept(original, reduced) if seen_before(original, X) else None
     if keep is None:
         Z = original_values(original, "out", X, lambda: original.outputs(X))
         W, b = fit(reduced.values(X), Z, bias, mask, ridge)
@@ -498,8 +498,9 @@ def _reduced_sums(original: GatedNet, reduced: GatedNet, X, keep: np.ndarray, bi
     :func:`~afde_nb.core.repair.original_values`): a unit kept as it was (``keep[i] >= 0``) has
     the original unit's values, so its Gram entries and its row of ``H~^T Z~`` are read off the
     original's; only the merged units' values and their products are computed (issue 29: the
-    budget split refits many reductions of one layer on the same rows). The same sums as computing
-    all of them, to float64 rounding."""
+    budget split refits many reductions of one layer on the same rows; :func:`repair` takes this
+    way from the second refit on the same rows on, as the original's Gram over all its units costs
+    more than one reduced layer's). The same sums as computing all of them, to float64 rounding."""
     H0, Z, G0, B0, hm0, zm = original_values(original, f"sums{int(bool(bias))}", X,
                                              lambda: list(_original_sums(original, X, bias)))
     dev = G0.device

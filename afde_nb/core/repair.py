@@ -125,6 +125,16 @@ are never written into by their users);
     return value
 
 
+def seen_before(net: Network, X) -> bool:
+    """Whether a reduction of ``net`` was refit on the rows ``X`` (the same object) before, since
+    the last call on other rows; records this one. What :func:`original_values` would keep for
+    many refits is not worth computing for one."""
+    cache = net.__dict__.setdefault("_original_values", {})
+    hit = cache.get("seen")
+    cache["seen"] = (X, None, None)
+    return hit is not None and hit[0] is X
+
+
 def forget_original_values(nets) -> None:
     """Drop what :func:`original_values` kept on ``nets`` (at the end of a compress call: the
     chains live on in its result's merge path, their rows' values and Gram matrices need not)."""
