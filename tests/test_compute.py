@@ -99,7 +99,7 @@ def test_plain_repair_agrees_with_the_numpy_path(dtype, tol):
     net = Network([Layer(rng.standard_normal((16, 6)), rng.standard_normal(16), "tanh"),
                    Layer(rng.standard_normal((10, 16)) / 4, rng.standard_normal(10), "gelu"),
                    Layer(rng.standard_normal((3, 10)) / 3, rng.standard_normal(3))], dtype=dtype)
-    X = rng.standard_normal((300, 6))
+    X = rng.standard_normal((300, 6)).astype(dtype)  # rows in the model's dtype, as capture keeps a traced chain's
     labels = [np.array([0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 8, 9, 10, 11, 12, 13]), np.array([0, 1, 2, 3, 4, 5, 0, 6, 7, 8])]
     small, blocks = quotient(net, labels)
     maps = [b.target_map() for b in blocks]

@@ -145,14 +145,18 @@ def forget_original_values(nets) -> None:
 def repair(original: Network, reduced: Network, X: np.ndarray, maps: list[tuple[np.ndarray, np.ndarray] | None],
            start: int = 0, masks: list[np.ndarray | None] | None = None, ridge: float = RIDGE) -> Network:
     """Refit layers ``start..L`` of ``reduced`` (a new Network; the inputs are untouched). The rows
-    run through the layers in the model's dtype on its device (:mod:`afde_nb.core.compute`); each
-    refit is :func:`fit`'s, float64 where its sums need it.
+    run through the layers on the model's device in the model's dtype, or the rows' where that is
+    wider (:mod:`afde_nb.core.compute`: a traced chain's rows are the model's dtype; a plain
+    stack's calibration is float64, and its refit stays the slider's, :mod:`afde_nb.pipeline.moves`);
+    each refit is :func:`fit`'s, float64 where its sums need it.
 
     ``maps[h]`` = (labels, coef) for hidden layer h: reduced neuron B's target is
     ``sum_{i: labels_i = B} coef_i z_i`` (labels -1: neuron dropped); None: the identity.
     ``masks[k]``: boolean (out, in) pattern of weights layer k may use (None: dense).
     """
-    at = where(reduced)
+    at, Xt = where(reduced), tensor(X)
+    if Xt.is_floating_point():  # a plain stack's float64 calibration rows keep float64 (the slider's refit, moves.py)
+        at["dtype"] = torch.promote_types(at["dtype"], Xt.dtype)
 
     def pre() -> list[torch.Tensor]:  # the original's pre-activations on X, in the model's dtype
         out, H = [], tensor(X, **at)
