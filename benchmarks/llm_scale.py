@@ -7,7 +7,8 @@ parameters (``target_params = params - 0.3 * mlp_params``). Every cell runs in a
 (``--cell``) with ``OMP_NUM_THREADS``/``torch.set_num_threads``/``threads=`` set to the thread count,
 so its peak resident memory is its own: the growth is ``ru_maxrss`` after the call minus the
 resident set before it (model and calibration already built), as a multiple of the model's float32
-bytes.
+bytes. Each cell's JSON also has ``cpu_seconds``, the process's CPU time during the call: on a
+shared machine it moves less with other jobs' load than the wall time.
 
 Cells (seconds): one forward of the calibration (no grad), data-free ``target_params``, calibrated
 ``eps=0.1``, calibrated ``target_params``, Wanda-sp (``structured_prune(score="wanda")`` via
@@ -77,14 +78,14 @@ def cell(size: str, what: str, threads: int) -> dict:
         "flap": lambda: match_params(flap_prune, model, target, calibration=ids),
     }
     before = _rss()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     with torch.no_grad():
         out = runs[what]()
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     params = sum(p.numel() for p in model.parameters())
     after = getattr(out, "params_after", getattr(out, "params", None))
-    return {"size": size, "what": what, "threads": threads, "seconds": seconds, "params": params,
+    return {"size": size, "what": what, "threads": threads, "seconds": seconds, "cpu_seconds": cpu, "params": params,
             "model_bytes": 4 * params, "growth_bytes": max(0, peak - before), "params_after": after,
             "target": target}
 
