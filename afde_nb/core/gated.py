@@ -500,7 +500,8 @@ def _reduced_sums(original: GatedNet, reduced: GatedNet, X, keep: np.ndarray, bi
     original's; only the merged units' values and their products are computed (issue 29: the
     budget split refits many reductions of one layer on the same rows; :func:`repair` takes this
     way from the second refit on the same rows on, as the original's Gram over all its units costs
-    more than one reduced layer's). The same sums as computing all of them, to float64 rounding."""
+    more than one reduced layer's). The same sums as computing all of them, to the rounding of the
+    units' values (float32 for a float32 model: a kept unit's come from the original layer's products)."""
     H0, Z, G0, B0, hm0, zm = original_values(original, f"sums{int(bool(bias))}", X,
                                              lambda: list(_original_sums(original, X, bias)))
     dev = G0.device
