@@ -329,8 +329,43 @@ class MergePath:
         ms = [lp.merges_within(eps * (1.0 if scale is None else scale[h])) for h, lp in enumerate(self.layers)]
         return self.partition_at(ms, eps)
 
-    def partition_at(self, merges: list[int], eps: float | None = None):
+    @property
+    def ties(self) -> tuple:
+        """Hidden layers that keep one width (:class:`~afde_nb.core.tie.Tie` over layer indices: the
+        net's ``tied_layers``, the experts of a bank stored fused); () for most nets."""
+        return tuple(getattr(self.net, "tied_layers", ()) or ())
 
+    def tied(self, merges: list[int]) -> list[int]:
+        """``merges`` with each tie's lossy merges below the tie's width left out: a tie is held at
+        its widest layer's width (aligned; :class:`~afde_nb.core.tie.Tie`), its narrower layers
+        zero-padded and counted so, so such a merge saves nothing and only adds error. Exact merges
+        stay (they cost nothing). Unchanged without ties."""
+        out = [int(m) for m in merges]
+        for t in self.ties:
+            width = t.width({h: self.layers[h].n - out[h] for h in t.members})
+            for h in t.members:
+                out[h] = min(out[h], max(self.layers[h].exact, self.layers[h].n - width))
+        return out
+
+    def _rounds(self, tie, scale: list[float] | None) -> list[tuple[float, int]]:
+        """A tie's merges as (bound, layer) events in rounds: each round narrows the tie's largest
+        width by one, one merge in every layer at that width, all at the round's bound (the largest
+        of its layers' (scaled) bounds), so the global order reaches equal widths together."""
+        tie = tie.members
+        m = {h: self.layers[h].exact for h in tie}
+        width = max(self.layers[h].n - m[h] for h in tie)
+        out = []
+        while width > 1:
+            width -= 1
+            step = [h for h in tie if self.layers[h].n - m[h] > width]
+            for h in step:
+                m[h] += 1
+            key = max(self.layers[h].bound(m[h]) / (1.0 if scale is None else scale[h]) for h in tie)
+            out += [(key, h) for h in step]
+        return out
+
+    def partition_at(self, merges: list[int], eps: float | None = None):
+        merges = self.tied(merges)
         labels, signs, used = [], [], []
         for lp, m in zip(self.layers, merges):
             lab, s = lp.cut(m)
@@ -348,7 +383,12 @@ class MergePath:
         """The layer of each merge beyond the exact ones, in the global order of (scaled) bounds."""
         self.build()
         events = []
+        tied = {h for t in self.ties for h in t.members}
+        for t in self.ties:
+            events += self._rounds(t, scale)
         for h, lp in enumerate(self.layers):
+            if h in tied:
+                continue
             s = 1.0 if scale is None else scale[h]
             for m in range(lp.exact + 1, lp.n):
                 events.append((lp.bounds[m] / s, h))
@@ -371,12 +411,14 @@ class MergePath:
         spread of its consumer's outputs (:meth:`LayerPath.centred`), a layer's relative error
         taken to reach the output unchanged, and the layers' errors combined as uncorrelated
         (root of the sum of squares). 0 with exact merges only."""
+        merges = self.tied(merges)
         if any(m > lp.exact for lp, m in zip(self.layers, merges)):
             self.build()
         return float(np.sqrt(sum(lp.centred(m) ** 2 for lp, m in zip(self.layers, merges))))
 
     def eps_of(self, merges: list[int], scale: list[float] | None = None) -> float:
         """The smallest eps whose cut has at least these merges in every layer."""
+        merges = self.tied(merges)
         return max((lp.bound(m) / (1.0 if scale is None else scale[h])
                     for h, (lp, m) in enumerate(zip(self.layers, merges))), default=0.0)
 

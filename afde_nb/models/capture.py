@@ -23,6 +23,7 @@ from torch import nn
 
 from ..core.network import ODE_DEFINED, Network, as_inputs
 from ..core.partition import Partition
+from ..core.tie import Tie, tie_widths
 from ..errors import InvalidArgumentError, InvalidWeightsError, ShapeMismatchError, UnsupportedLayerError
 from . import surgery
 from .chains import LAYERS, GatedChain, LayerChain, chain_inputs, kind_of
@@ -54,6 +55,10 @@ class Captured:
     fixed: int
     stack: bool = False
     not_a_stack: str = field(default="", repr=False)
+    #: chains that keep one width (:class:`~afde_nb.core.tie.Tie` over chain indices, each chain
+    #: one hidden layer): the experts of a bank stored fused (:mod:`afde_nb.models.experts`);
+    #: counted at the tie's width, written together
+    ties: tuple = ()
 
     # ---- what the model allows -------------------------------------------------------------
 
@@ -102,9 +107,20 @@ class Captured:
     def num_params(self) -> int:
         return self.num_params_with([l.out_features for n in self.nets for l in n.hidden])
 
+    @property
+    def tied_layers(self) -> tuple:
+        """:attr:`ties` as hidden-layer indices (all chains' hidden layers in order): the layers a
+        merge path cuts in rounds (:meth:`~afde_nb.core.path.MergePath.tied`)."""
+        if not self.ties:
+            return ()
+        first = np.cumsum([0] + [len(n.hidden) for n in self.nets])
+        return tuple(t.over(tuple(int(first[k]) for k in t.members)) for t in self.ties)
+
     def num_params_with(self, hidden_widths) -> int:
         """The model's parameter count with the chains' hidden layers resized to ``hidden_widths``
-        (all chains' hidden layers in order), without building it."""
+        (all chains' hidden layers in order), without building it; the layers of a tie count at
+        the tie's width (what the written model holds: :func:`~afde_nb.core.tie.tie_widths`)."""
+        hidden_widths = tie_widths(list(hidden_widths), self.tied_layers)
         total, at = self.fixed, 0
         for net, cost in zip(self.nets, self.costs):
             k = len(net.hidden)
@@ -265,8 +281,14 @@ class Captured:
             device = next((p.device for p in self.model.parameters()), None)
             return to_torch(nets[0], device=device)
         out = surgery.copy_model(self.model)
-        for k, (chain, net) in enumerate(zip(self.discovery.chains, nets)):
-            self.kind(k).write(out, chain, net)
+        chains = self.discovery.chains
+        tied = {k for t in self.ties for k in t.members}
+        for k, (chain, net) in enumerate(zip(chains, nets)):
+            if k not in tied:
+                self.kind(k).write(out, chain, net)
+        for t in self.ties:  # one width for all: written together
+            ks = t.members
+            self.kind(ks[0]).write_tied(out, [chains[k] for k in ks], [nets[k] for k in ks], t)
         train(out, self.model.training)
         return out
 
@@ -316,7 +338,14 @@ def _traced(model: nn.Module, not_a_stack: str, example=None) -> Captured:
     for n in nets:
         n.check_finite(type(model).__name__)
     costs = [kd.costs(net, c) for kd, net, c in zip(kinds, nets, disc.chains)]
-    cap = Captured(model, disc, nets, costs, 0, not_a_stack=not_a_stack)
+    ties: dict = {}
+    for k, c in enumerate(disc.chains):
+        key = getattr(c[0], "tie", None) if len(c) == 1 else None
+        if key is not None:
+            ties.setdefault(key, []).append(k)
+    ties = tuple(Tie(tuple(ks), nets[ks[0]].hidden[0].out_features, disc.chains[ks[0]][0].align)
+                 for ks in ties.values())
+    cap = Captured(model, disc, nets, costs, 0, not_a_stack=not_a_stack, ties=ties)
     cap.fixed = count_params(model) - cap.num_params
     return cap
 

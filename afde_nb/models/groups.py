@@ -21,7 +21,9 @@ modules (every element-wise one of torch and of Hugging Face's ``ACT2FN``) are r
 and trusted only once checked on a few values. Consecutive groups (one's consumer the next one's
 producer, as in an MLP) form a *chain*, which is compressed as one network. A gated unit
 (``down(act(gate(x)) * up(x))``, LLaMA's MLP) is a group kind of its own (two producers, one
-consumer), found by :func:`afde_nb.models.gated.find_gated`, and a chain of its own.
+consumer), found by :func:`afde_nb.models.gated.find_gated`, and a chain of its own; so is each
+expert of a mixture-of-experts bank stored fused (:mod:`afde_nb.models.experts`: found by module,
+checked by value; a bank's experts keep equal widths).
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from torch import nn
 from ..core.network import apply_activation
 from ..errors import UnsupportedLayerError
 from . import hf
+from .experts import ExpertGroup, find_banks
 from .gated import GatedGroup, find_gated
 from .indexmap import SHAPED, Ids, followable, is_view, reads_shape
 from .inverted import InvertedGroup, find_inverted
@@ -235,7 +238,7 @@ class Discovery:
         rows = [f"{self.model}{how}: {len(self.groups)} lumpable group(s) in {len(self.chains)} chain(s)"]
         for c in self.chains:
             for g in c:
-                if isinstance(g, (GatedGroup, InvertedGroup)):
+                if isinstance(g, (GatedGroup, InvertedGroup, ExpertGroup)):
                     rows.append(f"  {g.describe()}")
                     continue
                 norm = f" -> {g.norm.name} (folded)" if g.norm else ""
@@ -895,10 +898,12 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
             continue
         groups.append(group)
     order = {k: i for i, k in enumerate(model.state_dict(keep_vars=True))}
-    skipped += _fused(model, {a.weight for _, _, a in found})
+    banks, refused = find_banks(model, _recognise)  # fused experts: read from the module, checked by value
+    taken = {g.bank for g in banks} | {p for p, _ in refused}
+    skipped += refused + [s for s in _fused(model, {a.weight for _, _, a in found}) if s[0] not in taken]
     gated, skipped = find_gated(found, uses, groups, skipped)
     inverted, groups, skipped = find_inverted(found, uses, groups, skipped)
-    chains = sorted(_chains(groups) + [[g] for g in gated] + [[g] for g in inverted],
+    chains = sorted(_chains(groups) + [[g] for g in gated] + [[g] for g in inverted] + [[g] for g in banks],
                     key=lambda c: order.get(c[0].producer.weight, len(order)))
     skipped.sort(key=lambda t: order.get(f"{t[0]}.weight", -1))
     return Discovery(chains, skipped, type(model).__name__)
