@@ -911,13 +911,15 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
 
 def failing_line(exc: BaseException) -> str:
     """`` at file:line (code)``: the last line of the user's own code in ``exc``'s traceback (the
-    line a trace stopped at: a branch on a tensor's value, an unsupported call), or ''."""
+    line a trace stopped at: a branch on a tensor's value, an unsupported call), else the last of a
+    Hugging Face model's (Mixtral's eager loop over the experts hit), or ''."""
     import traceback
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not any(k in f.filename.replace("\\", "/") for k in ("/torch/", "/afde_nb/", "/transformers/", "<"))]
-    if not frames:
+              if not any(k in f.filename.replace("\\", "/") for k in ("/torch/", "/afde_nb/", "<"))]
+    own = [f for f in frames if "/transformers/" not in f.filename.replace("\\", "/")]
+    if not (own or frames):
         return ""
-    f = frames[-1]
+    f = (own or frames)[-1]
     return f" at {f.filename.rsplit('/', 1)[-1]}:{f.lineno} ({(f.line or '').strip()[:80]})"
 
 
