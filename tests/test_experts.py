@@ -48,9 +48,16 @@ class TinyMoE(nn.Module):
         self.experts = experts_module or TinyExperts(dtype)
         self.head = nn.Linear(H, 3).to(dtype)
 
+    #: experts the router never picks (their logits set to -inf)
+    unused: tuple = ()
+
     def forward(self, x):
         h = self.inp(x)
-        w, idx = torch.topk(torch.softmax(self.router(h), dim=-1), K, dim=-1)
+        logits = self.router(h)
+        if self.unused:
+            logits = logits.clone()
+            logits[:, list(self.unused)] = -torch.inf
+        w, idx = torch.topk(torch.softmax(logits, dim=-1), K, dim=-1)
         return self.head(h + self.experts(h, idx, w / w.sum(-1, keepdim=True)))
 
 
@@ -138,6 +145,18 @@ def test_rows_are_the_tokens_routed_to_each_expert():
         np.testing.assert_array_equal(X, want)
         net = experts.expert_network(model, [g])
         np.testing.assert_allclose(Hv, net.hidden_values(want), rtol=1e-12, atol=1e-12)
+
+
+def test_an_expert_no_token_reaches_is_read_on_pseudo_inputs():
+    model = TinyMoE()
+    model.unused = (3,)
+    x = _x(48)
+    cap = capture(model, calibration=x)
+    rows = cap.rows(cap.calibration(x))
+    k = next(k for k, c in enumerate(cap.discovery.chains) if experts.is_expert(c) and c[0].expert == 3)
+    np.testing.assert_array_equal(rows[k][0], cap.kind(k).pseudo_rows(cap.nets[k])[0])
+    c = afde_nb.compress(model, target_params=_params(model) - 3 * E * H * 4, calibration=x)
+    assert {s.neurons_after for s in c.layers} == {I - 4} and c.params_after == _params(c.model)
 
 
 def test_a_budget_cuts_every_expert_of_a_bank_to_one_width():

@@ -146,8 +146,7 @@ def _layout(m: nn.Module) -> tuple[int, int, int] | str | None:
         return None
     E, two_i, H = gu.shape
     if dn.shape[0] != E or two_i % 2 or tuple(dn.shape[1:]) != (H, two_i // 2):
-        return (f"fused expert parameters gate_up_proj {tuple(gu.shape)} and down_proj {tuple(dn.shape)} are not "
-                "(E, 2I, H) and (E, H, I)")
+        return "not (E, 2I, H) and (E, H, I)"
     flags = {"is_transposed": False, "has_bias": False, "is_concatenated": True, "has_gate": True}
     off = [k for k, want in flags.items() if getattr(m, k, want) != want]
     if off:
@@ -206,16 +205,19 @@ def find_banks(model: nn.Module, recognise) -> tuple[list[ExpertGroup], list[tup
         got = _layout(m)
         if got is None:
             continue
+        shapes = f"gate_up_proj {tuple(m.gate_up_proj.shape)}, down_proj {tuple(m.down_proj.shape)}"
+        refuse = lambda why: refused.append(  # noqa: E731
+            (path or "(model)", f"parameters stored fused in three axes ({shapes}), not lumped: {why}"))
         if isinstance(got, str):
-            refused.append((path, got))
+            refuse(got)
             continue
         E, I, H = got
         act = recognise(m.act_fn) if isinstance(getattr(m, "act_fn", None), nn.Module) else None
         if not isinstance(act, tuple):
-            refused.append((path, f"an expert bank whose act_fn is {act or 'not an element-wise activation module'}"))
+            refuse(f"an expert bank whose act_fn is {act or 'not an element-wise activation module'}")
             continue
         if counts[id(m.gate_up_proj)] > 1 or counts[id(m.down_proj)] > 1:
-            refused.append((path, "an expert bank whose parameters another module shares"))
+            refuse("an expert bank whose parameters another module shares")
             continue
         try:
             params = list(inspect.signature(m.forward).parameters)
@@ -224,7 +226,7 @@ def find_banks(model: nn.Module, recognise) -> tuple[list[ExpertGroup], list[tup
         why = _check(m, E, H) if len(params) >= 3 else "its forward does not take (hidden_states, top_k_index, " \
                                                          "top_k_weights)"
         if why:
-            refused.append((path, f"an expert bank: {why}"))
+            refuse(f"an expert bank: {why}")
             continue
         name, slope, ap = act
         rules = (f"layout gate_up_proj (E={E}, 2I={2 * I}, H={H}) as [gate; up] and down_proj (E, H, I), no biases",
