@@ -178,7 +178,7 @@ def chain_inputs(model, chains: list, x) -> tuple[list[list], object]:
             out[k] = r
         for k in mine:
             (g,) = chains[k]
-            out[k] = seen.get(g) or experts.pseudo_rows(experts.expert_network(model, chains[k]))
+            out[k] = seen.get(g) or gated.pseudo_rows(experts.expert_network(model, chains[k]))
         return out, y
     own = [k for k, c in enumerate(chains) if inverted.is_inverted(c)]
     if not own:

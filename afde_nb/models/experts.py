@@ -61,7 +61,9 @@ _CHECK_TOKENS = 24
 @dataclass(frozen=True)
 class Slice:
     """Where one expert's projection lives: ``weight`` the fused parameter's path, ``expert`` its
-    index on the leading axis, ``rows`` (start, stop) of the expert's rows (gate or up half)."""
+    index on the leading axis, ``rows`` (start, stop) of the expert's rows (gate or up half). Read
+    like an :class:`~afde_nb.models.groups.Affine` where code asks a group for its producer or
+    consumer (model order, the report); no module of its own, so no hook sees its input."""
 
     name: str
     weight: str
@@ -310,13 +312,6 @@ def record(model: nn.Module, chains: list):
             if len(R):
                 R = np.ascontiguousarray(R)
                 out[g] = [R, _hidden(model, g, R)]
-
-
-def pseudo_rows(net: GatedNet, first: bool = False, rows: int | None = None) -> list[np.ndarray]:
-    """The expert's input rows without data (the gated kind's draw)."""
-    from .gated import pseudo_rows as gated_rows
-
-    return gated_rows(net, first=first) if rows is None else gated_rows(net, first=first, rows=rows)
 
 
 # ---- writing back ------------------------------------------------------------------------------
