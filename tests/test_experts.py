@@ -243,3 +243,16 @@ def test_an_untraceable_moe_names_the_line():
     disc = capture(m, calibration=ids).discovery
     assert "torch.export failed" in disc.note and "modeling_mixtral.py:" in disc.note
     assert sum(experts.is_expert(c) for c in disc.chains) == 4
+
+
+class ReadsItsExperts(TinyMoE):
+    """The bank's parameters also read outside its forward (a penalty added to the output)."""
+
+    def forward(self, x):
+        return super().forward(x) + self.experts.down_proj.sum()
+
+
+def test_a_bank_read_outside_its_forward_is_left_alone():
+    disc = capture(ReadsItsExperts(), calibration=_x()).discovery
+    assert not any(experts.is_expert(c) for c in disc.chains)
+    assert "reads outside its forward" in dict(disc.skipped)["experts"]

@@ -194,10 +194,28 @@ def _check(m: nn.Module, E: int, H: int) -> str:
     return ""
 
 
-def find_banks(model: nn.Module, recognise) -> tuple[list[ExpertGroup], list[tuple[str, str]]]:
+def _read_outside(graphs, exported: bool, bank: str, params: tuple[str, ...]) -> str:
+    """Where a graph reads a bank's parameters outside the bank's own forward (an auxiliary term, a
+    tied use), that operation, else ''. A torch.fx graph keeps the bank opaque, so any read of them
+    is outside; an exported graph's operations carry the modules that made them."""
+    for prefix, g in graphs:
+        for node in g.nodes:
+            if node.op != "get_attr" or (f"{prefix}.{node.target}" if prefix else str(node.target)) not in params:
+                continue
+            for u in node.users:
+                stack = [v[0] if isinstance(v, tuple) else str(v) for v in (u.meta.get("nn_module_stack") or {}).values()]
+                if not exported or not any(p == bank or p.startswith(f"{bank}.") for p in stack):
+                    return f"{u.name} ({getattr(u.target, '__name__', u.target)})"
+    return ""
+
+
+def find_banks(model: nn.Module, recognise, graphs=(), exported: bool = False
+               ) -> tuple[list[ExpertGroup], list[tuple[str, str]]]:
     """The expert banks of ``model`` (one :class:`ExpertGroup` per expert) and those refused, with
     why. ``recognise(module)``: (name, slope, params) of an activation module once checked on
-    values, else why not (:func:`afde_nb.models.groups._recognise`)."""
+    values, else why not (:func:`afde_nb.models.groups._recognise`); ``graphs``: the (prefix, graph)
+    pairs the model was read as (``exported``: one ``torch.export`` graph of it), where no operation
+    outside a bank may read its parameters."""
     out: list[ExpertGroup] = []
     refused: list[tuple[str, str]] = []
     counts: dict[int, int] = {}
@@ -221,6 +239,11 @@ def find_banks(model: nn.Module, recognise) -> tuple[list[ExpertGroup], list[tup
         if counts[id(m.gate_up_proj)] > 1 or counts[id(m.down_proj)] > 1:
             refuse("an expert bank whose parameters another module shares")
             continue
+        prefix = f"{path}." if path else ""
+        where = _read_outside(graphs, exported, path, (f"{prefix}gate_up_proj", f"{prefix}down_proj"))
+        if where:
+            refuse(f"an expert bank whose parameters {where} reads outside its forward")
+            continue
         try:
             params = list(inspect.signature(m.forward).parameters)
         except (TypeError, ValueError):
@@ -234,7 +257,6 @@ def find_banks(model: nn.Module, recognise) -> tuple[list[ExpertGroup], list[tup
         rules = (f"layout gate_up_proj (E={E}, 2I={2 * I}, H={H}) as [gate; up] and down_proj (E, H, I), no biases",
                  f"act_fn checked as {name}",
                  "its forward checked against sum_k w_k down_e(act(gate_e x) * up_e x) on random routing")
-        prefix = f"{path}." if path else ""
         align = max(1, 16 // m.gate_up_proj.element_size())
         rules += (f"one width for its {E} experts, a multiple of {align} (16-byte rows for grouped_mm); narrower "
                   "experts zero-padded, counted",)

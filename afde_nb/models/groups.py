@@ -898,7 +898,7 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
             continue
         groups.append(group)
     order = {k: i for i, k in enumerate(model.state_dict(keep_vars=True))}
-    banks, refused = find_banks(model, _recognise)  # fused experts: read from the module, checked by value
+    banks, refused = find_banks(model, _recognise, graphs, source is not None)  # fused experts: checked by value
     taken = {g.bank for g in banks} | {p for p, _ in refused}
     skipped += refused + [s for s in _fused(model, {a.weight for _, _, a in found}) if s[0] not in taken]
     gated, skipped = find_gated(found, uses, groups, skipped)
