@@ -146,13 +146,13 @@ def _layout(m: nn.Module) -> tuple[int, int, int] | str | None:
     gu, dn = getattr(m, "gate_up_proj", None), getattr(m, "down_proj", None)
     if not (isinstance(gu, nn.Parameter) and isinstance(dn, nn.Parameter)) or gu.dim() != 3 or dn.dim() != 3:
         return None
+    flags = {"is_transposed": False, "has_bias": False, "is_concatenated": True, "has_gate": True}
+    off = [k for k, want in flags.items() if getattr(m, k, want) != want]
+    if off:  # GPT-OSS: transposed, interleaved gate/up rows, biases
+        return f"an expert bank stored as {', '.join(f'{k}={getattr(m, k)}' for k in off)}, a layout not read here"
     E, two_i, H = gu.shape
     if dn.shape[0] != E or two_i % 2 or tuple(dn.shape[1:]) != (H, two_i // 2):
         return "not (E, 2I, H) and (E, H, I)"
-    flags = {"is_transposed": False, "has_bias": False, "is_concatenated": True, "has_gate": True}
-    off = [k for k, want in flags.items() if getattr(m, k, want) != want]
-    if off:
-        return f"an expert bank stored as {', '.join(f'{k}={getattr(m, k)}' for k in off)}, a layout not read here"
     if any(getattr(m, k, None) is not None for k in ("gate_up_proj_bias", "down_proj_bias", "post_expert_norm")):
         return "an expert bank with biases or a norm after each expert, not read here"
     return int(E), int(two_i // 2), int(H)
