@@ -12,7 +12,8 @@ two planted duplicates (removes exactly those, output < 1e-5 relative), a 70 % b
     OMP_NUM_THREADS=1 python benchmarks/wild_zoo.py --output-change mixtral qwen2-moe
 
 ``--output-change``: for the named models, the relative change of the outputs on 32 held-out inputs
-at the 70 % budget, calibrated (16 inputs) and data-free, and the widths each cut keeps.
+at the 70 % budget, calibrated (16 inputs, with and without the repair; 64 inputs) and data-free, and
+the widths each cut keeps.
 
 ``--tasks``: the trained networks on their own tasks (CREPE: pitch of harmonic tones within 50
 cents; MiniLM: paraphrase pairs and the ranking of sentence similarities) at 70/50/30 % of the
@@ -93,7 +94,8 @@ def main() -> None:
 
 
 def output_change(zoo: dict, names: list[str], n: int = 16, held: int = 32) -> str:
-    """A table: per model, calibrated (``n`` inputs) and data-free, the parameters a 70 % budget
+    """A table: per model, calibrated (``n`` inputs, also without the repair; ``4 n`` inputs) and
+    data-free, the parameters a 70 % budget
     leaves, the relative change of the outputs on ``held`` other inputs, and the hidden widths kept
     (a fused expert bank's experts share one width)."""
     import time
@@ -105,7 +107,8 @@ def output_change(zoo: dict, names: list[str], n: int = 16, held: int = 32) -> s
         build, inputs, _ = zoo[name]
         model = build()
         total, x, y = W.params(model), inputs(n, 1), inputs(held, 7)
-        for how, kw in (("16 inputs", {"calibration": x}), ("data-free", {})):
+        for how, kw in ((f"{n} inputs", {"calibration": x}), (f"{n} inputs, repair=False", {"calibration": x, "repair": False}),
+                        (f"{4 * n} inputs", {"calibration": inputs(4 * n, 1)}), ("data-free", {})):
             t0 = time.time()
             c = afde_nb.compress(model, target_params=int(0.7 * total), **kw)
             err = W._rel(W.run(model, y), W.run(c.model, y))
