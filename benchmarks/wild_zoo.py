@@ -102,12 +102,14 @@ def output_change(zoo: dict, names: list[str], n: int = 16, held: int = 32) -> s
 
     import afde_nb
 
-    out = ["| model | calibration | params kept | held-out output change | widths kept | s |", "|---|---|---:|---:|---|---:|"]
+    out = ["| model | calibration | params kept | held-out output change | widths kept | s |",
+           "|---|---|---:|---:|---|---:|"]
     for name in names:
         build, inputs, _ = zoo[name]
         model = build()
         total, x, y = W.params(model), inputs(n, 1), inputs(held, 7)
-        for how, kw in ((f"{n} inputs", {"calibration": x}), (f"{n} inputs, repair=False", {"calibration": x, "repair": False}),
+        for how, kw in ((f"{n} inputs", {"calibration": x}),
+                        (f"{n} inputs, repair=False", {"calibration": x, "repair": False}),
                         (f"{4 * n} inputs", {"calibration": inputs(4 * n, 1)}), ("data-free", {})):
             t0 = time.time()
             c = afde_nb.compress(model, target_params=int(0.7 * total), **kw)
