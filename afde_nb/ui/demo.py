@@ -33,8 +33,9 @@ def run_demo(dataset: str = "glycolysis", hidden: tuple[int, ...] = (64, 64), ep
              "compress estimates for the cut (afde_nb.pipeline.estimate); 0 is exact\n"
              "  widths: hidden neurons per layer after lumping; % params: the share of parameters kept\n"
              "  MSE free: test MSE of the compressed model as it comes, data-free (no repair)\n"
-             "  % rep., MSE repaired: with 256 training inputs (the estimate corrected by errors measured on "
-             "them), the share kept and the test MSE after the least-squares repair (afde_nb.core.repair)\n"
+             "  % rep.: the share kept at the same eps with 256 training inputs (the estimate corrected by errors "
+             "measured on them, and repaired)\n"
+             "  MSE repaired: test MSE of that model after the least-squares repair on them (afde_nb.core.repair)\n"
              "  ms: time of the data-free compress() call, in milliseconds\n")
     print_fn(f"{'eps':>6}{'widths':>10}{'% params':>10}{'MSE free':>11}{'R^2':>8}{'% rep.':>8}{'MSE repaired':>14}"
              f"{'R^2':>8}{'ms':>7}")
