@@ -183,13 +183,14 @@ def _units(c) -> int:
     return sum(int(np.max(l)) + 1 if np.size(l) else 0 for l in c.partition)
 
 
-@pytest.mark.parametrize("calibrated", [False, True])
-def test_eps_cut_is_the_last_within_the_estimate_and_monotone(tanh_stack, calibrated):
+@pytest.mark.parametrize("calibrated,setting", [(False, {}), (True, {}), (False, {"method": "complete"}),
+                                                (True, {"mode": "forward"})])
+def test_eps_cut_is_the_last_within_the_estimate_and_monotone(tanh_stack, calibrated, setting):
     """compress(eps) keeps the most merges along the path's order whose estimate is at most eps:
     the estimate rises along the order, the next merge's exceeds eps, and a larger eps never keeps
-    more units."""
+    more units (Ward and complete linkage, backward and forward)."""
     model, calib, _ = tanh_stack
-    kw = {"calibration": calib} if calibrated else {}
+    kw = dict(setting, **({"calibration": calib} if calibrated else {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         c0 = afde_nb.compress(model, eps=0.0, **kw)
@@ -262,3 +263,25 @@ def test_same_eps_means_the_same_output_error_on_two_models(digits_cnn):
             c = afde_nb.compress(model, eps=0.1, calibration=X)
         got = float(np.sqrt(deviation(_out(model, T), _out(c.model, T))["relative_mse"]))
         assert got <= 3 * 0.1 and c.estimated_error <= 0.1, (type(model).__name__, got, c.kept)
+
+
+def test_measured_error_over_eps_on_a_trained_tanh_stack(tanh_stack):
+    """Acceptance (a) on a small trained model: at a log grid of eps, the held-out output error of
+    compress(model, eps) over eps is within [1/3, 3] calibrated and [1/10, 10] data-free at every
+    lossy cut keeping 10 % of the units or more (measured 0.81-1.73 and 0.28-2.43)."""
+    model, calib, test = tanh_stack
+    want = _out(model, test)
+    for kw, bound in (({"calibration": calib}, 3.0), ({}, 10.0)):
+        path, seen = None, 0
+        for eps in np.geomspace(0.005, 0.5, 8):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                c = afde_nb.compress(model, eps=float(eps), path=path, **kw)
+            path = c.path
+            n = sum(lp.n for lp in path.layers)
+            got = float(np.sqrt(deviation(want, _out(c.model, test))["relative_mse"]))
+            if c.estimated_error == 0 or _units(c) < 0.1 * n:
+                continue
+            seen += 1
+            assert 1 / bound <= got / eps <= bound, (kw.keys(), eps, got, c.kept)
+        assert seen >= 5
