@@ -370,7 +370,7 @@ class MergePath:
 
     def first_order(self, merges: list[int]) -> float:
         """The first-order estimate of the model output's relative RMS error after these merges
-        (issue 30; docs/method.md, "What the estimate is"): each layer's bound over the centred
+        (issue 30; docs/method.md, "What eps means"): each layer's bound over the centred
         spread of its consumer's outputs (:meth:`LayerPath.centred`), a layer's relative error
         taken to reach the output unchanged, and the layers' errors combined as uncorrelated
         (root of the sum of squares). 0 with exact merges only."""

@@ -158,7 +158,8 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     return Compression(
         model=reduced, partition=[np.array(l) for l in part.labels], params_before=cap.num_params,
         params_after=cap.num_params_with([int(l.max()) + 1 if l.size else 0 for l in part.labels]), layers=layers,
-        mode=part.mode, eps=_eps_reported(part, path, target, estimated), relative=part.relative, method=method, symmetry=bool(symmetry), target=target,
+        mode=part.mode, eps=_eps_reported(part, path, target, estimated), relative=part.relative, method=method,
+        symmetry=bool(symmetry), target=target,
         repaired=how if ran else None, calibration_error=after, calibration_error_before_repair=before,
         held_out_error=held, path=path, budget_split=split or None, estimated_error=estimated,
         estimate_anchors=tuple(marks),

@@ -3,7 +3,7 @@
 For every cut of a merge path, an estimate of the model output's relative RMS error: the RMS of
 the change of the outputs over their centred spread, ``sqrt(relative_mse)`` in the terms of
 :func:`afde_nb.core.repair.deviation`, the figure ``calibration_error`` and ``held_out_error``
-measure. Two parts (docs/method.md, "What the estimate is"):
+measure. Two parts (docs/method.md, "What eps means"):
 
 * **first order** (:meth:`~afde_nb.core.path.MergePath.first_order`, data-free and calibrated):
   each layer's Ward bound sqrt(J) over the *centred* RMS of its consumer's outputs on the probes,
@@ -32,7 +32,7 @@ eps stops. The first-order estimate rises with every merge (each layer's bound d
 the corrected one (the anchors' running maximum), so the cut is also the last point before the
 estimate first exceeds eps, it grows with eps, and eps = 0 keeps the exact merges only.
 :meth:`~afde_nb.core.path.MergePath.partition` keeps its own meaning: one bound per layer, each
-layer's own first-order error (the budgets' per-layer scales and the baselines cut by it); so do
+layer's own first-order error (the calibrated budget's per-layer scales and ``core.lump`` cut by it); so do
 ``relative=False`` and the paper's components.
 """
 from __future__ import annotations
