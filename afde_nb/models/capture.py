@@ -54,6 +54,10 @@ class Captured:
     fixed: int
     stack: bool = False
     not_a_stack: str = field(default="", repr=False)
+    #: layers whose columns are slices of a concatenation and whose rows are another chain's units:
+    #: (taps, the hidden layers (global index) of the slices, the hidden layer of the rows), whose
+    #: parameters are a product of widths of two chains (:func:`crossed`)
+    crossed: list = field(default_factory=list, repr=False)
 
     # ---- what the model allows -------------------------------------------------------------
 
@@ -111,6 +115,13 @@ class Captured:
             w = [net.widths[0]] + [int(v) for v in hidden_widths[at:at + k]] + [net.widths[-1]]
             at += k
             total += sum(w[i] * t * w[i + 1] + p * w[i + 1] for i, (t, p) in enumerate(cost))
+        if self.crossed:
+            # each chain counts such a layer with the other chain's width as it was: the product's
+            # change in both at once is what that leaves out
+            full = [l.out_features for n in self.nets for l in n.hidden]
+            for t, slices, rows in self.crossed:
+                cols = sum(int(hidden_widths[h]) - full[h] for h in slices)
+                total += t * cols * (int(hidden_widths[rows]) - full[rows])
         return total
 
     def split(self, part: Partition) -> list[Partition]:
@@ -208,7 +219,7 @@ class Captured:
             got = surgery.capture(self.model, [g.consumer for c in self.discovery.chains for g in c], x)
         finally:
             train(self.model, was)
-        return [[surgery.unit_norms(got[g.consumer.weight], g.consumer.kind, net.layers[h + 1].in_features, self.model, g)
+        return [[surgery.unit_norms(surgery.slice_input(got[g.consumer.weight], g.consumer), g.consumer.kind, net.layers[h + 1].in_features, self.model, g)
                  for h, g in enumerate(chain)] for chain, net in zip(self.discovery.chains, self.nets)]
 
     def written(self, nets: list[Network], model: nn.Module) -> list[Network]:
@@ -265,8 +276,9 @@ class Captured:
             device = next((p.device for p in self.model.parameters()), None)
             return to_torch(nets[0], device=device)
         out = surgery.copy_model(self.model)
-        for k, (chain, net) in enumerate(zip(self.discovery.chains, nets)):
-            self.kind(k).write(out, chain, net)
+        chains = self.discovery.chains
+        for k in surgery.write_order(chains):  # slices of a concatenation's consumer compose in this order
+            self.kind(k).write(out, chains[k], nets[k])
         train(out, self.model.training)
         return out
 
@@ -316,9 +328,29 @@ def _traced(model: nn.Module, not_a_stack: str, example=None) -> Captured:
     for n in nets:
         n.check_finite(type(model).__name__)
     costs = [kd.costs(net, c) for kd, net, c in zip(kinds, nets, disc.chains)]
-    cap = Captured(model, disc, nets, costs, 0, not_a_stack=not_a_stack)
+    cap = Captured(model, disc, nets, costs, 0, not_a_stack=not_a_stack, crossed=crossed(disc.chains, nets))
     cap.fixed = count_params(model) - cap.num_params
     return cap
+
+
+def crossed(chains: list, nets: list[Network]) -> list[tuple[int, list[int], int]]:
+    """:attr:`Captured.crossed`: every layer that one or more chains end in as a slice of its columns
+    (a concatenation's consumer) and another chain starts from (its rows that chain's first hidden
+    units), as (taps per unit, the slices' hidden layers, the rows' hidden layer), hidden layers
+    numbered over all chains in order."""
+    at, start = 0, []
+    for net in nets:
+        start.append(at)
+        at += len(net.hidden)
+    heads = {c[0].producer.weight: start[k] for k, c in enumerate(chains) if len(nets[k].hidden)}
+    out: dict[str, tuple] = {}
+    for k, c in enumerate(chains):
+        a = c[-1].consumer
+        if getattr(a, "cols", None) is None or a.weight not in heads:
+            continue
+        t, slices, rows = out.get(a.weight, (nets[k].layers[-1].taps, [], heads[a.weight]))
+        out[a.weight] = (t, slices + [start[k] + len(nets[k].hidden) - 1], rows)
+    return list(out.values())
 
 
 def _output_array(y, n: int, model: nn.Module) -> np.ndarray:

@@ -54,6 +54,8 @@ class LayerChain:
 
     def reduce(self, net, part, rows):
         small, blocks = quotient(net, part)
+        if blocks:  # how the first layer's rows merged: its writing may have to apply it again
+            small.meta["rows0"] = blocks[0].target_map()  # (surgery._merged_rows), and a repair keeps it
         lossy = [h for h, b in enumerate(blocks) if b.spread > LOSSY]
         if rows is None or not lossy:
             return small, small, None

@@ -41,7 +41,7 @@ from ..core.network import apply_activation
 from ..errors import UnsupportedLayerError
 from . import hf
 from .gated import GatedGroup, find_gated
-from .indexmap import SHAPED, Ids, followable, is_view, reads_shape
+from .indexmap import SHAPED, Ids, concrete, followable, is_view, reads_shape
 from .inverted import InvertedGroup, find_inverted
 
 F = nn.functional
@@ -133,6 +133,8 @@ _POOL_PAIRS = {aten.max_pool2d_with_indices.default: "max_pool", aten.max_pool1d
                F.max_pool2d_with_indices: "max_pool", F.max_pool1d_with_indices: "max_pool"}
 _POOL_FUNCS.update(_POOL_PAIRS)
 _PAD_FUNCS = (F.pad, aten.pad.default, aten.constant_pad_nd.default)
+#: concatenations: a unit becomes a slice of the result's units (:meth:`_Reader.cat`)
+_CAT_FUNCS = (torch.cat, torch.concat, torch.concatenate, aten.cat.default, aten.concat.default)
 _NEEDS_SHAPES = "give example inputs to read the model through torch.export"
 #: modules fx must not trace into
 _OPAQUE = (nn.MultiheadAttention,)
@@ -158,6 +160,10 @@ class Affine:
     #: (start, stop): this layer is those output rows of its parameters, a fused projection cut by
     #: ``chunk``/``split`` (Phi-3's ``gate_up_proj``); None: all of them
     rows: tuple | None = None
+    #: (start, stop, total): this layer as a consumer reads units start..stop of the ``total`` units
+    #: its input holds (a ``torch.cat`` of several producers' outputs: each group owns its slice of
+    #: the consumer's columns, every unit ``in / total`` of them); None: all of them
+    cols: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,9 @@ class Norm:
     mean: str
     var: str
     eps: float
+    #: (start, stop): the entries that are the units', where the BatchNorm reads a concatenation
+    #: of several producers' outputs (DenseNet's transition); None: all of them
+    cols: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -244,8 +253,10 @@ class Discovery:
                 via = f"; passes {', '.join(g.rules)}" if g.rules else ""
                 inexact = ("; inexact where padding meets the shift of " + g.post.name + " (merges exact for equal "
                            "shift/scale)") if g.post and g.padded else ""
+                cols = g.consumer.cols
+                part = f" (its units {cols[0]}:{cols[1]} of {cols[2]})" if cols else ""
                 rows.append(f"  lumps {g.producer.name} ({kind}){norm} -> {g.activation}{post} -> {g.consumer.name}"
-                            f"{via}{inexact}")
+                            f"{part}{via}{inexact}")
         for name, why in self.skipped:
             rows.append(f"  left alone {name}: {why}")
         return "\n".join(rows)
@@ -620,6 +631,30 @@ class _Reader:
         shape = (prev.meta.get("val").dim() if isinstance(prev.meta.get("val"), torch.Tensor) else None)
         return shape is None or len(pad) <= 2 * (shape - 2)
 
+    def cat(self, node: fx.Node, prev: fx.Node, conv: bool) -> tuple[int, int, int] | str | None:
+        """For a concatenation of ``prev`` with other tensors along the units' axis (a convolution's
+        channels, a Linear's last axis): (offset, width, total), ``prev``'s ``width`` units standing
+        at ``offset`` of the result's ``total``; a string where it is a concatenation this rule does
+        not follow (along another axis: other rows would meet the units' columns; ``prev`` in it
+        twice; no shapes recorded); None for any other operation."""
+        if node.op != "call_function" or node.target not in _CAT_FUNCS:
+            return None
+        parts = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        if not isinstance(parts, (list, tuple)) or not isinstance(dim, int):
+            return "a concatenation this reading cannot follow"
+        if sum(p is prev for p in parts) != 1:
+            return "a concatenation holding its units twice"
+        shapes = [concrete(p.meta.get("val")) if isinstance(p, fx.Node) else None for p in parts]
+        out = concrete(node.meta.get("val"))
+        if out is None or any(sh is None for sh in shapes):
+            return f"a concatenation whose widths torch.fx does not record ({_NEEDS_SHAPES})"
+        axis = 1 if conv else len(out) - 1
+        if dim % len(out) != axis:
+            return f"a concatenation along axis {dim}, not the units' axis {axis}: other rows meet their columns"
+        at = [p is prev for p in parts].index(True)
+        return sum(sh[axis] for sh in shapes[:at]), shapes[at][axis], out[axis]
+
     def width_attrs(self, views: list[fx.Node], width: int) -> tuple | str:
         """Module attributes holding ``width``, where a view's shape is that literal (a forward's
         ``x.reshape(-1, self.in_features)``): the reduced model's forward must read its own width
@@ -898,6 +933,7 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
     skipped += _fused(model, {a.weight for _, _, a in found})
     gated, skipped = find_gated(found, uses, groups, skipped)
     inverted, groups, skipped = find_inverted(found, uses, groups, skipped)
+    groups, skipped = _sliced_whole(groups, gated + inverted, skipped)
     chains = sorted(_chains(groups) + [[g] for g in gated] + [[g] for g in inverted],
                     key=lambda c: order.get(c[0].producer.weight, len(order)))
     skipped.sort(key=lambda t: order.get(f"{t[0]}.weight", -1))
@@ -993,11 +1029,13 @@ class Walk:
     ids: Ids | None = None
     views: list = field(default_factory=list)
     rules: list = field(default_factory=list)
+    #: (start, stop, total): the units stand at start..stop of ``total`` after a concatenation
+    cat: tuple | None = None
 
     @property
     def plain(self) -> bool:
         """Only an activation and no-ops on the way (what a gated unit's branch may pass)."""
-        return not (self.norm or self.post or self.pools or self.pads or self.flat or self.views)
+        return not (self.norm or self.post or self.pools or self.pads or self.flat or self.views or self.cat)
 
 
 def walk(r: _Reader, node: fx.Node, a: Affine) -> tuple[Walk | None, str]:
@@ -1027,7 +1065,7 @@ def walk(r: _Reader, node: fx.Node, a: Affine) -> tuple[Walk | None, str]:
             return None, f"its outputs feed {len(users)} operations ({', '.join(_describe(u, r) for u in users[:3])})"
         nxt = users[0]
         if w.norm is None and w.act is None and (n := r.norm(nxt, a.kind)) is not None:
-            w.norm, w.cur = n, nxt
+            w.norm, w.cur = (n if w.cat is None else replace(n, cols=w.cat[:2])), nxt
             continue
         if r.passthrough(nxt) or (not conv and w.ids is None and r.keeps_units(nxt, cur)):
             w.cur = nxt
@@ -1040,7 +1078,8 @@ def walk(r: _Reader, node: fx.Node, a: Affine) -> tuple[Walk | None, str]:
             if (ac := r.activation(nxt)) is not None:
                 w.act, w.cur = ac, nxt
                 continue
-        if w.act is not None and w.post is None and w.ids is None and (n := r.norm(nxt, a.kind)) is not None:
+        if w.act is not None and w.post is None and w.ids is None and w.cat is None and \
+                (n := r.norm(nxt, a.kind)) is not None:
             w.post, w.cur = n, nxt
             w.rules.append("a BatchNorm after the activation")
             continue
@@ -1065,6 +1104,12 @@ def walk(r: _Reader, node: fx.Node, a: Affine) -> tuple[Walk | None, str]:
             w.cur = nxt
             w.rules.append("zero padding")
             continue
+        if not w.flat and w.ids is None and (got := r.cat(nxt, cur, conv)) is not None:
+            if isinstance(got, str):
+                return None, f"its outputs feed {_describe(nxt, r)}{_where(nxt)}, {got}"
+            w.cat, w.cur = _concatenated(w.cat, got), nxt
+            w.rules.append("cat")
+            continue
         if not w.flat and w.ids is None and r.flatten(nxt) and conv and not followable(nxt):
             w.flat, w.cur = True, nxt
             continue
@@ -1080,6 +1125,14 @@ def walk(r: _Reader, node: fx.Node, a: Affine) -> tuple[Walk | None, str]:
             continue
         w.nxt = nxt
         return w, ""
+
+
+def _concatenated(had: tuple | None, got: tuple) -> tuple:
+    """The units' (start, stop, total) after a concatenation that puts the ``width`` units of its
+    input at ``offset`` of ``total`` (``got``), where they stood at ``had`` (None: all of them)."""
+    offset, width, total = got
+    start, stop = (0, width) if had is None else had[:2]
+    return offset + start, offset + stop, total
 
 
 def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
@@ -1106,6 +1159,9 @@ def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
         if isinstance(got, str):
             return None, f"its units reach {c.name} through {', '.join(rules[-len(views):])}: {got}"
         inner, T = got
+        if w.cat is not None and inner != T:
+            return None, (f"its units are concatenated, then reach {c.name} in another order than channel-major "
+                          f"({', '.join(rules[-len(views):])})")
         if conv:
             flat = True
         elif T != 1 or inner != 1:
@@ -1121,22 +1177,46 @@ def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
         return None, f"its outputs ({a.kind}) feed a {c.kind} ({c.name}) without a Flatten"
     if w.pads and flat:
         return None, f"its channels are zero-padded, then flattened into {c.name}"
+    if w.cat is not None:
+        if w.post is not None:
+            return None, (f"its units pass {w.post.name} (a BatchNorm after the activation), then a concatenation "
+                          f"into {c.name}: not followed together")
+        c = replace(c, cols=w.cat)
     padded = bool(w.pads) or (c.kind != "linear" and any(c.padding))
     name, slope, params = act or ("identity", 0.01, ())
     return Group(a, c, name, slope, params, w.norm, tuple(w.pools), flat, w.post, padded, inner,
                  attrs, tuple(rules)), ""
 
 
+def _sliced_whole(groups: list[Group], whole: list, skipped: list) -> tuple[list[Group], list]:
+    """Groups reading a slice of a concatenation whose consumer also produces a gated or
+    inverted-residual group, left alone: that group's writing replaces the layer's whole weight,
+    the slice's would be lost (an ordinary group's producer rows compose with slices,
+    :func:`afde_nb.models.surgery.write_back`)."""
+    taken = {g.producer.weight: type(g).__name__ for g in whole}
+    keep = []
+    for g in groups:
+        kind = taken.get(g.consumer.weight) if g.consumer.cols is not None else None
+        if kind is None:
+            keep.append(g)
+            continue
+        skipped.append((g.producer.name, f"its units are concatenated into {g.consumer.name}, which produces a "
+                                         f"{'gated' if kind == 'GatedGroup' else 'inverted-residual'} group"))
+    return keep, skipped
+
+
 def _chains(groups: list[Group]) -> list[list[Group]]:
     """Groups linked where one's consumer is the next one's producer, in model order."""
     by_producer = {g.producer.weight: g for g in groups}
-    consumers = {g.consumer.weight for g in groups}
+    # a consumer that reads a slice of a concatenation (several groups' units) ends its chains: its
+    # outputs are not one group's function; as a producer it heads a chain of its own
+    consumers = {g.consumer.weight for g in groups if g.consumer.cols is None}
     chains = []
     for g in groups:
         if g.producer.weight in consumers:
             continue  # not a chain's head
         chain = [g]
-        while chain[-1].consumer.weight in by_producer:
+        while chain[-1].consumer.cols is None and chain[-1].consumer.weight in by_producer:
             chain.append(by_producer[chain[-1].consumer.weight])
         chains.append(chain)
     return chains

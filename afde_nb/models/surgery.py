@@ -52,6 +52,10 @@ def _affine_layer(root: nn.Module, a: Affine, norm: Norm | None, group: Group | 
     w = weight(root, a)
     W = _np(w, a.weight).reshape(w.shape[0], -1)
     b = _np(get_tensor(root, a.bias), a.bias) if a.bias else np.zeros(w.shape[0])
+    if a.cols is not None:
+        # a slice of a concatenation's consumer: its columns, and no bias (the consumer's own, shared
+        # by every slice; a refit's shift of it is what the slice's bias becomes, :func:`write_back`)
+        W, b = slice_rows(W, a), np.zeros(w.shape[0])
     if norm is not None:
         mean, scale, beta = _norm_parts(root, norm)
         W, b = W * scale[:, None], (b - mean) * scale + beta
@@ -79,6 +83,8 @@ def _norm_parts(root: nn.Module, norm: Norm) -> tuple[np.ndarray, np.ndarray, np
     mean, var = _np(get_tensor(root, norm.mean), norm.mean), _np(get_tensor(root, norm.var), norm.var)
     gamma = _np(get_tensor(root, norm.weight), norm.weight) if norm.weight else np.ones_like(mean)
     beta = _np(get_tensor(root, norm.bias), norm.bias) if norm.bias else np.zeros_like(mean)
+    if norm.cols is not None:  # the units' entries of a BatchNorm over a concatenation
+        mean, var, gamma, beta = (v[norm.cols[0]:norm.cols[1]] for v in (mean, var, gamma, beta))
     return mean, gamma / np.sqrt(var + norm.eps), beta
 
 
@@ -127,7 +133,7 @@ def chain_network(root: nn.Module, chain: list[Group]) -> Network:
         prev = chain[k - 1] if k else None
         units = int(weight(root, prev.producer).shape[0]) if prev else None
         if prev is not None and not prev.flatten and prev.producer.kind == a.kind:
-            have = int(weight(root, a).shape[1])
+            have = int(weight(root, a).shape[1]) if a.cols is None else a.cols[1] - a.cols[0]
             if have != units:
                 raise UnsupportedLayerError(f"{a.name} takes {have} inputs but {prev.producer.name} gives {units}")
         layers.append(_affine_layer(root, a, g.norm if g else None, g, units, feed=prev))
@@ -144,6 +150,57 @@ def chain_network(root: nn.Module, chain: list[Group]) -> Network:
 
 def chain_affines(chain: list[Group]) -> list[Affine]:
     return [g.producer for g in chain] + [chain[-1].consumer]
+
+
+def slice_rows(R, a: Affine):
+    """The columns of a layer's input rows ``R`` (or of its weight as (out, in * taps)) that layer
+    ``a`` reads as one slice of a concatenation (``a.cols``: units start..stop of total, each a run
+    of ``R.shape[1] / total`` columns); ``R`` itself where ``a`` reads all of them."""
+    if a.cols is None:
+        return R
+    start, stop, total = a.cols
+    if R.shape[1] % total:
+        raise UnsupportedLayerError(f"{a.name} takes {R.shape[1]} inputs, not a multiple of the {total} units "
+                                    "concatenated into it")
+    per = R.shape[1] // total
+    return R[:, start * per:stop * per]
+
+
+def slice_input(t: torch.Tensor, a: Affine) -> torch.Tensor:
+    """Layer ``a``'s input tensor ``t`` cut to the units it reads as a slice of a concatenation (a
+    convolution's channels, a Linear's last axis in runs of ``in / total``)."""
+    if a.cols is None:
+        return t
+    start, stop, total = a.cols
+    if a.kind != "linear":
+        return t[:, start:stop]
+    return t.reshape(*t.shape[:-1], total, -1)[..., start:stop, :].flatten(-2)
+
+
+def write_order(chains: list) -> list[int]:
+    """Chain indices in the order their writing composes (:func:`write_back`): a chain that writes
+    a slice of a layer's columns (its last consumer reads a concatenation) before the chain whose
+    producer that layer is (which merges the layer's rows as the slices left them), and the slices
+    of one layer from the last to the first (each then finds the columns before it as they were).
+    Otherwise the chains' own order."""
+    first = {c[0].producer.weight: k for k, c in enumerate(chains)}
+    after: dict[int, set] = {k: set() for k in range(len(chains))}
+    by_layer: dict[str, list] = {}
+    for k, c in enumerate(chains):
+        cols = getattr(c[-1].consumer, "cols", None)
+        if cols is not None:
+            by_layer.setdefault(c[-1].consumer.weight, []).append((cols[0], k))
+    for w, slices in by_layer.items():
+        slices.sort(reverse=True)
+        for (_, a), (_, b) in zip(slices, slices[1:]):
+            after[b].add(a)
+        if w in first:
+            after[first[w]].update(k for _, k in slices)
+    order: list[int] = []
+    while len(order) < len(chains):
+        k = next(k for k in range(len(chains)) if k not in order and after[k] <= set(order))
+        order.append(k)
+    return order
 
 
 def unit_cost(layer: Layer, a: Affine, norm: Norm | None, post: Norm | None = None) -> tuple[int, int]:
@@ -164,26 +221,35 @@ def write_back(root: nn.Module, chain: list[Group], small: Network) -> None:
     for k, (a, layer) in enumerate(zip(affines, small.layers)):
         norm = chain[k].norm if k < len(chain) else None
         old = get_tensor(root, a.weight)
-        W = torch.from_numpy(np.ascontiguousarray(_unfed(root, chain[k - 1], small, k, layer))) if k else \
-            torch.from_numpy(np.ascontiguousarray(layer.weight))
+        if k and a.cols is not None:
+            _write_slice(root, a, _unfed(root, chain[k - 1], small, k, layer), _unfed_bias(root, chain[k - 1], small,
+                                                                                          k, layer), layer.taps)
+            continue
+        if not k and _rewritten(root, a, layer):
+            W2, b2 = _merged_rows(root, a, norm, small)
+        else:
+            W2 = _unfed(root, chain[k - 1], small, k, layer) if k else layer.weight
+            b2 = _unfed_bias(root, chain[k - 1], small, k, layer) if k else layer.bias.copy()
+        W = torch.from_numpy(np.ascontiguousarray(W2))
         if old.dim() > 2:
-            W = W.reshape(layer.out_features, layer.in_features, *old.shape[2:])
+            W = W.reshape(layer.out_features, -1, *old.shape[2:])
         set_tensor(root, a.weight, W.t().contiguous() if a.transposed else W)
-        b = torch.from_numpy(_unfed_bias(root, chain[k - 1], small, k, layer) if k else layer.bias.copy())
+        b = torch.from_numpy(b2)
         if a.bias:
             set_tensor(root, a.bias, b)
         if norm is not None:
             n = layer.out_features
             one = torch.ones(n, dtype=torch.float64)
+            put = set_tensor if norm.cols is None else lambda r, path, v: _splice(r, path, norm.cols, v)
             if norm.weight:
-                set_tensor(root, norm.weight, one)
+                put(root, norm.weight, one)
             if norm.bias:
-                set_tensor(root, norm.bias, torch.zeros(n, dtype=torch.float64))
+                put(root, norm.bias, torch.zeros(n, dtype=torch.float64))
             # identity normalisation: (x - mean) / sqrt(var + eps) with var + eps = 1; the bias,
             # when the producer has none to hold it, rides in the mean as its negative
-            set_tensor(root, norm.mean, torch.zeros(n, dtype=torch.float64) if a.bias else -b)
-            set_tensor(root, norm.var, one * (1.0 - norm.eps))
-            _set_width(root, norm.name, "num_features", n)
+            put(root, norm.mean, torch.zeros(n, dtype=torch.float64) if a.bias else -b)
+            put(root, norm.var, one * (1.0 - norm.eps))
+            _set_width(root, norm.name, "num_features", len(get_tensor(root, norm.mean)))
         if a.module:
             m = root.get_submodule(a.module)
             if isinstance(m, nn.Linear):
@@ -191,7 +257,71 @@ def write_back(root: nn.Module, chain: list[Group], small: Network) -> None:
             elif a.transposed:  # Hugging Face's Conv1D: its forward shapes its output by nf
                 m.nx, m.nf = int(W.shape[1]), layer.out_features
             else:
-                m.in_channels, m.out_channels = layer.in_features, layer.out_features
+                m.in_channels, m.out_channels = int(W.shape[1]), layer.out_features
+
+
+def _splice(root: nn.Module, path: str, cols: tuple, value: torch.Tensor) -> None:
+    """A BatchNorm's entries ``cols`` (start, stop) replaced by ``value``, the entries before them as
+    they were (slices are written from the last to the first, :func:`write_order`)."""
+    live = get_tensor(root, path).detach()
+    set_tensor(root, path, torch.cat([live[:cols[0]], value.to(live.dtype), live[cols[1]:]]))
+
+
+def _rewritten(root: nn.Module, a: Affine, layer: Layer) -> bool:
+    """Whether chain layer ``a``'s weight in ``root`` has other columns than ``layer`` read: a chain
+    writing a slice of them (units concatenated into ``a``) came first (:func:`write_order`), and
+    merged some (a slice writes columns only by merging its units, so its width tells)."""
+    w = weight(root, a)
+    return int(w[0].numel()) != int(layer.weight.shape[1])
+
+
+def _merged_rows(root: nn.Module, a: Affine, norm: Norm | None, small: Network) -> tuple[np.ndarray, np.ndarray]:
+    """A chain's first layer reduced as ``small``'s was (its merged rows: ``meta["rows0"]``, each the
+    sum of ``coef_i`` times row i of the layer with its BatchNorm folded), applied to the weight as
+    ``root`` holds it now: other chains merged some of its columns (slices of a concatenation)."""
+    got = small.meta.get("rows0")
+    if got is None:
+        raise UnsupportedLayerError(f"{a.name}'s columns were merged by another chain (units concatenated into it) and "
+                                    "its rows are reduced by a network that does not say how they merged "
+                                    "(meta['rows0'], as LayerChain.reduce records it)")
+    labels, coef = got
+    w = weight(root, a)
+    W = _np(w, a.weight).reshape(w.shape[0], -1)
+    b = _np(get_tensor(root, a.bias), a.bias) if a.bias else np.zeros(w.shape[0])
+    if norm is not None:
+        mean, scale, beta = _norm_parts(root, norm)
+        W, b = W * scale[:, None], (b - mean) * scale + beta
+    k = int(labels.max()) + 1 if len(labels) else 0
+    Wm, bm = np.zeros((k, W.shape[1])), np.zeros(k)
+    np.add.at(Wm, labels, coef[:, None] * W)
+    np.add.at(bm, labels, coef * b)
+    return Wm, bm
+
+
+def _write_slice(root: nn.Module, a: Affine, W: np.ndarray, shift: np.ndarray, per: int) -> None:
+    """Chain layer ``a``, one slice of a concatenation's consumer, written into ``root``: its columns
+    ``W`` (out, units * per) in place of the slice's, the columns before it as they were (the
+    slices after it are written first, :func:`write_order`), and its bias ``shift`` (a refit's, the
+    slice's share of the consumer's bias: 0 without one) added to the consumer's."""
+    start, stop, _ = a.cols
+    live = weight(root, a)
+    L = live.detach().reshape(live.shape[0], -1)
+    new = torch.from_numpy(np.ascontiguousarray(W)).to(L.dtype)
+    out = torch.cat([L[:, :start * per], new, L[:, stop * per:]], dim=1)
+    if live.dim() > 2:
+        out = out.reshape(live.shape[0], -1, *live.shape[2:])
+    set_tensor(root, a.weight, out.t().contiguous() if a.transposed else out)
+    if a.bias and np.any(shift):
+        b = get_tensor(root, a.bias).detach().to(torch.float64) + torch.from_numpy(shift)
+        set_tensor(root, a.bias, b)
+    if a.module:
+        m = root.get_submodule(a.module)
+        if isinstance(m, nn.Linear):
+            m.in_features = int(out.shape[1])
+        elif a.transposed:
+            m.nx = int(out.shape[1])
+        else:
+            m.in_channels = int(out.shape[1])
 
 
 def _post_of(g: Group, small: Network, h: int, root: nn.Module) -> tuple[np.ndarray, np.ndarray]:
@@ -515,7 +645,7 @@ def chain_inputs(model: nn.Module, chains: list[list[Group]], x) -> tuple[list[l
 
     many = {a.weight for c in chains if any(getattr(g, "uses", 1) > 1 for g in c) for a in chain_affines(c)}
     got, y = capture_run(model, [a for c in chains for a in chain_affines(c)], x, keep, many)
-    return [[got[a.weight] for a in chain_affines(c)] for c in chains], y
+    return [[slice_rows(got[a.weight], a) for a in chain_affines(c)] for c in chains], y
 
 
 def pseudo_inputs(net: Network, seed: int = 0, first: bool = False) -> list[np.ndarray]:
