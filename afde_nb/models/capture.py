@@ -219,7 +219,8 @@ class Captured:
             got = surgery.capture(self.model, [g.consumer for c in self.discovery.chains for g in c], x)
         finally:
             train(self.model, was)
-        return [[surgery.unit_norms(surgery.slice_input(got[g.consumer.weight], g.consumer), g.consumer.kind, net.layers[h + 1].in_features, self.model, g)
+        return [[surgery.unit_norms(surgery.slice_input(got[g.consumer.weight], g.consumer), g.consumer.kind,
+                                    net.layers[h + 1].in_features, self.model, g)
                  for h, g in enumerate(chain)] for chain, net in zip(self.discovery.chains, self.nets)]
 
     def written(self, nets: list[Network], model: nn.Module) -> list[Network]:

@@ -5,8 +5,10 @@ only through an optional ``BatchNorm`` (eval statistics, folded), one element-wi
 no-ops (``Dropout``, ``Identity``) into exactly one consuming layer of the same kind, as its data
 input; a convolution's channels may also pass channel-wise pooling (max: up to positive scaling
 only) and a ``Flatten`` into a ``Linear``, where each channel owns a run of its input columns. Its units (features, or channels) can be merged: the producer loses rows, the consumer the
-matching input columns, and nothing else in the model sees them. Units that feed anything else (a
-residual add, a reshape, two consumers, the model's output) are left alone and reported with why.
+matching input columns, and nothing else in the model sees them. Units concatenated with others
+(``torch.cat`` along their axis) are a slice of the one consumer's columns (``Affine.cols``),
+several groups sharing that consumer. Units that feed anything else (a residual add, a reshape,
+two consumers, the model's output) are left alone and reported with why.
 
 Modules are traced from the root; a module whose forward torch.fx cannot trace (data-dependent
 control flow, like ``nn.TransformerEncoder``) is looked into child by child, so the layers inside
@@ -878,7 +880,7 @@ def find_groups(model: nn.Module, example=None) -> Discovery:
         disc.skipped = [(n, said.get(n, why) if _NEEDS_SHAPES in why else why) for n, why in disc.skipped]
         return disc
     ex.note = ("read through torch.export: torch.fx cannot trace its whole forward" if notes else
-               "read through torch.export: its index maps need the shapes torch.fx does not record")
+               "read through torch.export: its index maps or concatenations need the shapes torch.fx does not record")
     return ex
 
 
@@ -1045,8 +1047,9 @@ def walk(r: _Reader, node: fx.Node, a: Affine) -> tuple[Walk | None, str]:
     the activation (by class, by value, in place); a per-unit affine after it (an eval BatchNorm:
     folded into the consumer); channel-wise pooling; zero padding; index maps (flatten, and where
     the graph has shapes, permute/transpose/reshape/view/unsqueeze/squeeze, followed on the
-    indices: :mod:`.indexmap`). The one walk of every reading: a plain group (:func:`_follow`), a
-    gated unit's branches (:func:`afde_nb.models.gated.find_gated`) and an inverted-residual
+    indices: :mod:`.indexmap`); a concatenation along the units' axis (:meth:`_Reader.cat`: the
+    units become a slice of what follows, ``Walk.cat``). The one walk of every reading: a plain
+    group (:func:`_follow`), a gated unit's branches (:func:`afde_nb.models.gated.find_gated`) and an inverted-residual
     channel up to its depthwise convolution (:mod:`afde_nb.models.inverted`). (Walk, "") where it
     reaches an operation no rule takes, else (None, why)."""
     w = Walk(node)
