@@ -1,11 +1,12 @@
-"""Units through ``torch.cat`` (issue 27): each producer's units are a slice of one consumer's
-columns (afde_nb.models.groups: the walk's ``cat`` rule, ``Affine.cols``/``Norm.cols``), several
-groups share that consumer, and its writing composes (afde_nb.models.surgery: each slice's columns
-and its share of the bias, the rows of a consumer that is another group's producer merged as the
-slices left them). Hand-built models in the shape of SqueezeNet's fire modules, an Inception block
-and a DenseNet dense block: planted duplicates go at eps = 0 and nothing else does, a 70 % budget is
-reached and counted right, the reduced model round-trips through ``.pt2``, and what is left alone
-(units read by several consumers) is named."""
+"""Units through ``torch.cat`` and units that fan out (issue 27): each producer's units are a slice
+of a consumer's columns (afde_nb.models.groups: the walk's ``cat`` rule, ``Affine.cols``/``Norm.cols``),
+several groups share that consumer, and units read by several consumers are one group with all of
+them (``Group.more``: a stacked layer bounds a merge on every consumer). The writing composes
+(afde_nb.models.surgery: each slice's columns where it stands, its share of the bias, the rows of a
+consumer that is another group's producer merged as the slices left them). Hand-built models in
+the shape of SqueezeNet's fire modules, an Inception block and a DenseNet dense block: planted
+duplicates go at eps = 0 and nothing else does, a 70 % budget is reached and counted right, the
+reduced model round-trips through ``.pt2``, and what is left alone is named."""
 from __future__ import annotations
 
 import numpy as np
@@ -211,10 +212,13 @@ def test_fire_expands_are_slices_of_the_next_squeeze():
     assert by["fire1.expand3x3"].cols == (10, 20, 20)
     assert by["fire2.expand3x3"].name == "fire3.squeeze" and by["fire2.expand3x3"].cols == (12, 20, 20)
     assert by["fire3.expand1x1"].name == "head" and by["fire3.expand1x1"].cols == (0, 8, 20)
+    # a squeeze's units fan out to both expands: one group, every column of both
+    sq = next(g for g in disc.groups if g.producer.name == "fire2.squeeze")
+    assert [(c.name, c.cols) for c in sq.consumers] == [("fire2.expand1x1", (0, 6, 6)), ("fire2.expand3x3", (0, 6, 6))]
     report = disc.report()
     assert "fire2.squeeze (its units 10:20 of 20); passes cat, max_pool" in report
-    # a squeeze's units feed two expands (fan-out): left alone, and the report says why
-    assert "left alone fire1.squeeze: its outputs feed 2 operations" in report
+    assert "-> fire1.expand1x1, fire1.expand3x3; passes fan-out to 2 layers" in report
+    assert len(disc.groups) == 10 and [n for n, _ in disc.skipped] == ["head"]
 
 
 def test_fire_planted_duplicates_go_exactly(tmp_path):
@@ -223,9 +227,12 @@ def test_fire_planted_duplicates_go_exactly(tmp_path):
     _plant(model, "fire1.expand3x3", [(1, 7)])
     _plant(model, "fire2.expand3x3", [(0, 3)])
     _plant(model, "fire3.expand1x1", [(4, 6)])
+    _plant(model, "fire2.squeeze", [(0, 5)])
     x = torch.randn(48, 3, 24, 24)
     c = afde_nb.compress(model, 0.0, calibration=x)
     sizes = _sizes(c)
+    assert sizes["fire2.squeeze"] == (6, 5) and sizes["fire1.squeeze"] == (6, 6)
+    assert c.model.fire2.expand1x1.in_channels == c.model.fire2.expand3x3.in_channels == 5
     assert sizes["fire1.expand1x1"] == (10, 8) and sizes["fire1.expand3x3"] == (10, 9)
     assert sizes["fire2.expand3x3"] == (8, 7) and sizes["fire3.expand1x1"] == (8, 7)
     assert sizes["fire2.expand1x1"] == (12, 12) and sizes["fire3.expand3x3"] == (12, 12)
@@ -247,18 +254,18 @@ def test_fire_budget(tmp_path):
 # ---- an Inception block -------------------------------------------------------------------------
 
 
-def test_inception_slices_and_a_consumer_that_produces():
+def test_inception_slices_fan_outs_and_consumers_that_produce():
     model = _randomised(InceptionLike())
     x = torch.randn(4, 3, 12, 12)
     disc = capture(model, example_inputs=x[:2]).discovery
     by = {g.producer.name: g for g in disc.groups}
     assert by["b1.conv"].consumer.name == "mix.conv" and by["b1.conv"].consumer.cols == (0, 8, 16)
     assert by["b2b.conv"].consumer.cols == (8, 16, 16)
-    assert "mix.conv" not in by and "c1.conv" not in by
     assert by["d2.conv"].consumer.name == "fc" and by["d2.conv"].consumer.cols == (8, 16, 16)
-    report = disc.report()
-    assert "left alone mix.conv: its outputs feed 2 operations" in report
-    assert "left alone c1.conv: its outputs feed" in report and "left alone c2.conv: its outputs feed" in report
+    # fanned out: mix into both branches; c2's units through a concatenation into d1 and d2
+    assert [c.name for c in by["mix.conv"].consumers] == ["c1.conv", "c2.conv"]
+    assert [(c.name, c.cols) for c in by["c2.conv"].consumers] == [("d1.conv", (6, 12, 12)), ("d2.conv", (6, 12, 12))]
+    assert [n for n, _ in disc.skipped] == ["fc"]
 
 
 class MixChain(nn.Module):
@@ -300,11 +307,16 @@ def test_inception_planted_and_budget(tmp_path):
     _plant(model, "b1.conv", [(0, 7)], "b1.bn")
     _plant(model, "d2.conv", [(2, 4)], "d2.bn")
     _plant(model, "d1.conv", [(1, 3)], "d1.bn")
+    _plant(model, "mix.conv", [(2, 9)], "mix.bn")  # fans out to c1 and c2
+    _plant(model, "c2.conv", [(0, 5), (1, 4)], "c2.bn")  # concatenated, then fans out to d1 and d2
     x = torch.randn(48, 3, 12, 12)
     c = afde_nb.compress(model, 0.0, calibration=x)
     sizes = _sizes(c)
     assert sizes["b1.conv"] == (8, 7) and sizes["d1.conv"] == (8, 7) and sizes["d2.conv"] == (8, 7)
-    assert sizes["b2b.conv"] == (8, 8)
+    assert sizes["mix.conv"] == (12, 11) and sizes["c2.conv"] == (6, 4)
+    assert sizes["b2b.conv"] == (8, 8) and sizes["c1.conv"] == (6, 6) and sizes["stem.conv"] == (10, 10)
+    assert c.model.d1.conv.in_channels == c.model.d2.conv.in_channels == 10
+    assert sum(p.numel() for p in c.model.parameters()) == c.params_after
     assert c.model.fc.in_features == 14 * 4
     assert _rel(model(x), c.model(x)) < 1e-5
     _reloads(c, x, tmp_path)
@@ -325,8 +337,10 @@ def test_dense_block_last_layers_through_a_sliced_batchnorm(tmp_path):
     last2 = by["block2.2.conv2"]
     assert last2.consumer.name == "fc" and last2.consumer.cols == (24, 30, 30) and last2.norm.cols == (24, 30)
     report = disc.report()
-    # the earlier layers' features are read by every later layer: left alone, named
-    assert "left alone block1.0.conv2: its outputs feed" in report
+    # the earlier layers' features are read by every later layer, each through its own BatchNorm:
+    # left alone, named
+    assert "left alone block1.0.conv2: its outputs fan out, one path into batch_norm" in report
+    assert "which not every unit passes alike" in report
     _plant(model, "block1.2.conv2", [(0, 4)])
     _plant(model, "block2.2.conv2", [(1, 5), (2, 3)])
     with torch.no_grad():  # the sliced BatchNorms' entries too
@@ -370,3 +384,39 @@ def test_a_cat_along_another_axis_is_left_alone_with_why():
     disc = capture(Tokens(), example_inputs=torch.randn(2, 5, 6)).discovery
     assert not disc.groups
     assert "a concatenation along axis 1, not the units' axis 2" in disc.report()
+
+
+class Branches(nn.Module):
+    """Linear layers over tokens: ``a``'s units fan out to two heads whose units are concatenated
+    (with a third, unlumped, input) into ``out``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 10)
+        self.h1, self.h2 = nn.Linear(10, 8), nn.Linear(10, 7)
+        self.out = nn.Linear(8 + 6 + 7, 4)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        return self.out(torch.cat([F.gelu(self.h1(h)), x, torch.tanh(self.h2(h))], -1))
+
+
+def test_linear_fan_out_and_concatenation(tmp_path):
+    model = Branches().eval()
+    torch.manual_seed(1)
+    x = torch.randn(64, 5, 6)
+    disc = capture(model, example_inputs=x[:2]).discovery
+    by = {g.producer.name: g for g in disc.groups}
+    assert [c.name for c in by["a"].consumers] == ["h1", "h2"]
+    assert by["h1"].consumer.cols == (0, 8, 21) and by["h2"].consumer.cols == (14, 21, 21)
+    _plant(model, "a", [(0, 9)])
+    with torch.no_grad():  # tanh's symmetry: unit 3 = -unit 1, merged with a sign
+        model.a.weight[3], model.a.bias[3] = -model.a.weight[1], -model.a.bias[1]
+    _plant(model, "h2", [(2, 6)])
+    c = afde_nb.compress(model, 0.0, calibration=x)
+    sizes = _sizes(c)
+    assert sizes["a"] == (10, 8) and sizes["h2"] == (7, 6) and sizes["h1"] == (8, 8)
+    assert c.model.out.in_features == 20 and c.model.h1.in_features == c.model.h2.in_features == 8
+    assert _rel(model(x), c.model(x)) < 1e-5
+    _reloads(c, x, tmp_path)
+    _check_budget(model, x, tmp_path)

@@ -278,8 +278,10 @@ class Captured:
             return to_torch(nets[0], device=device)
         out = surgery.copy_model(self.model)
         chains = self.discovery.chains
+        sliced = {a.weight for c in chains for a in getattr(c[-1], "consumers", ()) if a.cols is not None}
         for k in surgery.write_order(chains):  # slices of a concatenation's consumer compose in this order
-            self.kind(k).write(out, chains[k], nets[k])
+            net = surgery.with_rows(nets[k], self.nets[k]) if chains[k][0].producer.weight in sliced else nets[k]
+            self.kind(k).write(out, chains[k], net)
         train(out, self.model.training)
         return out
 
@@ -329,16 +331,16 @@ def _traced(model: nn.Module, not_a_stack: str, example=None) -> Captured:
     for n in nets:
         n.check_finite(type(model).__name__)
     costs = [kd.costs(net, c) for kd, net, c in zip(kinds, nets, disc.chains)]
-    cap = Captured(model, disc, nets, costs, 0, not_a_stack=not_a_stack, crossed=crossed(disc.chains, nets))
+    cap = Captured(model, disc, nets, costs, 0, not_a_stack=not_a_stack, crossed=crossed(model, disc.chains, nets))
     cap.fixed = count_params(model) - cap.num_params
     return cap
 
 
-def crossed(chains: list, nets: list[Network]) -> list[tuple[int, list[int], int]]:
+def crossed(model: nn.Module, chains: list, nets: list[Network]) -> list[tuple[int, list[int], int]]:
     """:attr:`Captured.crossed`: every layer that one or more chains end in as a slice of its columns
-    (a concatenation's consumer) and another chain starts from (its rows that chain's first hidden
-    units), as (taps per unit, the slices' hidden layers, the rows' hidden layer), hidden layers
-    numbered over all chains in order."""
+    (a concatenation's consumer, or one of several consumers of units that fan out) and another
+    chain starts from (its rows that chain's first hidden units), as (columns per unit, the slices'
+    hidden layers, the rows' hidden layer), hidden layers numbered over all chains in order."""
     at, start = 0, []
     for net in nets:
         start.append(at)
@@ -346,11 +348,12 @@ def crossed(chains: list, nets: list[Network]) -> list[tuple[int, list[int], int
     heads = {c[0].producer.weight: start[k] for k, c in enumerate(chains) if len(nets[k].hidden)}
     out: dict[str, tuple] = {}
     for k, c in enumerate(chains):
-        a = c[-1].consumer
-        if getattr(a, "cols", None) is None or a.weight not in heads:
-            continue
-        t, slices, rows = out.get(a.weight, (nets[k].layers[-1].taps, [], heads[a.weight]))
-        out[a.weight] = (t, slices + [start[k] + len(nets[k].hidden) - 1], rows)
+        for a in getattr(c[-1], "consumers", (c[-1].consumer,)):
+            if a.cols is None or a.weight not in heads:
+                continue
+            per = int(surgery.weight(model, a)[0].numel()) // a.cols[2]
+            t, slices, rows = out.get(a.weight, (per, [], heads[a.weight]))
+            out[a.weight] = (t, slices + [start[k] + len(nets[k].hidden) - 1], rows)
     return list(out.values())
 
 

@@ -65,7 +65,9 @@ class LayerChain:
     def repairable(self, net) -> bool:
         """Repair refits chains of Linear layers (tokens of a sequence are rows); a convolution
         chain's patches overlap, so its layers are not refit."""
-        return all(l.taps == 1 for l in net.layers)
+        # units that fan out are read by a stacked layer of every consumer's taps (surgery's
+        # _stacked_layer), a bound's view of them, not a layer to refit
+        return all(l.taps == 1 for l in net.layers) and "stacked" not in net.meta
 
     def write(self, root, chain, net) -> None:
         surgery.write_back(root, chain, net)

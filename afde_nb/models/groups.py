@@ -45,6 +45,7 @@ from . import hf
 from .gated import GatedGroup, find_gated
 from .indexmap import SHAPED, Ids, concrete, followable, is_view, reads_shape
 from .inverted import InvertedGroup, find_inverted
+from .params import get_tensor
 
 F = nn.functional
 aten = torch.ops.aten
@@ -215,10 +216,17 @@ class Group:
     rules: tuple = ()
     #: calls of producer and consumer (their parameters shared: ALBERT): the rows are every call's
     uses: int = 1
+    #: the other consumers where the units fan out (each with its ``cols``); the first is ``consumer``
+    more: tuple = ()
 
     @property
     def name(self) -> str:
         return self.producer.name
+
+    @property
+    def consumers(self) -> tuple:
+        """Every layer reading the units (one, or several where they fan out)."""
+        return (self.consumer,) + self.more
 
     @property
     def negation_ok(self) -> bool:
@@ -255,10 +263,11 @@ class Discovery:
                 via = f"; passes {', '.join(g.rules)}" if g.rules else ""
                 inexact = ("; inexact where padding meets the shift of " + g.post.name + " (merges exact for equal "
                            "shift/scale)") if g.post and g.padded else ""
-                cols = g.consumer.cols
-                part = f" (its units {cols[0]}:{cols[1]} of {cols[2]})" if cols else ""
-                rows.append(f"  lumps {g.producer.name} ({kind}){norm} -> {g.activation}{post} -> {g.consumer.name}"
-                            f"{part}{via}{inexact}")
+                reads = ", ".join(c.name + (f" (its units {c.cols[0]}:{c.cols[1]} of {c.cols[2]})"
+                                            if c.cols and c.cols[1] - c.cols[0] != c.cols[2] else "")
+                                  for c in g.consumers)
+                rows.append(f"  lumps {g.producer.name} ({kind}){norm} -> {g.activation}{post} -> {reads}"
+                            f"{via}{inexact}")
         for name, why in self.skipped:
             rows.append(f"  left alone {name}: {why}")
         return "\n".join(rows)
@@ -921,12 +930,13 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
             if group is None:
                 skipped.append((a.name, why))
                 continue
-        c = group.consumer
-        if group.uses == 1 and (uses[c.weight] > 1 or (c.bias and uses[c.bias] > 1)):
-            skipped.append((a.name, f"its consumer {c.name} shares its parameters with another operation"))
+        shared = [c for c in group.consumers if uses[c.weight] > 1 or (c.bias and uses[c.bias] > 1)]
+        if group.uses == 1 and shared:
+            skipped.append((a.name, f"its consumer {shared[0].name} shares its parameters with another operation"))
             continue
-        if source is not None and not (a.module and c.module):
-            hidden = a.name if not a.module else c.name
+        hidden = [x.name for x in (a,) + group.consumers if not x.module]
+        if source is not None and hidden:
+            hidden = hidden[0]
             skipped.append((a.name, f"{hidden} is computed inside another module's forward, not by a Linear/Conv1D/"
                                     "convolution module of its own: its input cannot be observed"))
             continue
@@ -1040,7 +1050,7 @@ class Walk:
         return not (self.norm or self.post or self.pools or self.pads or self.flat or self.views or self.cat)
 
 
-def walk(r: _Reader, node: fx.Node, a: Affine) -> tuple[Walk | None, str]:
+def walk(r: _Reader, node: fx.Node, a: Affine, fan: bool = False) -> tuple[Walk | None, str]:
     """Follow ``node``'s units (producer ``a``) through the graph, one rule per operation, tried in
     this order: an activation module's operations (an exported graph); a BatchNorm before the
     activation (folded into the producer); no-ops (dropout, identity, copies, a pad of nothing);
@@ -1051,7 +1061,8 @@ def walk(r: _Reader, node: fx.Node, a: Affine) -> tuple[Walk | None, str]:
     units become a slice of what follows, ``Walk.cat``). The one walk of every reading: a plain
     group (:func:`_follow`), a gated unit's branches (:func:`afde_nb.models.gated.find_gated`) and an inverted-residual
     channel up to its depthwise convolution (:mod:`afde_nb.models.inverted`). (Walk, "") where it
-    reaches an operation no rule takes, else (None, why)."""
+    reaches an operation no rule takes, else (None, why); ``fan``: where the units reach several
+    operations, the Walk so far with ``nxt`` None (:func:`_fanned` follows each)."""
     w = Walk(node)
     conv = a.kind != "linear"
     while True:
@@ -1065,6 +1076,8 @@ def walk(r: _Reader, node: fx.Node, a: Affine) -> tuple[Walk | None, str]:
         if len(users) != 1:
             if not users:
                 return None, "its output is not used"
+            if fan and w.post is None and w.ids is None:
+                return w, ""
             return None, f"its outputs feed {len(users)} operations ({', '.join(_describe(u, r) for u in users[:3])})"
         nxt = users[0]
         if w.norm is None and w.act is None and (n := r.norm(nxt, a.kind)) is not None:
@@ -1141,9 +1154,11 @@ def _concatenated(had: tuple | None, got: tuple) -> tuple:
 def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
     """The group that ``node``'s outputs form (:func:`walk`, then the consumer: a Linear or
     convolution reading the units as its data input), or None and why not."""
-    w, why = walk(r, node, a)
+    w, why = walk(r, node, a, fan=True)
     if w is None:
         return None, why
+    if w.nxt is None:
+        return _fanned(r, w, a)
     nxt, cur, act, flat, ids, views, rules = w.nxt, w.cur, w.act, w.flat, w.ids, w.views, w.rules
     conv = a.kind != "linear"
     c = r.affine(nxt)
@@ -1191,6 +1206,66 @@ def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
                  attrs, tuple(rules)), ""
 
 
+def _fanned(r: _Reader, w: Walk, a: Affine) -> tuple[Group | None, str]:
+    """The group of units that fan out after walk ``w`` (at ``w.cur``, its activation passed): every
+    path from there passes only rules that treat every unit alike (no-ops, pooling, zero padding,
+    concatenations, a flatten) into a Linear/convolution reading them as its data input, each such
+    consumer a slice of its columns (``Affine.cols``); else None and why."""
+    units = int(_weight_rows(r, a))
+    start = w.cat if w.cat is not None else (0, units, units)
+    got, pools, pads = [], set(w.pools), bool(w.pads)
+    todo = [(w.cur, u, start, w.flat) for u in w.cur.users if not reads_shape(u)]
+    while todo:
+        prev, node, cat, flat = todo.pop(0)
+        users = [u for u in node.users if not reads_shape(u)]
+        c = r.affine(node)
+        if c is not None:
+            if r.data(node) is not prev:
+                return None, f"its outputs fan out, and are a parameter of {c.name}, not its input"
+            if (c.kind == "linear") != (flat or a.kind == "linear") or (not flat and c.kind != a.kind):
+                return None, f"its outputs ({a.kind}) fan out, one path into a {c.kind} ({c.name})"
+            if c.module is None:
+                return None, (f"its outputs fan out into {c.name}, which is no module of its own: its input cannot "
+                              "be observed")
+            got.append(replace(c, cols=cat))
+            pads = pads or (c.kind != "linear" and any(c.padding))
+            continue
+        step = None
+        if r.passthrough(node) or (a.kind == "linear" and r.keeps_units(node, prev)):
+            step = (cat, flat)
+        elif a.kind != "linear" and not flat and (pool := r.pool(node)) is not None and node.target not in _POOL_PAIRS:
+            pools.add(pool)
+            step = (cat, flat)
+        elif a.kind != "linear" and not flat and r.zero_pad(node, prev):
+            pads, step = True, (cat, flat)
+        elif not flat and (more := r.cat(node, prev, a.kind != "linear")) is not None:
+            if isinstance(more, str):
+                return None, f"its outputs fan out into {_describe(node, r)}{_where(node)}, {more}"
+            step = (_concatenated(cat, more), flat)
+        elif a.kind != "linear" and not flat and r.flatten(node):
+            step = (cat, True)
+        if step is None:
+            return None, (f"its outputs fan out, one path into {_describe(node, r)}{_where(node)}, which not every "
+                          "unit passes alike")
+        if not users:
+            return None, f"its outputs fan out, one path into {_describe(node, r)}, which is not used"
+        todo += [(node, u, *step) for u in users]
+    if len({c.weight for c in got}) != len(got):
+        return None, "its outputs fan out and reach one layer twice"
+    name, slope, params = w.act or ("identity", 0.01, ())
+    rules = tuple(w.rules) + (f"fan-out to {len(got)} layers",)
+    return Group(a, got[0], name, slope, params, w.norm, tuple(sorted(pools)), False, None, pads, None, (), rules,
+                 more=tuple(got[1:])), ""
+
+
+def _weight_rows(r: _Reader, a: Affine) -> int:
+    """Layer ``a``'s output units (its fused rows where it is one part of a projection)."""
+    if a.rows is not None:
+        return a.rows[1] - a.rows[0]
+    w = get_tensor(r.root, a.weight)
+    return int(w.shape[1] if a.transposed else w.shape[0])
+
+
 def _sliced_whole(groups: list[Group], whole: list, skipped: list) -> tuple[list[Group], list]:
     """Groups reading a slice of a concatenation whose consumer also produces a gated or
     inverted-residual group, left alone: that group's writing replaces the layer's whole weight,
@@ -1199,11 +1274,12 @@ def _sliced_whole(groups: list[Group], whole: list, skipped: list) -> tuple[list
     taken = {g.producer.weight: type(g).__name__ for g in whole}
     keep = []
     for g in groups:
-        kind = taken.get(g.consumer.weight) if g.consumer.cols is not None else None
-        if kind is None:
+        hit = [(c, taken[c.weight]) for c in g.consumers if c.cols is not None and c.weight in taken]
+        if not hit:
             keep.append(g)
             continue
-        skipped.append((g.producer.name, f"its units are concatenated into {g.consumer.name}, which produces a "
+        c, kind = hit[0]
+        skipped.append((g.producer.name, f"its units are a slice of {c.name}'s columns, and {c.name} produces a "
                                          f"{'gated' if kind == 'GatedGroup' else 'inverted-residual'} group"))
     return keep, skipped
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -136,6 +138,10 @@ def chain_network(root: nn.Module, chain: list[Group]) -> Network:
             have = int(weight(root, a).shape[1]) if a.cols is None else a.cols[1] - a.cols[0]
             if have != units:
                 raise UnsupportedLayerError(f"{a.name} takes {have} inputs but {prev.producer.name} gives {units}")
+        if g is None and fanned(prev):
+            layer, stacked = _stacked_layer(root, prev)
+            layers.append(layer)
+            continue
         layers.append(_affine_layer(root, a, g.norm if g else None, g, units, feed=prev))
         if prev is not None and prev.post is not None:
             post[k - 1] = norm_affine(root, prev.post)
@@ -143,6 +149,8 @@ def chain_network(root: nn.Module, chain: list[Group]) -> Network:
     # a max-pool between a layer and its consumer does not commute with negation
     unsigned = tuple(k for k, g in enumerate(chain) if not g.negation_ok)
     meta = {"unsigned": unsigned} if unsigned else {}
+    if fanned(chain[-1]):
+        meta["stacked"] = stacked
     if post:
         meta["post"] = post
     return Network(layers, dtype=dtype, meta=meta)
@@ -150,6 +158,48 @@ def chain_network(root: nn.Module, chain: list[Group]) -> Network:
 
 def chain_affines(chain: list[Group]) -> list[Affine]:
     return [g.producer for g in chain] + [chain[-1].consumer]
+
+
+def fanned(g) -> bool:
+    """Whether group ``g``'s units fan out to several consumers (``Group.more``)."""
+    return bool(getattr(g, "more", ()))
+
+
+def _stacked_layer(root: nn.Module, g: Group) -> tuple[Layer, list[tuple[int, int]]]:
+    """The consumers of units that fan out as one layer: each consumer's slice of columns, every
+    kernel tap (or flattened position) of it a row of its own reading the units' values at one
+    position, stacked; so a merge's error is bounded on every consumer at once, and the quotient
+    merges every consumer's columns alike. Also (rows, columns per unit) of each consumer, which
+    :func:`_write_fanned` splits the reduced layer by (``meta["stacked"]``)."""
+    blocks, shapes = [], []
+    for c in g.consumers:
+        w = weight(root, c)
+        W = slice_rows(_np(w, c.weight).reshape(w.shape[0], -1), c)
+        units = c.cols[1] - c.cols[0]
+        per = W.shape[1] // units
+        blocks.append(W.reshape(len(W), units, per).transpose(0, 2, 1).reshape(-1, units))
+        shapes.append((int(len(W)), int(per)))
+    W = np.concatenate(blocks)
+    return Layer(W, np.zeros(len(W)), "identity", has_bias=False, path=g.consumer.name), shapes
+
+
+#: the suffix of the key under which a fanned group's units are captured (their values, not patches)
+UNITS = "#units"
+
+
+def unit_values(t: torch.Tensor, a: Affine, seed: int = 0) -> np.ndarray:
+    """Units' values at single positions, one row each (at most :data:`MAX_ROWS`, drawn with
+    ``seed``), from consumer ``a``'s input ``t``: a fanned group's stacked layer reads them
+    (:func:`_stacked_layer`)."""
+    t = slice_input(t.detach().cpu(), a)
+    units = a.cols[1] - a.cols[0]
+    if a.kind == "linear":
+        R = t.reshape(len(t), units, -1).transpose(1, 2).reshape(-1, units) if t.dim() == 2 else t.reshape(-1, units)
+    else:
+        R = t.transpose(0, 1).reshape(units, -1).T
+    if len(R) > MAX_ROWS:
+        R = R[torch.from_numpy(_drawn(len(R), seed))]
+    return np.ascontiguousarray(R.to(torch.float64).numpy())
 
 
 def slice_rows(R, a: Affine):
@@ -181,25 +231,20 @@ def write_order(chains: list) -> list[int]:
     """Chain indices in the order their writing composes (:func:`write_back`): a chain that writes
     a slice of a layer's columns (its last consumer reads a concatenation) before the chain whose
     producer that layer is (which merges the layer's rows as the slices left them), and the slices
-    of one layer from the last to the first (each then finds the columns before it as they were).
-    Otherwise the chains' own order."""
+    of one layer in any order (:func:`_live` finds where each now stands). Otherwise the chains'
+    own order."""
     first = {c[0].producer.weight: k for k, c in enumerate(chains)}
     after: dict[int, set] = {k: set() for k in range(len(chains))}
-    by_layer: dict[str, list] = {}
     for k, c in enumerate(chains):
-        cols = getattr(c[-1].consumer, "cols", None)
-        if cols is not None:
-            by_layer.setdefault(c[-1].consumer.weight, []).append((cols[0], k))
-    for w, slices in by_layer.items():
-        slices.sort(reverse=True)
-        for (_, a), (_, b) in zip(slices, slices[1:]):
-            after[b].add(a)
-        if w in first:
-            after[first[w]].update(k for _, k in slices)
+        for a in getattr(c[-1], "consumers", (c[-1].consumer,)):
+            if a.cols is not None and a.weight in first and first[a.weight] != k:
+                after[first[a.weight]].add(k)
     order: list[int] = []
     while len(order) < len(chains):
-        k = next(k for k in range(len(chains)) if k not in order and after[k] <= set(order))
-        order.append(k)
+        # the first chain whose slices are all written (a cycle, which a model's graph does not
+        # make, would take the first left)
+        left = [k for k in range(len(chains)) if k not in order]
+        order.append(next((k for k in left if after[k] <= set(order)), left[0]))
     return order
 
 
@@ -221,11 +266,14 @@ def write_back(root: nn.Module, chain: list[Group], small: Network) -> None:
     for k, (a, layer) in enumerate(zip(affines, small.layers)):
         norm = chain[k].norm if k < len(chain) else None
         old = get_tensor(root, a.weight)
+        if k and fanned(chain[k - 1]):
+            _write_fanned(root, chain[k - 1], layer, small.meta["stacked"])
+            continue
         if k and a.cols is not None:
             _write_slice(root, a, _unfed(root, chain[k - 1], small, k, layer), _unfed_bias(root, chain[k - 1], small,
                                                                                           k, layer), layer.taps)
             continue
-        if not k and _rewritten(root, a, layer):
+        if not k and _rewritten(root, a):
             W2, b2 = _merged_rows(root, a, norm, small)
         else:
             W2 = _unfed(root, chain[k - 1], small, k, layer) if k else layer.weight
@@ -240,7 +288,7 @@ def write_back(root: nn.Module, chain: list[Group], small: Network) -> None:
         if norm is not None:
             n = layer.out_features
             one = torch.ones(n, dtype=torch.float64)
-            put = set_tensor if norm.cols is None else lambda r, path, v: _splice(r, path, norm.cols, v)
+            put = set_tensor if norm.cols is None else lambda r, path, v: _splice(r, norm, path, v)
             if norm.weight:
                 put(root, norm.weight, one)
             if norm.bias:
@@ -260,19 +308,45 @@ def write_back(root: nn.Module, chain: list[Group], small: Network) -> None:
                 m.in_channels, m.out_channels = int(W.shape[1]), layer.out_features
 
 
-def _splice(root: nn.Module, path: str, cols: tuple, value: torch.Tensor) -> None:
-    """A BatchNorm's entries ``cols`` (start, stop) replaced by ``value``, the entries before them as
-    they were (slices are written from the last to the first, :func:`write_order`)."""
+def _splice(root: nn.Module, norm: Norm, path: str, value: torch.Tensor) -> None:
+    """A BatchNorm's entries ``norm.cols`` (start, stop; as the model was) replaced by ``value``,
+    where they stand now (:func:`_live`)."""
+    start, stop = norm.cols
+    at = _live(root, f"{norm.name}:{path}", start, stop, len(value))
     live = get_tensor(root, path).detach()
-    set_tensor(root, path, torch.cat([live[:cols[0]], value.to(live.dtype), live[cols[1]:]]))
+    set_tensor(root, path, torch.cat([live[:at], value.to(live.dtype), live[at + stop - start:]]))
 
 
-def _rewritten(root: nn.Module, a: Affine, layer: Layer) -> bool:
-    """Whether chain layer ``a``'s weight in ``root`` has other columns than ``layer`` read: a chain
-    writing a slice of them (units concatenated into ``a``) came first (:func:`write_order`), and
-    merged some (a slice writes columns only by merging its units, so its width tells)."""
-    w = weight(root, a)
-    return int(w[0].numel()) != int(layer.weight.shape[1])
+def _rewritten(root: nn.Module, a: Affine) -> bool:
+    """Whether chain layer ``a``'s columns in ``root`` were written by another chain (a slice of
+    them: units concatenated into ``a``, or fanning out to it), which came first (:func:`write_order`)."""
+    return bool(_WRITTEN.get(root, {}).get(a.weight))
+
+
+def with_rows(small: Network, net: Network) -> Network:
+    """``small`` (a reduction of ``net``) saying how its first layer's rows came of ``net``'s
+    (``meta["rows0"]``, which :func:`_merged_rows` needs where other chains wrote that layer's
+    columns): as recorded by the quotient, else where each of its rows is one of ``net``'s as it was
+    (a network written unreduced, or pruned by keeping units), that one with coefficient 1."""
+    if type(small) is not Network or "rows0" in small.meta or not small.layers or not net.layers:
+        return small
+    A, B = (np.ascontiguousarray(np.c_[n.layers[0].weight, n.layers[0].bias], dtype=np.float64) for n in (net, small))
+    if A.shape[1] != B.shape[1]:
+        return small
+    first: dict[bytes, int] = {}
+    for i, row in enumerate(A):
+        first.setdefault(row.tobytes(), i)
+    hit = [first.get(row.tobytes()) for row in B]
+    if any(h is None for h in hit):
+        return small
+    labels = np.full(len(A), -1)
+    for k, h in enumerate(hit):
+        labels[h] = k
+    keep = labels >= 0
+    # rows no reduced row is: coefficient 0 (their units are gone)
+    return Network(small.layers, dtype=small.dtype, meta={**small.meta, "rows0": (np.where(keep, labels, 0),
+                                                                                     keep.astype(np.float64))},
+                   owned=getattr(small, "owned", False))
 
 
 def _merged_rows(root: nn.Module, a: Affine, norm: Norm | None, small: Network) -> tuple[np.ndarray, np.ndarray]:
@@ -298,16 +372,42 @@ def _merged_rows(root: nn.Module, a: Affine, norm: Norm | None, small: Network) 
     return Wm, bm
 
 
+#: per model being written: per layer (weight path, or a BatchNorm's), the slices written so far as
+#: (start, stop, units now): where a slice stands in the layer as it is now (:func:`_live`)
+_WRITTEN: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _live(root: nn.Module, key: str, start: int, stop: int, units: int) -> int:
+    """Where units ``start..stop`` of layer ``key`` (as the model was) start in ``root`` now, the
+    slices written before shrunk to their widths; records this one's new width ``units``."""
+    done = _WRITTEN.setdefault(root, {}).setdefault(key, [])
+    at = start - sum((e - s) - n for s, e, n in done if s < start)
+    done.append((start, stop, units))
+    return at
+
+
+def _write_fanned(root: nn.Module, g: Group, layer: Layer, shapes: list[tuple[int, int]]) -> None:
+    """The reduced stacked layer of units that fan out (:func:`_stacked_layer`) written back as
+    each consumer's slice of columns (no bias of its own: the layer has none)."""
+    at = 0
+    for c, (out, per) in zip(g.consumers, shapes):
+        block = layer.weight[at:at + out * per]
+        at += out * per
+        W = block.reshape(out, per, -1).transpose(0, 2, 1).reshape(out, -1)
+        _write_slice(root, c, W, np.zeros(out), per)
+
+
 def _write_slice(root: nn.Module, a: Affine, W: np.ndarray, shift: np.ndarray, per: int) -> None:
     """Chain layer ``a``, one slice of a concatenation's consumer, written into ``root``: its columns
-    ``W`` (out, units * per) in place of the slice's, the columns before it as they were (the
-    slices after it are written first, :func:`write_order`), and its bias ``shift`` (a refit's, the
-    slice's share of the consumer's bias: 0 without one) added to the consumer's."""
+    ``W`` (out, units * per) in place of the slice's where it stands now (:func:`_live`), and its
+    bias ``shift`` (a refit's, the slice's share of the consumer's bias: 0 without one) added to the
+    consumer's."""
     start, stop, _ = a.cols
+    at = _live(root, a.weight, start, stop, W.shape[1] // per)
     live = weight(root, a)
     L = live.detach().reshape(live.shape[0], -1)
     new = torch.from_numpy(np.ascontiguousarray(W)).to(L.dtype)
-    out = torch.cat([L[:, :start * per], new, L[:, stop * per:]], dim=1)
+    out = torch.cat([L[:, :at * per], new, L[:, (at + stop - start) * per:]], dim=1)
     if live.dim() > 2:
         out = out.reshape(live.shape[0], -1, *live.shape[2:])
     set_tensor(root, a.weight, out.t().contiguous() if a.transposed else out)
@@ -639,13 +739,25 @@ def chain_inputs(model: nn.Module, chains: list[list[Group]], x) -> tuple[list[l
     feeds = {c[k].consumer.weight: c[k] for c in chains for k in range(len(c)) if _reads_through(c[k])}
 
     def keep(a: Affine, t: torch.Tensor) -> np.ndarray:
+        if a.weight.endswith(UNITS):
+            return unit_values(t, a)
         R = rows(t, a, get_tensor(model, a.weight))
         g = feeds.get(a.weight)
         return R if g is None else unit_rows(model, g, R, int(get_tensor(model, g.producer.weight).shape[0]))
 
     many = {a.weight for c in chains if any(getattr(g, "uses", 1) > 1 for g in c) for a in chain_affines(c)}
-    got, y = capture_run(model, [a for c in chains for a in chain_affines(c)], x, keep, many)
-    return [[slice_rows(got[a.weight], a) for a in chain_affines(c)] for c in chains], y
+    got, y = capture_run(model, [a for c in chains for a in _read(c)], x, keep, many)
+    return [[got[a.weight] if a.weight.endswith(UNITS) else slice_rows(got[a.weight], a) for a in _read(c)]
+            for c in chains], y
+
+
+def _read(chain: list) -> list[Affine]:
+    """The layers whose inputs are a chain's rows: :func:`chain_affines`, where the units fan out
+    the first consumer read for the units' values (:func:`unit_values`, under its own key)."""
+    affs = chain_affines(chain)
+    if fanned(chain[-1]):
+        affs[-1] = replace(affs[-1], weight=affs[-1].weight + UNITS)
+    return affs
 
 
 def pseudo_inputs(net: Network, seed: int = 0, first: bool = False) -> list[np.ndarray]:
