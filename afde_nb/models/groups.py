@@ -930,9 +930,9 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
             if group is None:
                 skipped.append((a.name, why))
                 continue
-        shared = [c for c in group.consumers if uses[c.weight] > 1 or (c.bias and uses[c.bias] > 1)]
-        if group.uses == 1 and shared:
-            skipped.append((a.name, f"its consumer {shared[0].name} shares its parameters with another operation"))
+        busy = [c for c in group.consumers if uses[c.weight] > 1 or (c.bias and uses[c.bias] > 1)]
+        if group.uses == 1 and busy:
+            skipped.append((a.name, f"its consumer {busy[0].name} shares its parameters with another operation"))
             continue
         hidden = [x.name for x in (a,) + group.consumers if not x.module]
         if source is not None and hidden:
