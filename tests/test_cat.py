@@ -78,9 +78,9 @@ class InceptionLike(nn.Module):
         self.b2b = Basic(6, 8, 3, 1)
         self.mix = Basic(16, 12, 1)
         self.c1 = Basic(12, 6, 1)
-        self.c2 = Basic(12, 6, 3, 1)
-        self.d1 = Basic(12, 8, 1)
-        self.d2 = Basic(12, 8, 3, 1)
+        self.c2 = Basic(12, 5, 3, 1)
+        self.d1 = Basic(11, 8, 1)
+        self.d2 = Basic(11, 8, 3, 1)
         self.fc = nn.Linear(16 * 4, 5)
 
     def forward(self, x):
@@ -264,8 +264,13 @@ def test_inception_slices_fan_outs_and_consumers_that_produce():
     assert by["d2.conv"].consumer.name == "fc" and by["d2.conv"].consumer.cols == (8, 16, 16)
     # fanned out: mix into both branches; c2's units through a concatenation into d1 and d2
     assert [c.name for c in by["mix.conv"].consumers] == ["c1.conv", "c2.conv"]
-    assert [(c.name, c.cols) for c in by["c2.conv"].consumers] == [("d1.conv", (6, 12, 12)), ("d2.conv", (6, 12, 12))]
+    assert [(c.name, c.cols) for c in by["c2.conv"].consumers] == [("d1.conv", (6, 11, 11)), ("d2.conv", (6, 11, 11))]
     assert [n for n, _ in disc.skipped] == ["fc"]
+    # every chain's probe rows are as wide as its layers read (c1's and c2's units: two slices of
+    # one consumer's input, captured apart)
+    cap = capture(model, calibration=x)
+    for rows, net in zip(cap.rows(cap.calibration(torch.randn(8, 3, 12, 12))), cap.nets):
+        assert [r.shape[1] for r in rows] == [l.weight.shape[1] for l in net.layers]
 
 
 class MixChain(nn.Module):
@@ -308,14 +313,14 @@ def test_inception_planted_and_budget(tmp_path):
     _plant(model, "d2.conv", [(2, 4)], "d2.bn")
     _plant(model, "d1.conv", [(1, 3)], "d1.bn")
     _plant(model, "mix.conv", [(2, 9)], "mix.bn")  # fans out to c1 and c2
-    _plant(model, "c2.conv", [(0, 5), (1, 4)], "c2.bn")  # concatenated, then fans out to d1 and d2
+    _plant(model, "c2.conv", [(0, 4), (1, 3)], "c2.bn")  # concatenated, then fans out to d1 and d2
     x = torch.randn(48, 3, 12, 12)
     c = afde_nb.compress(model, 0.0, calibration=x)
     sizes = _sizes(c)
     assert sizes["b1.conv"] == (8, 7) and sizes["d1.conv"] == (8, 7) and sizes["d2.conv"] == (8, 7)
-    assert sizes["mix.conv"] == (12, 11) and sizes["c2.conv"] == (6, 4)
+    assert sizes["mix.conv"] == (12, 11) and sizes["c2.conv"] == (5, 3)
     assert sizes["b2b.conv"] == (8, 8) and sizes["c1.conv"] == (6, 6) and sizes["stem.conv"] == (10, 10)
-    assert c.model.d1.conv.in_channels == c.model.d2.conv.in_channels == 10
+    assert c.model.d1.conv.in_channels == c.model.d2.conv.in_channels == 9
     assert sum(p.numel() for p in c.model.parameters()) == c.params_after
     assert c.model.fc.in_features == 14 * 4
     assert _rel(model(x), c.model(x)) < 1e-5

@@ -739,7 +739,7 @@ def chain_inputs(model: nn.Module, chains: list[list[Group]], x) -> tuple[list[l
     feeds = {c[k].consumer.weight: c[k] for c in chains for k in range(len(c)) if _reads_through(c[k])}
 
     def keep(a: Affine, t: torch.Tensor) -> np.ndarray:
-        if a.weight.endswith(UNITS):
+        if UNITS in a.weight:
             return unit_values(t, a)
         R = rows(t, a, get_tensor(model, a.weight))
         g = feeds.get(a.weight)
@@ -747,7 +747,7 @@ def chain_inputs(model: nn.Module, chains: list[list[Group]], x) -> tuple[list[l
 
     many = {a.weight for c in chains if any(getattr(g, "uses", 1) > 1 for g in c) for a in chain_affines(c)}
     got, y = capture_run(model, [a for c in chains for a in _read(c)], x, keep, many)
-    return [[got[a.weight] if a.weight.endswith(UNITS) else slice_rows(got[a.weight], a) for a in _read(c)]
+    return [[got[a.weight] if UNITS in a.weight else slice_rows(got[a.weight], a) for a in _read(c)]
             for c in chains], y
 
 
@@ -756,7 +756,8 @@ def _read(chain: list) -> list[Affine]:
     the first consumer read for the units' values (:func:`unit_values`, under its own key)."""
     affs = chain_affines(chain)
     if fanned(chain[-1]):
-        affs[-1] = replace(affs[-1], weight=affs[-1].weight + UNITS)
+        a = affs[-1]  # one key per slice: other chains' units may be other slices of the same input
+        affs[-1] = replace(a, weight=f"{a.weight}{UNITS}{a.cols[0]}:{a.cols[1]}")
     return affs
 
 
