@@ -425,3 +425,16 @@ def test_linear_fan_out_and_concatenation(tmp_path):
     assert _rel(model(x), c.model(x)) < 1e-5
     _reloads(c, x, tmp_path)
     _check_budget(model, x, tmp_path)
+
+
+def test_a_baseline_prunes_slices_and_fan_outs_consistently():
+    """A structured-pruning baseline (units kept, not merged) writes through the same composition:
+    its kept rows are found among the original's where another chain merged the layer's columns."""
+    from afde_nb.eval.baselines import structured_prune
+
+    for model, size in ((MixChain(), 12), (SqueezeLike(), 24)):
+        model = _randomised(model)
+        x = torch.randn(16, 3, size, size)
+        p = structured_prune(model, 0.3, calibration=x)
+        assert p.params == sum(q.numel() for q in p.model.parameters()) < sum(q.numel() for q in model.parameters())
+        assert torch.isfinite(p.model(x)).all()
