@@ -17,6 +17,7 @@ a tensor (the first argument) or a :class:`Batch` of keyword tensors.
 from __future__ import annotations
 
 import copy
+import heapq
 import math
 import weakref
 from collections.abc import Mapping
@@ -239,13 +240,25 @@ def write_order(chains: list) -> list[int]:
         for a in getattr(c[-1], "consumers", (c[-1].consumer,)):
             if a.cols is not None and a.weight in first and first[a.weight] != k:
                 after[first[a.weight]].add(k)
+    if not any(after.values()):
+        return list(range(len(chains)))
+    waiting = {k: len(v) for k, v in after.items()}
+    before: dict[int, list] = {}
+    for k, v in after.items():
+        for j in v:
+            before.setdefault(j, []).append(k)
+    ready = [k for k, n in waiting.items() if not n]
+    heapq.heapify(ready)
     order: list[int] = []
-    while len(order) < len(chains):
-        # the first chain whose slices are all written (a cycle, which a model's graph does not
-        # make, would take the first left)
-        left = [k for k in range(len(chains)) if k not in order]
-        order.append(next((k for k in left if after[k] <= set(order)), left[0]))
-    return order
+    while ready:  # the lowest-numbered chain whose slices are all written (Kahn's order)
+        k = heapq.heappop(ready)
+        order.append(k)
+        for j in before.get(k, ()):
+            waiting[j] -= 1
+            if not waiting[j]:
+                heapq.heappush(ready, j)
+    # a cycle (which a model's graph does not make) keeps the chains' own order for what is left
+    return order + [k for k in range(len(chains)) if waiting[k]]
 
 
 def unit_cost(layer: Layer, a: Affine, norm: Norm | None, post: Norm | None = None) -> tuple[int, int]:
