@@ -72,6 +72,7 @@ class Slice:
     bias: str | None = None
     module: str | None = None
     transposed: bool = False
+    cols: tuple | None = None  # never a slice of a concatenation's columns (Affine.cols)
 
 
 @dataclass(frozen=True)
