@@ -57,7 +57,12 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     axis (``{"input_ids": ..., "attention_mask": ...}``, :mod:`afde_nb.models.hf`).
 
     Target mode, instead of eps: ``target_params=N`` keeps at most N parameters (with calibration,
-    the split between layers is chosen by measured error); ``target_error=0.01`` the smallest model
+    the split between layers is chosen among candidate splits, each cut exactly at N, by measured
+    error: from each chain's own calibration rows, reduced and repaired chain by chain and held out
+    by input, with each chain's gain to the output measured once per part of the chains and only
+    the plain splits and the best two by that estimate scored on the model's outputs; a plain
+    stack's candidates all on its own rows, with no run of the torch model: docs/method.md, "The
+    split of a calibrated budget", :mod:`afde_nb.pipeline.split`); ``target_error=0.01`` the smallest model
     whose MSE on ``calibration`` against ``calibration_targets`` is at most 1 % above the original's.
     ``floor`` (budgets on a merge path): no hidden layer goes below this many units (an int) or this
     fraction of its units (a float in (0, 1]) by lossy merges; None (default): no floor, a layer may
@@ -76,7 +81,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     every row), and a repair with fewer rows than it has coefficients to fit warns
     (:func:`underdetermined`), saying how many rows would be enough.
 
-    ``progress``: a tqdm bar on stderr over the chains' merge paths, the budget split's candidates
+    ``progress``: a tqdm bar on stderr over the chains' merge paths, the budget split (one step)
     and the chains' reductions (issue 29); ``None`` (default) shows it for a model with more than
     one chain when stderr is a terminal, ``False`` never, ``True`` always.
     """

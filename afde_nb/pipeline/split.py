@@ -28,12 +28,13 @@ to within one input's rows where they were subsampled):
   uncorrelated);
 * **measured**: one eps for all layers, the same fraction of every layer and the :data:`TOP` best
   others by estimate are scored as before, by the model's relative MSE on the held-out inputs with
-  every chain reduced and repaired (the chains' cached reductions; for a plain stack, whose chain is
-  the model, the chain's own error: no run of the model); the lowest is chosen.
+  every chain reduced and repaired (the chains' cached reductions); the lowest is chosen.
 
-So a calibrated budget costs at most ``SEGMENTS + TOP + 2`` model runs on a quarter of the
-calibration inputs instead of ``len(candidates)`` runs and a run on 3/4 of them, and reductions
-of single chains instead of ``len(candidates)`` reductions of all of them. Chains whose rows the
+A plain stack's one chain is the model: there every candidate is scored on the chain's own
+held-out rows (the model's relative MSE, computed in numpy as before, with no run of the torch
+model), no estimate needed. So a calibrated budget costs at most ``SEGMENTS + TOP + 2`` model runs
+on a quarter of the calibration inputs instead of ``len(candidates)`` runs and a run on 3/4 of
+them, and reductions of single chains instead of ``len(candidates)`` reductions of all of them. Chains whose rows the
 array network cannot run (a convolution's patches, an inverted-residual block's maps) get no
 measured ratio (the median of the measured layers', 1 where none was) and their share of the
 estimate is its first order; the measured candidates are still scored on the model's outputs.
@@ -218,17 +219,20 @@ def choose(cap: Captured, path, options: list[list[int]], rows: list, fit_rows: 
     the same fraction of every layer) and what it was chosen on (``Compression.budget_split``'s
     ``split_estimates``, ``split_measured``, the gains and the model runs spent)."""
     chains = ChainErrors(cap, path, rows, fit_rows, calib, want)
-    runs = chains.gains(calib, options[0], segments)
-    est = Estimate(path, chains, options)
-    estimates = [est(o) for o in options]
-    scored = [0] + ([len(options) - 1] if options[-1] != options[0] else [])
-    for i in sorted(range(len(options)), key=lambda i: (estimates[i], i)):
-        if len(scored) >= len(set(scored[:2])) + top:
-            break
-        if all(options[i] != options[j] for j in scored):
-            scored.append(i)
+    if cap.stack:  # the chain is the model: every candidate scored on its own rows, no run of the torch model
+        estimates, scored, runs = None, list(range(len(options))), 0
+    else:
+        runs = chains.gains(calib, options[0], segments)
+        est = Estimate(path, chains, options)
+        estimates = [est(o) for o in options]
+        scored = [0] + ([len(options) - 1] if options[-1] != options[0] else [])
+        for i in sorted(range(len(options)), key=lambda i: (estimates[i], i)):
+            if len(scored) >= len(set(scored[:2])) + top:
+                break
+            if all(options[i] != options[j] for j in scored):
+                scored.append(i)
     measured = {}
-    for i in sorted(set(scored)):
+    for i in scored:
         measured[i] = chains.model_error(calib, options[i])
         runs += not cap.stack
     best = min(measured, key=lambda i: (measured[i], i))
