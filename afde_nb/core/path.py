@@ -347,13 +347,15 @@ class MergePath:
     def _events(self, scale: list[float] | None = None) -> list[int]:
         """The layer of each merge beyond the exact ones, in the global order of (scaled) bounds."""
         self.build()
-        events = []
-        for h, lp in enumerate(self.layers):
-            s = 1.0 if scale is None else scale[h]
-            for m in range(lp.exact + 1, lp.n):
-                events.append((lp.bounds[m] / s, h))
-        events.sort(key=lambda t: t[0])
-        return [h for _, h in events]
+        if not self.layers:
+            return []
+        # one stable sort of every layer's (scaled) bounds, ties in layer order: the order a stable
+        # sort of (bound, layer) pairs by bound gives, without a Python tuple per merge (a calibrated
+        # budget asks for it once per candidate split: 0.2 s each on a 4-layer LLaMA's 4,096 units)
+        values = [np.asarray(lp.bounds)[lp.exact + 1:lp.n] / (1.0 if scale is None else scale[h])
+                  for h, lp in enumerate(self.layers)]
+        layer = np.repeat(np.arange(len(values)), [len(v) for v in values])
+        return layer[np.argsort(np.concatenate(values), kind="stable")].tolist()
 
     def sequence(self, scale: list[float] | None = None) -> list[list[int]]:
         """All partitions ordered by eps, one merge at a time: the merge counts per layer after
