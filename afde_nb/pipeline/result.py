@@ -71,14 +71,15 @@ class Compression:
     held_out_error: dict | None = None
     path: MergePath | None = field(default=None, repr=False)
     #: where a calibrated ``target_params`` chose the split between layers by measured error
-    #: (:mod:`afde_nb.pipeline.split`, no run of the model): the candidates (``split_candidates``:
-    #: None for one eps for all layers, a per-layer eps scale, or "uniform" for the same fraction of
-    #: every layer), each one's estimated relative MSE (``split_estimates``: the layers' first-order
-    #: figures corrected by their chains' measured errors), the measured ones' sum of their chains'
-    #: relative MSEs on the chains' held-out calibration rows (``split_scores``, None where not
-    #: measured), the index chosen (``split_chosen``: the lowest measured), the held-out rows
-    #: (``split_held_out_rows``) and the chain reductions the choice cost (``split_chain_reductions``);
-    #: None where no split was scored. ``table()`` shows it
+    #: (:mod:`afde_nb.pipeline.split`): the candidates (``split_candidates``: None for one eps for
+    #: all layers, a per-layer eps scale, or "uniform" for the same fraction of every layer), the
+    #: measured ones' relative MSE of the model's outputs on the held-out calibration inputs
+    #: (``split_scores``, None where not measured), each one's estimate of it from the chains' own
+    #: rows (``split_estimates``; None for a plain stack, whose candidates are all measured), the
+    #: index chosen (``split_chosen``: the lowest measured), the inputs held out
+    #: (``split_held_out``), each chain's gain to the output (``split_gains``), and what the choice
+    #: cost: runs of the model (``split_model_runs``) and reductions of one chain
+    #: (``split_chain_reductions``); None where no split was scored. ``table()`` shows it
     budget_split: dict | None = field(default=None, repr=False)
     #: the estimate of the model output's relative RMS error at this cut (issue 30): the RMS of the
     #: outputs' change over their centred spread, the figure ``sqrt(calibration_error["relative_mse"])``
