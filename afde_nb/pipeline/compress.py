@@ -28,6 +28,7 @@ from ..models.capture import Captured, capture
 from ..models.export import batch_bounds
 from .estimate import ANCHORS, cache_key
 from .result import Compression, LayerSummary, layer_summaries
+from .split import choose, split_inputs as _split
 
 __all__ = ["Compression", "LayerSummary", "compress", "layer_summaries"]
 
@@ -355,13 +356,6 @@ def _repair_how(repair, calib) -> str | None:
     raise InvalidArgumentError(f"repair must be True, False, None or 'pseudo', got {repair!r}")
 
 
-def _split(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """3/4 of n samples to fit on, 1/4 held out to score (seeded)."""
-    idx = np.random.default_rng(0).permutation(n)
-    cut = (3 * n) // 4
-    return idx[:cut], idx[cut:]
-
-
 def _for_params(cap: Captured, path, target: int, calib, how, mode, relative, threads, bar=None, floor=None,
                 rows=None, want=None) -> tuple[Partition, dict]:
     """The partition within ``target`` parameters. Without calibration data (or with fewer than 8
@@ -372,8 +366,6 @@ def _for_params(cap: Captured, path, target: int, calib, how, mode, relative, th
     the model (:mod:`afde_nb.pipeline.split`). ``floor``: no layer's lossy merges below it
     (:func:`~afde_nb.core.target.merge_caps`). Also returns what the split was chosen on
     (``Compression.budget_split``; {} where none was scored), which ``Compression.table()`` shows."""
-    from .split import choose
-
     if path is None:
         return eps_for_params(cap.nets[0], target, mode, relative, threads), {}
     caps = merge_caps(path.layers, floor)
