@@ -9,8 +9,9 @@ of keyword tensors batched on their first axis), ``kind`` ``"hf"`` (``save_pretr
 ``load_reduced`` round trip) or ``"torch"`` (a ``.pt2`` round trip).
 
 :func:`plant` copies one unit's incoming slices onto another's in a group that ``compress`` found
-(producer row and bias, per-channel norm entries, gate/up rows, depthwise kernel, SE gate row): the
-two are then exact duplicates, and eps = 0 must remove exactly those.
+(producer row and bias, per-channel norm entries, gate/up rows, depthwise kernel, SE gate row; an
+expert's gate and up rows of its bank's fused ``gate_up_proj``): the two are then exact duplicates,
+and eps = 0 must remove exactly those.
 """
 from __future__ import annotations
 
@@ -424,6 +425,12 @@ def plant(model: nn.Module, group, pairs) -> None:
         owner, _, leaf = path.rpartition(".")
         return getattr(model.get_submodule(owner) if owner else model, leaf)
 
+    if hasattr(group, "gate_up") and hasattr(group, "expert"):  # an expert of a fused bank: its gate and up rows
+        with torch.no_grad():
+            w, units = param(group.gate_up)[group.expert], group.units
+            for i, j in pairs:
+                w[j], w[units + j] = w[i], w[units + i]
+        return
     rows, norms = _incoming(group)
     with torch.no_grad():
         for a in rows:

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..core.network import ODE_DEFINED, Network, as_inputs
 from ..core.partition import Partition
+from ..core.tie import Tie, tie_widths
 from ..errors import InvalidArgumentError, InvalidWeightsError, ShapeMismatchError, UnsupportedLayerError
 from . import surgery
 from .chains import LAYERS, GatedChain, LayerChain, chain_inputs, kind_of
@@ -54,6 +55,14 @@ class Captured:
     fixed: int
     stack: bool = False
     not_a_stack: str = field(default="", repr=False)
+    #: chains that keep one width (:class:`~afde_nb.core.tie.Tie` over chain indices, each chain
+    #: one hidden layer): the experts of a bank stored fused (:mod:`afde_nb.models.experts`);
+    #: counted at the tie's width, written together
+    ties: tuple = ()
+    #: layers whose columns are slices of a concatenation and whose rows are another chain's units:
+    #: (taps, the hidden layers (global index) of the slices, the hidden layer of the rows), whose
+    #: parameters are a product of widths of two chains (:func:`crossed`)
+    crossed: list = field(default_factory=list, repr=False)
 
     # ---- what the model allows -------------------------------------------------------------
 
@@ -102,15 +111,33 @@ class Captured:
     def num_params(self) -> int:
         return self.num_params_with([l.out_features for n in self.nets for l in n.hidden])
 
+    @property
+    def tied_layers(self) -> tuple:
+        """:attr:`ties` as hidden-layer indices (all chains' hidden layers in order): the layers a
+        merge path cuts in rounds (:meth:`~afde_nb.core.path.MergePath.tied`)."""
+        if not self.ties:
+            return ()
+        first = np.cumsum([0] + [len(n.hidden) for n in self.nets])
+        return tuple(t.over(tuple(int(first[k]) for k in t.members)) for t in self.ties)
+
     def num_params_with(self, hidden_widths) -> int:
         """The model's parameter count with the chains' hidden layers resized to ``hidden_widths``
-        (all chains' hidden layers in order), without building it."""
+        (all chains' hidden layers in order), without building it; the layers of a tie count at
+        the tie's width (what the written model holds: :func:`~afde_nb.core.tie.tie_widths`)."""
+        hidden_widths = tie_widths(list(hidden_widths), self.tied_layers)
         total, at = self.fixed, 0
         for net, cost in zip(self.nets, self.costs):
             k = len(net.hidden)
             w = [net.widths[0]] + [int(v) for v in hidden_widths[at:at + k]] + [net.widths[-1]]
             at += k
             total += sum(w[i] * t * w[i + 1] + p * w[i + 1] for i, (t, p) in enumerate(cost))
+        if self.crossed:
+            # each chain counts such a layer with the other chain's width as it was: the product's
+            # change in both at once is what that leaves out
+            full = [l.out_features for n in self.nets for l in n.hidden]
+            for t, slices, rows in self.crossed:
+                cols = sum(int(hidden_widths[h]) - full[h] for h in slices)
+                total += t * cols * (int(hidden_widths[rows]) - full[rows])
         return total
 
     def split(self, part: Partition) -> list[Partition]:
@@ -208,7 +235,8 @@ class Captured:
             got = surgery.capture(self.model, [g.consumer for c in self.discovery.chains for g in c], x)
         finally:
             train(self.model, was)
-        return [[surgery.unit_norms(got[g.consumer.weight], g.consumer.kind, net.layers[h + 1].in_features, self.model, g)
+        return [[surgery.unit_norms(surgery.slice_input(got[g.consumer.weight], g.consumer), g.consumer.kind,
+                                    net.layers[h + 1].in_features, self.model, g)
                  for h, g in enumerate(chain)] for chain, net in zip(self.discovery.chains, self.nets)]
 
     def written(self, nets: list[Network], model: nn.Module) -> list[Network]:
@@ -265,8 +293,17 @@ class Captured:
             device = next((p.device for p in self.model.parameters()), None)
             return to_torch(nets[0], device=device)
         out = surgery.copy_model(self.model)
-        for k, (chain, net) in enumerate(zip(self.discovery.chains, nets)):
-            self.kind(k).write(out, chain, net)
+        chains = self.discovery.chains
+        tied = {k for t in self.ties for k in t.members}
+        sliced = {a.weight for c in chains for a in getattr(c[-1], "consumers", ()) if a.cols is not None}
+        for k in surgery.write_order(chains):  # slices of a concatenation's consumer compose in this order
+            if k in tied:
+                continue
+            net = surgery.with_rows(nets[k], self.nets[k]) if chains[k][0].producer.weight in sliced else nets[k]
+            self.kind(k).write(out, chains[k], net)
+        for t in self.ties:  # one width for all: written together
+            ks = t.members
+            self.kind(ks[0]).write_tied(out, [chains[k] for k in ks], [nets[k] for k in ks], t)
         train(out, self.model.training)
         return out
 
@@ -316,9 +353,38 @@ def _traced(model: nn.Module, not_a_stack: str, example=None) -> Captured:
     for n in nets:
         n.check_finite(type(model).__name__)
     costs = [kd.costs(net, c) for kd, net, c in zip(kinds, nets, disc.chains)]
-    cap = Captured(model, disc, nets, costs, 0, not_a_stack=not_a_stack)
+    ties: dict = {}
+    for k, c in enumerate(disc.chains):
+        key = getattr(c[0], "tie", None) if len(c) == 1 else None
+        if key is not None:
+            ties.setdefault(key, []).append(k)
+    ties = tuple(Tie(tuple(ks), nets[ks[0]].hidden[0].out_features, disc.chains[ks[0]][0].align)
+                 for ks in ties.values())
+    cap = Captured(model, disc, nets, costs, 0, not_a_stack=not_a_stack, ties=ties,
+                   crossed=crossed(model, disc.chains, nets))
     cap.fixed = count_params(model) - cap.num_params
     return cap
+
+
+def crossed(model: nn.Module, chains: list, nets: list[Network]) -> list[tuple[int, list[int], int]]:
+    """:attr:`Captured.crossed`: every layer that one or more chains end in as a slice of its columns
+    (a concatenation's consumer, or one of several consumers of units that fan out) and another
+    chain starts from (its rows that chain's first hidden units), as (columns per unit, the slices'
+    hidden layers, the rows' hidden layer), hidden layers numbered over all chains in order."""
+    at, start = 0, []
+    for net in nets:
+        start.append(at)
+        at += len(net.hidden)
+    heads = {c[0].producer.weight: start[k] for k, c in enumerate(chains) if len(nets[k].hidden)}
+    out: dict[str, tuple] = {}
+    for k, c in enumerate(chains):
+        for a in getattr(c[-1], "consumers", (c[-1].consumer,)):
+            if a.cols is None or a.weight not in heads:
+                continue
+            per = int(surgery.weight(model, a)[0].numel()) // a.cols[2]
+            t, slices, rows = out.get(a.weight, (per, [], heads[a.weight]))
+            out[a.weight] = (t, slices + [start[k] + len(nets[k].hidden) - 1], rows)
+    return list(out.values())
 
 
 def _output_array(y, n: int, model: nn.Module) -> np.ndarray:

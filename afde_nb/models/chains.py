@@ -14,6 +14,10 @@ reduction (the quotient, and the repair where a merge was lossy), never which ki
   read as an :class:`~afde_nb.core.inverted.InvertedNet`: :mod:`afde_nb.core.inverted`,
   :mod:`afde_nb.models.inverted`. Its rows are the producer's input maps (whole images: the
   depthwise conv reads neighbours), collected by :func:`chain_inputs` in the same model run.
+* :data:`EXPERTS`: one expert of a fused mixture-of-experts bank, a gated layer
+  (:mod:`afde_nb.models.experts`); its rows are the tokens routed to it, collected by
+  :func:`chain_inputs` in the same run, and a bank's experts are written together
+  (``write_tied``: they keep one width, :attr:`~afde_nb.models.capture.Captured.ties`).
 
 Every kind has the same methods: ``network(root, chain)`` and ``costs(net, chain)`` (capture),
 ``pseudo_rows(net, first)`` (the chain's input rows without data), ``path(net, **options)`` (a
@@ -30,7 +34,7 @@ from ..core import inverted as core_inverted
 from ..core.path import MergePath, merge_path
 from ..core.reduce import quotient
 from ..core.repair import LOSSY, repair
-from . import gated, inverted, surgery
+from . import experts, gated, inverted, surgery
 
 
 class LayerChain:
@@ -54,6 +58,8 @@ class LayerChain:
 
     def reduce(self, net, part, rows):
         small, blocks = quotient(net, part)
+        if blocks:  # how the first layer's rows merged: its writing may have to apply it again
+            small.meta["rows0"] = blocks[0].target_map()  # (surgery._merged_rows), and a repair keeps it
         lossy = [h for h, b in enumerate(blocks) if b.spread > LOSSY]
         if rows is None or not lossy:
             return small, small, None
@@ -63,7 +69,9 @@ class LayerChain:
     def repairable(self, net) -> bool:
         """Repair refits chains of Linear layers (tokens of a sequence are rows); a convolution
         chain's patches overlap, so its layers are not refit."""
-        return all(l.taps == 1 for l in net.layers)
+        # units that fan out are read by a stacked layer of every consumer's taps (surgery's
+        # _stacked_layer), a bound's view of them, not a layer to refit
+        return all(l.taps == 1 for l in net.layers) and "stacked" not in net.meta
 
     def write(self, root, chain, net) -> None:
         surgery.write_back(root, chain, net)
@@ -124,13 +132,35 @@ class InvertedChain:
         inverted.write_back(root, chain, net)
 
 
+class ExpertChain(GatedChain):
+    """One expert of a fused bank: a gated layer whose weights are slices of the bank's 3-D
+    parameters; the bank's experts are written back together (:meth:`write_tied`)."""
+
+    name = "expert"
+
+    def network(self, root, chain):
+        return experts.expert_network(root, chain)
+
+    def costs(self, net, chain) -> list[tuple[int, int]]:
+        return experts.unit_costs(net, chain)
+
+    def write(self, root, chain, net) -> None:
+        experts.write_tied(root, [chain], [net])
+
+    def write_tied(self, root, chains, nets, tie=None) -> None:
+        experts.write_tied(root, chains, nets, tie)
+
+
 LAYERS = LayerChain()
 GATED = GatedChain()
 INVERTED = InvertedChain()
+EXPERTS = ExpertChain()
 
 
 def kind_of(chain) -> LayerChain | GatedChain | InvertedChain:
     """The kind of a chain of groups (None or empty: a plain stack's, :data:`LAYERS`)."""
+    if chain and experts.is_expert(chain):
+        return EXPERTS
     if chain and inverted.is_inverted(chain):
         return INVERTED
     return GATED if chain and gated.is_gated(chain) else LAYERS
@@ -138,9 +168,22 @@ def kind_of(chain) -> LayerChain | GatedChain | InvertedChain:
 
 def chain_inputs(model, chains: list, x) -> tuple[list[list], object]:
     """(every chain's rows, the model's output on ``x``) from one run of ``model``: the inverted
-    chains' probe maps by :func:`afde_nb.models.inverted.record`'s hooks, every other chain's rows by
-    :func:`afde_nb.models.surgery.chain_inputs` (a producer without a module of its own, in a
-    torch.export program, is read in a second run)."""
+    chains' probe maps by :func:`afde_nb.models.inverted.record`'s hooks, the experts' routed tokens
+    by :func:`afde_nb.models.experts.record`'s (an expert no token reached: pseudo-inputs), every
+    other chain's rows by :func:`afde_nb.models.surgery.chain_inputs` (a producer without a module
+    of its own, in a torch.export program, is read in a second run)."""
+    mine = [k for k, c in enumerate(chains) if experts.is_expert(c)]
+    if mine:
+        rest = [k for k in range(len(chains)) if k not in mine]
+        with experts.record(model, [chains[k] for k in mine]) as seen:
+            got, y = chain_inputs(model, [chains[k] for k in rest], x)
+        out: list = [None] * len(chains)
+        for k, r in zip(rest, got):
+            out[k] = r
+        for k in mine:
+            (g,) = chains[k]
+            out[k] = seen.get(g) or gated.pseudo_rows(experts.expert_network(model, chains[k]))
+        return out, y
     own = [k for k, c in enumerate(chains) if inverted.is_inverted(c)]
     if not own:
         return surgery.chain_inputs(model, chains, x)

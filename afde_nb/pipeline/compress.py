@@ -21,13 +21,14 @@ from ..core.network import Network, as_inputs
 from ..core.partition import Partition
 from ..core.path import MergePath
 from ..core.repair import deviation, forget_original_values
-from ..core.target import (check_floor, eps_for_error, eps_for_params, merge_caps, pick_scored, scale_candidates)
+from ..core.target import SEGMENTS, check_floor, eps_for_error, eps_for_params, merge_caps, scale_candidates
 from ..core.target import for_params as floored_for_params, sequence as floored_sequence, uniform as floored_uniform
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..models.capture import Captured, capture
 from ..models.export import batch_bounds
-from .estimate import ANCHORS, cache_key
+from .estimate import anchor_cuts, cache_key
 from .result import Compression, LayerSummary, layer_summaries
+from .split import choose, split_inputs as _split
 
 __all__ = ["Compression", "LayerSummary", "compress", "layer_summaries"]
 
@@ -43,9 +44,15 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     ``method="ward"`` (default) cuts a Ward merge path of aligned neurons, symmetries included
     (``symmetry``); ``"complete"`` uses complete linkage; ``"components"`` is the paper's eps-graph
     components (eps-BDE for ``mode="backward"``, eps-FDE for ``"forward"``), as in the first release,
-    for plain stacks (where the polynomial ODE is defined). For the merge paths eps is an error
-    bound on the next layer's pre-activations, with ``relative=True`` a fraction of their RMS (see
-    :mod:`afde_nb.core.path`). ``eps = 0`` (the default) keeps the function exactly.
+    for plain stacks (where the polynomial ODE is defined). On a merge path with
+    ``relative=True`` (the default) eps is the model output's relative RMS error one accepts (issue
+    30): the cut is the most merges along the path's order whose estimate
+    (``Compression.estimated_error``: first order data-free, corrected by errors measured along the
+    path where calibrated) is at most eps, so eps = 0.1 means about 10 % of the outputs' spread on
+    every model (:mod:`afde_nb.pipeline.estimate`). With ``relative=False`` eps is the path's
+    per-layer bound on the next layer's pre-activations, as ``MergePath.partition(eps)`` cuts (see
+    :mod:`afde_nb.core.path`), and for the components the paper's eps. ``eps = 0`` (the default)
+    keeps the function exactly.
 
     ``calibration`` (inputs as the model takes them): the bounds are measured on it, the reduced
     model's deviation is reported, and ``repair`` (default: on when calibration is given) refits
@@ -57,7 +64,12 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     axis (``{"input_ids": ..., "attention_mask": ...}``, :mod:`afde_nb.models.hf`).
 
     Target mode, instead of eps: ``target_params=N`` keeps at most N parameters (with calibration,
-    the split between layers is chosen by measured error); ``target_error=0.01`` the smallest model
+    the split between layers is chosen among candidate splits, each cut exactly at N, by measured
+    error: from each chain's own calibration rows, reduced and repaired chain by chain and held out
+    by input, with each chain's gain to the output measured once per part of the chains and only
+    the plain splits and the best two by that estimate scored on the model's outputs; a plain
+    stack's candidates all on its own rows, with no run of the torch model: docs/method.md, "The
+    split of a calibrated budget", :mod:`afde_nb.pipeline.split`); ``target_error=0.01`` the smallest model
     whose MSE on ``calibration`` against ``calibration_targets`` is at most 1 % above the original's.
     ``floor`` (budgets on a merge path): no hidden layer goes below this many units (an int) or this
     fraction of its units (a float in (0, 1]) by lossy merges; None (default): no floor, a layer may
@@ -76,7 +88,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     every row), and a repair with fewer rows than it has coefficients to fit warns
     (:func:`underdetermined`), saying how many rows would be enough.
 
-    ``progress``: a tqdm bar on stderr over the chains' merge paths, the budget split's candidates
+    ``progress``: a tqdm bar on stderr over the chains' merge paths, the budget split (one step)
     and the chains' reductions (issue 29); ``None`` (default) shows it for a model with more than
     one chain when stderr is a terminal, ``False`` never, ``True`` always.
     """
@@ -102,8 +114,8 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
                                    "measure their bounds on the calibration inputs already")
     cap = capture(model, example_inputs, calibration)
     cap.check(method, mode, approx)
-    bar = progress_bar(progress, len(cap.nets) * (1 if path is not None or method == "components" else 2),
-                       len(cap.nets))
+    bar = progress_bar(progress, len(cap.nets) * (1 if path is not None or method == "components" else 2)
+                       + (target_params is not None and calibration is not None), len(cap.nets))
     calib = cap.calibration(calibration) if calibration is not None else None
     how = _repair_how(repair, calib)
     if data_aware and calib is None:
@@ -119,12 +131,12 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     split = {}  # how a calibrated target_params was split between layers (Compression.budget_split)
     if target_params is not None:
         part, split = _for_params(cap, path, int(target_params), calib, how, mode, relative, threads, bar=bar,
-                                  floor=floor)
+                                  floor=floor, rows=rows, want=want)
     elif target_error is not None:
         part = _for_error(cap, path, calib, calibration_targets, float(target_error), fit, mode, relative, threads,
                           floor=floor)
     elif path is not None:
-        part = path.partition(0.0 if eps is None else eps)
+        part = eps_cut(cap, path, 0.0 if eps is None else eps, calib, how)
     else:
         rms = activation_rms(cap.nets[0], rows[0][0]) if data_aware else None
         part = lump(cap.nets[0], 0.0 if eps is None else eps, mode, relative, threads, rms, method="components")
@@ -146,31 +158,56 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         target = {"params": target_params} if target_params is not None else {"error_increase": target_error}
         target.update({"floor": floor} if floor is not None else {})
     layers = [s for net, p in zip(cap.nets, cap.split(part)) for s in layer_summaries(net, p)]
-    estimated = _estimated(cap, path, part, calib, how, eps if target is None else None, relative, held or after)
+    estimated, marks = _estimated(cap, path, part, calib, how, eps if target is None else None, relative,
+                                  held or after)
     forget_original_values(cap.nets)
     bar.close()
     return Compression(
         model=reduced, partition=[np.array(l) for l in part.labels], params_before=cap.num_params,
         params_after=cap.num_params_with([int(l.max()) + 1 if l.size else 0 for l in part.labels]), layers=layers,
-        mode=part.mode, eps=part.eps, relative=part.relative, method=method, symmetry=bool(symmetry), target=target,
+        mode=part.mode, eps=_eps_reported(part, path, target, estimated), relative=part.relative, method=method,
+        symmetry=bool(symmetry), target=target,
         repaired=how if ran else None, calibration_error=after, calibration_error_before_repair=before,
         held_out_error=held, path=path, budget_split=split or None, estimated_error=estimated,
+        estimate_anchors=tuple(marks),
         groups=cap.discovery, networks=tuple(nets),
         example_inputs=cap.example(calibration if example_inputs is None else example_inputs),
         batch_bounds=batch_bounds(model),
         methods=cap.methods, formats=cap.formats)
 
 
+def eps_cut(cap: Captured, path: MergePath, eps: float, calib, how: str | None) -> Partition:
+    """``compress(model, eps)``'s cut of a merge path (issue 30): with ``relative=True`` the most
+    merges along the path's order whose output-level estimate (:mod:`afde_nb.pipeline.estimate`,
+    corrected by the anchors measured on ``calib`` with repair ``how`` where given) is at most eps
+    (:func:`~afde_nb.pipeline.estimate.within`); with ``relative=False`` and for eps = 0 the path's
+    own per-layer cut (:meth:`~afde_nb.core.path.MergePath.partition`: exact merges only at 0)."""
+    from .estimate import within
+
+    if eps <= 0 or not path.relative:
+        return path.partition(eps)
+    marks = anchors(cap, path, calib, how) if calib is not None else []
+    return path.partition_at(within(path, eps, marks), eps)
+
+
+def _eps_reported(part: Partition, path, target, estimated: float | None) -> float:
+    """``Compression.eps``: the eps given, or for a budget the eps of its cut in ``compress``'s
+    meaning: on a relative merge path its estimate (issue 30), else its per-layer bound."""
+    if target is not None and path is not None and path.relative and estimated is not None:
+        return float(estimated)
+    return part.eps
+
+
 def _estimated(cap: Captured, path, part: Partition, calib, how, eps, relative: bool, measured: dict | None
-               ) -> float | None:
+               ) -> tuple[float | None, list]:
     """``Compression.estimated_error`` of ``part`` (issue 30, :mod:`afde_nb.pipeline.estimate`; None
-    for the paper's components), and the guard: a calibrated ``eps`` whose measured output error
-    (held out where measured, else on the calibration inputs) exceeds 3x the estimate or 3x a
-    relative eps warns with both numbers and the eps that would meet it."""
+    for the paper's components) and the anchors it was corrected by, and the guard: a calibrated
+    ``eps`` whose measured output error (held out where measured, else on the calibration inputs)
+    exceeds 3x the estimate warns with both numbers and the eps that would meet it."""
     from .estimate import estimate, guard, merges_of
 
     if path is None:
-        return None
+        return None, []
     ms = merges_of(path, part.labels)
     marks = anchors(cap, path, calib, how) if calib is not None else []
     est = estimate(path, ms, marks)
@@ -179,7 +216,7 @@ def _estimated(cap: Captured, path, part: Partition, calib, how, eps, relative: 
         msg = guard(path, ms, eps, relative, est, float(np.sqrt(measured["relative_mse"])), marks, what)
         if msg:
             warnings.warn(msg, UserWarning, stacklevel=3)
-    return est
+    return est, marks
 
 
 def build_path(cap: Captured, rows, *, method: str, mode: str, relative: bool, symmetry: bool, threads: int = 0,
@@ -351,23 +388,16 @@ def _repair_how(repair, calib) -> str | None:
     raise InvalidArgumentError(f"repair must be True, False, None or 'pseudo', got {repair!r}")
 
 
-def _split(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """3/4 of n samples to fit on, 1/4 held out to score (seeded)."""
-    idx = np.random.default_rng(0).permutation(n)
-    cut = (3 * n) // 4
-    return idx[:cut], idx[cut:]
-
-
-def _for_params(cap: Captured, path, target: int, calib, how, mode, relative, threads, bar=None, floor=None
-                ) -> tuple[Partition, dict]:
+def _for_params(cap: Captured, path, target: int, calib, how, mode, relative, threads, bar=None, floor=None,
+                rows=None, want=None) -> tuple[Partition, dict]:
     """The partition within ``target`` parameters. Without calibration data (or with fewer than 8
     samples): the path's global order. With it (method.md §8.6) the split of the budget between
-    layers is chosen by measured error: the global order, each layer's bound scaled by 1/4..4 in
-    turn, and the same fraction of every layer, each reduced (and repaired on 3/4 of the
-    calibration samples when repair is on) and scored on the other 1/4. ``floor``: no layer's lossy
-    merges below it (:func:`~afde_nb.core.target.merge_caps`). Also returns what the split was
-    chosen on (``Compression.target``: candidates, their scores, the chosen one; {} where none was
-    scored), which ``Compression.table()`` shows."""
+    layers is chosen among the global order, each part's bound scaled by 1/4..4, and the same
+    fraction of every layer, each cut exactly at the budget, by errors measured on the chains' own
+    calibration rows (``rows``: the chains' rows of compress's one calibration run), with no run of
+    the model (:mod:`afde_nb.pipeline.split`). ``floor``: no layer's lossy merges below it
+    (:func:`~afde_nb.core.target.merge_caps`). Also returns what the split was chosen on
+    (``Compression.budget_split``; {} where none was scored), which ``Compression.table()`` shows."""
     if path is None:
         return eps_for_params(cap.nets[0], target, mode, relative, threads), {}
     caps = merge_caps(path.layers, floor)
@@ -378,25 +408,15 @@ def _for_params(cap: Captured, path, target: int, calib, how, mode, relative, th
     if calib is None or len(calib) < HOLD_OUT_MIN or len(cands) == 1:
         ms = floored_for_params(path, target, None, caps)
         return path.partition_at(ms, path.eps_of(ms)), {}
-    fit, held = _split(len(calib))
-    x_held = calib[held]
-    fit_rows = _fit_rows(cap, how, cap.rows(calib[fit]) if how == "calibration" else None)
-    want = cap.output(x_held)
+    if rows is None:
+        rows, want = cap.rows_and_output(calib)
     options = [floored_for_params(path, target, scale, caps) for scale in cands] + [floored_uniform(path, target, caps)]
-    if bar is not None:
-        bar.total += len(options)
-        bar.refresh()
-
-    def score(ms) -> float:
-        _, nets, _ = reduce_chains(cap, path.partition_at(ms), fit_rows)
-        return _step(bar, deviation(want, cap.output(x_held, nets))["relative_mse"])
-
-    best, scores = pick_scored(options, score)
-    split = {"split_candidates": cands + ["uniform"], "split_scores": scores,
-             "split_chosen": next(i for i, o in enumerate(options) if o is best), "split_held_out": len(held)}
-    if bar is not None:  # equal candidates are scored once: what is left is the chains' reductions
-        bar.total = bar.n + len(cap.nets)
-    return path.partition_at(best, path.eps_of(best)), split
+    best, split = choose(cap, path, options, rows, _fit_rows(cap, how, rows), calib, want, SEGMENTS)
+    measured = split.pop("split_measured")
+    split = {"split_candidates": cands + ["uniform"], "split_scores": [measured.get(i) for i in range(len(options))],
+             **split}
+    _step(bar, None)
+    return path.partition_at(options[best], path.eps_of(options[best])), split
 
 
 def _for_error(cap: Captured, path, X, targets, max_increase: float, fit: list, mode, relative, threads,
@@ -498,8 +518,8 @@ def model_inputs(model: nn.Module, X, what: str = "calibration"):
 
 def anchors(cap, path: MergePath, calib, how: str | None) -> list[tuple[float, float]]:
     """(first-order estimate, measured held-out relative RMS error) at the anchor cuts of ``path``
-    (:data:`~afde_nb.pipeline.estimate.ANCHORS`), measured once per calibration set and repair setting and cached on the path;
-    [] with fewer than 8 calibration inputs."""
+    (:func:`~afde_nb.pipeline.estimate.anchor_cuts`), measured once per calibration set and repair
+    setting and cached on the path; [] with fewer than 8 calibration inputs."""
     if calib is None or len(calib) < HOLD_OUT_MIN:
         return []
     cache = path.__dict__.setdefault("_anchors", {})
@@ -507,20 +527,12 @@ def anchors(cap, path: MergePath, calib, how: str | None) -> list[tuple[float, f
     if key in cache:
         return cache[key]
     seq = path.sequence()
-    n = np.array([lp.n for lp in path.layers])
     fit, held = _split(len(calib))
     rows = _fit_rows(cap, how, cap.rows(calib[fit]) if how == "calibration" else None)
     x = calib[held]
     want = cap.output(x)
-    out, seen = [], set()
-    for f in ANCHORS:
-        i = next((i for i, ms in enumerate(seq) if (n - np.asarray(ms)).sum() <= f * n.sum()), len(seq) - 1)
-        if i in seen:
-            continue
-        seen.add(i)
-        first = path.first_order(seq[i])
-        if first <= 0:
-            continue
+    out = []
+    for i, first in anchor_cuts(path, seq):
         _, nets, _ = reduce_chains(cap, path.partition_at(seq[i]), rows)
         got = cap.output(x, nets)
         if got.shape != want.shape:

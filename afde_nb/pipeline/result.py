@@ -70,17 +70,25 @@ class Compression:
     #: The model itself is refit on every input, so ``calibration_error`` is in-sample
     held_out_error: dict | None = None
     path: MergePath | None = field(default=None, repr=False)
-    #: where a calibrated ``target_params`` chose the split between layers by measured error: the
-    #: candidates (``split_candidates``: None for one eps for all layers, a per-layer eps scale, or
-    #: "uniform" for the same fraction of every layer), their relative MSE on the held-out
-    #: calibration inputs (``split_scores``), the index chosen (``split_chosen``) and the inputs
-    #: held out (``split_held_out``); None where no split was scored. ``table()`` shows it
+    #: where a calibrated ``target_params`` chose the split between layers by measured error
+    #: (:mod:`afde_nb.pipeline.split`): the candidates (``split_candidates``: None for one eps for
+    #: all layers, a per-layer eps scale, or "uniform" for the same fraction of every layer), the
+    #: measured ones' relative MSE of the model's outputs on the held-out calibration inputs
+    #: (``split_scores``, None where not measured), each one's estimate of it from the chains' own
+    #: rows (``split_estimates``; None for a plain stack, whose candidates are all measured), the
+    #: index chosen (``split_chosen``: the lowest measured), the inputs held out
+    #: (``split_held_out``), each chain's gain to the output (``split_gains``), and what the choice
+    #: cost: runs of the model (``split_model_runs``) and reductions of one chain
+    #: (``split_chain_reductions``); None where no split was scored. ``table()`` shows it
     budget_split: dict | None = field(default=None, repr=False)
     #: the estimate of the model output's relative RMS error at this cut (issue 30): the RMS of the
     #: outputs' change over their centred spread, the figure ``sqrt(calibration_error["relative_mse"])``
     #: measures; first order data-free, with the path's measured correction where calibrated
     #: (:mod:`afde_nb.pipeline.estimate`); None for the paper's components
     estimated_error: float | None = None
+    #: the (first-order estimate, measured error) pairs the estimate was corrected by (``()``
+    #: data-free): :meth:`curve` reads eps along the path with them
+    estimate_anchors: tuple = field(default=(), repr=False)
     groups: Discovery | None = field(default=None, repr=False)
     networks: tuple = field(default=(), repr=False)
     #: two calibration inputs as the model takes them, to trace a ``.pt2`` export on
@@ -103,6 +111,19 @@ class Compression:
             raise AttributeError(f"this model has {len(self.networks)} chains; their reduced networks are "
                                  "Compression.networks")
         return self.networks[0]
+
+    def curve(self, points: int = 64) -> list[tuple[float, float]]:
+        """(eps, fraction of parameters kept) at ``points`` cuts along the merge path, eps in
+        ``compress``'s meaning for this setting (issue 30): the cut's output-level estimate on a
+        relative path (:func:`~afde_nb.pipeline.estimate.curve`), else the path's per-layer bound
+        (:meth:`~afde_nb.core.path.MergePath.curve`); [] without a merge path (the components)."""
+        from .estimate import curve
+
+        if self.path is None:
+            return []
+        if not self.path.relative:
+            return self.path.curve(points)
+        return curve(self.path, list(self.estimate_anchors), points)
 
     def table(self) -> str:
         """The per-layer table the CLI prints."""
@@ -160,11 +181,13 @@ class Compression:
             seen = {chosen}
             parts = [f"{self._split_name(cands[chosen])} (chosen) {scores[chosen]:.4g}"]
             for i in (0, len(cands) - 1):  # one eps for all layers, the same fraction of every layer
-                if i not in seen:
+                if i not in seen and scores[i] is not None:
                     seen.add(i)
                     parts.append(f"{self._split_name(cands[i])} {scores[i]:.4g}")
-            out.append(f"budget split between layers, by relative MSE on {split['split_held_out']} held-out "
-                       f"calibration inputs (of {len(cands)} splits scored): " + "; ".join(parts))
+            measured = sum(x is not None for x in scores)
+            out.append(f"budget split between layers, by relative MSE on {split['split_held_out']} held-out calibration "
+                       f"inputs ({measured} of {len(cands)} splits measured, the others ranked by their estimate from "
+                       "each chain's own rows): " + "; ".join(parts))
         return out
 
     def _split_name(self, cand) -> str:
