@@ -44,6 +44,7 @@ from ..errors import UnsupportedLayerError
 from . import hf
 from .experts import ExpertGroup, find_banks
 from .gated import GatedGroup, find_gated
+from .grouped import find_grouped
 from .indexmap import SHAPED, Ids, followable, is_view, reads_shape
 from .inverted import InvertedGroup, find_inverted
 
@@ -238,7 +239,7 @@ class Discovery:
         rows = [f"{self.model}{how}: {len(self.groups)} lumpable group(s) in {len(self.chains)} chain(s)"]
         for c in self.chains:
             for g in c:
-                if isinstance(g, (GatedGroup, InvertedGroup, ExpertGroup)):
+                if hasattr(g, "describe"):  # gated, inverted, expert, grouped: their own line
                     rows.append(f"  {g.describe()}")
                     continue
                 norm = f" -> {g.norm.name} (folded)" if g.norm else ""
@@ -903,7 +904,11 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
     skipped += refused + [s for s in _fused(model, {a.weight for _, _, a in found}) if s[0] not in taken]
     gated, skipped = find_gated(found, uses, groups, skipped)
     inverted, groups, skipped = find_inverted(found, uses, groups, skipped)
-    chains = sorted(_chains(groups) + [[g] for g in gated] + [[g] for g in inverted] + [[g] for g in banks],
+    claimed = {w: g.producer.name for g in groups for w in (g.producer.weight, g.consumer.weight)}
+    claimed.update({w: g.producer.name for g in inverted for w in g.convs})
+    grouped, skipped = find_grouped(found, claimed, skipped)  # each group of a grouped conv a block of a tie
+    chains = sorted(_chains(groups) + [[g] for g in gated] + [[g] for g in inverted] + [[g] for g in banks] +
+                    [[g] for g in grouped],
                     key=lambda c: order.get(c[0].producer.weight, len(order)))
     skipped.sort(key=lambda t: order.get(f"{t[0]}.weight", -1))
     return Discovery(chains, skipped, type(model).__name__)
