@@ -25,7 +25,7 @@ from ..core.network import ODE_DEFINED, Network, as_inputs
 from ..core.partition import Partition
 from ..core.tie import Tie, tie_widths
 from ..errors import InvalidArgumentError, InvalidWeightsError, ShapeMismatchError, UnsupportedLayerError
-from . import surgery
+from . import grouped, surgery
 from .chains import LAYERS, GatedChain, LayerChain, chain_inputs, kind_of
 from .export import PROGRAM_SUFFIX
 from .groups import Affine, Discovery, Group, find_groups
@@ -224,7 +224,8 @@ class Captured:
             got = surgery.capture(self.model, [g.consumer for c in self.discovery.chains for g in c], x)
         finally:
             train(self.model, was)
-        return [[surgery.unit_norms(got[g.consumer.weight], g.consumer.kind, net.layers[h + 1].in_features, self.model, g)
+        return [[surgery.unit_norms(grouped.own_channels(g, got[g.consumer.weight]), g.consumer.kind,
+                                    net.layers[h + 1].in_features, self.model, g)
                  for h, g in enumerate(chain)] for chain, net in zip(self.discovery.chains, self.nets)]
 
     def written(self, nets: list[Network], model: nn.Module) -> list[Network]:

@@ -91,9 +91,8 @@ class GroupedGroup:
             return f"{head} -> group {self.block} of {self.consumer.name} (as group 0)"
         rules = f"; passes {'; '.join(self.rules)}" if self.rules else ""
         norm = f" -> {self.norm.name} (folded)" if self.norm else ""
-        return (f"{head}{norm} -> {self.activation} -> group 0 of {self.consumer.name} (a grouped convolution, "
-                f"{self.blocks} groups: each group a chain of its own, merges within it only, every group one "
-                f"width){rules}")
+        return (f"{head}{norm} -> {self.activation} -> group 0 of {self.consumer.name} (each group a chain of its "
+                f"own){rules}")
 
 
 def is_grouped(chain) -> bool:
@@ -245,6 +244,15 @@ def slice_rows(chains: list, rows: list) -> list:
         lo = g.block * g.units * per
         out[k] = [out[k][0], np.ascontiguousarray(R[:, lo:lo + g.units * per])]
     return out
+
+
+def own_channels(g, t: torch.Tensor) -> torch.Tensor:
+    """A consumer's input ``t`` (n, C, ...) as group ``g`` reads it: a grouped block's channels of
+    the grouped conv's input; any other group's input as it is."""
+    if not isinstance(g, GroupedGroup):
+        return t
+    lo = g.block * g.units
+    return t[:, lo:lo + g.units]
 
 
 # ---- writing back ------------------------------------------------------------------------------
