@@ -161,3 +161,17 @@ def test_a_depthwise_conv_stays_the_inverted_kind():
 
     cap = capture(random_bn(Block(se=None)))
     assert not any(isinstance(c[0], GroupedGroup) for c in cap.discovery.chains)
+
+
+def test_an_exported_program_is_narrowed_too():
+    """A torch.export program (ATen convs on its parameters, no modules): the same blocks, written
+    into the program's parameters; the grouped conv call keeps its groups argument."""
+    m = _model(True)
+    _plant(m, [(b * CG, b * CG + 2) for b in range(G)])
+    x = _x()
+    prog = torch.export.export(m, (x,)).module()
+    c = afde_nb.compress(prog, 0.0, calibration=x)
+    assert _removed(c) == {f"a[{b}]": 1 for b in range(G)}
+    assert c.params_after == _params(c.model) == c.params_before - G * (CIN + 2 + C * 9 // G)
+    with torch.no_grad():
+        assert _rel(m(x), c.model(x)) < 1e-10
