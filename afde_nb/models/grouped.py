@@ -35,7 +35,7 @@ from torch import nn
 from ..core.network import Layer, Network
 from ..core.tie import Tie
 from ..errors import UnsupportedLayerError
-from .inverted import _conv_call
+from .inverted import _conv_call, _fold
 from .params import finite_array as _np, get_tensor, set_tensor, weight as _weight
 
 
@@ -129,8 +129,6 @@ def find_grouped(found: list, claimed: set, skipped: list) -> tuple[list[Grouped
     would resize one too is refused: those lumps stay as they were); ``skipped`` updated (the
     producers lumped here taken out, a refused one given its reason, each grouped conv's own
     outputs named as left alone)."""
-    from .groups import Affine  # groups imports this module
-
     uses: dict[str, int] = {}
     for _, node, a in found:
         for p in (a.weight, a.bias):
@@ -176,7 +174,8 @@ def find_grouped(found: list, claimed: set, skipped: list) -> tuple[list[Grouped
             continue
         mine[cw] = mine[a.weight] = a.name
         cg, og = channels // g, shape[0] // g
-        cons = Affine(cname, "conv2d", cw, cb, module, stride, padding, dilation)
+        cons = replace(a, name=cname, weight=cw, bias=cb, module=module, stride=stride, padding=padding,
+                       dilation=dilation, padding_mode="zeros", transposed=False, rows=None)
         name, slope, params = w.act or ("identity", 0.01, ())
         rules = tuple(w.rules) + (f"a grouped convolution ({g} groups of {cg} channels): merges within a group, "
                                   "every group one width (narrower groups zero-padded, counted)",)
@@ -198,19 +197,15 @@ def find_grouped(found: list, claimed: set, skipped: list) -> tuple[list[Grouped
 def grouped_network(root: nn.Module, chain: list) -> Network:
     """Block ``g.block`` of a one-group chain as a two-layer network (float64, BatchNorm folded):
     the producer's rows of the block, then the grouped conv's rows of its group."""
-    from .surgery import norm_affine, taps
-
     (g,) = chain
     p, c = g.producer, g.consumer
     lo, hi = p.rows
     w = _weight(root, p)
-    W = _np(w, p.weight).reshape(w.shape[0], -1)[lo:hi]
-    b = _np(get_tensor(root, p.bias), p.bias)[lo:hi] if p.bias else np.zeros(hi - lo)
-    if g.norm is not None:
-        S, T = norm_affine(root, g.norm)
-        W, b = W * S[lo:hi, None], b * S[lo:hi] + T[lo:hi]
-    prod = Layer(np.ascontiguousarray(W), b, g.activation, g.negative_slope, has_bias=bool(p.bias or g.norm),
-                 path=g.name, taps=taps(root, p), act_params=g.act_params)
+    W = _np(w, p.weight).reshape(w.shape[0], -1)
+    b = _np(get_tensor(root, p.bias), p.bias) if p.bias else np.zeros(len(W))
+    W, b = _fold(root, g.norm, W, b)
+    prod = Layer(np.ascontiguousarray(W[lo:hi]), b[lo:hi].copy(), g.activation, g.negative_slope,
+                 has_bias=bool(p.bias or g.norm), path=g.name, taps=int(np.prod(w.shape[2:])), act_params=g.act_params)
     olo, ohi = c.rows
     cw = _weight(root, c)
     if cw.shape[1] != hi - lo:
@@ -218,7 +213,7 @@ def grouped_network(root: nn.Module, chain: list) -> Network:
     K = _np(cw, c.weight)[olo:ohi].reshape(ohi - olo, -1)
     kb = _np(get_tensor(root, c.bias), c.bias)[olo:ohi] if c.bias else np.zeros(ohi - olo)
     cons = Layer(np.ascontiguousarray(K), kb, "identity", has_bias=bool(c.bias), path=f"{c.name}[{g.block}]",
-                 taps=taps(root, c))
+                 taps=int(np.prod(cw.shape[2:])))
     dtype = str(get_tensor(root, p.weight).dtype).replace("torch.", "")
     return Network([prod, cons], dtype=dtype, meta={} if g.negation_ok else {"unsigned": (0,)})
 
