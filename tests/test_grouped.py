@@ -13,7 +13,8 @@ from torch import nn
 import afde_nb
 from afde_nb.eval.nets import SqueezeExcitation
 from afde_nb.models.capture import capture
-from afde_nb.models.grouped import GroupedGroup
+from afde_nb.core.tie import Tie
+from afde_nb.models.grouped import GroupedGroup, GroupedOut
 
 from test_inverted import random_bn, shapes_consistent
 
@@ -66,31 +67,40 @@ def _removed(c) -> dict:
     return {s.name: s.neurons_before - s.neurons_after for s in c.layers if s.neurons_before != s.neurons_after}
 
 
-def _valid_grouped(m: Stack, width: int) -> None:
+def _valid_grouped(m: Stack, width: int, out: int = CG) -> None:
+    """A valid grouped conv: ``width`` input and ``out`` output channels per group, its neighbours
+    and BatchNorms at those widths."""
     shapes_consistent(m)
     assert (m.a.out_channels, m.b.in_channels, m.b.groups, m.bn1.num_features) == (G * width, G * width, G, G * width)
-    assert tuple(m.b.weight.shape) == (C, width, 3, 3)
+    assert (m.b.out_channels, m.bn2.num_features, m.c.in_channels) == (G * out, G * out, G * out)
+    assert tuple(m.b.weight.shape) == (G * out, width, 3, 3)
 
 
 @pytest.mark.parametrize("se", [False, True])
 @pytest.mark.parametrize("export", [False, True])
 def test_one_block_per_group_found_and_reported(se, export):
+    """Without SE each group is one chain a -> b -> c (its input and its output channels, two ties);
+    with SE, b's output channels are left alone (named), each group's chain is a -> b."""
     m = _model(se)
     if export:  # the same reading of a torch.export program's ATen graph
         m = torch.export.export(m, (_x(2),)).module()
     cap = capture(m)
-    blocks = [c[0] for c in cap.discovery.chains if isinstance(c[0], GroupedGroup)]
-    assert [(g.block, g.producer.rows, g.consumer.rows) for g in blocks] == \
+    chains = [c for c in cap.discovery.chains if isinstance(c[0], GroupedGroup)]
+    assert [(c[0].block, c[0].producer.rows, c[0].consumer.rows) for c in chains] == \
         [(b, (b * CG, (b + 1) * CG), (b * CG, (b + 1) * CG)) for b in range(G)]
-    assert [n.widths for n, c in zip(cap.nets, cap.discovery.chains) if isinstance(c[0], GroupedGroup)] == \
-        [[CIN, CG, CG]] * G
-    (tie,) = cap.ties
-    assert len(tie.members) == G and tie.full == CG
+    nets = [n for n, c in zip(cap.nets, cap.discovery.chains) if isinstance(c[0], GroupedGroup)]
+    assert [n.widths for n in nets] == [[CIN, CG, CG] + ([] if se else [COUT])] * G
+    assert [len(c) for c in chains] == [1 if se else 2] * G
+    assert cap.ties == tuple(Tie(tuple(range(G)), CG, 1, h) for h in range(1 if se else 2))
     report = cap.discovery.report()
     assert "-> group 0 of b (each group a chain of its own)" in report
-    assert "left alone b: a grouped convolution: its input channels are lumped with a" in report
-    # the parameter count is the model's: every block charged its own slice
-    blocks = G * (CIN * CG + 2 * CG + CG * CG * 9)  # a's rows, BN scale and shift, b's group
+    if se:
+        assert "left alone b: its own output channels: its outputs feed 2 operations" in report
+    else:
+        assert isinstance(chains[1][1], GroupedOut) and chains[1][1].producer.rows == (CG, 2 * CG)
+        assert "lumps b (grouped) channels 0..3 -> bn2 (folded) -> relu -> c (each group a chain of its own)" in report
+    # the parameter count is the model's: every block charged its own slices
+    blocks = G * (CIN * CG + 2 * CG + CG * CG * 9 + (0 if se else 2 * CG + CG * COUT))
     squeeze = (4 * C + 4) + (C * 4 + C) if se else 0  # the SE's fc1 -> fc2 group
     assert cap.num_params == _params(m) and cap.fixed == _params(m) - blocks - squeeze
 
@@ -148,11 +158,59 @@ def test_a_budget_cuts_every_group_to_one_width(se):
     for calib in (x, None):
         c = afde_nb.compress(m, target_params=target, calibration=calib)
         widths = {s.neurons_after for s in c.layers if s.name.startswith("a[")}
-        assert len(widths) == 1
+        outs = {s.neurons_after for s in c.layers if s.name.startswith("b[")} or {CG}
+        assert len(widths) == len(outs) == 1
         assert c.params_after == _params(c.model) <= target
-        _valid_grouped(c.model, widths.pop())
+        _valid_grouped(c.model, widths.pop(), outs.pop())
         with torch.no_grad():
             assert np.isfinite(_rel(m(x), c.model(x)))
+
+
+def _plant_out(m: Stack, pairs) -> None:
+    """Output channel j := output channel i of the grouped conv ``b`` (its row, its BatchNorm entries)."""
+    with torch.no_grad():
+        for i, j in pairs:
+            m.b.weight[j] = m.b.weight[i]
+            for t in (m.bn2.weight, m.bn2.bias, m.bn2.running_mean, m.bn2.running_var):
+                t[j] = t[i]
+
+
+def test_the_grouped_convs_own_outputs_go_exactly_within_a_group():
+    """b's output channels 9 := 8 and 11 := 8 (group 2): they go at eps = 0 and nothing else; the
+    other groups keep 4, so group 2 is zero-padded; a duplicate across groups (4 := 0) stays."""
+    m = _model()
+    _plant_out(m, [(8, 9), (8, 11), (0, 4)])
+    x = _x()
+    c = afde_nb.compress(m, 0.0, calibration=x)
+    assert _removed(c) == {"b[2]": 2}
+    with torch.no_grad():
+        assert _rel(m(x), c.model(x)) < 1e-10
+    assert c.params_after == c.params_before == _params(c.model)
+    _valid_grouped(c.model, CG)
+    assert torch.all(c.model.c.weight[:, 2 * CG + 2:3 * CG] == 0) and torch.all(c.model.b.weight[2 * CG + 2:3 * CG] == 0)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_both_sides_of_the_grouped_conv_narrow_together(dtype, tol, tmp_path):
+    """Duplicates among its inputs and among its outputs in every group: both widths drop by one,
+    the conv stays grouped (in 12, out 12, groups 4), the function is kept and the program reloads."""
+    m = _model(False, dtype)
+    _plant(m, [(b * CG, b * CG + 1 + b % 3) for b in range(G)])
+    _plant_out(m, [(b * CG + 3, b * CG + b % 3) for b in range(G)])
+    x = _x(dtype=dtype)
+    c = afde_nb.compress(m, 0.0, calibration=x)
+    assert _removed(c) == {**{f"a[{b}]": 1 for b in range(G)}, **{f"b[{b}]": 1 for b in range(G)}}
+    # per input channel: a's row and BN (6 + 2), b's columns of its group (4 x 9); then per output
+    # channel of the narrowed conv: its kernel (3 x 9), BN (2) and c's column (5)
+    assert c.params_after == _params(c.model) == c.params_before - G * (CIN + 2 + CG * 9) - G * (3 * 9 + 2 + COUT)
+    _valid_grouped(c.model, CG - 1, CG - 1)
+    with torch.no_grad():
+        y = c.model(x)
+        assert _rel(m(x), y) < tol
+    c.save(tmp_path / "small.pt2")
+    loaded = torch.export.load(tmp_path / "small.pt2").module()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), y, rtol=tol, atol=tol)
 
 
 def test_a_depthwise_conv_stays_the_inverted_kind():

@@ -114,7 +114,7 @@ class Captured:
         if not self.ties:
             return ()
         first = np.cumsum([0] + [len(n.hidden) for n in self.nets])
-        return tuple(t.over(tuple(int(first[k]) for k in t.members)) for t in self.ties)
+        return tuple(t.over(tuple(int(first[k]) + t.layer for k in t.members)) for t in self.ties)
 
     def num_params_with(self, hidden_widths) -> int:
         """The model's parameter count with the chains' hidden layers resized to ``hidden_widths``
@@ -287,7 +287,7 @@ class Captured:
         for k, (chain, net) in enumerate(zip(chains, nets)):
             if k not in tied:
                 self.kind(k).write(out, chain, net)
-        for t in self.ties:  # one width for all: written together
+        for t in {t.members: t for t in self.ties}.values():  # one width for all: written together
             ks = t.members
             self.kind(ks[0]).write_tied(out, [chains[k] for k in ks], [nets[k] for k in ks], t)
         train(out, self.model.training)
@@ -341,11 +341,12 @@ def _traced(model: nn.Module, not_a_stack: str, example=None) -> Captured:
     costs = [kd.costs(net, c) for kd, net, c in zip(kinds, nets, disc.chains)]
     ties: dict = {}
     for k, c in enumerate(disc.chains):
-        key = getattr(c[0], "tie", None) if len(c) == 1 else None
+        key = getattr(c[0], "tie", None)  # experts, grouped conv blocks
         if key is not None:
             ties.setdefault(key, []).append(k)
-    ties = tuple(Tie(tuple(ks), nets[ks[0]].hidden[0].out_features, disc.chains[ks[0]][0].align)
-                 for ks in ties.values())
+    # one tie per hidden layer of the tied chains (an expert has one; a grouped conv's block two)
+    ties = tuple(Tie(tuple(ks), nets[ks[0]].hidden[h].out_features, disc.chains[ks[0]][0].align, h)
+                 for ks in ties.values() for h in range(len(nets[ks[0]].hidden)))
     cap = Captured(model, disc, nets, costs, 0, not_a_stack=not_a_stack, ties=ties)
     cap.fixed = count_params(model) - cap.num_params
     return cap

@@ -907,8 +907,7 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
     claimed = {w: g.producer.name for g in groups for w in (g.producer.weight, g.consumer.weight)}
     claimed.update({w: g.producer.name for g in inverted for w in g.convs})
     grouped, skipped = find_grouped(found, claimed, skipped)  # each group of a grouped conv a block of a tie
-    chains = sorted(_chains(groups) + [[g] for g in gated] + [[g] for g in inverted] + [[g] for g in banks] +
-                    [[g] for g in grouped],
+    chains = sorted(_chains(groups) + [[g] for g in gated] + [[g] for g in inverted] + [[g] for g in banks] + grouped,
                     key=lambda c: order.get(c[0].producer.weight, len(order)))
     skipped.sort(key=lambda t: order.get(f"{t[0]}.weight", -1))
     return Discovery(chains, skipped, type(model).__name__)
