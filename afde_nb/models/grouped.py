@@ -417,7 +417,8 @@ def write_tied(root: nn.Module, chains: list, nets: list, tie: Tie | None = None
                                     f"{[c[0].name for c in chains]}")
     for c, n in zip(chains, nets):
         if not isinstance(n, Network) or len(n.layers) != len(c) + 1:
-            raise UnsupportedLayerError(f"{c[0].name} takes a reduced {len(c) + 1}-layer network, got {type(n).__name__}")
+            raise UnsupportedLayerError(f"{c[0].name} takes a reduced {len(c) + 1}-layer network, got "
+                                        f"{type(n).__name__}")
     G = first.blocks
     ins, outs = isinstance(first, GroupedGroup), isinstance(last, GroupedOut)
     kconv = first.consumer if ins else first.producer  # the grouped conv

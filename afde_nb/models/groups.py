@@ -44,7 +44,7 @@ from ..errors import UnsupportedLayerError
 from . import hf
 from .experts import ExpertGroup, find_banks
 from .gated import GatedGroup, find_gated
-from .grouped import find_grouped
+from .grouped import GroupedGroup, GroupedOut, find_grouped
 from .indexmap import SHAPED, Ids, followable, is_view, reads_shape
 from .inverted import InvertedGroup, find_inverted
 
@@ -239,7 +239,7 @@ class Discovery:
         rows = [f"{self.model}{how}: {len(self.groups)} lumpable group(s) in {len(self.chains)} chain(s)"]
         for c in self.chains:
             for g in c:
-                if hasattr(g, "describe"):  # gated, inverted, expert, grouped: their own line
+                if isinstance(g, (GatedGroup, InvertedGroup, ExpertGroup, GroupedGroup, GroupedOut)):
                     rows.append(f"  {g.describe()}")
                     continue
                 norm = f" -> {g.norm.name} (folded)" if g.norm else ""
