@@ -234,3 +234,45 @@ def test_an_exported_program_is_narrowed_too():
     assert c.params_after == _params(c.model) == c.params_before - G * (CIN + 2 + C * 9 // G)
     with torch.no_grad():
         assert _rel(m(x), c.model(x)) < 1e-10
+
+
+class Wide(nn.Module):
+    """a 3x3 (bias) -> BN -> ReLU -> b grouped 3x3, stride 2, 3 groups of 4 in and 6 out (bias) -> BN ->
+    tanh -> c 1x1: other widths per group on each side, a negation symmetry through tanh."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn1 = nn.Conv2d(5, 12, 3, padding=1), nn.BatchNorm2d(12)
+        self.b, self.bn2 = nn.Conv2d(12, 18, 3, stride=2, padding=1, groups=3), nn.BatchNorm2d(18)
+        self.c = nn.Conv2d(18, 7, 1)
+
+    def forward(self, x):
+        return self.c(torch.tanh(self.bn2(self.b(torch.relu(self.bn1(self.a(x))))))).mean((2, 3))
+
+
+def test_other_widths_per_group_and_a_negated_duplicate():
+    torch.manual_seed(0)
+    m = random_bn(Wide()).double()
+    with torch.no_grad():
+        m.a.weight[5], m.a.bias[5] = m.a.weight[4], m.a.bias[4]
+        for t in (m.bn1.weight, m.bn1.bias, m.bn1.running_mean, m.bn1.running_var):
+            t[5] = t[4]
+        m.b.weight[13], m.b.bias[13] = m.b.weight[12], m.b.bias[12]
+        for t in (m.bn2.weight, m.bn2.bias, m.bn2.running_mean, m.bn2.running_var):
+            t[13] = t[12]
+        # output channel 16 = -(output channel 15) after BN: tanh is odd, so they merge with a sign
+        m.b.weight[16], m.b.bias[16] = -m.b.weight[15], -m.b.bias[15]
+        m.bn2.weight[16], m.bn2.running_var[16] = m.bn2.weight[15], m.bn2.running_var[15]
+        m.bn2.running_mean[16], m.bn2.bias[16] = -m.bn2.running_mean[15], -m.bn2.bias[15]
+    x = torch.randn(6, 5, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    c = afde_nb.compress(m, 0.0, calibration=x)
+    assert _removed(c) == {"a[1]": 1, "b[2]": 2}
+    with torch.no_grad():
+        assert _rel(m(x), c.model(x)) < 1e-10
+    assert c.params_after == c.params_before == _params(c.model)  # every other group keeps its width
+    t = afde_nb.compress(m, target_params=int(0.6 * c.params_before), calibration=x)
+    assert len({s.neurons_after for s in t.layers if s.name.startswith("a[")}) == 1
+    assert len({s.neurons_after for s in t.layers if s.name.startswith("b[")}) == 1
+    assert t.params_after == _params(t.model) <= int(0.6 * c.params_before)
+    shapes_consistent(t.model)
+    assert t.model.b.groups == 3 and t.model.b.stride == (2, 2)
