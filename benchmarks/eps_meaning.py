@@ -1,8 +1,9 @@
-"""What eps means on different models (issue 30): the eps of a cut, the measured output error and
-the output-level estimate, along the merge path from 100 % to 10 % of the lumpable units kept.
+"""What eps means on different models (issue 30): ``compress(model, eps)`` at a log grid of eps,
+against the measured output error and the output-level estimate.
 
-    python benchmarks/eps_meaning.py                       # every model below, 8 cuts
-    python benchmarks/eps_meaning.py --models digits_cnn plain_tanh --cuts 4
+    python benchmarks/eps_meaning.py                       # every model below, 12 eps values
+    python benchmarks/eps_meaning.py --models digits_cnn plain_tanh --grid 0.01 0.1
+    python benchmarks/eps_meaning.py --by units            # cuts at 95 % .. 10 % of the units instead
 
 Models: every example of ``afde_nb.eval.zoo`` (digits_cnn, residual_mlp, transformer; cached
 weights), a plain tanh 64-64 stack trained on the bench's glycolysis data (seed 0, 150 epochs),
@@ -11,13 +12,17 @@ and cached) and MobileNetV3-small (``afde_nb.eval.nets``, 10 classes, trained fo
 example's images upsampled to 32 x 32, about a minute).
 
 For each model two merge paths: data-free (pseudo-inputs) and calibrated (512 training rows; the LM
-64 windows), each cut at ``--cuts`` points where the lumpable units kept
-are 95 % .. 10 %. At each cut ``compress(model, eps=cut's eps, path=...)`` (calibrated: with the
-calibration rows, so repaired as by default), and on held-out test rows (never calibration rows)
-the output's relative RMS error, ``sqrt(relative_mse)`` of :func:`afde_nb.core.repair.deviation`
-(the RMS of the output's change over its centred spread; the LM's logits per token, every
-position a row). Columns: units and parameters kept, eps, the measured error, ``measured / eps``,
-``Compression.estimated_error`` (where the library has it) and ``measured / estimate``.
+64 windows). ``--by eps`` (default): ``compress(model, eps=e, path=...)`` at each ``e`` of the grid
+(0.003 .. 1, log spaced), eps being the output-level error one accepts (the cut: the most merges
+whose ``Compression.estimated_error`` is at most eps). ``--by units``: the cuts keeping 95 % .. 10 %
+of the lumpable units, each asked for by its own estimate as eps. Calibrated: with the calibration
+rows, so repaired as by default. On held-out test rows (never calibration rows) the output's
+relative RMS error, ``sqrt(relative_mse)`` of :func:`afde_nb.core.repair.deviation` (the RMS of the
+output's change over its centred spread; the LM's logits per token, every position a row).
+Columns: units and parameters kept, eps, the measured error, ``measured / eps``,
+``Compression.estimated_error`` and ``measured / estimate``; then per model and setting the ranges
+of both ratios over the lossy cuts keeping 10 % .. 100 % of the lumpable units (cuts measuring
+below 1e-5 against eps or estimate, rounding, left out), and any guard warnings seen.
 """
 from __future__ import annotations
 
@@ -130,8 +135,12 @@ def outputs(model, x) -> np.ndarray:
     return y.reshape(-1, y.shape[-1]) if y.ndim > 2 else y.reshape(len(y), -1)
 
 
+GRID = tuple(float(x) for x in np.geomspace(0.003, 1.0, 12))
+NOISE = 1e-5
+
+
 def cut_points(path, fractions) -> list[tuple[float, list[int]]]:
-    """(units kept / lumpable units, merges per layer) at each fraction, along the path's eps order."""
+    """(units kept / lumpable units, merges per layer) at each fraction, along the path's order."""
     seq = path.sequence()
     n = np.array([lp.n for lp in path.layers])
     out = []
@@ -142,39 +151,72 @@ def cut_points(path, fractions) -> list[tuple[float, list[int]]]:
     return out
 
 
-def run(name: str, fractions, log=print) -> list[list]:
+def _units(path, c) -> float:
+    n = np.array([lp.n for lp in path.layers])
+    return sum(int(np.max(l)) + 1 if np.size(l) else 0 for l in c.partition) / n.sum()
+
+
+def run(name: str, by: str, fractions, grid, log=print) -> tuple[list[list], list[list]]:
+    """(rows, summary rows) of one model."""
+    import warnings
+
     model, calib, test = load_model(name)
     want = outputs(model, test)
-    rows = []
+    rows, summary = [], []
     for setting in ("data-free", "calibrated"):
         kw = {"calibration": calib} if setting == "calibrated" else {}
         t0 = time.perf_counter()
-        path = afde_nb.compress(model, eps=0.0, **kw).path
-        for units, ms in cut_points(path, fractions):
-            eps = path.eps_of(ms)
-            c = afde_nb.compress(model, eps=eps, path=path, **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c0 = afde_nb.compress(model, eps=0.0, **kw)
+        path = c0.path
+        if by == "eps":
+            asks = list(grid)
+        else:
+            from afde_nb.pipeline.estimate import estimate
+            asks = [estimate(path, ms, list(c0.estimate_anchors)) for _, ms in cut_points(path, fractions)]
+        r_eps, r_est, warned = [], [], 0
+        for eps in asks:
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter("always")
+                c = afde_nb.compress(model, eps=eps, path=path, **kw)
+            guard = [x for x in w if "measured relative RMS error" in str(x.message)]
+            warned += bool(guard)
             got = float(np.sqrt(deviation(want, outputs(c.model, test))["relative_mse"]))
-            est = getattr(c, "estimated_error", None)
+            est = c.estimated_error
+            units = _units(path, c)
+            if 0.1 <= units < 1.0 and est and max(got, est) >= NOISE:
+                r_eps.append(got / eps)
+                r_est.append(got / est)
             rows.append([name, setting, f"{100 * units:.0f}", f"{100 * c.kept:.1f}", f"{eps:.3g}", f"{got:.3g}",
                          f"{got / eps:.3g}" if eps > 0 else "-",
                          "-" if est is None else f"{est:.3g}",
-                         "-" if not est else f"{got / est:.3g}"])
+                         "-" if not est else f"{got / est:.3g}", "warns" if guard else ""])
+        rng = (lambda r: f"{min(r):.2g}-{max(r):.2g}" if r else "-")
+        summary.append([name, setting, len(r_eps), rng(r_eps), rng(r_est), warned])
         log(f"# {name} {setting}: {time.perf_counter() - t0:.0f} s", flush=True)
-    return rows
+    return rows, summary
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS))
-    ap.add_argument("--cuts", type=int, default=len(FRACTIONS))
+    ap.add_argument("--by", choices=("eps", "units"), default="eps")
+    ap.add_argument("--grid", nargs="+", type=float, default=list(GRID), help="the eps values (--by eps)")
+    ap.add_argument("--cuts", type=int, default=len(FRACTIONS), help="the number of cuts (--by units)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     fr = FRACTIONS if a.cuts == len(FRACTIONS) else tuple(np.linspace(0.95, 0.1, a.cuts))
-    rows = []
+    rows, summary = [], []
     for name in a.models:
-        rows += run(name, fr)
+        r, s = run(name, a.by, fr, a.grid)
+        rows += r
+        summary += s
     print(table(["model", "setting", "units kept %", "params kept %", "eps", "measured rel. RMS", "measured / eps",
-                 "estimate", "measured / estimate"], rows))
+                 "estimate", "measured / estimate", "guard"], rows))
+    print()
+    print(table(["model", "setting", "cuts (10-100 % units, lossy)", "measured / eps", "measured / estimate",
+                 "guard warnings"], summary))
 
 
 if __name__ == "__main__":

@@ -369,7 +369,7 @@ def test_demo_prints_the_trade_off(capsys):
                and l.strip().split()[0].rstrip("%").isdigit() and "|" in l]
     assert [b[0] for b in budgets] == [f"{100 * k:.0f}%" for k in DEMO_KEEP]
     # every column header that is not self-explanatory is explained in one line
-    for term in ("MSE free:", "MSE repaired:", "ms:", "k-means fold:", "magnitude:"):
+    for term in ("MSE free:", "% rep.:", "MSE repaired:", "ms:", "k-means fold:", "magnitude:"):
         assert sum(line.lstrip().startswith(term) for line in out.splitlines()) == 1, term
 
 

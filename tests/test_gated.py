@@ -182,7 +182,10 @@ def test_eps_with_calibration_repairs_the_down_projection():
     assert c.calibration_error["rms"] < c.calibration_error_before_repair["rms"]
     assert c.held_out_error is not None
     plain = afde_nb.compress(m, 0.2, calibration=x, repair=False)
-    assert plain.repaired is None and plain.layers[0].neurons_after == c.layers[0].neurons_after
+    # eps is the output error accepted (issue 30): without the repair the estimate is measured
+    # without it, so the cut is its own, within eps too
+    assert plain.repaired is None and plain.layers[0].neurons_after < 24
+    assert c.estimated_error <= 0.2 and plain.estimated_error <= 0.2
     # data-free: pseudo-inputs, and the pseudo repair
     free = afde_nb.compress(m, 0.2, repair="pseudo")
     assert free.repaired == "pseudo" and free.layers[0].neurons_after < 24

@@ -107,7 +107,7 @@ def test_pseudo_probes_low_rank(monkeypatch):
     m = _net(nn.Tanh, 600)
     s, cache = _cache(m, X, y, cal=40, repair="pseudo")
     _, direct = _cache(m, X, y, cal=40, repair="pseudo")
-    for eps in (0.05, 0.2):
+    for eps in (0.01, 0.05):  # output-level eps (issue 30): 0.01 keeps 539 of the 600, mostly the original's
         c, pred = cache.move(eps, "pseudo")
         monkeypatch.setattr(moves, "LOW_RANK", False)
         cd, pred_d = direct.move(eps, "pseudo")

@@ -128,7 +128,7 @@ def test_the_api_block_s_claims_hold(tmp_path, monkeypatch):
     exec(MLP, ns)
     model, X = ns["model"], ns["X"]
     c = afde_nb.compress(model, eps=0.05, calibration=X)
-    curve = c.path.curve()
+    curve = c.curve()
     assert len(curve) == 64 and all(0 < k <= 1 for _, k in curve)
     assert len(c.path.sequence()) > len(curve)  # the path has more sizes than the curve shows
     at = afde_nb.compress(model, eps=0.07, calibration=X, path=c.path)

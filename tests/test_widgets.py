@@ -165,7 +165,7 @@ def test_state_curve(model, data):
     c = s.update()
     pts = s.curve()
     assert pts == sorted(pts) and pts[0][0] == 0.0 and all(0 <= k <= 100 for _, k in pts)
-    assert pts == [(e, 100 * k) for e, k in c.path.curve(s.path_points)]  # ward: the merge path's own curve
+    assert pts == [(e, 100 * k) for e, k in c.curve(s.path_points)]  # ward: the merge path's cuts, eps as compress's
     assert s.curve() is not pts and s.curve() == pts  # cached, handed out as a copy
     s.mode = "forward"
     assert not s.curve_cached()
@@ -232,8 +232,10 @@ def test_state_repair(model, data):
     s.repair = False
     c0 = s.update()
     assert c0.repaired is None and s.figures["repair"] is None and "calib_max_abs_before_repair" not in s.figures
-    _same_partition(c, c0)
-    assert s.figures["calib_rms"] > c.calibration_error["rms"]  # the repair helped on its own data
+    # eps is the output error accepted (issue 30): without the repair's help the cut is compress's
+    # without repair, not the repaired one's
+    _same_partition(c0, afde_nb.compress(model, eps=1.0, calibration=X, repair=False))
+    assert c.calibration_error_before_repair["rms"] > c.calibration_error["rms"]  # the repair helped on its own data
     assert not PanelState(model).repair_in_force  # no calibration data: compress does not repair
 
 
@@ -973,7 +975,7 @@ def test_state_general_model_data_errors(residual, data):
 
 def test_panel_general_model(Panel, residual, data, tmp_path):
     X, y = data
-    p = Panel(residual, (X, y), eps=0.5, eps_values=[0.0, 0.5, 2.0], export_path=str(tmp_path / "small.pt"))
+    p = Panel(residual, (X, y), eps=0.05, eps_values=[0.0, 0.05, 2.0], export_path=str(tmp_path / "small.pt"))
     assert p.errors == [] and p.compression is not None
     assert p.method_dd.options == ("ward", "complete") and p.data_box.disabled
     # the per-group merges, by module path, and what was found

@@ -323,7 +323,10 @@ class MergePath:
         return self
 
     def partition(self, eps: float, scale: list[float] | None = None):
-        """The partition at eps (per layer eps * scale[h] when ``scale`` is given)."""
+        """The per-layer cut at eps: every layer keeps the merges whose own bound is at most eps
+        (eps * scale[h] when ``scale`` is given). Not ``compress(model, eps)``'s cut, where eps is
+        the output-level estimate (issue 30, :func:`afde_nb.pipeline.estimate.within`) on a relative
+        path; the same with ``relative=False``."""
         if eps > 0:
             self.build()
         ms = [lp.merges_within(eps * (1.0 if scale is None else scale[h])) for h, lp in enumerate(self.layers)]
@@ -407,7 +410,7 @@ class MergePath:
 
     def first_order(self, merges: list[int]) -> float:
         """The first-order estimate of the model output's relative RMS error after these merges
-        (issue 30; docs/method.md, "What the estimate is"): each layer's bound over the centred
+        (issue 30; docs/method.md, "What eps means"): each layer's bound over the centred
         spread of its consumer's outputs (:meth:`LayerPath.centred`), a layer's relative error
         taken to reach the output unchanged, and the layers' errors combined as uncorrelated
         (root of the sum of squares). 0 with exact merges only."""
@@ -471,7 +474,8 @@ class MergePath:
         return self.for_params(target)
 
     def curve(self, points: int = 64) -> list[tuple[float, float]]:
-        """(eps, fraction of parameters kept) along the path: what a slider moves through."""
+        """(per-layer eps, fraction of parameters kept) along the path; ``Compression.curve`` gives
+        the same cuts against eps as ``compress`` reads it (what the panel's slider moves through)."""
         seq = self.sequence()
         full = self.net.num_params
         idx = np.unique(np.linspace(0, len(seq) - 1, min(points, len(seq))).round().astype(int))

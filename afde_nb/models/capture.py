@@ -59,6 +59,10 @@ class Captured:
     #: one hidden layer): the experts of a bank stored fused (:mod:`afde_nb.models.experts`);
     #: counted at the tie's width, written together
     ties: tuple = ()
+    #: layers whose columns are slices of a concatenation and whose rows are another chain's units:
+    #: (taps, the hidden layers (global index) of the slices, the hidden layer of the rows), whose
+    #: parameters are a product of widths of two chains (:func:`crossed`)
+    crossed: list = field(default_factory=list, repr=False)
 
     # ---- what the model allows -------------------------------------------------------------
 
@@ -127,6 +131,13 @@ class Captured:
             w = [net.widths[0]] + [int(v) for v in hidden_widths[at:at + k]] + [net.widths[-1]]
             at += k
             total += sum(w[i] * t * w[i + 1] + p * w[i + 1] for i, (t, p) in enumerate(cost))
+        if self.crossed:
+            # each chain counts such a layer with the other chain's width as it was: the product's
+            # change in both at once is what that leaves out
+            full = [l.out_features for n in self.nets for l in n.hidden]
+            for t, slices, rows in self.crossed:
+                cols = sum(int(hidden_widths[h]) - full[h] for h in slices)
+                total += t * cols * (int(hidden_widths[rows]) - full[rows])
         return total
 
     def split(self, part: Partition) -> list[Partition]:
@@ -224,7 +235,8 @@ class Captured:
             got = surgery.capture(self.model, [g.consumer for c in self.discovery.chains for g in c], x)
         finally:
             train(self.model, was)
-        return [[surgery.unit_norms(grouped.own_channels(g, got[g.consumer.weight]), g.consumer.kind,
+        return [[surgery.unit_norms(grouped.own_channels(g, surgery.slice_input(got[g.consumer.weight], g.consumer)),
+                                    g.consumer.kind,
                                     net.layers[h + 1].in_features, self.model, g)
                  for h, g in enumerate(chain)] for chain, net in zip(self.discovery.chains, self.nets)]
 
@@ -284,9 +296,12 @@ class Captured:
         out = surgery.copy_model(self.model)
         chains = self.discovery.chains
         tied = {k for t in self.ties for k in t.members}
-        for k, (chain, net) in enumerate(zip(chains, nets)):
-            if k not in tied:
-                self.kind(k).write(out, chain, net)
+        sliced = {a.weight for c in chains for a in getattr(c[-1], "consumers", ()) if a.cols is not None}
+        for k in surgery.write_order(chains):  # slices of a concatenation's consumer compose in this order
+            if k in tied:
+                continue
+            net = surgery.with_rows(nets[k], self.nets[k]) if chains[k][0].producer.weight in sliced else nets[k]
+            self.kind(k).write(out, chains[k], net)
         for t in {t.members: t for t in self.ties}.values():  # one width for all: written together
             ks = t.members
             self.kind(ks[0]).write_tied(out, [chains[k] for k in ks], [nets[k] for k in ks], t)
@@ -347,9 +362,31 @@ def _traced(model: nn.Module, not_a_stack: str, example=None) -> Captured:
     # one tie per hidden layer of the tied chains (an expert has one; a grouped conv's block two)
     ties = tuple(Tie(tuple(ks), nets[ks[0]].hidden[h].out_features, disc.chains[ks[0]][0].align, h)
                  for ks in ties.values() for h in range(len(nets[ks[0]].hidden)))
-    cap = Captured(model, disc, nets, costs, 0, not_a_stack=not_a_stack, ties=ties)
+    cap = Captured(model, disc, nets, costs, 0, not_a_stack=not_a_stack, ties=ties,
+                   crossed=crossed(model, disc.chains, nets))
     cap.fixed = count_params(model) - cap.num_params
     return cap
+
+
+def crossed(model: nn.Module, chains: list, nets: list[Network]) -> list[tuple[int, list[int], int]]:
+    """:attr:`Captured.crossed`: every layer that one or more chains end in as a slice of its columns
+    (a concatenation's consumer, or one of several consumers of units that fan out) and another
+    chain starts from (its rows that chain's first hidden units), as (columns per unit, the slices'
+    hidden layers, the rows' hidden layer), hidden layers numbered over all chains in order."""
+    at, start = 0, []
+    for net in nets:
+        start.append(at)
+        at += len(net.hidden)
+    heads = {c[0].producer.weight: start[k] for k, c in enumerate(chains) if len(nets[k].hidden)}
+    out: dict[str, tuple] = {}
+    for k, c in enumerate(chains):
+        for a in getattr(c[-1], "consumers", (c[-1].consumer,)):
+            if a.cols is None or a.weight not in heads:
+                continue
+            per = int(surgery.weight(model, a)[0].numel()) // a.cols[2]
+            t, slices, rows = out.get(a.weight, (per, [], heads[a.weight]))
+            out[a.weight] = (t, slices + [start[k] + len(nets[k].hidden) - 1], rows)
+    return list(out.values())
 
 
 def _output_array(y, n: int, model: nn.Module) -> np.ndarray:

@@ -62,6 +62,8 @@ class LayerChain:
 
     def reduce(self, net, part, rows):
         small, blocks = quotient(net, part)
+        if blocks:  # how the first layer's rows merged: its writing may have to apply it again
+            small.meta["rows0"] = blocks[0].target_map()  # (surgery._merged_rows), and a repair keeps it
         lossy = [h for h, b in enumerate(blocks) if b.spread > LOSSY]
         if rows is None or not lossy:
             return small, small, None
@@ -71,7 +73,9 @@ class LayerChain:
     def repairable(self, net) -> bool:
         """Repair refits chains of Linear layers (tokens of a sequence are rows); a convolution
         chain's patches overlap, so its layers are not refit."""
-        return all(l.taps == 1 for l in net.layers)
+        # units that fan out are read by a stacked layer of every consumer's taps (surgery's
+        # _stacked_layer), a bound's view of them, not a layer to refit
+        return all(l.taps == 1 for l in net.layers) and "stacked" not in net.meta
 
     def write(self, root, chain, net) -> None:
         surgery.write_back(root, chain, net)

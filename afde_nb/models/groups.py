@@ -5,8 +5,10 @@ only through an optional ``BatchNorm`` (eval statistics, folded), one element-wi
 no-ops (``Dropout``, ``Identity``) into exactly one consuming layer of the same kind, as its data
 input; a convolution's channels may also pass channel-wise pooling (max: up to positive scaling
 only) and a ``Flatten`` into a ``Linear``, where each channel owns a run of its input columns. Its units (features, or channels) can be merged: the producer loses rows, the consumer the
-matching input columns, and nothing else in the model sees them. Units that feed anything else (a
-residual add, a reshape, two consumers, the model's output) are left alone and reported with why.
+matching input columns, and nothing else in the model sees them. Units concatenated with others
+(``torch.cat`` along their axis) are a slice of the one consumer's columns (``Affine.cols``),
+several groups sharing that consumer. Units that feed anything else (a residual add, a reshape,
+two consumers, the model's output) are left alone and reported with why.
 
 Modules are traced from the root; a module whose forward torch.fx cannot trace (data-dependent
 control flow, like ``nn.TransformerEncoder``) is looked into child by child, so the layers inside
@@ -45,8 +47,9 @@ from . import hf
 from .experts import ExpertGroup, find_banks
 from .gated import GatedGroup, find_gated
 from .grouped import GroupedGroup, GroupedOut, find_grouped
-from .indexmap import SHAPED, Ids, followable, is_view, reads_shape
+from .indexmap import SHAPED, Ids, concrete, followable, is_view, reads_shape
 from .inverted import InvertedGroup, find_inverted
+from .params import get_tensor
 
 F = nn.functional
 aten = torch.ops.aten
@@ -137,6 +140,8 @@ _POOL_PAIRS = {aten.max_pool2d_with_indices.default: "max_pool", aten.max_pool1d
                F.max_pool2d_with_indices: "max_pool", F.max_pool1d_with_indices: "max_pool"}
 _POOL_FUNCS.update(_POOL_PAIRS)
 _PAD_FUNCS = (F.pad, aten.pad.default, aten.constant_pad_nd.default)
+#: concatenations: a unit becomes a slice of the result's units (:meth:`_Reader.cat`)
+_CAT_FUNCS = (torch.cat, torch.concat, torch.concatenate, aten.cat.default, aten.concat.default)
 _NEEDS_SHAPES = "give example inputs to read the model through torch.export"
 #: modules fx must not trace into
 _OPAQUE = (nn.MultiheadAttention,)
@@ -162,6 +167,10 @@ class Affine:
     #: (start, stop): this layer is those output rows of its parameters, a fused projection cut by
     #: ``chunk``/``split`` (Phi-3's ``gate_up_proj``); None: all of them
     rows: tuple | None = None
+    #: (start, stop, total): this layer as a consumer reads units start..stop of the ``total`` units
+    #: its input holds (a ``torch.cat`` of several producers' outputs: each group owns its slice of
+    #: the consumer's columns, every unit ``in / total`` of them); None: all of them
+    cols: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,9 @@ class Norm:
     mean: str
     var: str
     eps: float
+    #: (start, stop): the entries that are the units', where the BatchNorm reads a concatenation
+    #: of several producers' outputs (DenseNet's transition); None: all of them
+    cols: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -208,10 +220,17 @@ class Group:
     rules: tuple = ()
     #: calls of producer and consumer (their parameters shared: ALBERT): the rows are every call's
     uses: int = 1
+    #: the other consumers where the units fan out (each with its ``cols``); the first is ``consumer``
+    more: tuple = ()
 
     @property
     def name(self) -> str:
         return self.producer.name
+
+    @property
+    def consumers(self) -> tuple:
+        """Every layer reading the units (one, or several where they fan out)."""
+        return (self.consumer,) + self.more
 
     @property
     def negation_ok(self) -> bool:
@@ -248,7 +267,10 @@ class Discovery:
                 via = f"; passes {', '.join(g.rules)}" if g.rules else ""
                 inexact = ("; inexact where padding meets the shift of " + g.post.name + " (merges exact for equal "
                            "shift/scale)") if g.post and g.padded else ""
-                rows.append(f"  lumps {g.producer.name} ({kind}){norm} -> {g.activation}{post} -> {g.consumer.name}"
+                reads = ", ".join(c.name + (f" (its units {c.cols[0]}:{c.cols[1]} of {c.cols[2]})"
+                                            if c.cols and c.cols[1] - c.cols[0] != c.cols[2] else "")
+                                  for c in g.consumers)
+                rows.append(f"  lumps {g.producer.name} ({kind}){norm} -> {g.activation}{post} -> {reads}"
                             f"{via}{inexact}")
         for name, why in self.skipped:
             rows.append(f"  left alone {name}: {why}")
@@ -624,6 +646,30 @@ class _Reader:
         shape = (prev.meta.get("val").dim() if isinstance(prev.meta.get("val"), torch.Tensor) else None)
         return shape is None or len(pad) <= 2 * (shape - 2)
 
+    def cat(self, node: fx.Node, prev: fx.Node, conv: bool) -> tuple[int, int, int] | str | None:
+        """For a concatenation of ``prev`` with other tensors along the units' axis (a convolution's
+        channels, a Linear's last axis): (offset, width, total), ``prev``'s ``width`` units standing
+        at ``offset`` of the result's ``total``; a string where it is a concatenation this rule does
+        not follow (along another axis: other rows would meet the units' columns; ``prev`` in it
+        twice; no shapes recorded); None for any other operation."""
+        if node.op != "call_function" or node.target not in _CAT_FUNCS:
+            return None
+        parts = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        if not isinstance(parts, (list, tuple)) or not isinstance(dim, int):
+            return "a concatenation this reading cannot follow"
+        if sum(p is prev for p in parts) != 1:
+            return "a concatenation holding its units twice"
+        shapes = [concrete(p.meta.get("val")) if isinstance(p, fx.Node) else None for p in parts]
+        out = concrete(node.meta.get("val"))
+        if out is None or any(sh is None for sh in shapes):
+            return f"a concatenation whose widths torch.fx does not record ({_NEEDS_SHAPES})"
+        axis = 1 if conv else len(out) - 1
+        if dim % len(out) != axis:
+            return f"a concatenation along axis {dim}, not the units' axis {axis}: other rows meet their columns"
+        at = [p is prev for p in parts].index(True)
+        return sum(sh[axis] for sh in shapes[:at]), shapes[at][axis], out[axis]
+
     def width_attrs(self, views: list[fx.Node], width: int) -> tuple | str:
         """Module attributes holding ``width``, where a view's shape is that literal (a forward's
         ``x.reshape(-1, self.in_features)``): the reduced model's forward must read its own width
@@ -847,7 +893,7 @@ def find_groups(model: nn.Module, example=None) -> Discovery:
         disc.skipped = [(n, said.get(n, why) if _NEEDS_SHAPES in why else why) for n, why in disc.skipped]
         return disc
     ex.note = ("read through torch.export: torch.fx cannot trace its whole forward" if notes else
-               "read through torch.export: its index maps need the shapes torch.fx does not record")
+               "read through torch.export: its index maps or concatenations need the shapes torch.fx does not record")
     return ex
 
 
@@ -888,12 +934,13 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
             if group is None:
                 skipped.append((a.name, why))
                 continue
-        c = group.consumer
-        if group.uses == 1 and (uses[c.weight] > 1 or (c.bias and uses[c.bias] > 1)):
-            skipped.append((a.name, f"its consumer {c.name} shares its parameters with another operation"))
+        busy = [c for c in group.consumers if uses[c.weight] > 1 or (c.bias and uses[c.bias] > 1)]
+        if group.uses == 1 and busy:
+            skipped.append((a.name, f"its consumer {busy[0].name} shares its parameters with another operation"))
             continue
-        if source is not None and not (a.module and c.module):
-            hidden = a.name if not a.module else c.name
+        hidden = [x.name for x in (a,) + group.consumers if not x.module]
+        if source is not None and hidden:
+            hidden = hidden[0]
             skipped.append((a.name, f"{hidden} is computed inside another module's forward, not by a Linear/Conv1D/"
                                     "convolution module of its own: its input cannot be observed"))
             continue
@@ -904,7 +951,8 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
     skipped += refused + [s for s in _fused(model, {a.weight for _, _, a in found}) if s[0] not in taken]
     gated, skipped = find_gated(found, uses, groups, skipped)
     inverted, groups, skipped = find_inverted(found, uses, groups, skipped)
-    claimed = {w: g.producer.name for g in groups for w in (g.producer.weight, g.consumer.weight)}
+    groups, skipped = _sliced_whole(groups, gated + inverted, skipped)
+    claimed = {a.weight: g.producer.name for g in groups for a in (g.producer,) + g.consumers}
     claimed.update({w: g.producer.name for g in inverted for w in g.convs})
     grouped, skipped = find_grouped(found, claimed, skipped)  # each group of a grouped conv a block of a tie
     chains = sorted(_chains(groups) + [[g] for g in gated] + [[g] for g in inverted] + [[g] for g in banks] + grouped,
@@ -1004,24 +1052,28 @@ class Walk:
     ids: Ids | None = None
     views: list = field(default_factory=list)
     rules: list = field(default_factory=list)
+    #: (start, stop, total): the units stand at start..stop of ``total`` after a concatenation
+    cat: tuple | None = None
 
     @property
     def plain(self) -> bool:
         """Only an activation and no-ops on the way (what a gated unit's branch may pass)."""
-        return not (self.norm or self.post or self.pools or self.pads or self.flat or self.views)
+        return not (self.norm or self.post or self.pools or self.pads or self.flat or self.views or self.cat)
 
 
-def walk(r: _Reader, node: fx.Node, a: Affine) -> tuple[Walk | None, str]:
+def walk(r: _Reader, node: fx.Node, a: Affine, fan: bool = False) -> tuple[Walk | None, str]:
     """Follow ``node``'s units (producer ``a``) through the graph, one rule per operation, tried in
     this order: an activation module's operations (an exported graph); a BatchNorm before the
     activation (folded into the producer); no-ops (dropout, identity, copies, a pad of nothing);
     the activation (by class, by value, in place); a per-unit affine after it (an eval BatchNorm:
     folded into the consumer); channel-wise pooling; zero padding; index maps (flatten, and where
     the graph has shapes, permute/transpose/reshape/view/unsqueeze/squeeze, followed on the
-    indices: :mod:`.indexmap`). The one walk of every reading: a plain group (:func:`_follow`), a
-    gated unit's branches (:func:`afde_nb.models.gated.find_gated`) and an inverted-residual
+    indices: :mod:`.indexmap`); a concatenation along the units' axis (:meth:`_Reader.cat`: the
+    units become a slice of what follows, ``Walk.cat``). The one walk of every reading: a plain
+    group (:func:`_follow`), a gated unit's branches (:func:`afde_nb.models.gated.find_gated`) and an inverted-residual
     channel up to its depthwise convolution (:mod:`afde_nb.models.inverted`). (Walk, "") where it
-    reaches an operation no rule takes, else (None, why)."""
+    reaches an operation no rule takes, else (None, why); ``fan``: where the units reach several
+    operations, the Walk so far with ``nxt`` None (:func:`_fanned` follows each)."""
     w = Walk(node)
     conv = a.kind != "linear"
     while True:
@@ -1035,10 +1087,12 @@ def walk(r: _Reader, node: fx.Node, a: Affine) -> tuple[Walk | None, str]:
         if len(users) != 1:
             if not users:
                 return None, "its output is not used"
+            if fan and w.post is None and w.ids is None:
+                return w, ""
             return None, f"its outputs feed {len(users)} operations ({', '.join(_describe(u, r) for u in users[:3])})"
         nxt = users[0]
         if w.norm is None and w.act is None and (n := r.norm(nxt, a.kind)) is not None:
-            w.norm, w.cur = n, nxt
+            w.norm, w.cur = (n if w.cat is None else replace(n, cols=w.cat[:2])), nxt
             continue
         if r.passthrough(nxt) or (not conv and w.ids is None and r.keeps_units(nxt, cur)):
             w.cur = nxt
@@ -1051,7 +1105,8 @@ def walk(r: _Reader, node: fx.Node, a: Affine) -> tuple[Walk | None, str]:
             if (ac := r.activation(nxt)) is not None:
                 w.act, w.cur = ac, nxt
                 continue
-        if w.act is not None and w.post is None and w.ids is None and (n := r.norm(nxt, a.kind)) is not None:
+        if w.act is not None and w.post is None and w.ids is None and w.cat is None and \
+                (n := r.norm(nxt, a.kind)) is not None:
             w.post, w.cur = n, nxt
             w.rules.append("a BatchNorm after the activation")
             continue
@@ -1076,6 +1131,12 @@ def walk(r: _Reader, node: fx.Node, a: Affine) -> tuple[Walk | None, str]:
             w.cur = nxt
             w.rules.append("zero padding")
             continue
+        if not w.flat and w.ids is None and (got := r.cat(nxt, cur, conv)) is not None:
+            if isinstance(got, str):
+                return None, f"its outputs feed {_describe(nxt, r)}{_where(nxt)}, {got}"
+            w.cat, w.cur = _concatenated(w.cat, got), nxt
+            w.rules.append("cat")
+            continue
         if not w.flat and w.ids is None and r.flatten(nxt) and conv and not followable(nxt):
             w.flat, w.cur = True, nxt
             continue
@@ -1093,12 +1154,22 @@ def walk(r: _Reader, node: fx.Node, a: Affine) -> tuple[Walk | None, str]:
         return w, ""
 
 
+def _concatenated(had: tuple | None, got: tuple) -> tuple:
+    """The units' (start, stop, total) after a concatenation that puts the ``width`` units of its
+    input at ``offset`` of ``total`` (``got``), where they stood at ``had`` (None: all of them)."""
+    offset, width, total = got
+    start, stop = (0, width) if had is None else had[:2]
+    return offset + start, offset + stop, total
+
+
 def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
     """The group that ``node``'s outputs form (:func:`walk`, then the consumer: a Linear or
     convolution reading the units as its data input), or None and why not."""
-    w, why = walk(r, node, a)
+    w, why = walk(r, node, a, fan=True)
     if w is None:
         return None, why
+    if w.nxt is None:
+        return _fanned(r, w, a)
     nxt, cur, act, flat, ids, views, rules = w.nxt, w.cur, w.act, w.flat, w.ids, w.views, w.rules
     conv = a.kind != "linear"
     c = r.affine(nxt)
@@ -1117,6 +1188,9 @@ def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
         if isinstance(got, str):
             return None, f"its units reach {c.name} through {', '.join(rules[-len(views):])}: {got}"
         inner, T = got
+        if w.cat is not None and inner != T:
+            return None, (f"its units are concatenated, then reach {c.name} in another order than channel-major "
+                          f"({', '.join(rules[-len(views):])})")
         if conv:
             flat = True
         elif T != 1 or inner != 1:
@@ -1132,22 +1206,107 @@ def _follow(r: _Reader, node: fx.Node, a: Affine) -> tuple[Group | None, str]:
         return None, f"its outputs ({a.kind}) feed a {c.kind} ({c.name}) without a Flatten"
     if w.pads and flat:
         return None, f"its channels are zero-padded, then flattened into {c.name}"
+    if w.cat is not None:
+        if w.post is not None:
+            return None, (f"its units pass {w.post.name} (a BatchNorm after the activation), then a concatenation "
+                          f"into {c.name}: not followed together")
+        c = replace(c, cols=w.cat)
     padded = bool(w.pads) or (c.kind != "linear" and any(c.padding))
     name, slope, params = act or ("identity", 0.01, ())
     return Group(a, c, name, slope, params, w.norm, tuple(w.pools), flat, w.post, padded, inner,
                  attrs, tuple(rules)), ""
 
 
+def _fanned(r: _Reader, w: Walk, a: Affine) -> tuple[Group | None, str]:
+    """The group of units that fan out after walk ``w`` (at ``w.cur``, its activation passed): every
+    path from there passes only rules that treat every unit alike (no-ops, pooling, zero padding,
+    concatenations, a flatten) into a Linear/convolution reading them as its data input, each such
+    consumer a slice of its columns (``Affine.cols``); else None and why."""
+    units = int(_weight_rows(r, a))
+    start = w.cat if w.cat is not None else (0, units, units)
+    got, pools, pads = [], set(w.pools), bool(w.pads)
+    todo = [(w.cur, u, start, w.flat) for u in w.cur.users if not reads_shape(u)]
+    while todo:
+        prev, node, cat, flat = todo.pop(0)
+        users = [u for u in node.users if not reads_shape(u)]
+        c = r.affine(node)
+        if c is not None:
+            if r.data(node) is not prev:
+                return None, f"its outputs fan out, and are a parameter of {c.name}, not its input"
+            if (c.kind == "linear") != (flat or a.kind == "linear") or (not flat and c.kind != a.kind):
+                return None, f"its outputs ({a.kind}) fan out, one path into a {c.kind} ({c.name})"
+            if c.module is None:
+                return None, (f"its outputs fan out into {c.name}, which is no module of its own: its input cannot "
+                              "be observed")
+            got.append(replace(c, cols=cat))
+            pads = pads or (c.kind != "linear" and any(c.padding))
+            continue
+        step = None
+        if r.passthrough(node) or (a.kind == "linear" and r.keeps_units(node, prev)):
+            step = (cat, flat)
+        elif a.kind != "linear" and not flat and (pool := r.pool(node)) is not None and node.target not in _POOL_PAIRS:
+            pools.add(pool)
+            step = (cat, flat)
+        elif a.kind != "linear" and not flat and r.zero_pad(node, prev):
+            pads, step = True, (cat, flat)
+        elif not flat and (more := r.cat(node, prev, a.kind != "linear")) is not None:
+            if isinstance(more, str):
+                return None, f"its outputs fan out into {_describe(node, r)}{_where(node)}, {more}"
+            step = (_concatenated(cat, more), flat)
+        elif a.kind != "linear" and not flat and r.flatten(node):
+            step = (cat, True)
+        if step is None:
+            return None, (f"its outputs fan out, one path into {_describe(node, r)}{_where(node)}, which not every "
+                          "unit passes alike")
+        if not users:
+            return None, f"its outputs fan out, one path into {_describe(node, r)}, which is not used"
+        todo += [(node, u, *step) for u in users]
+    if len({c.weight for c in got}) != len(got):
+        return None, "its outputs fan out and reach one layer twice"
+    name, slope, params = w.act or ("identity", 0.01, ())
+    rules = tuple(w.rules) + (f"fan-out to {len(got)} layers",)
+    return Group(a, got[0], name, slope, params, w.norm, tuple(sorted(pools)), False, None, pads, None, (), rules,
+                 more=tuple(got[1:])), ""
+
+
+def _weight_rows(r: _Reader, a: Affine) -> int:
+    """Layer ``a``'s output units (its fused rows where it is one part of a projection)."""
+    if a.rows is not None:
+        return a.rows[1] - a.rows[0]
+    w = get_tensor(r.root, a.weight)
+    return int(w.shape[1] if a.transposed else w.shape[0])
+
+
+def _sliced_whole(groups: list[Group], whole: list, skipped: list) -> tuple[list[Group], list]:
+    """Groups reading a slice of a concatenation whose consumer also produces a gated or
+    inverted-residual group, left alone: that group's writing replaces the layer's whole weight,
+    the slice's would be lost (an ordinary group's producer rows compose with slices,
+    :func:`afde_nb.models.surgery.write_back`)."""
+    taken = {g.producer.weight: type(g).__name__ for g in whole}
+    keep = []
+    for g in groups:
+        hit = [(c, taken[c.weight]) for c in g.consumers if c.cols is not None and c.weight in taken]
+        if not hit:
+            keep.append(g)
+            continue
+        c, kind = hit[0]
+        skipped.append((g.producer.name, f"its units are a slice of {c.name}'s columns, and {c.name} produces a "
+                                         f"{'gated' if kind == 'GatedGroup' else 'inverted-residual'} group"))
+    return keep, skipped
+
+
 def _chains(groups: list[Group]) -> list[list[Group]]:
     """Groups linked where one's consumer is the next one's producer, in model order."""
     by_producer = {g.producer.weight: g for g in groups}
-    consumers = {g.consumer.weight for g in groups}
+    # a consumer that reads a slice of a concatenation (several groups' units) ends its chains: its
+    # outputs are not one group's function; as a producer it heads a chain of its own
+    consumers = {g.consumer.weight for g in groups if g.consumer.cols is None}
     chains = []
     for g in groups:
         if g.producer.weight in consumers:
             continue  # not a chain's head
         chain = [g]
-        while chain[-1].consumer.weight in by_producer:
+        while chain[-1].consumer.cols is None and chain[-1].consumer.weight in by_producer:
             chain.append(by_producer[chain[-1].consumer.weight])
         chains.append(chain)
     return chains

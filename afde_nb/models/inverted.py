@@ -301,9 +301,9 @@ def _follow(r, node: fx.Node, a) -> tuple[InvertedGroup | None, str]:
     grid = None
     if w is not None and a.kind == "linear" and w.views:  # tokens laid out as maps (SegFormer)
         grid = w.ids.maps() if w.ids is not None else None
-        if grid is None or w.post or w.norm or w.pads or w.pools:
+        if grid is None or w.post or w.norm or w.pads or w.pools or w.cat:
             return None, ""
-    elif w is None or w.post or w.pools or w.flat or w.views or len(w.pads) > 1:
+    elif w is None or w.post or w.pools or w.flat or w.views or w.cat or len(w.pads) > 1:
         return None, ""
     pre = _pre(w.pads[0]) if w.pads else (0, 0, 0, 0)
     if pre is None:

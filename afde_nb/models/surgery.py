@@ -17,8 +17,11 @@ a tensor (the first argument) or a :class:`Batch` of keyword tensors.
 from __future__ import annotations
 
 import copy
+import heapq
 import math
+import weakref
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -52,6 +55,10 @@ def _affine_layer(root: nn.Module, a: Affine, norm: Norm | None, group: Group | 
     w = weight(root, a)
     W = _np(w, a.weight).reshape(w.shape[0], -1)
     b = _np(get_tensor(root, a.bias), a.bias) if a.bias else np.zeros(w.shape[0])
+    if a.cols is not None:
+        # a slice of a concatenation's consumer: its columns, and no bias (the consumer's own, shared
+        # by every slice; a refit's shift of it is what the slice's bias becomes, :func:`write_back`)
+        W, b = slice_rows(W, a), np.zeros(w.shape[0])
     if norm is not None:
         mean, scale, beta = _norm_parts(root, norm)
         W, b = W * scale[:, None], (b - mean) * scale + beta
@@ -79,6 +86,8 @@ def _norm_parts(root: nn.Module, norm: Norm) -> tuple[np.ndarray, np.ndarray, np
     mean, var = _np(get_tensor(root, norm.mean), norm.mean), _np(get_tensor(root, norm.var), norm.var)
     gamma = _np(get_tensor(root, norm.weight), norm.weight) if norm.weight else np.ones_like(mean)
     beta = _np(get_tensor(root, norm.bias), norm.bias) if norm.bias else np.zeros_like(mean)
+    if norm.cols is not None:  # the units' entries of a BatchNorm over a concatenation
+        mean, var, gamma, beta = (v[norm.cols[0]:norm.cols[1]] for v in (mean, var, gamma, beta))
     return mean, gamma / np.sqrt(var + norm.eps), beta
 
 
@@ -127,9 +136,13 @@ def chain_network(root: nn.Module, chain: list[Group]) -> Network:
         prev = chain[k - 1] if k else None
         units = int(weight(root, prev.producer).shape[0]) if prev else None
         if prev is not None and not prev.flatten and prev.producer.kind == a.kind:
-            have = int(weight(root, a).shape[1])
+            have = int(weight(root, a).shape[1]) if a.cols is None else a.cols[1] - a.cols[0]
             if have != units:
                 raise UnsupportedLayerError(f"{a.name} takes {have} inputs but {prev.producer.name} gives {units}")
+        if g is None and fanned(prev):
+            layer, stacked = _stacked_layer(root, prev)
+            layers.append(layer)
+            continue
         layers.append(_affine_layer(root, a, g.norm if g else None, g, units, feed=prev))
         if prev is not None and prev.post is not None:
             post[k - 1] = norm_affine(root, prev.post)
@@ -137,6 +150,8 @@ def chain_network(root: nn.Module, chain: list[Group]) -> Network:
     # a max-pool between a layer and its consumer does not commute with negation
     unsigned = tuple(k for k, g in enumerate(chain) if not g.negation_ok)
     meta = {"unsigned": unsigned} if unsigned else {}
+    if fanned(chain[-1]):
+        meta["stacked"] = stacked
     if post:
         meta["post"] = post
     return Network(layers, dtype=dtype, meta=meta)
@@ -144,6 +159,106 @@ def chain_network(root: nn.Module, chain: list[Group]) -> Network:
 
 def chain_affines(chain: list[Group]) -> list[Affine]:
     return [g.producer for g in chain] + [chain[-1].consumer]
+
+
+def fanned(g) -> bool:
+    """Whether group ``g``'s units fan out to several consumers (``Group.more``)."""
+    return bool(getattr(g, "more", ()))
+
+
+def _stacked_layer(root: nn.Module, g: Group) -> tuple[Layer, list[tuple[int, int]]]:
+    """The consumers of units that fan out as one layer: each consumer's slice of columns, every
+    kernel tap (or flattened position) of it a row of its own reading the units' values at one
+    position, stacked; so a merge's error is bounded on every consumer at once, and the quotient
+    merges every consumer's columns alike. Also (rows, columns per unit) of each consumer, which
+    :func:`_write_fanned` splits the reduced layer by (``meta["stacked"]``)."""
+    blocks, shapes = [], []
+    for c in g.consumers:
+        w = weight(root, c)
+        W = slice_rows(_np(w, c.weight).reshape(w.shape[0], -1), c)
+        units = c.cols[1] - c.cols[0]
+        per = W.shape[1] // units
+        blocks.append(W.reshape(len(W), units, per).transpose(0, 2, 1).reshape(-1, units))
+        shapes.append((int(len(W)), int(per)))
+    W = np.concatenate(blocks)
+    return Layer(W, np.zeros(len(W)), "identity", has_bias=False, path=g.consumer.name), shapes
+
+
+#: the suffix of the key under which a fanned group's units are captured (their values, not patches)
+UNITS = "#units"
+
+
+def unit_values(t: torch.Tensor, a: Affine, seed: int = 0) -> np.ndarray:
+    """Units' values at single positions, one row each (at most :data:`MAX_ROWS`, drawn with
+    ``seed``), from consumer ``a``'s input ``t``: a fanned group's stacked layer reads them
+    (:func:`_stacked_layer`)."""
+    t = slice_input(t.detach().cpu(), a)
+    units = a.cols[1] - a.cols[0]
+    if a.kind == "linear":
+        R = t.reshape(len(t), units, -1).transpose(1, 2).reshape(-1, units) if t.dim() == 2 else t.reshape(-1, units)
+    else:
+        R = t.transpose(0, 1).reshape(units, -1).T
+    if len(R) > MAX_ROWS:
+        R = R[torch.from_numpy(_drawn(len(R), seed))]
+    return np.ascontiguousarray(R.to(torch.float64).numpy())
+
+
+def slice_rows(R, a: Affine):
+    """The columns of a layer's input rows ``R`` (or of its weight as (out, in * taps)) that layer
+    ``a`` reads as one slice of a concatenation (``a.cols``: units start..stop of total, each a run
+    of ``R.shape[1] / total`` columns); ``R`` itself where ``a`` reads all of them."""
+    if a.cols is None:
+        return R
+    start, stop, total = a.cols
+    if R.shape[1] % total:
+        raise UnsupportedLayerError(f"{a.name} takes {R.shape[1]} inputs, not a multiple of the {total} units "
+                                    "concatenated into it")
+    per = R.shape[1] // total
+    return R[:, start * per:stop * per]
+
+
+def slice_input(t: torch.Tensor, a: Affine) -> torch.Tensor:
+    """Layer ``a``'s input tensor ``t`` cut to the units it reads as a slice of a concatenation (a
+    convolution's channels, a Linear's last axis in runs of ``in / total``)."""
+    if a.cols is None:
+        return t
+    start, stop, total = a.cols
+    if a.kind != "linear":
+        return t[:, start:stop]
+    return t.reshape(*t.shape[:-1], total, -1)[..., start:stop, :].flatten(-2)
+
+
+def write_order(chains: list) -> list[int]:
+    """Chain indices in the order their writing composes (:func:`write_back`): a chain that writes
+    a slice of a layer's columns (its last consumer reads a concatenation) before the chain whose
+    producer that layer is (which merges the layer's rows as the slices left them), and the slices
+    of one layer in any order (:func:`_live` finds where each now stands). Otherwise the chains'
+    own order."""
+    first = {c[0].producer.weight: k for k, c in enumerate(chains)}
+    after: dict[int, set] = {k: set() for k in range(len(chains))}
+    for k, c in enumerate(chains):
+        for a in getattr(c[-1], "consumers", (c[-1].consumer,)):
+            if a.cols is not None and a.weight in first and first[a.weight] != k:
+                after[first[a.weight]].add(k)
+    if not any(after.values()):
+        return list(range(len(chains)))
+    waiting = {k: len(v) for k, v in after.items()}
+    before: dict[int, list] = {}
+    for k, v in after.items():
+        for j in v:
+            before.setdefault(j, []).append(k)
+    ready = [k for k, n in waiting.items() if not n]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:  # the lowest-numbered chain whose slices are all written (Kahn's order)
+        k = heapq.heappop(ready)
+        order.append(k)
+        for j in before.get(k, ()):
+            waiting[j] -= 1
+            if not waiting[j]:
+                heapq.heappush(ready, j)
+    # a cycle (which a model's graph does not make) keeps the chains' own order for what is left
+    return order + [k for k in range(len(chains)) if waiting[k]]
 
 
 def unit_cost(layer: Layer, a: Affine, norm: Norm | None, post: Norm | None = None) -> tuple[int, int]:
@@ -164,26 +279,38 @@ def write_back(root: nn.Module, chain: list[Group], small: Network) -> None:
     for k, (a, layer) in enumerate(zip(affines, small.layers)):
         norm = chain[k].norm if k < len(chain) else None
         old = get_tensor(root, a.weight)
-        W = torch.from_numpy(np.ascontiguousarray(_unfed(root, chain[k - 1], small, k, layer))) if k else \
-            torch.from_numpy(np.ascontiguousarray(layer.weight))
+        if k and fanned(chain[k - 1]):
+            _write_fanned(root, chain[k - 1], layer, small.meta["stacked"])
+            continue
+        if k and a.cols is not None:
+            _write_slice(root, a, _unfed(root, chain[k - 1], small, k, layer), _unfed_bias(root, chain[k - 1], small,
+                                                                                          k, layer), layer.taps)
+            continue
+        if not k and _rewritten(root, a):
+            W2, b2 = _merged_rows(root, a, norm, small)
+        else:
+            W2 = _unfed(root, chain[k - 1], small, k, layer) if k else layer.weight
+            b2 = _unfed_bias(root, chain[k - 1], small, k, layer) if k else layer.bias.copy()
+        W = torch.from_numpy(np.ascontiguousarray(W2))
         if old.dim() > 2:
-            W = W.reshape(layer.out_features, layer.in_features, *old.shape[2:])
+            W = W.reshape(layer.out_features, -1, *old.shape[2:])
         set_tensor(root, a.weight, W.t().contiguous() if a.transposed else W)
-        b = torch.from_numpy(_unfed_bias(root, chain[k - 1], small, k, layer) if k else layer.bias.copy())
+        b = torch.from_numpy(b2)
         if a.bias:
             set_tensor(root, a.bias, b)
         if norm is not None:
             n = layer.out_features
             one = torch.ones(n, dtype=torch.float64)
+            put = set_tensor if norm.cols is None else lambda r, path, v: _splice(r, norm, path, v)
             if norm.weight:
-                set_tensor(root, norm.weight, one)
+                put(root, norm.weight, one)
             if norm.bias:
-                set_tensor(root, norm.bias, torch.zeros(n, dtype=torch.float64))
+                put(root, norm.bias, torch.zeros(n, dtype=torch.float64))
             # identity normalisation: (x - mean) / sqrt(var + eps) with var + eps = 1; the bias,
             # when the producer has none to hold it, rides in the mean as its negative
-            set_tensor(root, norm.mean, torch.zeros(n, dtype=torch.float64) if a.bias else -b)
-            set_tensor(root, norm.var, one * (1.0 - norm.eps))
-            _set_width(root, norm.name, "num_features", n)
+            put(root, norm.mean, torch.zeros(n, dtype=torch.float64) if a.bias else -b)
+            put(root, norm.var, one * (1.0 - norm.eps))
+            _set_width(root, norm.name, "num_features", len(get_tensor(root, norm.mean)))
         if a.module:
             m = root.get_submodule(a.module)
             if isinstance(m, nn.Linear):
@@ -191,7 +318,123 @@ def write_back(root: nn.Module, chain: list[Group], small: Network) -> None:
             elif a.transposed:  # Hugging Face's Conv1D: its forward shapes its output by nf
                 m.nx, m.nf = int(W.shape[1]), layer.out_features
             else:
-                m.in_channels, m.out_channels = layer.in_features, layer.out_features
+                m.in_channels, m.out_channels = int(W.shape[1]), layer.out_features
+
+
+def _splice(root: nn.Module, norm: Norm, path: str, value: torch.Tensor) -> None:
+    """A BatchNorm's entries ``norm.cols`` (start, stop; as the model was) replaced by ``value``,
+    where they stand now (:func:`_live`)."""
+    start, stop = norm.cols
+    at = _live(root, f"{norm.name}:{path}", start, stop, len(value))
+    live = get_tensor(root, path).detach()
+    set_tensor(root, path, torch.cat([live[:at], value.to(live.dtype), live[at + stop - start:]]))
+
+
+def _rewritten(root: nn.Module, a: Affine) -> bool:
+    """Whether chain layer ``a``'s columns in ``root`` were written by another chain (a slice of
+    them: units concatenated into ``a``, or fanning out to it), which came first (:func:`write_order`)."""
+    return bool(_WRITTEN.get(root, {}).get(a.weight))
+
+
+def with_rows(small: Network, net: Network) -> Network:
+    """``small`` (a reduction of ``net``) saying how its first layer's rows came of ``net``'s
+    (``meta["rows0"]``, which :func:`_merged_rows` needs where other chains wrote that layer's
+    columns): as recorded by the quotient, else where each of its rows is one of ``net``'s as it was
+    (a network written unreduced, or pruned by keeping units), that one with coefficient 1."""
+    if type(small) is not Network or "rows0" in small.meta or not small.layers or not net.layers:
+        return small
+    A, B = (np.ascontiguousarray(np.c_[n.layers[0].weight, n.layers[0].bias], dtype=np.float64) for n in (net, small))
+    if A.shape[1] != B.shape[1]:
+        return small
+    first: dict[bytes, int] = {}
+    for i, row in enumerate(A):
+        first.setdefault(row.tobytes(), i)
+    hit = [first.get(row.tobytes()) for row in B]
+    if any(h is None for h in hit):
+        return small
+    labels = np.full(len(A), -1)
+    for k, h in enumerate(hit):
+        labels[h] = k
+    keep = labels >= 0
+    # rows no reduced row is: coefficient 0 (their units are gone)
+    return Network(small.layers, dtype=small.dtype, meta={**small.meta, "rows0": (np.where(keep, labels, 0),
+                                                                                     keep.astype(np.float64))},
+                   owned=getattr(small, "owned", False))
+
+
+def _merged_rows(root: nn.Module, a: Affine, norm: Norm | None, small: Network) -> tuple[np.ndarray, np.ndarray]:
+    """A chain's first layer reduced as ``small``'s was (its merged rows: ``meta["rows0"]``, each the
+    sum of ``coef_i`` times row i of the layer with its BatchNorm folded), applied to the weight as
+    ``root`` holds it now: other chains merged some of its columns (slices of a concatenation)."""
+    got = small.meta.get("rows0")
+    if got is None:
+        raise UnsupportedLayerError(f"{a.name}'s columns were merged by another chain (units concatenated into it) and "
+                                    "its rows are reduced by a network that does not say how they merged "
+                                    "(meta['rows0'], as LayerChain.reduce records it)")
+    labels, coef = got
+    w = weight(root, a)
+    W = _np(w, a.weight).reshape(w.shape[0], -1)
+    b = _np(get_tensor(root, a.bias), a.bias) if a.bias else np.zeros(w.shape[0])
+    if norm is not None:
+        mean, scale, beta = _norm_parts(root, norm)
+        W, b = W * scale[:, None], (b - mean) * scale + beta
+    k = int(labels.max()) + 1 if len(labels) else 0
+    Wm, bm = np.zeros((k, W.shape[1])), np.zeros(k)
+    np.add.at(Wm, labels, coef[:, None] * W)
+    np.add.at(bm, labels, coef * b)
+    return Wm, bm
+
+
+#: per model being written: per layer (weight path, or a BatchNorm's), the slices written so far as
+#: (start, stop, units now): where a slice stands in the layer as it is now (:func:`_live`)
+_WRITTEN: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _live(root: nn.Module, key: str, start: int, stop: int, units: int) -> int:
+    """Where units ``start..stop`` of layer ``key`` (as the model was) start in ``root`` now, the
+    slices written before shrunk to their widths; records this one's new width ``units``."""
+    done = _WRITTEN.setdefault(root, {}).setdefault(key, [])
+    at = start - sum((e - s) - n for s, e, n in done if s < start)
+    done.append((start, stop, units))
+    return at
+
+
+def _write_fanned(root: nn.Module, g: Group, layer: Layer, shapes: list[tuple[int, int]]) -> None:
+    """The reduced stacked layer of units that fan out (:func:`_stacked_layer`) written back as
+    each consumer's slice of columns (no bias of its own: the layer has none)."""
+    at = 0
+    for c, (out, per) in zip(g.consumers, shapes):
+        block = layer.weight[at:at + out * per]
+        at += out * per
+        W = block.reshape(out, per, -1).transpose(0, 2, 1).reshape(out, -1)
+        _write_slice(root, c, W, np.zeros(out), per)
+
+
+def _write_slice(root: nn.Module, a: Affine, W: np.ndarray, shift: np.ndarray, per: int) -> None:
+    """Chain layer ``a``, one slice of a concatenation's consumer, written into ``root``: its columns
+    ``W`` (out, units * per) in place of the slice's where it stands now (:func:`_live`), and its
+    bias ``shift`` (a refit's, the slice's share of the consumer's bias: 0 without one) added to the
+    consumer's."""
+    start, stop, _ = a.cols
+    at = _live(root, a.weight, start, stop, W.shape[1] // per)
+    live = weight(root, a)
+    L = live.detach().reshape(live.shape[0], -1)
+    new = torch.from_numpy(np.ascontiguousarray(W)).to(L.dtype)
+    out = torch.cat([L[:, :at * per], new, L[:, (at + stop - start) * per:]], dim=1)
+    if live.dim() > 2:
+        out = out.reshape(live.shape[0], -1, *live.shape[2:])
+    set_tensor(root, a.weight, out.t().contiguous() if a.transposed else out)
+    if a.bias and np.any(shift):
+        b = get_tensor(root, a.bias).detach().to(torch.float64) + torch.from_numpy(shift)
+        set_tensor(root, a.bias, b)
+    if a.module:
+        m = root.get_submodule(a.module)
+        if isinstance(m, nn.Linear):
+            m.in_features = int(out.shape[1])
+        elif a.transposed:
+            m.nx = int(out.shape[1])
+        else:
+            m.in_channels = int(out.shape[1])
 
 
 def _post_of(g: Group, small: Network, h: int, root: nn.Module) -> tuple[np.ndarray, np.ndarray]:
@@ -509,13 +752,26 @@ def chain_inputs(model: nn.Module, chains: list[list[Group]], x) -> tuple[list[l
     feeds = {c[k].consumer.weight: c[k] for c in chains for k in range(len(c)) if _reads_through(c[k])}
 
     def keep(a: Affine, t: torch.Tensor) -> np.ndarray:
+        if UNITS in a.weight:
+            return unit_values(t, a)
         R = rows(t, a, get_tensor(model, a.weight))
         g = feeds.get(a.weight)
         return R if g is None else unit_rows(model, g, R, int(get_tensor(model, g.producer.weight).shape[0]))
 
     many = {a.weight for c in chains if any(getattr(g, "uses", 1) > 1 for g in c) for a in chain_affines(c)}
-    got, y = capture_run(model, [a for c in chains for a in chain_affines(c)], x, keep, many)
-    return [[got[a.weight] for a in chain_affines(c)] for c in chains], y
+    got, y = capture_run(model, [a for c in chains for a in _read(c)], x, keep, many)
+    return [[got[a.weight] if UNITS in a.weight else slice_rows(got[a.weight], a) for a in _read(c)]
+            for c in chains], y
+
+
+def _read(chain: list) -> list[Affine]:
+    """The layers whose inputs are a chain's rows: :func:`chain_affines`, where the units fan out
+    the first consumer read for the units' values (:func:`unit_values`, under its own key)."""
+    affs = chain_affines(chain)
+    if fanned(chain[-1]):
+        a = affs[-1]  # one key per slice: other chains' units may be other slices of the same input
+        affs[-1] = replace(a, weight=f"{a.weight}{UNITS}{a.cols[0]}:{a.cols[1]}")
+    return affs
 
 
 def pseudo_inputs(net: Network, seed: int = 0, first: bool = False) -> list[np.ndarray]:

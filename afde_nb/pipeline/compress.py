@@ -26,7 +26,7 @@ from ..core.target import for_params as floored_for_params, sequence as floored_
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..models.capture import Captured, capture
 from ..models.export import batch_bounds
-from .estimate import ANCHORS, cache_key
+from .estimate import anchor_cuts, cache_key
 from .result import Compression, LayerSummary, layer_summaries
 
 __all__ = ["Compression", "LayerSummary", "compress", "layer_summaries"]
@@ -43,9 +43,15 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     ``method="ward"`` (default) cuts a Ward merge path of aligned neurons, symmetries included
     (``symmetry``); ``"complete"`` uses complete linkage; ``"components"`` is the paper's eps-graph
     components (eps-BDE for ``mode="backward"``, eps-FDE for ``"forward"``), as in the first release,
-    for plain stacks (where the polynomial ODE is defined). For the merge paths eps is an error
-    bound on the next layer's pre-activations, with ``relative=True`` a fraction of their RMS (see
-    :mod:`afde_nb.core.path`). ``eps = 0`` (the default) keeps the function exactly.
+    for plain stacks (where the polynomial ODE is defined). On a merge path with
+    ``relative=True`` (the default) eps is the model output's relative RMS error one accepts (issue
+    30): the cut is the most merges along the path's order whose estimate
+    (``Compression.estimated_error``: first order data-free, corrected by errors measured along the
+    path where calibrated) is at most eps, so eps = 0.1 means about 10 % of the outputs' spread on
+    every model (:mod:`afde_nb.pipeline.estimate`). With ``relative=False`` eps is the path's
+    per-layer bound on the next layer's pre-activations, as ``MergePath.partition(eps)`` cuts (see
+    :mod:`afde_nb.core.path`), and for the components the paper's eps. ``eps = 0`` (the default)
+    keeps the function exactly.
 
     ``calibration`` (inputs as the model takes them): the bounds are measured on it, the reduced
     model's deviation is reported, and ``repair`` (default: on when calibration is given) refits
@@ -124,7 +130,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         part = _for_error(cap, path, calib, calibration_targets, float(target_error), fit, mode, relative, threads,
                           floor=floor)
     elif path is not None:
-        part = path.partition(0.0 if eps is None else eps)
+        part = eps_cut(cap, path, 0.0 if eps is None else eps, calib, how)
     else:
         rms = activation_rms(cap.nets[0], rows[0][0]) if data_aware else None
         part = lump(cap.nets[0], 0.0 if eps is None else eps, mode, relative, threads, rms, method="components")
@@ -146,30 +152,55 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
         target = {"params": target_params} if target_params is not None else {"error_increase": target_error}
         target.update({"floor": floor} if floor is not None else {})
     layers = [s for net, p in zip(cap.nets, cap.split(part)) for s in layer_summaries(net, p)]
-    estimated = _estimated(cap, path, part, calib, how, eps if target is None else None, relative, held or after)
+    estimated, marks = _estimated(cap, path, part, calib, how, eps if target is None else None, relative,
+                                  held or after)
     bar.close()
     return Compression(
         model=reduced, partition=[np.array(l) for l in part.labels], params_before=cap.num_params,
         params_after=cap.num_params_with([int(l.max()) + 1 if l.size else 0 for l in part.labels]), layers=layers,
-        mode=part.mode, eps=part.eps, relative=part.relative, method=method, symmetry=bool(symmetry), target=target,
+        mode=part.mode, eps=_eps_reported(part, path, target, estimated), relative=part.relative, method=method,
+        symmetry=bool(symmetry), target=target,
         repaired=how if ran else None, calibration_error=after, calibration_error_before_repair=before,
         held_out_error=held, path=path, budget_split=split or None, estimated_error=estimated,
+        estimate_anchors=tuple(marks),
         groups=cap.discovery, networks=tuple(nets),
         example_inputs=cap.example(calibration if example_inputs is None else example_inputs),
         batch_bounds=batch_bounds(model),
         methods=cap.methods, formats=cap.formats)
 
 
+def eps_cut(cap: Captured, path: MergePath, eps: float, calib, how: str | None) -> Partition:
+    """``compress(model, eps)``'s cut of a merge path (issue 30): with ``relative=True`` the most
+    merges along the path's order whose output-level estimate (:mod:`afde_nb.pipeline.estimate`,
+    corrected by the anchors measured on ``calib`` with repair ``how`` where given) is at most eps
+    (:func:`~afde_nb.pipeline.estimate.within`); with ``relative=False`` and for eps = 0 the path's
+    own per-layer cut (:meth:`~afde_nb.core.path.MergePath.partition`: exact merges only at 0)."""
+    from .estimate import within
+
+    if eps <= 0 or not path.relative:
+        return path.partition(eps)
+    marks = anchors(cap, path, calib, how) if calib is not None else []
+    return path.partition_at(within(path, eps, marks), eps)
+
+
+def _eps_reported(part: Partition, path, target, estimated: float | None) -> float:
+    """``Compression.eps``: the eps given, or for a budget the eps of its cut in ``compress``'s
+    meaning: on a relative merge path its estimate (issue 30), else its per-layer bound."""
+    if target is not None and path is not None and path.relative and estimated is not None:
+        return float(estimated)
+    return part.eps
+
+
 def _estimated(cap: Captured, path, part: Partition, calib, how, eps, relative: bool, measured: dict | None
-               ) -> float | None:
+               ) -> tuple[float | None, list]:
     """``Compression.estimated_error`` of ``part`` (issue 30, :mod:`afde_nb.pipeline.estimate`; None
-    for the paper's components), and the guard: a calibrated ``eps`` whose measured output error
-    (held out where measured, else on the calibration inputs) exceeds 3x the estimate or 3x a
-    relative eps warns with both numbers and the eps that would meet it."""
+    for the paper's components) and the anchors it was corrected by, and the guard: a calibrated
+    ``eps`` whose measured output error (held out where measured, else on the calibration inputs)
+    exceeds 3x the estimate warns with both numbers and the eps that would meet it."""
     from .estimate import estimate, guard, merges_of
 
     if path is None:
-        return None
+        return None, []
     ms = merges_of(path, part.labels)
     marks = anchors(cap, path, calib, how) if calib is not None else []
     est = estimate(path, ms, marks)
@@ -178,7 +209,7 @@ def _estimated(cap: Captured, path, part: Partition, calib, how, eps, relative: 
         msg = guard(path, ms, eps, relative, est, float(np.sqrt(measured["relative_mse"])), marks, what)
         if msg:
             warnings.warn(msg, UserWarning, stacklevel=3)
-    return est
+    return est, marks
 
 
 def build_path(cap: Captured, rows, *, method: str, mode: str, relative: bool, symmetry: bool, threads: int = 0,
@@ -497,8 +528,8 @@ def model_inputs(model: nn.Module, X, what: str = "calibration"):
 
 def anchors(cap, path: MergePath, calib, how: str | None) -> list[tuple[float, float]]:
     """(first-order estimate, measured held-out relative RMS error) at the anchor cuts of ``path``
-    (:data:`~afde_nb.pipeline.estimate.ANCHORS`), measured once per calibration set and repair setting and cached on the path;
-    [] with fewer than 8 calibration inputs."""
+    (:func:`~afde_nb.pipeline.estimate.anchor_cuts`), measured once per calibration set and repair
+    setting and cached on the path; [] with fewer than 8 calibration inputs."""
     if calib is None or len(calib) < HOLD_OUT_MIN:
         return []
     cache = path.__dict__.setdefault("_anchors", {})
@@ -506,20 +537,12 @@ def anchors(cap, path: MergePath, calib, how: str | None) -> list[tuple[float, f
     if key in cache:
         return cache[key]
     seq = path.sequence()
-    n = np.array([lp.n for lp in path.layers])
     fit, held = _split(len(calib))
     rows = _fit_rows(cap, how, cap.rows(calib[fit]) if how == "calibration" else None)
     x = calib[held]
     want = cap.output(x)
-    out, seen = [], set()
-    for f in ANCHORS:
-        i = next((i for i, ms in enumerate(seq) if (n - np.asarray(ms)).sum() <= f * n.sum()), len(seq) - 1)
-        if i in seen:
-            continue
-        seen.add(i)
-        first = path.first_order(seq[i])
-        if first <= 0:
-            continue
+    out = []
+    for i, first in anchor_cuts(path, seq):
         _, nets, _ = reduce_chains(cap, path.partition_at(seq[i]), rows)
         got = cap.output(x, nets)
         if got.shape != want.shape:

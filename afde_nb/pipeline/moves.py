@@ -33,19 +33,19 @@ _TORCH_ACT = {"identity": lambda z, l: z, "tanh": lambda z, l: torch.tanh(z), "s
               "leaky_relu": lambda z, l: torch.nn.functional.leaky_relu(z, l.negative_slope)}
 
 
-def _estimate(model, path, part, calib, how) -> float | None:
-    """``Compression.estimated_error`` of a slider move, as ``compress`` gives it: the path's
-    first-order estimate times the correction measured along the path on the calibration inputs
-    (:func:`~afde_nb.pipeline.compress.anchors`: measured once per path and repair setting, cached
-    on the path, so later moves cost nothing); None for the paper's components."""
-    from ..models.capture import capture
+def _estimate(cap, path, part, calib, how) -> tuple[float | None, list]:
+    """``Compression.estimated_error`` of a slider move, as ``compress`` gives it, and the anchors
+    it was corrected by: the path's first-order estimate times the correction measured along the
+    path on the calibration inputs (:func:`~afde_nb.pipeline.compress.anchors`: measured once per
+    path and repair setting, cached on the path, so later moves cost nothing); None for the
+    paper's components."""
     from .compress import anchors
     from .estimate import estimate, merges_of
 
     if path.method == "components":
-        return None
-    marks = anchors(capture(model), path, calib, how) if calib is not None else []
-    return estimate(path, merges_of(path, part.labels), marks)
+        return None, []
+    marks = anchors(cap, path, calib, how) if calib is not None else []
+    return estimate(path, merges_of(path, part.labels), marks), marks
 
 
 def _versions(model) -> tuple:
@@ -207,6 +207,7 @@ class SliderCache:
         self._probes: dict = {}
         self._bases: dict = {}
         self._memo: OrderedDict = OrderedDict()
+        self._cap = None  # the model captured (compress's view of it), on the first move
 
     @staticmethod
     def fits(net: Network) -> bool:
@@ -241,8 +242,13 @@ class SliderCache:
     def move(self, eps: float, how: str | None) -> tuple[LazyCompression, np.ndarray | None]:
         """The compression at ``eps`` (repair ``how``: None, "calibration" or "pseudo") and the
         predictions on the test rows (None without)."""
+        from ..models.capture import capture
+        from .compress import eps_cut
+
         net, path = self.net, self.path
-        part = path.partition(eps)
+        if self._cap is None:
+            self._cap = capture(self.model)
+        part = eps_cut(self._cap, path, eps, self.calib, how)  # compress's cut at eps (issue 30)
         key = _memo_key(part, how)
         got = self._memo.get(key)
         if got is None:
@@ -254,13 +260,14 @@ class SliderCache:
             self._memo.move_to_end(key)
             got = got[:-1] + (lambda: self._answer(part, how)[-1](),)
         before, after, pred, params_after, ran, build = got
+        estimated, marks = _estimate(self._cap, path, part, self.calib, how)
         before, after = (None if d is None else dict(d) for d in (before, after))
         c = LazyCompression(build, partition=[np.array(l) for l in part.labels], params_before=net.num_params,
                             params_after=params_after, layers=layer_summaries(net, part), mode=part.mode, eps=part.eps,
                             relative=part.relative, calibration_error=after, target=None, method=path.method,
                             symmetry=bool(path.symmetry), repaired=how if ran else None,
                             calibration_error_before_repair=before, path=path,
-                            estimated_error=_estimate(self.model, path, part, self.calib, how))
+                            estimated_error=estimated, estimate_anchors=tuple(marks))
         return c, None if pred is None else pred.copy()
 
     def _answer(self, part, how: str | None) -> tuple:

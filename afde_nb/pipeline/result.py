@@ -81,6 +81,9 @@ class Compression:
     #: measures; first order data-free, with the path's measured correction where calibrated
     #: (:mod:`afde_nb.pipeline.estimate`); None for the paper's components
     estimated_error: float | None = None
+    #: the (first-order estimate, measured error) pairs the estimate was corrected by (``()``
+    #: data-free): :meth:`curve` reads eps along the path with them
+    estimate_anchors: tuple = field(default=(), repr=False)
     groups: Discovery | None = field(default=None, repr=False)
     networks: tuple = field(default=(), repr=False)
     #: two calibration inputs as the model takes them, to trace a ``.pt2`` export on
@@ -103,6 +106,19 @@ class Compression:
             raise AttributeError(f"this model has {len(self.networks)} chains; their reduced networks are "
                                  "Compression.networks")
         return self.networks[0]
+
+    def curve(self, points: int = 64) -> list[tuple[float, float]]:
+        """(eps, fraction of parameters kept) at ``points`` cuts along the merge path, eps in
+        ``compress``'s meaning for this setting (issue 30): the cut's output-level estimate on a
+        relative path (:func:`~afde_nb.pipeline.estimate.curve`), else the path's per-layer bound
+        (:meth:`~afde_nb.core.path.MergePath.curve`); [] without a merge path (the components)."""
+        from .estimate import curve
+
+        if self.path is None:
+            return []
+        if not self.path.relative:
+            return self.path.curve(points)
+        return curve(self.path, list(self.estimate_anchors), points)
 
     def table(self) -> str:
         """The per-layer table the CLI prints."""

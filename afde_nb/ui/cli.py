@@ -157,7 +157,10 @@ def parser() -> argparse.ArgumentParser:
                    help="the activation between the Linear layers of a bare state_dict (one with no architecture: "
                    "no --arch, none saved with it), which does not record it: required there; leaky_relu is "
                    "nn.LeakyReLU() (slope 0.01; another slope: --arch)")
-    c.add_argument("--eps", type=float, help="tolerance (default 0: exact); or --keep or --target-params")
+    c.add_argument("--eps", type=float, help="the output error you accept (default 0: exact): with ward/complete "
+                   "and --relative, the model output's relative RMS error, the cut whose estimated error is at "
+                   "most eps (0.1: about 10%% of the outputs' spread, on any model); --no-relative: an absolute "
+                   "per-layer bound; components: the paper's eps. Or --keep or --target-params")
     t = c.add_mutually_exclusive_group()
     t.add_argument("--keep", type=float, help="instead of --eps: keep at most this fraction of the parameters "
                    "(finds the smallest eps)")
@@ -172,8 +175,9 @@ def parser() -> argparse.ArgumentParser:
                    help="backward (default): merge neurons whose incoming rows agree; forward: whose outgoing "
                    "columns agree (measured worse)")
     c.add_argument("--relative", action=argparse.BooleanOptionalAction, default=True,
-                   help="eps relative to the next layer's pre-activations (ward/complete) or to each layer's "
-                   "mean neuron norm (components); default on")
+                   help="eps relative to the outputs' spread, the estimated output error (ward/complete), or to "
+                   "each layer's mean neuron norm (components); default on. Off: ward/complete read eps as an "
+                   "absolute bound on each layer's next pre-activations")
     c.add_argument("--symmetry", action=argparse.BooleanOptionalAction, default=True,
                    help="lump neurons equal up to the activation's symmetry (tanh: -h, sigmoid: 1 - h); default on")
     c.add_argument("--repair", default="auto", choices=["auto", "on", "off", "pseudo"],

@@ -123,19 +123,24 @@ class Panel(W.VBox):
         self.eps_slider = W.FloatLogSlider(value=min(max(eps, lo), hi) if eps > 0 else lo, base=10,
                                            min=math.log10(lo), max=math.log10(hi), step=0.01,
                                            description="eps", continuous_update=False, readout_format=".3g",
+                                           tooltip="ward/complete, relative: the model output's relative RMS "
+                                           "error you accept (the cut whose estimated error is at most eps); "
+                                           "otherwise a per-layer bound (components: the paper's eps)",
                                            layout=W.Layout(width="420px"))
         self.zero_box = W.Checkbox(value=(eps == 0), description="eps = 0 (exact)", indent=False,
                                    layout=W.Layout(width="140px"))
         self.method_dd = W.Dropdown(options=list(self.state.methods) if has_method else ["components"],
                                     value=self.state.method if has_method else "components", disabled=not has_method,
-                                    description="method", tooltip="ward/complete: cut a merge path (eps bounds the "
-                                    "error); components: the paper's eps-graph components",
+                                    description="method", tooltip="ward/complete: cut a merge path (eps: the estimated "
+                                    "output error); components: the paper's eps-graph components",
                                     layout=W.Layout(width="200px"))
         self.mode_toggle = W.ToggleButtons(options=sorted(MODES), value=mode,
                                            tooltips=["eps-BDE: lump neurons with similar incoming weights",
                                                      "eps-FDE: lump neurons with similar outgoing weights"],
                                            style={"button_width": "90px"})
         self.relative_box = W.Checkbox(value=bool(relative), description="relative eps", indent=False,
+                                       tooltip="on: eps relative to the output's spread (ward/complete) or to "
+                                       "each layer's neuron norm (components); off: an absolute per-layer bound",
                                        layout=W.Layout(width="120px"))
         self.data_box = W.Checkbox(value=False, description="data-aware", indent=False, disabled=True,
                                    tooltip="weight incoming coefficients by the calibration RMS of their source "
@@ -520,7 +525,8 @@ class Panel(W.VBox):
         else:
             self.eps_path = s.curve()
         current = (s.figures["eps"], 100 * s.figures["kept"]) if s.figures else None
-        self.eps_path_html.value = render.eps_path_svg(self.eps_path, current, relative=s.relative)
+        self.eps_path_html.value = render.eps_path_svg(self.eps_path, current, relative=s.relative,
+                                                       output_level=s.relative and s.method != "components")
 
     def _tick(self) -> None:
         if self._closed.is_set():  # a closed panel's background work stops here

@@ -168,14 +168,16 @@ def export_html(paths: Sequence, params_after: int) -> str:
 
 
 def eps_path_svg(points: Sequence[tuple[float, float]], current: tuple[float, float] | None = None, *,
-                 relative: bool = False, width: int = 360, height: int = 190) -> str:
+                 relative: bool = False, output_level: bool = False, width: int = 360, height: int = 190) -> str:
     """The eps path: % of parameters kept against eps (log axis; eps = 0 at the left edge), drawn
     as a step line through ``points`` = [(eps, % kept), ...], with ``current`` = (eps, % kept) as a
-    red dot. Empty ``points`` give an empty plot with a note."""
+    red dot. Empty ``points`` give an empty plot with a note. ``output_level``: eps is the
+    estimated output error (a relative merge path, issue 30), which the title says."""
     pts = sorted((float(e), float(k)) for e, k in points)
     ml, mr, mt, mb = 44, 10, 18, 34  # margins: axis labels left and below
     pw, ph = width - ml - mr, height - mt - mb
-    title = f"% parameters kept against {'relative ' if relative else ''}eps"
+    title = ("% parameters kept against eps (est. output error)" if output_level else
+             f"% parameters kept against {'relative ' if relative else ''}eps")
     out = [f"<svg class='afde-eps-path-svg' width='{width}' height='{height}' xmlns='http://www.w3.org/2000/svg' "
            "font-family='sans-serif' font-size='10'>",
            f"<text x='{ml}' y='12' font-size='11' fill='#333'>{html.escape(title)}</text>",

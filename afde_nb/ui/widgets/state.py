@@ -523,28 +523,29 @@ class PanelState:
         """The eps path: ``[(eps, % of parameters kept), ...]`` in increasing eps, at the current
         method, mode and switches (computed once per setting).
 
-        The merge path's own curve (``Compression.path.curve()``) where compress builds one;
+        The merge path's cuts (``Compression.curve()``: eps as ``compress`` reads it) where compress builds one;
         otherwise (``method="components"``) ``compress`` at a log grid of eps over ``eps_range``,
         refined where % kept jumps (at most ``path_points`` calls; ``progress()`` after each)."""
         key = self.curve_key()
         if self._curve_key != key:
-            path = self._merge_path()
-            if path is not None:
-                pts = [(float(e), 100.0 * float(k)) for e, k in path.curve(max(self.path_points, 2))]
+            c = self._merge_path()
+            if c is not None:  # eps as compress reads it (issue 30: the output-level estimate)
+                pts = [(float(e), 100.0 * float(k)) for e, k in c.curve(max(self.path_points, 2))]
             else:
                 pts = self._curve_by_grid(progress)
             self._curve, self._curve_key = pts, key
         return list(self._curve)
 
     def _merge_path(self):
-        """The merge path of the current setting (None where compress builds none)."""
+        """A compression of the current setting that has a merge path (None where compress builds
+        none): its :meth:`~afde_nb.Compression.curve` is the eps path."""
         if self.path_points == 0:
             return None
         c = self.compression if self._compression_key == self.curve_key() else None
         if c is None:
             c = compress(self.model, eps=0.0, **self.compress_kwargs())
         path = getattr(c, "path", None)
-        return path if path is not None and callable(getattr(path, "curve", None)) else None
+        return c if path is not None and callable(getattr(c, "curve", None)) else None
 
     def _curve_by_grid(self, progress=None) -> list[tuple[float, float]]:
         if self.path_points == 0:
