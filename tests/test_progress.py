@@ -54,7 +54,7 @@ def test_progress_true_counts_every_step(bars):
     c = afde_nb.compress(m, target_params=150, calibration=x, progress=True)
     (bar,) = bars
     assert bar.shown
-    # 2 merge paths + the budget split's scored candidates + 2 reductions, and nothing else
+    # 2 merge paths + the budget split + 2 reductions, and nothing else
     assert bar.n > 4 and bar.n == bar.total
     ref = afde_nb.compress(m, target_params=150, calibration=x, progress=False)
     assert [p.tolist() for p in c.partition] == [p.tolist() for p in ref.partition]

@@ -385,18 +385,21 @@ class MergePath:
     def _events(self, scale: list[float] | None = None) -> list[int]:
         """The layer of each merge beyond the exact ones, in the global order of (scaled) bounds."""
         self.build()
-        events = []
+        if not self.layers:
+            return []
+        # one stable sort of every (scaled) bound, ties in insertion order (the ties' rounds, then
+        # each free layer in order): the order a stable sort of (bound, layer) pairs by bound gives,
+        # without a Python tuple per merge (a calibrated budget asks for it once per candidate
+        # split: 0.2 s each on a 4-layer LLaMA's 4,096 units)
         tied = {h for t in self.ties for h in t.members}
-        for t in self.ties:
-            events += self._rounds(t, scale)
+        rounds = [ev for t in self.ties for ev in self._rounds(t, scale)]
+        values = [np.array([b for b, _ in rounds], dtype=np.float64)]
+        layer = [np.array([h for _, h in rounds], dtype=np.int64)]
         for h, lp in enumerate(self.layers):
-            if h in tied:
-                continue
-            s = 1.0 if scale is None else scale[h]
-            for m in range(lp.exact + 1, lp.n):
-                events.append((lp.bounds[m] / s, h))
-        events.sort(key=lambda t: t[0])
-        return [h for _, h in events]
+            if h not in tied:
+                values.append(np.asarray(lp.bounds)[lp.exact + 1:lp.n] / (1.0 if scale is None else scale[h]))
+                layer.append(np.full(len(values[-1]), h, dtype=np.int64))
+        return np.concatenate(layer)[np.argsort(np.concatenate(values), kind="stable")].tolist()
 
     def sequence(self, scale: list[float] | None = None) -> list[list[int]]:
         """All partitions ordered by eps, one merge at a time: the merge counts per layer after

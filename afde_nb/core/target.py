@@ -2,11 +2,11 @@
 
 For merge paths (Ward, complete) no search over eps is needed: the path lists every partition in
 eps order, one merge at a time, so the budget is met by walking it. With calibration data the
-split of a parameter budget between layers is chosen by measured error: besides one eps for all
-layers, each layer's eps (in a model of more than :data:`SEGMENTS` layers, each of that many
-consecutive parts') is scaled by 1/4, 1/2, 2 and 4 in turn, each candidate is reduced (and
-repaired on 3/4 of the calibration inputs when repair is on) and measured on the other 1/4, and so
-is the split that keeps the same fraction of every layer.
+split of a parameter budget between layers is chosen by measured error among candidates: one eps
+for all layers, each layer's eps (in a model of more than :data:`SEGMENTS` layers, each of that
+many consecutive parts') scaled by 1/4, 1/2, 2 and 4 in turn (:func:`scale_candidates`), and the
+same fraction of every layer, each cut exactly at the budget here; how they are told apart, from
+the chains' own calibration rows, is :mod:`afde_nb.pipeline.split`.
 
 For the paper's setting (components) the partitions coarsen monotonically with eps (tested), so
 bisection over eps finds the smallest eps meeting a budget, as in the first release.
@@ -31,8 +31,8 @@ def reduced_params(net: Network, labels) -> int:
     return net.num_params_with([int(l.max()) + 1 if l.size else 0 for l in labels])
 
 
-#: at most this many parts of a deep model's layers are scaled in turn (each candidate costs a
-#: reduce, a repair and a model run on the held-out inputs)
+#: at most this many parts of a deep model's layers are scaled in turn (and, in
+#: :mod:`afde_nb.pipeline.split`, at most this many model runs measure the chains' gains)
 SEGMENTS = 4
 
 
@@ -53,23 +53,6 @@ def scale_candidates(layers: int, segments: int | None = None) -> list[list[floa
                     c[h] = s
                 out.append(c)
     return out
-
-
-def pick(candidates: list, score: Callable[[object], float]):
-    """The candidate with the lowest score (first one on ties)."""
-    return pick_scored(candidates, score)[0]
-
-
-def pick_scored(candidates: list, score: Callable[[object], float]) -> tuple[object, list[float]]:
-    """The candidate with the lowest score (first one on ties) and every candidate's score, so
-    that what was chosen can be shown beside what it beat."""
-    best, best_s, scores = None, np.inf, []
-    for c in candidates:
-        s = float(score(c))
-        scores.append(s)
-        if s < best_s:
-            best, best_s = c, s
-    return best, scores
 
 
 # ---- a floor per layer for budgets -------------------------------------------------------------

@@ -72,8 +72,7 @@ class Slice:
     bias: str | None = None
     module: str | None = None
     transposed: bool = False
-    #: never a slice of a concatenation's columns (read where code asks a consumer for its ``cols``)
-    cols: tuple | None = None
+    cols: tuple | None = None  # never a slice of a concatenation's columns (Affine.cols)
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,14 @@ from ..core.network import Network, as_inputs
 from ..core.partition import Partition
 from ..core.path import MergePath
 from ..core.repair import deviation
-from ..core.target import (check_floor, eps_for_error, eps_for_params, merge_caps, pick_scored, scale_candidates)
+from ..core.target import SEGMENTS, check_floor, eps_for_error, eps_for_params, merge_caps, scale_candidates
 from ..core.target import for_params as floored_for_params, sequence as floored_sequence, uniform as floored_uniform
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..models.capture import Captured, capture
 from ..models.export import batch_bounds
 from .estimate import anchor_cuts, cache_key
 from .result import Compression, LayerSummary, layer_summaries
+from .split import choose, split_inputs as _split
 
 __all__ = ["Compression", "LayerSummary", "compress", "layer_summaries"]
 
@@ -63,7 +64,12 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     axis (``{"input_ids": ..., "attention_mask": ...}``, :mod:`afde_nb.models.hf`).
 
     Target mode, instead of eps: ``target_params=N`` keeps at most N parameters (with calibration,
-    the split between layers is chosen by measured error); ``target_error=0.01`` the smallest model
+    the split between layers is chosen among candidate splits, each cut exactly at N, by measured
+    error: from each chain's own calibration rows, reduced and repaired chain by chain and held out
+    by input, with each chain's gain to the output measured once per part of the chains and only
+    the plain splits and the best two by that estimate scored on the model's outputs; a plain
+    stack's candidates all on its own rows, with no run of the torch model: docs/method.md, "The
+    split of a calibrated budget", :mod:`afde_nb.pipeline.split`); ``target_error=0.01`` the smallest model
     whose MSE on ``calibration`` against ``calibration_targets`` is at most 1 % above the original's.
     ``floor`` (budgets on a merge path): no hidden layer goes below this many units (an int) or this
     fraction of its units (a float in (0, 1]) by lossy merges; None (default): no floor, a layer may
@@ -82,7 +88,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     every row), and a repair with fewer rows than it has coefficients to fit warns
     (:func:`underdetermined`), saying how many rows would be enough.
 
-    ``progress``: a tqdm bar on stderr over the chains' merge paths, the budget split's candidates
+    ``progress``: a tqdm bar on stderr over the chains' merge paths, the budget split (one step)
     and the chains' reductions (issue 29); ``None`` (default) shows it for a model with more than
     one chain when stderr is a terminal, ``False`` never, ``True`` always.
     """
@@ -108,8 +114,8 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
                                    "measure their bounds on the calibration inputs already")
     cap = capture(model, example_inputs, calibration)
     cap.check(method, mode, approx)
-    bar = progress_bar(progress, len(cap.nets) * (1 if path is not None or method == "components" else 2),
-                       len(cap.nets))
+    bar = progress_bar(progress, len(cap.nets) * (1 if path is not None or method == "components" else 2)
+                       + (target_params is not None and calibration is not None), len(cap.nets))
     calib = cap.calibration(calibration) if calibration is not None else None
     how = _repair_how(repair, calib)
     if data_aware and calib is None:
@@ -125,7 +131,7 @@ def compress(model: nn.Module, eps: float | None = None, *, method: str = "ward"
     split = {}  # how a calibrated target_params was split between layers (Compression.budget_split)
     if target_params is not None:
         part, split = _for_params(cap, path, int(target_params), calib, how, mode, relative, threads, bar=bar,
-                                  floor=floor)
+                                  floor=floor, rows=rows, want=want)
     elif target_error is not None:
         part = _for_error(cap, path, calib, calibration_targets, float(target_error), fit, mode, relative, threads,
                           floor=floor)
@@ -381,23 +387,16 @@ def _repair_how(repair, calib) -> str | None:
     raise InvalidArgumentError(f"repair must be True, False, None or 'pseudo', got {repair!r}")
 
 
-def _split(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """3/4 of n samples to fit on, 1/4 held out to score (seeded)."""
-    idx = np.random.default_rng(0).permutation(n)
-    cut = (3 * n) // 4
-    return idx[:cut], idx[cut:]
-
-
-def _for_params(cap: Captured, path, target: int, calib, how, mode, relative, threads, bar=None, floor=None
-                ) -> tuple[Partition, dict]:
+def _for_params(cap: Captured, path, target: int, calib, how, mode, relative, threads, bar=None, floor=None,
+                rows=None, want=None) -> tuple[Partition, dict]:
     """The partition within ``target`` parameters. Without calibration data (or with fewer than 8
     samples): the path's global order. With it (method.md §8.6) the split of the budget between
-    layers is chosen by measured error: the global order, each layer's bound scaled by 1/4..4 in
-    turn, and the same fraction of every layer, each reduced (and repaired on 3/4 of the
-    calibration samples when repair is on) and scored on the other 1/4. ``floor``: no layer's lossy
-    merges below it (:func:`~afde_nb.core.target.merge_caps`). Also returns what the split was
-    chosen on (``Compression.target``: candidates, their scores, the chosen one; {} where none was
-    scored), which ``Compression.table()`` shows."""
+    layers is chosen among the global order, each part's bound scaled by 1/4..4, and the same
+    fraction of every layer, each cut exactly at the budget, by errors measured on the chains' own
+    calibration rows (``rows``: the chains' rows of compress's one calibration run), with no run of
+    the model (:mod:`afde_nb.pipeline.split`). ``floor``: no layer's lossy merges below it
+    (:func:`~afde_nb.core.target.merge_caps`). Also returns what the split was chosen on
+    (``Compression.budget_split``; {} where none was scored), which ``Compression.table()`` shows."""
     if path is None:
         return eps_for_params(cap.nets[0], target, mode, relative, threads), {}
     caps = merge_caps(path.layers, floor)
@@ -408,25 +407,15 @@ def _for_params(cap: Captured, path, target: int, calib, how, mode, relative, th
     if calib is None or len(calib) < HOLD_OUT_MIN or len(cands) == 1:
         ms = floored_for_params(path, target, None, caps)
         return path.partition_at(ms, path.eps_of(ms)), {}
-    fit, held = _split(len(calib))
-    x_held = calib[held]
-    fit_rows = _fit_rows(cap, how, cap.rows(calib[fit]) if how == "calibration" else None)
-    want = cap.output(x_held)
+    if rows is None:
+        rows, want = cap.rows_and_output(calib)
     options = [floored_for_params(path, target, scale, caps) for scale in cands] + [floored_uniform(path, target, caps)]
-    if bar is not None:
-        bar.total += len(options)
-        bar.refresh()
-
-    def score(ms) -> float:
-        _, nets, _ = reduce_chains(cap, path.partition_at(ms), fit_rows)
-        return _step(bar, deviation(want, cap.output(x_held, nets))["relative_mse"])
-
-    best, scores = pick_scored(options, score)
-    split = {"split_candidates": cands + ["uniform"], "split_scores": scores,
-             "split_chosen": next(i for i, o in enumerate(options) if o is best), "split_held_out": len(held)}
-    if bar is not None:  # equal candidates are scored once: what is left is the chains' reductions
-        bar.total = bar.n + len(cap.nets)
-    return path.partition_at(best, path.eps_of(best)), split
+    best, split = choose(cap, path, options, rows, _fit_rows(cap, how, rows), calib, want, SEGMENTS)
+    measured = split.pop("split_measured")
+    split = {"split_candidates": cands + ["uniform"], "split_scores": [measured.get(i) for i in range(len(options))],
+             **split}
+    _step(bar, None)
+    return path.partition_at(options[best], path.eps_of(options[best])), split
 
 
 def _for_error(cap: Captured, path, X, targets, max_increase: float, fit: list, mode, relative, threads,

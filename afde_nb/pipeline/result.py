@@ -70,11 +70,16 @@ class Compression:
     #: The model itself is refit on every input, so ``calibration_error`` is in-sample
     held_out_error: dict | None = None
     path: MergePath | None = field(default=None, repr=False)
-    #: where a calibrated ``target_params`` chose the split between layers by measured error: the
-    #: candidates (``split_candidates``: None for one eps for all layers, a per-layer eps scale, or
-    #: "uniform" for the same fraction of every layer), their relative MSE on the held-out
-    #: calibration inputs (``split_scores``), the index chosen (``split_chosen``) and the inputs
-    #: held out (``split_held_out``); None where no split was scored. ``table()`` shows it
+    #: where a calibrated ``target_params`` chose the split between layers by measured error
+    #: (:mod:`afde_nb.pipeline.split`): the candidates (``split_candidates``: None for one eps for
+    #: all layers, a per-layer eps scale, or "uniform" for the same fraction of every layer), the
+    #: measured ones' relative MSE of the model's outputs on the held-out calibration inputs
+    #: (``split_scores``, None where not measured), each one's estimate of it from the chains' own
+    #: rows (``split_estimates``; None for a plain stack, whose candidates are all measured), the
+    #: index chosen (``split_chosen``: the lowest measured), the inputs held out
+    #: (``split_held_out``), each chain's gain to the output (``split_gains``), and what the choice
+    #: cost: runs of the model (``split_model_runs``) and reductions of one chain
+    #: (``split_chain_reductions``); None where no split was scored. ``table()`` shows it
     budget_split: dict | None = field(default=None, repr=False)
     #: the estimate of the model output's relative RMS error at this cut (issue 30): the RMS of the
     #: outputs' change over their centred spread, the figure ``sqrt(calibration_error["relative_mse"])``
@@ -176,11 +181,13 @@ class Compression:
             seen = {chosen}
             parts = [f"{self._split_name(cands[chosen])} (chosen) {scores[chosen]:.4g}"]
             for i in (0, len(cands) - 1):  # one eps for all layers, the same fraction of every layer
-                if i not in seen:
+                if i not in seen and scores[i] is not None:
                     seen.add(i)
                     parts.append(f"{self._split_name(cands[i])} {scores[i]:.4g}")
-            out.append(f"budget split between layers, by relative MSE on {split['split_held_out']} held-out "
-                       f"calibration inputs (of {len(cands)} splits scored): " + "; ".join(parts))
+            measured = sum(x is not None for x in scores)
+            out.append(f"budget split between layers, by relative MSE on {split['split_held_out']} held-out calibration "
+                       f"inputs ({measured} of {len(cands)} splits measured, the others ranked by their estimate from "
+                       "each chain's own rows): " + "; ".join(parts))
         return out
 
     def _split_name(self, cand) -> str:
