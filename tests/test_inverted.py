@@ -320,3 +320,19 @@ def test_real_networks_planted_duplicates_exact_and_saved_program_reloads(make, 
     loaded = torch.export.load(tmp_path / "small.pt2").module()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), y1, rtol=1e-10, atol=1e-12)
+
+
+def test_calibrated_budget_on_inverted_blocks():
+    """A calibrated budget's split reads every chain's repair rows by input: an inverted-residual
+    chain's rows are maps (a few images), which come from one capture run on the fit inputs
+    (a regression: MobileNetV2's 70 % budget failed with 'Maps' object is not subscriptable)."""
+    torch.manual_seed(0)
+    m = random_bn(mobilenet_v3_small(num_classes=10, width_mult=0.5), seed=1)
+    x = torch.randn(16, 3, 32, 32)
+    target = int(0.8 * params(m))
+    r = afde_nb.compress(m, target_params=target, calibration=x)
+    assert params(r.model) == r.params_after <= target
+    assert r.budget_split is not None and r.budget_split["split_model_runs"] >= 1
+    shapes_consistent(r.model)
+    with torch.no_grad():
+        assert torch.isfinite(r.model(x)).all()

@@ -19,6 +19,7 @@ import wild_models as W
 #: name -> (units found, exact, exact with duplicates in every group, budget, reload), as measured
 #: after issue 27's one walk landed (991d56f); before it: 35 models with units, 35 exact, 31 budgets, 25 reloads.
 #: Mixtral and Qwen2-MoE: their fused expert banks lumped (afde_nb/models/experts.py)
+#: RegNet: the channels feeding its grouped 3x3 convs lumped, one tie per conv (afde_nb/models/grouped.py)
 FLOOR = {
     "bert": (256, 1, 1, 1, 1), "roberta": (256, 1, 1, 1, 1), "distilbert": (256, 1, 1, 1, 1),
     "albert": (128, 1, 1, 1, 1), "electra": (256, 1, 1, 1, 1), "deberta-v2": (256, 1, 1, 1, 1),
@@ -31,7 +32,7 @@ FLOOR = {
     "marian": (512, 1, 1, 1, 1), "vit": (256, 1, 1, 1, 1), "deit": (256, 1, 1, 1, 1),
     "beit": (256, 1, 1, 1, 1), "dinov2": (256, 1, 1, 1, 1), "swin": (192, 1, 1, 1, 1),
     "convnext": (192, 1, 1, 1, 1), "resnet": (48, 1, 1, 1, 1), "mobilenet-v2": (2608, 1, 1, 1, 1),
-    "efficientnet": (252, 1, 1, 1, 1), "regnet": (8, 1, 1, 0, 1), "segformer": (128, 1, 1, 1, 1),
+    "efficientnet": (252, 1, 1, 1, 1), "regnet": (56, 1, 1, 1, 1), "segformer": (128, 1, 1, 1, 1),
     "wav2vec2": (256, 1, 1, 1, 1), "whisper-encoder": (288, 1, 1, 1, 1), "clip": (512, 1, 1, 1, 1),
     "crepe-tiny": (272, 1, 1, 1, 1), "minilm-l6": (9216, 1, 1, 1, 1),
 }

@@ -443,12 +443,14 @@ def plant(model: nn.Module, group, pairs) -> None:
                 w[off + j] = w[off + i]
                 if b is not None:
                     b[off + j] = b[off + i]
+        # a grouped conv's block: its channels are a slice of the norm's entries too
+        noff = group.producer.rows[0] if hasattr(group, "blocks") else 0
         for n in norms:
             for path in (n.weight, n.bias, n.mean, n.var):
                 if path:
                     t = param(path)
                     for i, j in pairs:
-                        t[j] = t[i]
+                        t[noff + j] = t[noff + i]
 
 
 def params(m: nn.Module) -> int:

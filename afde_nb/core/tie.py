@@ -18,11 +18,13 @@ from dataclasses import dataclass
 class Tie:
     """``members``: the tied blocks (hidden-layer indices, or chain indices where a
     :class:`~afde_nb.models.capture.Captured` keeps them); ``full``: their width as built;
-    ``align``: the written width is a multiple of it (or ``full``)."""
+    ``align``: the written width is a multiple of it (or ``full``); ``layer``: with chain indices,
+    which hidden layer of each chain (a grouped conv's blocks tie two layers: its inputs, its outputs)."""
 
     members: tuple
     full: int
     align: int = 1
+    layer: int = 0
 
     def width(self, widths) -> int:
         """The width the parameter holds for the members' widths ``widths`` (indexed by member)."""
@@ -31,7 +33,7 @@ class Tie:
 
     def over(self, members: tuple) -> "Tie":
         """The same tie over other indices (chain indices -> hidden-layer indices)."""
-        return Tie(tuple(members), self.full, self.align)
+        return Tie(tuple(members), self.full, self.align, self.layer)
 
 
 def tie_widths(widths: list[int], ties) -> list[int]:

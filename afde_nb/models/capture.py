@@ -25,7 +25,7 @@ from ..core.network import ODE_DEFINED, Network, as_inputs
 from ..core.partition import Partition
 from ..core.tie import Tie, tie_widths
 from ..errors import InvalidArgumentError, InvalidWeightsError, ShapeMismatchError, UnsupportedLayerError
-from . import surgery
+from . import grouped, surgery
 from .chains import LAYERS, GatedChain, LayerChain, chain_inputs, kind_of
 from .export import PROGRAM_SUFFIX
 from .groups import Affine, Discovery, Group, find_groups
@@ -118,7 +118,7 @@ class Captured:
         if not self.ties:
             return ()
         first = np.cumsum([0] + [len(n.hidden) for n in self.nets])
-        return tuple(t.over(tuple(int(first[k]) for k in t.members)) for t in self.ties)
+        return tuple(t.over(tuple(int(first[k]) + t.layer for k in t.members)) for t in self.ties)
 
     def num_params_with(self, hidden_widths) -> int:
         """The model's parameter count with the chains' hidden layers resized to ``hidden_widths``
@@ -235,7 +235,8 @@ class Captured:
             got = surgery.capture(self.model, [g.consumer for c in self.discovery.chains for g in c], x)
         finally:
             train(self.model, was)
-        return [[surgery.unit_norms(surgery.slice_input(got[g.consumer.weight], g.consumer), g.consumer.kind,
+        return [[surgery.unit_norms(grouped.own_channels(g, surgery.slice_input(got[g.consumer.weight], g.consumer)),
+                                    g.consumer.kind,
                                     net.layers[h + 1].in_features, self.model, g)
                  for h, g in enumerate(chain)] for chain, net in zip(self.discovery.chains, self.nets)]
 
@@ -301,7 +302,7 @@ class Captured:
                 continue
             net = surgery.with_rows(nets[k], self.nets[k]) if chains[k][0].producer.weight in sliced else nets[k]
             self.kind(k).write(out, chains[k], net)
-        for t in self.ties:  # one width for all: written together
+        for t in {t.members: t for t in self.ties}.values():  # one width for all: written together
             ks = t.members
             self.kind(ks[0]).write_tied(out, [chains[k] for k in ks], [nets[k] for k in ks], t)
         train(out, self.model.training)
@@ -355,11 +356,12 @@ def _traced(model: nn.Module, not_a_stack: str, example=None) -> Captured:
     costs = [kd.costs(net, c) for kd, net, c in zip(kinds, nets, disc.chains)]
     ties: dict = {}
     for k, c in enumerate(disc.chains):
-        key = getattr(c[0], "tie", None) if len(c) == 1 else None
+        key = getattr(c[0], "tie", None)  # experts, grouped conv blocks
         if key is not None:
             ties.setdefault(key, []).append(k)
-    ties = tuple(Tie(tuple(ks), nets[ks[0]].hidden[0].out_features, disc.chains[ks[0]][0].align)
-                 for ks in ties.values())
+    # one tie per hidden layer of the tied chains (an expert has one; a grouped conv's block two)
+    ties = tuple(Tie(tuple(ks), nets[ks[0]].hidden[h].out_features, disc.chains[ks[0]][0].align, h)
+                 for ks in ties.values() for h in range(len(nets[ks[0]].hidden)))
     cap = Captured(model, disc, nets, costs, 0, not_a_stack=not_a_stack, ties=ties,
                    crossed=crossed(model, disc.chains, nets))
     cap.fixed = count_params(model) - cap.num_params

@@ -18,6 +18,10 @@ reduction (the quotient, and the repair where a merge was lossy), never which ki
   (:mod:`afde_nb.models.experts`); its rows are the tokens routed to it, collected by
   :func:`chain_inputs` in the same run, and a bank's experts are written together
   (``write_tied``: they keep one width, :attr:`~afde_nb.models.capture.Captured.ties`).
+* :data:`GROUPED`: one group of a grouped convolution's input channels, a two-layer
+  :class:`~afde_nb.core.network.Network` (:mod:`afde_nb.models.grouped`); its consumer rows are its
+  group's channels of the grouped conv's input patches, and a conv's groups keep one width and are
+  written together, as a bank's experts.
 
 Every kind has the same methods: ``network(root, chain)`` and ``costs(net, chain)`` (capture),
 ``pseudo_rows(net, first)`` (the chain's input rows without data), ``path(net, **options)`` (a
@@ -34,7 +38,7 @@ from ..core import inverted as core_inverted
 from ..core.path import MergePath, merge_path
 from ..core.reduce import quotient
 from ..core.repair import LOSSY, repair
-from . import experts, gated, inverted, surgery
+from . import experts, gated, grouped, inverted, surgery
 
 
 class LayerChain:
@@ -151,22 +155,60 @@ class ExpertChain(GatedChain):
         experts.write_tied(root, chains, nets, tie)
 
 
+class GroupedChain(LayerChain):
+    """One group of a grouped convolution's input channels (:mod:`afde_nb.models.grouped`): the
+    producer's rows of the block and the grouped conv's rows of its group; the blocks of one conv
+    keep one width and are written back together (:meth:`write_tied`). Not refit (a 3x3 kernel's
+    patches overlap, as in any conv chain)."""
+
+    name = "grouped"
+
+    def network(self, root, chain):
+        return grouped.grouped_network(root, chain)
+
+    def costs(self, net, chain) -> list[tuple[int, int]]:
+        return grouped.unit_costs(net, chain)
+
+    def reduce(self, net, part, rows):
+        small, _ = quotient(net, part)
+        return small, small, None
+
+    def repairable(self, net) -> bool:
+        return False
+
+    def write(self, root, chain, net) -> None:
+        grouped.write_tied(root, [chain], [net])
+
+    def write_tied(self, root, chains, nets, tie=None) -> None:
+        grouped.write_tied(root, chains, nets, tie)
+
+
 LAYERS = LayerChain()
 GATED = GatedChain()
 INVERTED = InvertedChain()
 EXPERTS = ExpertChain()
+GROUPED = GroupedChain()
 
 
 def kind_of(chain) -> LayerChain | GatedChain | InvertedChain:
     """The kind of a chain of groups (None or empty: a plain stack's, :data:`LAYERS`)."""
     if chain and experts.is_expert(chain):
         return EXPERTS
+    if chain and grouped.is_grouped(chain):
+        return GROUPED
     if chain and inverted.is_inverted(chain):
         return INVERTED
     return GATED if chain and gated.is_gated(chain) else LAYERS
 
 
 def chain_inputs(model, chains: list, x) -> tuple[list[list], object]:
+    """:func:`_chain_inputs`, a grouped block's consumer rows cut to its group's channels
+    (:func:`afde_nb.models.grouped.slice_rows`)."""
+    got, y = _chain_inputs(model, chains, x)
+    return grouped.slice_rows(chains, got), y
+
+
+def _chain_inputs(model, chains: list, x) -> tuple[list[list], object]:
     """(every chain's rows, the model's output on ``x``) from one run of ``model``: the inverted
     chains' probe maps by :func:`afde_nb.models.inverted.record`'s hooks, the experts' routed tokens
     by :func:`afde_nb.models.experts.record`'s (an expert no token reached: pseudo-inputs), every
@@ -176,7 +218,7 @@ def chain_inputs(model, chains: list, x) -> tuple[list[list], object]:
     if mine:
         rest = [k for k in range(len(chains)) if k not in mine]
         with experts.record(model, [chains[k] for k in mine]) as seen:
-            got, y = chain_inputs(model, [chains[k] for k in rest], x)
+            got, y = _chain_inputs(model, [chains[k] for k in rest], x)
         out: list = [None] * len(chains)
         for k, r in zip(rest, got):
             out[k] = r

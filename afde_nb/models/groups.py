@@ -46,6 +46,7 @@ from ..errors import UnsupportedLayerError
 from . import hf
 from .experts import ExpertGroup, find_banks
 from .gated import GatedGroup, find_gated
+from .grouped import GroupedGroup, GroupedOut, find_grouped
 from .indexmap import SHAPED, Ids, concrete, followable, is_view, reads_shape
 from .inverted import InvertedGroup, find_inverted
 from .params import get_tensor
@@ -257,7 +258,7 @@ class Discovery:
         rows = [f"{self.model}{how}: {len(self.groups)} lumpable group(s) in {len(self.chains)} chain(s)"]
         for c in self.chains:
             for g in c:
-                if isinstance(g, (GatedGroup, InvertedGroup, ExpertGroup)):
+                if isinstance(g, (GatedGroup, InvertedGroup, ExpertGroup, GroupedGroup, GroupedOut)):
                     rows.append(f"  {g.describe()}")
                     continue
                 norm = f" -> {g.norm.name} (folded)" if g.norm else ""
@@ -951,7 +952,10 @@ def _discover(model: nn.Module, root: nn.Module, graphs, notes, source: nn.Modul
     gated, skipped = find_gated(found, uses, groups, skipped)
     inverted, groups, skipped = find_inverted(found, uses, groups, skipped)
     groups, skipped = _sliced_whole(groups, gated + inverted, skipped)
-    chains = sorted(_chains(groups) + [[g] for g in gated] + [[g] for g in inverted] + [[g] for g in banks],
+    claimed = {a.weight: g.producer.name for g in groups for a in (g.producer,) + g.consumers}
+    claimed.update({w: g.producer.name for g in inverted for w in g.convs})
+    grouped, skipped = find_grouped(found, claimed, skipped)  # each group of a grouped conv a block of a tie
+    chains = sorted(_chains(groups) + [[g] for g in gated] + [[g] for g in inverted] + [[g] for g in banks] + grouped,
                     key=lambda c: order.get(c[0].producer.weight, len(order)))
     skipped.sort(key=lambda t: order.get(f"{t[0]}.weight", -1))
     return Discovery(chains, skipped, type(model).__name__)

@@ -80,13 +80,22 @@ class ChainErrors:
         self.want: list = []
         self.layers: list[range] = []
         at = 0
+        # rows that are not one array of rows in input order (an inverted-residual chain's maps,
+        # :class:`~afde_nb.core.inverted.Maps`: a few images picked from the inputs) cannot be cut
+        # by input: those chains' repair rows come from one capture run on the fit inputs, counted
+        # in ``runs``, as before this split was chosen on the chains' own rows
+        sliced = [fit_rows[k] is not None and fit_rows[k] is rows[k][0] for k in range(len(cap.nets))]
+        whole = [k for k in range(len(cap.nets)) if sliced[k] and not isinstance(rows[k][0], np.ndarray)]
+        extra = cap.rows(calib[self.fit_inputs]) if whole else None
+        self.runs = int(bool(whole))
         for k, net in enumerate(cap.nets):
             self.layers.append(range(at, at + len(net.hidden)))
             at += len(net.hidden)
             r = rows[k][0]
             ok = self.measurable(k)
             own = fit_rows[k]  # the repair's rows: calibration rows (then those of the fit inputs), pseudo or None
-            self.fit.append(r[input_rows(len(r), n_inputs, self.fit_inputs)] if own is not None and own is r else own)
+            self.fit.append(extra[k][0] if k in whole else
+                            r[input_rows(len(r), n_inputs, self.fit_inputs)] if sliced[k] else own)
             held = r[input_rows(len(r), n_inputs, self.held_inputs)] if ok else None
             self.held.append(held)
             self.want.append(net.forward(held) if ok else None)
@@ -226,9 +235,9 @@ def choose(cap: Captured, path, options: list[list[int]], rows: list, fit_rows: 
     ``split_estimates``, ``split_measured``, the gains and the model runs spent)."""
     chains = ChainErrors(cap, path, rows, fit_rows, calib, want)
     if cap.stack:  # the chain is the model: every candidate scored on its own rows, no run of the torch model
-        estimates, scored, runs = None, list(range(len(options))), 0
+        estimates, scored, runs = None, list(range(len(options))), chains.runs
     else:
-        runs = chains.gains(calib, options[0], segments)
+        runs = chains.runs + chains.gains(calib, options[0], segments)
         est = Estimate(path, chains, options)
         estimates = [est(o) for o in options]
         scored = [0] + ([len(options) - 1] if options[-1] != options[0] else [])
