@@ -256,3 +256,26 @@ def test_a_bank_read_outside_its_forward_is_left_alone():
     disc = capture(ReadsItsExperts(), calibration=_x()).discovery
     assert not any(experts.is_expert(c) for c in disc.chains)
     assert "reads outside its forward" in dict(disc.skipped)["experts"]
+
+
+def test_the_budget_split_repairs_an_expert_on_the_fit_inputs_tokens_only():
+    """An expert's rows are the tokens routed to it, another number per input, so they cannot be
+    cut by input (row r of R is input r * n // R only where every input gives as many): the split's
+    repair rows for an expert are those a capture of the fit inputs gives, never a held-out
+    input's token."""
+    from afde_nb.pipeline.compress import _fit_rows
+    from afde_nb.pipeline.split import ChainErrors, split_inputs
+
+    model = TinyMoE()
+    x = _x(48)
+    cap = capture(model, calibration=x)
+    calib = cap.calibration(x)
+    rows = cap.rows(calib)
+    c = afde_nb.compress(model, target_params=_params(model) - 3 * E * H * 4, calibration=x)
+    errs = ChainErrors(cap, c.path, rows, _fit_rows(cap, "calibration", rows), calib, None)
+    fit, _ = split_inputs(len(calib))
+    want = cap.rows(calib[fit])
+    ks = [k for k, ch in enumerate(cap.discovery.chains) if experts.is_expert(ch)]
+    assert ks and errs.runs == 1
+    for k in ks:
+        np.testing.assert_array_equal(errs.fit[k], want[k][0])

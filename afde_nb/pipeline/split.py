@@ -80,12 +80,16 @@ class ChainErrors:
         self.want: list = []
         self.layers: list[range] = []
         at = 0
-        # rows that are not one array of rows in input order (an inverted-residual chain's maps,
-        # :class:`~afde_nb.core.inverted.Maps`: a few images picked from the inputs) cannot be cut
-        # by input: those chains' repair rows come from one capture run on the fit inputs, counted
+        # rows that are not one array of as many rows per input in input order cannot be cut by
+        # input: an inverted-residual chain's maps (:class:`~afde_nb.core.inverted.Maps`, a few
+        # images picked from the inputs), an expert's routed tokens (each input sends it another
+        # number). Those chains' repair rows come from one capture run on the fit inputs, counted
         # in ``runs``, as before this split was chosen on the chains' own rows
+        from ..models.chains import EXPERTS
+
         sliced = [fit_rows[k] is not None and fit_rows[k] is rows[k][0] for k in range(len(cap.nets))]
-        whole = [k for k in range(len(cap.nets)) if sliced[k] and not isinstance(rows[k][0], np.ndarray)]
+        whole = [k for k in range(len(cap.nets)) if sliced[k] and (
+            not isinstance(rows[k][0], np.ndarray) or cap.kind(k) is EXPERTS)]
         extra = cap.rows(calib[self.fit_inputs]) if whole else None
         self.runs = int(bool(whole))
         for k, net in enumerate(cap.nets):
