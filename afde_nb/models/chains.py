@@ -2,7 +2,7 @@
 
 :class:`~afde_nb.models.capture.Captured` reads every chain with its kind (:func:`kind_of`) and the
 pipeline (:mod:`afde_nb.pipeline.compress`) asks ``cap.kind(k)`` for chain k's merge path and its
-reduction (the quotient, and the repair where a merge was lossy), never which kind it is. Two kinds:
+reduction (the quotient, and the repair where a merge was lossy), never which kind it is. Five kinds:
 
 * :data:`LAYERS`: a chain of Linear/convolution groups read as a
   :class:`~afde_nb.core.network.Network` (a plain stack is one): :mod:`afde_nb.core.path`,
@@ -18,7 +18,8 @@ reduction (the quotient, and the repair where a merge was lossy), never which ki
   (:mod:`afde_nb.models.experts`); its rows are the tokens routed to it, collected by
   :func:`chain_inputs` in the same run, and a bank's experts are written together
   (``write_tied``: they keep one width, :attr:`~afde_nb.models.capture.Captured.ties`).
-* :data:`GROUPED`: one group of a grouped convolution's input channels, a two-layer
+* :data:`GROUPED`: one group of a grouped convolution's input channels (and, where they reach a
+  convolution directly, of its output channels), a two-layer
   :class:`~afde_nb.core.network.Network` (:mod:`afde_nb.models.grouped`); its consumer rows are its
   group's channels of the grouped conv's input patches, and a conv's groups keep one width and are
   written together, as a bank's experts.

@@ -22,7 +22,7 @@ model holds: an expert left with fewer units is zero-padded (a unit with zero ga
 a zero down column computes act(0) * 0 = 0: exact), the padding counted as parameters. The merge
 path cuts a tie in rounds (:meth:`afde_nb.core.path.MergePath.tied`): each round takes one merge in
 every block, so a budget lands on equal widths and merges that would only be padded away are not
-made. Grouped convolutions (each group a block) are the next such tie.
+made. Grouped convolutions (each group a block, :mod:`afde_nb.models.grouped`) are ties too.
 
 **Rows.** An expert's calibration rows are the tokens routed to it (:func:`record`: a forward
 pre-hook on the bank reading ``hidden_states`` and ``top_k_index``), the down projection's input

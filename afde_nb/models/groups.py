@@ -7,8 +7,10 @@ input; a convolution's channels may also pass channel-wise pooling (max: up to p
 only) and a ``Flatten`` into a ``Linear``, where each channel owns a run of its input columns. Its units (features, or channels) can be merged: the producer loses rows, the consumer the
 matching input columns, and nothing else in the model sees them. Units concatenated with others
 (``torch.cat`` along their axis) are a slice of the one consumer's columns (``Affine.cols``),
-several groups sharing that consumer. Units that feed anything else (a residual add, a reshape,
-two consumers, the model's output) are left alone and reported with why.
+several groups sharing that consumer; units read by several consumers (a fan-out) are one group
+whose consumers are all of them; reshapes, permutes and flattens are followed by their index maps
+(:mod:`afde_nb.models.indexmap`). Units that feed anything else (a residual add, a layout no index
+map proves, the model's output) are left alone and reported with why.
 
 Modules are traced from the root; a module whose forward torch.fx cannot trace (data-dependent
 control flow, like ``nn.TransformerEncoder``) is looked into child by child, so the layers inside
