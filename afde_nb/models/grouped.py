@@ -52,23 +52,11 @@ from .inverted import _conv_call, _fold
 from .params import finite_array as _np, get_tensor, set_tensor, weight as _weight
 
 
-@dataclass(frozen=True)
-class GroupedGroup:
-    """Block ``block`` of ``blocks`` of a grouped conv's input channels: the producer's rows
-    ``producer.rows`` (its Affine, sliced), its BatchNorm's entries there (``norm``, the whole
-    module's paths), the activation, and the grouped conv's output rows ``consumer.rows`` (group
-    ``block``), whose input columns they are."""
-
-    producer: object  # Affine with rows=(lo, hi)
-    consumer: object  # Affine of the grouped conv, rows=(its group's output rows)
-    block: int
-    blocks: int
-    norm: object = None
-    activation: str = "identity"
-    negative_slope: float = 0.01
-    act_params: tuple = ()
-    rules: tuple = ()
-    align: int = 1
+class _Block:
+    """What both kinds of a grouped conv's block share: the group's units, where they sit among all
+    groups' channels, the tie that holds every block of one conv at one width, and what a chain
+    asks of a group that no rule of these blocks passes (no pooling, flatten or folded BatchNorm
+    after the activation)."""
 
     pools = ()
     flatten = False
@@ -76,8 +64,6 @@ class GroupedGroup:
     inner = None
     width_attrs = ()
     uses = 1
-    #: the producer's input is read whole
-    reads = None
 
     @property
     def units(self) -> int:
@@ -102,8 +88,30 @@ class GroupedGroup:
 
     @property
     def negation_ok(self) -> bool:
-        """A flipped sigmoid (1 - u) does not commute with the grouped conv's zero padding."""
+        """A flipped sigmoid (1 - u) does not commute with the consumer's zero padding."""
         return not (self.padded and self.activation == "sigmoid")
+
+
+@dataclass(frozen=True)
+class GroupedGroup(_Block):
+    """Block ``block`` of ``blocks`` of a grouped conv's input channels: the producer's rows
+    ``producer.rows`` (its Affine, sliced), its BatchNorm's entries there (``norm``, the whole
+    module's paths), the activation, and the grouped conv's output rows ``consumer.rows`` (group
+    ``block``), whose input columns they are."""
+
+    producer: object  # Affine with rows=(lo, hi)
+    consumer: object  # Affine of the grouped conv, rows=(its group's output rows)
+    block: int
+    blocks: int
+    norm: object = None
+    activation: str = "identity"
+    negative_slope: float = 0.01
+    act_params: tuple = ()
+    rules: tuple = ()
+    align: int = 1
+
+    #: the producer's input is read whole
+    reads = None
 
     def describe(self) -> str:
         head = (f"lumps {self.producer.name} channels {self.producer.rows[0]}..{self.producer.rows[1] - 1} "
@@ -117,7 +125,7 @@ class GroupedGroup:
 
 
 @dataclass(frozen=True)
-class GroupedOut:
+class GroupedOut(_Block):
     """Block ``block`` of ``blocks`` of a grouped conv's output channels: its rows ``producer.rows``
     (group ``block``; its input columns are the group's ``in_units`` channels), its BatchNorm's
     entries there, the activation, and the consumer's columns of those channels."""
@@ -134,37 +142,10 @@ class GroupedOut:
     rules: tuple = ()
     align: int = 1
 
-    pools = ()
-    flatten = False
-    post = None
-    inner = None
-    width_attrs = ()
-    uses = 1
-
-    @property
-    def units(self) -> int:
-        return self.producer.rows[1] - self.producer.rows[0]
-
     @property
     def reads(self) -> tuple:
         """(first channel, channels, all channels) of the grouped conv's input that group reads."""
         return self.block * self.in_units, self.in_units, self.blocks * self.in_units
-
-    @property
-    def feeds(self) -> tuple:
-        return self.block * self.units, self.units, self.blocks * self.units
-
-    @property
-    def name(self) -> str:
-        return f"{self.producer.name}[{self.block}]"
-
-    @property
-    def tie(self) -> str:
-        return f"{self.producer.weight}|{self.consumer.weight}"
-
-    @property
-    def negation_ok(self) -> bool:
-        return not (any(self.consumer.padding) and self.activation == "sigmoid")
 
     def describe(self) -> str:
         head = (f"lumps {self.producer.name} (grouped) channels {self.producer.rows[0]}..{self.producer.rows[1] - 1}")
