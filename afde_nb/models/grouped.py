@@ -48,7 +48,7 @@ from torch import nn
 from ..core.network import Layer, Network
 from ..core.tie import Tie
 from ..errors import UnsupportedLayerError
-from .inverted import _conv_call, _fold
+from .inverted import _conv_call, _fold, _set
 from .params import finite_array as _np, get_tensor, set_tensor, weight as _weight
 
 
@@ -471,15 +471,3 @@ def _bias(root: nn.Module, a, norm, b: torch.Tensor) -> None:
     set_tensor(root, norm.mean, torch.zeros_like(one) if a.bias else -b)
     set_tensor(root, norm.var, one * (1.0 - norm.eps))
     _set(root, norm.name, num_features=len(b))
-
-
-def _set(root: nn.Module, path: str | None, **attrs) -> None:
-    if not path:
-        return
-    try:
-        m = root.get_submodule(path)
-    except AttributeError:
-        return
-    for k, v in attrs.items():
-        if hasattr(m, k):
-            setattr(m, k, v)
