@@ -46,13 +46,18 @@ def _x(n: int = 6, dtype=torch.float64) -> torch.Tensor:
     return torch.randn(n, CIN, 10, 10, generator=torch.Generator().manual_seed(1), dtype=dtype)
 
 
-def _plant(m: Stack, pairs) -> None:
-    """Channel j := channel i of ``a`` (its row and its BatchNorm entries)."""
+def _copy_channels(conv: nn.Conv2d, bn: nn.BatchNorm2d, pairs) -> None:
+    """Output channel j := output channel i of ``conv`` (its row and its BatchNorm entries)."""
     with torch.no_grad():
         for i, j in pairs:
-            m.a.weight[j] = m.a.weight[i]
-            for t in (m.bn1.weight, m.bn1.bias, m.bn1.running_mean, m.bn1.running_var):
+            conv.weight[j] = conv.weight[i]
+            for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
                 t[j] = t[i]
+
+
+def _plant(m: Stack, pairs) -> None:
+    """Channel j := channel i of ``a`` (its row and its BatchNorm entries)."""
+    _copy_channels(m.a, m.bn1, pairs)
 
 
 def _params(m: nn.Module) -> int:
@@ -168,11 +173,7 @@ def test_a_budget_cuts_every_group_to_one_width(se):
 
 def _plant_out(m: Stack, pairs) -> None:
     """Output channel j := output channel i of the grouped conv ``b`` (its row, its BatchNorm entries)."""
-    with torch.no_grad():
-        for i, j in pairs:
-            m.b.weight[j] = m.b.weight[i]
-            for t in (m.bn2.weight, m.bn2.bias, m.bn2.running_mean, m.bn2.running_var):
-                t[j] = t[i]
+    _copy_channels(m.b, m.bn2, pairs)
 
 
 def test_the_grouped_convs_own_outputs_go_exactly_within_a_group():
